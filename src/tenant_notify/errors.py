@@ -1,0 +1,299 @@
+"""The exception tree of tenant-notify.
+
+Every error the library raises derives from :class:`NotifyError`; third-party
+exceptions (smtplib, jinja2, pydantic, ...) are translated at the boundary and
+chained with ``raise ... from err``.
+
+::
+
+    NotifyError
+    ├── ConfigurationError              bad settings; raised when the Notifier is built
+    │   ├── MissingDependencyError      (also ImportError) an optional extra is not installed
+    │   ├── UnknownBackendError         (also LookupError) provider/transport name not found
+    │   └── UnsupportedChannelError     a provider asked for a channel it does not serve
+    ├── ValidationError                 (also ValueError) bad input to a send; nothing queued
+    │   ├── InvalidRecipientError       email address or E.164 phone number
+    │   ├── InvalidCurrencyError        not an ISO 4217 code
+    │   ├── InvalidAmountError          negative, non-numeric or non-finite amount
+    │   ├── HeaderInjectionError        CR/LF/NUL (or an encoded word hiding one) in a header
+    │   └── InvalidContextError         context value that cannot travel to a worker
+    ├── UnknownTenantError              (also LookupError)
+    ├── UnknownNotificationError        (also LookupError) status asked for an unknown id
+    ├── TemplateError
+    │   ├── TemplateNotFoundError       (also LookupError) no template for a kind/part
+    │   ├── TemplateRenderError         syntax error, undefined variable, ...
+    │   ├── TemplateSecurityError       a sandbox violation (reaching Python internals)
+    │   └── TemplateLimitError          rendered output over the size cap, or too slow
+    ├── EnqueueError                    the transport could not accept the notification
+    │   └── QueueFullError              the in-process queue stayed full past the timeout
+    ├── DeliveryError                   the provider did not deliver
+    │   ├── TransientDeliveryError      retryable (SMTP 4xx, connection refused, 429, 5xx)
+    │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
+    │   └── AmbiguousDeliveryError      may or may not have been accepted (timeout after send)
+    └── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
+
+Retryability is in the type: a transport retries :class:`TransientDeliveryError`
+(honouring :attr:`DeliveryError.retry_after`) and nothing else, except
+:class:`AmbiguousDeliveryError` when the retry policy says so.
+
+Errors never carry secrets: credentials are not part of any message or attribute.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousDeliveryError",
+    "ConfigurationError",
+    "DeliveryError",
+    "EnqueueError",
+    "HeaderInjectionError",
+    "InvalidAmountError",
+    "InvalidContextError",
+    "InvalidCurrencyError",
+    "InvalidRecipientError",
+    "MissingDependencyError",
+    "NotifyError",
+    "PermanentDeliveryError",
+    "QueueFullError",
+    "TemplateError",
+    "TemplateLimitError",
+    "TemplateNotFoundError",
+    "TemplateRenderError",
+    "TemplateSecurityError",
+    "TransientDeliveryError",
+    "UnknownBackendError",
+    "UnknownNotificationError",
+    "UnknownTenantError",
+    "UnsupportedChannelError",
+    "ValidationError",
+    "WaitTimeoutError",
+]
+
+
+class NotifyError(Exception):
+    """Root of every error raised by tenant-notify.
+
+    Attributes:
+        message: What went wrong, in words.
+        tenant_id: The tenant the failing operation belonged to, if known.
+        notification_id: The notification concerned, if known.
+        provider: The provider name concerned, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant_id: str | None = None,
+        notification_id: str | None = None,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tenant_id = tenant_id
+        self.notification_id = notification_id
+        self.provider = provider
+
+    def _context(self) -> list[str]:
+        parts = []
+        if self.tenant_id is not None:
+            parts.append(f"tenant={self.tenant_id}")
+        if self.notification_id is not None:
+            parts.append(f"notification={self.notification_id}")
+        if self.provider is not None:
+            parts.append(f"provider={self.provider}")
+        return parts
+
+    def __str__(self) -> str:
+        context = self._context()
+        return f"{self.message} ({', '.join(context)})" if context else self.message
+
+
+# --- configuration -----------------------------------------------------------------
+
+
+class ConfigurationError(NotifyError):
+    """The settings are wrong. Raised when the Notifier is built, never on a send.
+
+    Attributes:
+        key: The dotted settings key at fault (``"tenants.acme.email.port"``), if known.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, **context: str | None) -> None:
+        super().__init__(message, **context)
+        self.key = key
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{self.key}: {text}" if self.key else text
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, *, key: str | None = None) -> None:
+        super().__init__(
+            f"{package!r} is not installed; install it with: pip install 'tenant-notify[{extra}]'",
+            key=key,
+        )
+        self.package = package
+        self.extra = extra
+
+
+class UnknownBackendError(ConfigurationError, LookupError):
+    """A provider or transport name that resolves to nothing."""
+
+
+class UnsupportedChannelError(ConfigurationError):
+    """A provider configured for a channel it does not serve (SMTP for SMS, say)."""
+
+
+# --- input validation ----------------------------------------------------------------
+
+
+class ValidationError(NotifyError, ValueError):
+    """Bad input to a send. Raised in the caller before anything is queued.
+
+    Attributes:
+        field: The argument or context field at fault.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, **context: str | None) -> None:
+        super().__init__(message, **context)
+        self.field = field
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{self.field}: {text}" if self.field else text
+
+
+class InvalidRecipientError(ValidationError):
+    """An email address or a phone number (E.164) that is not valid."""
+
+
+class InvalidCurrencyError(ValidationError):
+    """A currency that is not an active ISO 4217 code."""
+
+
+class InvalidAmountError(ValidationError):
+    """An amount that is negative, not a number, or not finite."""
+
+
+class HeaderInjectionError(ValidationError):
+    """A header value (subject, display name) holding CR, LF or NUL.
+
+    Also raised for RFC 2047 encoded words that decode to one of those: CPython's
+    ``email`` package decodes them when parsing a header and can write the bare
+    line break back out (CVE-2024-6923), so the library refuses them itself.
+    """
+
+
+class InvalidContextError(ValidationError):
+    """A context value that cannot be carried to a worker (not JSON-representable)."""
+
+
+# --- lookups -------------------------------------------------------------------------
+
+
+class UnknownTenantError(NotifyError, LookupError):
+    """No tenant with this id is known to the tenant resolver."""
+
+
+class UnknownNotificationError(NotifyError, LookupError):
+    """The status store holds nothing for this notification id."""
+
+
+# --- templates -----------------------------------------------------------------------
+
+
+class TemplateError(NotifyError):
+    """A template could not be found or rendered.
+
+    Attributes:
+        template: The template name concerned (``"de/welcome/subject.txt"``), if known.
+    """
+
+    def __init__(self, message: str, *, template: str | None = None, **context: str | None) -> None:
+        super().__init__(message, **context)
+        self.template = template
+
+    def _context(self) -> list[str]:
+        parts = super()._context()
+        if self.template is not None:
+            parts.insert(0, f"template={self.template}")
+        return parts
+
+
+class TemplateNotFoundError(TemplateError, LookupError):
+    """No template source has the kind (or a part the channel needs)."""
+
+
+class TemplateRenderError(TemplateError):
+    """The template failed to render: a syntax error, an undefined variable, ..."""
+
+
+class TemplateSecurityError(TemplateError):
+    """The template tried something the sandbox forbids, such as reaching Python internals."""
+
+
+class TemplateLimitError(TemplateError):
+    """The rendered output exceeded the size cap, or rendering exceeded the time limit."""
+
+
+# --- transport -----------------------------------------------------------------------
+
+
+class EnqueueError(NotifyError):
+    """The transport could not accept the notification; nothing was queued."""
+
+
+class QueueFullError(EnqueueError):
+    """The in-process queue stayed full for longer than the enqueue timeout."""
+
+
+# --- delivery ------------------------------------------------------------------------
+
+
+class DeliveryError(NotifyError):
+    """The provider did not deliver the message.
+
+    Attributes:
+        provider_response: What the provider answered (status line, error body), if
+            anything. Never contains credentials.
+        retry_after: Seconds the provider asked us to wait before retrying, if it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider_response: str | None = None,
+        retry_after: float | None = None,
+        **context: str | None,
+    ) -> None:
+        super().__init__(message, **context)
+        self.provider_response = provider_response
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text}: {self.provider_response}" if self.provider_response else text
+
+
+class TransientDeliveryError(DeliveryError):
+    """A failure worth retrying: the message was not accepted, but may be later."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A failure that retrying will not fix (rejected recipient, bad request)."""
+
+
+class AmbiguousDeliveryError(DeliveryError):
+    """The request may have been accepted (a timeout after it was sent).
+
+    Retrying may deliver twice, so the default retry policy does not retry these.
+    """
+
+
+class WaitTimeoutError(NotifyError, TimeoutError):
+    """:meth:`Receipt.wait` reached its timeout before the notification settled."""

@@ -1,0 +1,23 @@
+"""Providers: the last step of the pipeline, one module each.
+
+Select one in settings by name (``provider = "smtp"``), by a dotted path to a
+:class:`Provider` subclass, by a registered entry point in the
+``tenant_notify.providers`` group, or pass a class or an instance directly.
+"""
+
+from __future__ import annotations
+
+from .base import Provider, ProviderConfig
+
+__all__ = ["PROVIDER_ALIASES", "Provider", "ProviderConfig"]
+
+#: Built-in providers, imported only when used.
+PROVIDER_ALIASES: dict[str, str] = {
+    "console": "tenant_notify.providers.console:ConsoleProvider",
+    "file": "tenant_notify.providers.file:FileProvider",
+    "memory": "tenant_notify.providers.memory:MemoryProvider",
+    "smtp": "tenant_notify.providers.smtp:SmtpProvider",
+}
+
+#: The extra that installs a built-in provider's optional dependency.
+PROVIDER_EXTRAS: dict[str, str] = {}
