@@ -1,0 +1,71 @@
+"""tenant-notify: transactional notifications for multi-tenant applications.
+
+Build a :class:`Notifier` from settings and send::
+
+    from tenant_notify import Notifier
+
+    notify = Notifier.from_settings({"tenants": {"acme": {"name": "Acme",
+                                                          "email_from": "orders@acme.test"}}})
+    receipt = notify.send_welcome_email(user_email="jane@example.com", user_name="Jane",
+                                        tenant_id="acme")
+    receipt.wait(timeout=5)
+"""
+
+from __future__ import annotations
+
+from .config import Settings, load_settings
+from .dispatcher import Dispatcher, Outcome
+from .errors import (
+    ConfigurationError,
+    DeliveryError,
+    EnqueueError,
+    NotifyError,
+    TemplateError,
+    UnknownTenantError,
+    ValidationError,
+)
+from .models import (
+    Address,
+    Channel,
+    DeliveryResult,
+    DeliveryState,
+    DeliveryStatus,
+    EmailMessage,
+    Notification,
+    Receipt,
+    SmsMessage,
+)
+from .notifier import Notifier
+from .retry import RetryPolicy
+from .tenants import StaticTenantResolver, Tenant, TenantResolver
+
+__all__ = [
+    "Address",
+    "Channel",
+    "ConfigurationError",
+    "DeliveryError",
+    "DeliveryResult",
+    "DeliveryState",
+    "DeliveryStatus",
+    "Dispatcher",
+    "EmailMessage",
+    "EnqueueError",
+    "Notification",
+    "Notifier",
+    "NotifyError",
+    "Outcome",
+    "Receipt",
+    "RetryPolicy",
+    "Settings",
+    "SmsMessage",
+    "StaticTenantResolver",
+    "TemplateError",
+    "Tenant",
+    "TenantResolver",
+    "UnknownTenantError",
+    "ValidationError",
+    "__version__",
+    "load_settings",
+]
+
+__version__ = "0.1.0"

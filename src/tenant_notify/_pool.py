@@ -1,0 +1,174 @@
+"""Provider instances, one per distinct configuration, shared across tenants.
+
+Tenants that resolve to the same provider settings share one instance (and so
+its pooled connections); a tenant with its own credentials gets its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import pydantic
+
+from ._registry import resolve_name
+from .errors import ConfigurationError, UnsupportedChannelError
+from .models import Channel
+from .providers import PROVIDER_ALIASES, PROVIDER_EXTRAS
+from .providers.base import Provider, ProviderConfig
+from .tenants import Tenant
+
+ENTRY_POINT_GROUP = "tenant_notify.providers"
+
+
+def merge_tables(default: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A tenant's provider table over the global one.
+
+    Same provider (or none named): the tenant's keys win over the global ones. A
+    different provider: the tenant's table stands alone, since the global keys
+    (an SMTP host, say) mean nothing to it.
+    """
+    if not override:
+        return dict(default)
+    if "provider" in override and override["provider"] != default.get("provider"):
+        return dict(override)
+    return {**default, **override}
+
+
+def _freeze(value: Any) -> Hashable:
+    # SecretStr hashes and compares by its secret, so two tenants whose tables
+    # differ only in a password never share an instance.
+    if isinstance(value, Mapping):
+        return tuple(sorted((key, _freeze(item)) for key, item in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value  # type: ignore[no-any-return]
+
+
+def _translate(err: pydantic.ValidationError, key: str) -> ConfigurationError:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return ConfigurationError(first["msg"], key=f"{key}.{where}" if where else key)
+
+
+class _Spec:
+    """A validated provider table: what to build, and its cache key."""
+
+    __slots__ = ("cache_key", "config", "factory", "instance", "name")
+
+    def __init__(
+        self,
+        name: str,
+        cache_key: Hashable,
+        *,
+        factory: type[Provider] | None = None,
+        config: ProviderConfig | None = None,
+        instance: Provider | None = None,
+    ) -> None:
+        self.name = name
+        self.cache_key = cache_key
+        self.factory = factory
+        self.config = config
+        self.instance = instance
+
+
+class ProviderPool:
+    """Builds and caches providers from provider tables.
+
+    Args:
+        defaults: The global table per channel (``settings.email``, ``settings.sms``).
+    """
+
+    def __init__(self, defaults: Mapping[Channel, Mapping[str, Any]]) -> None:
+        self._defaults = dict(defaults)
+        self._specs: dict[tuple[str, Channel, Hashable], _Spec] = {}
+        self._instances: dict[Hashable, Provider] = {}
+        self._lock = threading.Lock()
+
+    def check(self, tenant: Tenant | None = None) -> None:
+        """Validate the tables (a tenant's, or the defaults) for both channels.
+
+        Raises:
+            ConfigurationError: naming the key at fault.
+        """
+        for channel in Channel:
+            self._spec(tenant, channel)
+
+    def provider_name(self, tenant: Tenant, channel: Channel) -> str:
+        return self._spec(tenant, channel).name
+
+    def get(self, tenant: Tenant, channel: Channel) -> Provider:
+        """The provider serving ``tenant`` on ``channel``."""
+        spec = self._spec(tenant, channel)
+        if spec.instance is not None:
+            return spec.instance
+        provider = self._instances.get(spec.cache_key)
+        if provider is None:
+            with self._lock:
+                provider = self._instances.get(spec.cache_key)
+                if provider is None:
+                    assert spec.factory is not None and spec.config is not None
+                    provider = spec.factory.from_config(spec.config)
+                    self._instances[spec.cache_key] = provider
+        return provider
+
+    def _spec(self, tenant: Tenant | None, channel: Channel) -> _Spec:
+        override = getattr(tenant, channel.value) if tenant is not None else None
+        table = merge_tables(self._defaults[channel], override)
+        # Tables are small; their frozen form is a cheap key for the validated spec.
+        memo_key = (tenant.id if tenant is not None and override else "", channel, _freeze(table))
+        spec = self._specs.get(memo_key)
+        if spec is None:
+            key = f"tenants.{tenant.id}.{channel.value}" if override and tenant else channel.value
+            spec = self._specs[memo_key] = self._validate(table, channel, key)
+        return spec
+
+    def _validate(self, table: Mapping[str, Any], channel: Channel, key: str) -> _Spec:
+        chosen = table.get("provider")
+        options = {k: v for k, v in table.items() if k != "provider"}
+        if isinstance(chosen, Provider):
+            if options:
+                raise ConfigurationError(
+                    "a provider instance takes no other settings", key=f"{key}.{next(iter(options))}"
+                )
+            self._check_channel(type(chosen), channel, key)
+            return _Spec(chosen.name, ("instance", id(chosen)), instance=chosen)
+        if isinstance(chosen, str):
+            factory = resolve_name(
+                chosen,
+                aliases=PROVIDER_ALIASES,
+                extras=PROVIDER_EXTRAS,
+                group=ENTRY_POINT_GROUP,
+                kind="provider",
+                key=f"{key}.provider",
+            )
+        else:
+            factory = chosen
+        if not (isinstance(factory, type) and issubclass(factory, Provider)):
+            raise ConfigurationError(
+                f"{chosen!r} is not a Provider subclass", key=f"{key}.provider"
+            )
+        self._check_channel(factory, channel, key)
+        try:
+            config = factory.Config.model_validate(options)
+        except pydantic.ValidationError as err:
+            raise _translate(err, key) from None
+        cache_key = (factory, _freeze(dict(config)))
+        return _Spec(factory.name, cache_key, factory=factory, config=config)
+
+    @staticmethod
+    def _check_channel(factory: type[Provider], channel: Channel, key: str) -> None:
+        if channel not in factory.channels:
+            raise UnsupportedChannelError(
+                f"provider {factory.name!r} does not send {channel.value}; it sends "
+                f"{', '.join(sorted(c.value for c in factory.channels)) or 'nothing'}",
+                key=f"{key}.provider",
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            providers = list(self._instances.values())
+            self._instances.clear()
+        for provider in providers:
+            provider.close()

@@ -1,0 +1,169 @@
+"""Input checks run in the caller's thread, before anything is queued.
+
+The recipient checks are cached: the same addresses come back again and again,
+and email-validator and phonenumbers are the most expensive part of a send.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import email_validator
+import phonenumbers
+
+from ._currencies import MINOR_UNITS
+from ._headers import check_header_value
+from .errors import (
+    InvalidAmountError,
+    InvalidContextError,
+    InvalidCurrencyError,
+    InvalidRecipientError,
+    ValidationError,
+)
+
+_LOCALE = re.compile(r"^([a-zA-Z]{2,3})(?:[-_]([a-zA-Z0-9]{2,8}))?$")
+_ALPHANUMERIC_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
+MAX_SMS_CHARS = 1600  # what Twilio accepts in one message (it splits into segments)
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalize_email(address: str) -> str:
+    info = email_validator.validate_email(
+        address,
+        check_deliverability=False,
+        # Reserved names such as *.test are fine for a sending library: tests and
+        # staging use them, and deliverability is the receiving side's business.
+        test_environment=True,
+        # The message goes out 7-bit clean; an internationalised local part would
+        # need SMTPUTF8, which the library does not use.
+        allow_smtputf8=False,
+    )
+    return str(info.ascii_email or info.normalized)
+
+
+def normalize_email(address: object, field: str) -> str:
+    """Return the normalised address or raise :class:`InvalidRecipientError`."""
+    if not isinstance(address, str):
+        raise InvalidRecipientError("must be an email address string", field=field)
+    try:
+        return _normalize_email(address.strip())
+    except email_validator.EmailNotValidError as err:
+        raise InvalidRecipientError(f"{address!r} is not a valid email address: {err}",
+                                    field=field) from err
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalize_phone(number: str) -> str | None:
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def normalize_phone(number: object, field: str) -> str:
+    """Return the number in E.164 form or raise :class:`InvalidRecipientError`.
+
+    The number must be international (leading ``+``) and of a possible length for
+    its country; whether it is assigned is the provider's business.
+    """
+    if not isinstance(number, str) or not number.strip().startswith("+"):
+        raise InvalidRecipientError(
+            f"{number!r} is not an E.164 phone number (expected +<country><number>)",
+            field=field,
+        )
+    normalized = _normalize_phone(number.strip())
+    if normalized is None:
+        raise InvalidRecipientError(f"{number!r} is not a valid E.164 phone number",
+                                    field=field)
+    return normalized
+
+
+def normalize_sender_number(value: str) -> str:
+    """An SMS sender: an E.164 number or an alphanumeric sender id (up to 11 chars)."""
+    if _ALPHANUMERIC_SENDER.match(value):
+        return value
+    return normalize_phone(value, "sms_from")
+
+
+def normalize_locale(value: object, field: str) -> str:
+    """``"de_AT"`` -> ``"de-AT"``; raises ValidationError for anything else."""
+    match = _LOCALE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValidationError(f"{value!r} is not a locale such as 'en' or 'de-AT'", field=field)
+    lang, region = match.groups()
+    return f"{lang.lower()}-{region.upper()}" if region else lang.lower()
+
+
+def check_currency(value: object, field: str = "currency") -> str:
+    """Return the upper-case ISO 4217 code or raise :class:`InvalidCurrencyError`."""
+    code = value.strip().upper() if isinstance(value, str) else None
+    if code not in MINOR_UNITS:
+        raise InvalidCurrencyError(f"{value!r} is not an ISO 4217 currency code", field=field)
+    return code
+
+
+def check_amount(value: object, field: str) -> Decimal:
+    """Return a finite, non-negative Decimal or raise :class:`InvalidAmountError`."""
+    if isinstance(value, bool):
+        raise InvalidAmountError(f"{value!r} is not a number", field=field)
+    try:
+        if isinstance(value, float):
+            amount = Decimal(repr(value))
+        elif isinstance(value, Decimal | int | str):
+            amount = Decimal(value)
+        else:
+            raise InvalidAmountError(f"{value!r} is not a number", field=field)
+    except InvalidOperation as err:
+        raise InvalidAmountError(f"{value!r} is not a number", field=field) from err
+    if not amount.is_finite():
+        raise InvalidAmountError(f"{value!r} is not a finite number", field=field)
+    if amount < 0:
+        raise InvalidAmountError(f"{value!r} is negative", field=field)
+    return amount
+
+
+def check_text(value: object, field: str, *, header: bool = False, max_chars: int = 0) -> str:
+    """A non-empty string; with ``header`` also safe as a header value."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("must be a non-empty string", field=field)
+    if max_chars and len(value) > max_chars:
+        raise ValidationError(f"is longer than {max_chars} characters", field=field)
+    if header:
+        check_header_value(value, field)
+    return value
+
+
+def check_identifier(value: object, field: str) -> str:
+    """Ids (order ids, tenant ids): a non-empty string or an int, as a string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return check_text(value, field, header=True, max_chars=256)
+
+
+def check_items(items: object, field: str = "items") -> list[dict[str, Any]]:
+    """Order lines: ``[{"name": str, "quantity": int, "unit_price": amount}, ...]``."""
+    if not isinstance(items, Sequence) or isinstance(items, str):
+        raise InvalidContextError("must be a list of order lines", field=field)
+    lines = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]"
+        if not isinstance(item, Mapping):
+            raise InvalidContextError("must be a mapping with name, quantity, unit_price",
+                                      field=where)
+        quantity = item.get("quantity", 1)
+        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1:
+            raise InvalidContextError("quantity must be a positive integer",
+                                      field=f"{where}.quantity")
+        line = dict(item)
+        line["name"] = check_text(item.get("name"), f"{where}.name", max_chars=500)
+        line["quantity"] = quantity
+        line["unit_price"] = check_amount(item.get("unit_price"), f"{where}.unit_price")
+        lines.append(line)
+    return lines

@@ -1,0 +1,252 @@
+"""Settings: one model, loaded from a mapping, a TOML/YAML file or the environment.
+
+Environment variables use the prefix ``TENANT_NOTIFY_`` and ``__`` between levels
+(``TENANT_NOTIFY_EMAIL__PROVIDER=smtp``, ``TENANT_NOTIFY_TENANTS__ACME__NAME=Acme``).
+``TENANT_NOTIFY_CONFIG_FILE`` names a TOML (or, with PyYAML, YAML) file read under
+the environment, which wins over it. See ``docs/configuration.md`` for every key.
+
+Provider tables (``[email]``, ``[sms]``, ``[tenants.X.email]``) are free-form here
+and validated against the chosen provider's own ``Config`` model when the
+Notifier is built, so a misspelt key fails then, naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ConfigurationError, MissingDependencyError
+from .tenants import Tenant, protect_secrets
+
+__all__ = [
+    "IdempotencySettings",
+    "RetrySettings",
+    "Settings",
+    "TemplateSettings",
+    "TransportSettings",
+    "load_settings",
+]
+
+CONFIG_FILE_VARIABLE = "TENANT_NOTIFY_CONFIG_FILE"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TransportSettings(_Section):
+    """``transport = "inprocess"`` or a table ``[transport] backend = ...``.
+
+    Attributes:
+        backend: ``eager``, ``inprocess``, ``celery`` or a dotted path to a Transport.
+        workers: In-process worker threads.
+        queue_size: In-process queue bound; a full queue blocks the caller.
+        enqueue_timeout: Seconds a send may block on a full queue before
+            :class:`~tenant_notify.errors.QueueFullError`.
+        drain_timeout: Seconds ``close()`` waits for queued work to finish.
+    """
+
+    backend: str = "inprocess"
+    workers: int = Field(default=4, ge=1, le=256)
+    queue_size: int = Field(default=10_000, ge=1)
+    enqueue_timeout: float = Field(default=5.0, ge=0)
+    drain_timeout: float = Field(default=30.0, ge=0)
+
+
+class RetrySettings(_Section):
+    """Backoff for transient failures, applied the same way by every transport."""
+
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    initial_delay: float = Field(default=1.0, ge=0)
+    max_delay: float = Field(default=300.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    retry_ambiguous: bool = False
+
+
+class TemplateSettings(_Section):
+    """Limits on rendering tenant templates (which are untrusted input)."""
+
+    max_output_chars: int = Field(default=262_144, ge=1024)
+    render_timeout: float = Field(default=2.0, gt=0)
+    auto_reload: bool = True
+
+
+class IdempotencySettings(_Section):
+    """How long idempotency keys are remembered."""
+
+    ttl: float = Field(default=86_400.0, gt=0)
+    lease: float = Field(default=300.0, gt=0)
+
+
+class Settings(BaseModel):
+    """Everything a Notifier is built from.
+
+    Attributes:
+        transport: How notifications reach the dispatcher.
+        email: Default email provider table for every tenant.
+        sms: Default SMS provider table for every tenant.
+        tenants: Tenant tables by id (for the default, static resolver).
+        default_locale: Locale of tenants that set none.
+        templates_dir: Application templates, between tenants' and the built-in ones.
+        templates: Rendering limits.
+        retry: Backoff policy.
+        idempotency: Key lifetimes.
+        mask_recipients: Mask addresses and numbers in log lines (keep on).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # NoDecode: the environment may give these as a bare name (TRANSPORT=eager).
+    transport: Annotated[TransportSettings, NoDecode] = Field(default_factory=TransportSettings)
+    email: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=lambda: {"provider": "console"}
+    )
+    sms: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=lambda: {"provider": "console"}
+    )
+    tenants: dict[str, Tenant] = Field(default_factory=dict)
+    default_locale: str = "en"
+    templates_dir: Path | None = None
+    templates: TemplateSettings = Field(default_factory=TemplateSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
+    mask_recipients: bool = True
+
+    @field_validator("transport", mode="before")
+    @classmethod
+    def _transport_shorthand(cls, value: Any) -> Any:
+        return {"backend": value} if isinstance(value, str) else value
+
+    @field_validator("email", "sms", mode="before")
+    @classmethod
+    def _provider_table(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = {"provider": value}
+        if isinstance(value, Mapping):
+            if "provider" not in value:
+                raise ValueError("the table needs a 'provider' key")
+            return protect_secrets(value)
+        return value
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _tenant_ids(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        tables = {}
+        for tenant_id, table in value.items():
+            if isinstance(table, Tenant):
+                table = table.model_dump(exclude_unset=True)
+            if isinstance(table, Mapping):
+                table = dict(table)
+                if table.setdefault("id", tenant_id) != tenant_id:
+                    raise ValueError(f"tenants.{tenant_id}.id differs from its key")
+            tables[tenant_id] = table
+        return tables
+
+    @model_validator(mode="after")
+    def _default_locale(self) -> Settings:
+        # Tenants that set no locale take the application's default.
+        for tenant_id, tenant in self.tenants.items():
+            if "locale" not in tenant.model_fields_set:
+                self.tenants[tenant_id] = tenant.model_copy(update={"locale": self.default_locale})
+        return self
+
+
+class _EnvSettings(BaseSettings, Settings):
+    """Settings read from ``TENANT_NOTIFY_*`` variables over the config file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TENANT_NOTIFY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments, then the environment, then the file it names.
+        file_data = _read_config_file(os.environ.get(CONFIG_FILE_VARIABLE))
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, file_data))
+
+
+def _read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise ConfigurationError(f"cannot read {file}: {err.strerror}",
+                                 key=CONFIG_FILE_VARIABLE) from err
+    if file.suffix in {".yaml", ".yml"}:
+        try:
+            import yaml
+        except ModuleNotFoundError as err:
+            raise MissingDependencyError("pyyaml", "yaml", key=CONFIG_FILE_VARIABLE) from err
+        try:
+            data = yaml.safe_load(raw) or {}
+        except yaml.YAMLError as err:
+            raise ConfigurationError(f"{file} is not valid YAML: {err}",
+                                     key=CONFIG_FILE_VARIABLE) from err
+    else:
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigurationError(f"{file} is not valid TOML: {err}",
+                                     key=CONFIG_FILE_VARIABLE) from err
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{file} must hold a table of settings", key=CONFIG_FILE_VARIABLE)
+    return data
+
+
+def _translate(err: pydantic.ValidationError) -> ConfigurationError:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or None
+    message = first["msg"]
+    if len(err.errors()) > 1:
+        message += f" (and {len(err.errors()) - 1} more problem(s))"
+    return ConfigurationError(message, key=key)
+
+
+def load_settings(source: Settings | Mapping[str, Any] | str | os.PathLike[str] | None) -> Settings:
+    """Build :class:`Settings` from a Settings object, a mapping or a file path.
+
+    ``None`` reads the environment (and ``TENANT_NOTIFY_CONFIG_FILE``). A mapping
+    or a file is taken as it is, without the environment, so what you pass is
+    what you get.
+
+    Raises:
+        ConfigurationError: naming the first bad key.
+    """
+    if isinstance(source, Settings):
+        return source
+    try:
+        if source is None:
+            return _EnvSettings()
+        if isinstance(source, str | os.PathLike):
+            return Settings.model_validate(_read_config_file(source))
+        return Settings.model_validate(dict(source))
+    except pydantic.ValidationError as err:
+        raise _translate(err) from None

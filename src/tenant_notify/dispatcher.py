@@ -1,0 +1,317 @@
+"""The delivery side of the pipeline: one code path for every transport.
+
+:meth:`Dispatcher.deliver` takes a :class:`~tenant_notify.models.Notification` and
+makes one attempt: resolve the tenant, claim the delivery, render, pick the
+tenant's provider, send, record the status. It returns an :class:`Outcome` that
+tells the transport whether (and when) to try again; the transport only carries
+that out, so eager, in-process and Celery deliveries behave the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from .config import Settings
+from .errors import (
+    AmbiguousDeliveryError,
+    ConfigurationError,
+    DeliveryError,
+    NotifyError,
+    PermanentDeliveryError,
+)
+from .log import get_logger, mask_recipient
+from .models import (
+    Address,
+    Channel,
+    DeliveryState,
+    DeliveryStatus,
+    EmailMessage,
+    Message,
+    Notification,
+    SmsMessage,
+    utcnow,
+)
+from ._pool import ProviderPool
+from .retry import RetryPolicy
+from .stores import ClaimState, IdempotencyStore, StatusStore
+from .templates import TemplateRenderer
+from .tenants import Tenant, TenantResolver
+
+__all__ = ["Dispatcher", "Outcome"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one delivery attempt came to.
+
+    Attributes:
+        status: The status recorded after the attempt.
+        retry_in: Seconds until the next attempt is due, or None for none.
+    """
+
+    status: DeliveryStatus | None
+    retry_in: float | None = None
+
+
+class Dispatcher:
+    """Delivers notifications; the same object runs under every transport.
+
+    Args:
+        tenants: Resolves tenant ids on the delivery side.
+        renderer: Renders the tenant's templates.
+        providers: Provider instances per tenant and channel.
+        status_store: Where statuses are recorded.
+        idempotency_store: Guards against delivering one notification twice.
+        retry_policy: Decides whether and when to retry.
+        idempotency_ttl: How long a completed delivery is remembered.
+        delivery_lease: How long one attempt may hold its delivery claim.
+        mask_recipients: Mask recipients in log lines.
+    """
+
+    def __init__(
+        self,
+        *,
+        tenants: TenantResolver,
+        renderer: TemplateRenderer,
+        providers: ProviderPool,
+        status_store: StatusStore,
+        idempotency_store: IdempotencyStore,
+        retry_policy: RetryPolicy,
+        idempotency_ttl: float = 86_400.0,
+        delivery_lease: float = 300.0,
+        mask_recipients: bool = True,
+    ) -> None:
+        self.tenants = tenants
+        self.renderer = renderer
+        self.providers = providers
+        self.status_store = status_store
+        self.idempotency_store = idempotency_store
+        self.retry_policy = retry_policy
+        self.idempotency_ttl = idempotency_ttl
+        self.delivery_lease = delivery_lease
+        self._mask = mask_recipient if mask_recipients else str
+        self._log = get_logger()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        tenants: TenantResolver,
+        status_store: StatusStore,
+        idempotency_store: IdempotencyStore,
+    ) -> Dispatcher:
+        """Build a dispatcher (renderer, provider pool, policy) from settings."""
+        return cls(
+            tenants=tenants,
+            renderer=TemplateRenderer(
+                settings.templates_dir,
+                max_output_chars=settings.templates.max_output_chars,
+                render_timeout=settings.templates.render_timeout,
+                auto_reload=settings.templates.auto_reload,
+            ),
+            providers=ProviderPool({Channel.EMAIL: settings.email, Channel.SMS: settings.sms}),
+            status_store=status_store,
+            idempotency_store=idempotency_store,
+            retry_policy=RetryPolicy.from_settings(settings.retry),
+            idempotency_ttl=settings.idempotency.ttl,
+            delivery_lease=settings.idempotency.lease,
+            mask_recipients=settings.mask_recipients,
+        )
+
+    # --- one attempt -----------------------------------------------------------------
+
+    def deliver(self, notification: Notification, attempt: int = 1) -> Outcome:
+        """Make delivery attempt number ``attempt`` of ``notification``.
+
+        Never raises for a delivery problem: every failure is recorded in the
+        status store and reported through the returned :class:`Outcome`.
+        """
+        with structlog.contextvars.bound_contextvars(
+            tenant_id=notification.tenant_id, notification_id=notification.id
+        ):
+            return self._deliver(notification, attempt)
+
+    def _deliver(self, notification: Notification, attempt: int) -> Outcome:
+        log = self._log.bind(
+            tenant_id=notification.tenant_id,
+            notification_id=notification.id,
+            kind=notification.kind,
+            channel=notification.channel.value,
+            attempt=attempt,
+        )
+        claim_key = f"delivery:{notification.id}"
+        claim = self.idempotency_store.claim(claim_key, self.delivery_lease)
+        if claim.state is ClaimState.DONE:
+            log.info("notification_already_delivered")
+            return Outcome(self.status_store.get(notification.id))
+        if claim.state is ClaimState.BUSY:
+            log.info("notification_delivery_in_progress", retry_in=round(claim.retry_in, 3))
+            return Outcome(self.status_store.get(notification.id), retry_in=claim.retry_in)
+
+        status = self._current(notification).evolve(
+            state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None
+        )
+        self.status_store.save(status)
+        provider_name: str | None = None
+        try:
+            tenant = self.tenants.get(notification.tenant_id)
+            provider_name = self.providers.provider_name(tenant, notification.channel)
+            provider = self.providers.get(tenant, notification.channel)
+            message = self.build_message(notification, tenant)
+            result = provider.send(message)
+        except NotifyError as err:
+            return self._failed(notification, status, attempt, err, provider_name, claim_key, log)
+        except Exception as err:
+            # A bug in a provider or a resolver: record it rather than lose the
+            # notification, and log the traceback for whoever owns that code.
+            log.exception("delivery_crashed", provider=provider_name)
+            wrapped = PermanentDeliveryError(
+                f"unexpected {type(err).__name__}: {err}", provider=provider_name
+            )
+            return self._failed(
+                notification, status, attempt, wrapped, provider_name, claim_key, log
+            )
+
+        self.idempotency_store.complete(claim_key, self.idempotency_ttl)
+        status = status.evolve(
+            state=DeliveryState.SENT,
+            provider=result.provider,
+            provider_message_id=result.provider_message_id,
+            error=None,
+            error_type=None,
+        )
+        self.status_store.save(status)
+        log.info(
+            "notification_sent",
+            provider=result.provider,
+            provider_message_id=result.provider_message_id,
+            to=self._mask(notification.to),
+        )
+        return Outcome(status)
+
+    def _failed(
+        self,
+        notification: Notification,
+        status: DeliveryStatus,
+        attempt: int,
+        error: NotifyError,
+        provider_name: str | None,
+        claim_key: str,
+        log: Any,
+    ) -> Outcome:
+        retry_in = self.retry_policy.delay_for(attempt, error)
+        reason = str(error)
+        if retry_in is not None:
+            self.idempotency_store.release(claim_key)
+            status = status.evolve(
+                state=DeliveryState.RETRYING,
+                provider=provider_name,
+                error=reason,
+                error_type=type(error).__name__,
+                next_attempt_at=utcnow() + dt.timedelta(seconds=retry_in),
+            )
+            self.status_store.save(status)
+            log.warning(
+                "delivery_retry_scheduled",
+                provider=provider_name,
+                error=reason,
+                retry_in=round(retry_in, 3),
+            )
+            return Outcome(status, retry_in=retry_in)
+        if isinstance(error, DeliveryError) and not isinstance(error, AmbiguousDeliveryError):
+            # Certainly not accepted: a later, deliberate resend may go through.
+            self.idempotency_store.release(claim_key)
+        else:
+            # Perhaps accepted, or never sendable: a redelivery must not try again.
+            self.idempotency_store.complete(claim_key, self.idempotency_ttl)
+        status = status.evolve(
+            state=DeliveryState.FAILED,
+            provider=provider_name,
+            error=reason,
+            error_type=type(error).__name__,
+            next_attempt_at=None,
+        )
+        self.status_store.save(status)
+        log.error(
+            "delivery_failed",
+            provider=provider_name,
+            error=reason,
+            error_type=type(error).__name__,
+            to=self._mask(notification.to),
+        )
+        return Outcome(status)
+
+    def abandon(self, notification: Notification, reason: str) -> None:
+        """Record that ``notification`` will not be attempted again (shutdown)."""
+        status = self._current(notification).evolve(
+            state=DeliveryState.FAILED, error=reason, error_type="EnqueueError", next_attempt_at=None
+        )
+        self.status_store.save(status)
+        self._log.error(
+            "delivery_abandoned",
+            tenant_id=notification.tenant_id,
+            notification_id=notification.id,
+            kind=notification.kind,
+            error=reason,
+        )
+
+    def _current(self, notification: Notification) -> DeliveryStatus:
+        return self.status_store.get(notification.id) or DeliveryStatus.queued(notification)
+
+    # --- rendering -------------------------------------------------------------------
+
+    def template_context(
+        self, notification: Notification, tenant: Tenant, locale: str
+    ) -> dict[str, Any]:
+        """What the templates of ``notification`` see."""
+        context = notification.template_context()
+        context["tenant"] = tenant.template_view()
+        context["locale"] = locale
+        return context
+
+    def build_message(self, notification: Notification, tenant: Tenant) -> Message:
+        """Render ``notification`` with ``tenant``'s templates into a message."""
+        locale = notification.locale or tenant.locale
+        context = self.template_context(notification, tenant, locale)
+        common: Mapping[str, Any] = {
+            "notification_id": notification.id,
+            "tenant_id": tenant.id,
+            "kind": notification.kind,
+        }
+        if notification.channel is Channel.SMS:
+            if tenant.sms_from is None:
+                raise ConfigurationError(
+                    "the tenant has no sms_from", key=f"tenants.{tenant.id}.sms_from"
+                )
+            body = self.renderer.render_sms(
+                notification.kind, context, templates_dir=tenant.templates_dir, locale=locale
+            )
+            return SmsMessage(from_number=tenant.sms_from, to=notification.to, body=body, **common)
+        sender = tenant.sender
+        if sender is None:
+            raise ConfigurationError(
+                "the tenant has no email_from", key=f"tenants.{tenant.id}.email_from"
+            )
+        rendered = self.renderer.render_email(
+            notification.kind, context, templates_dir=tenant.templates_dir, locale=locale
+        )
+        return EmailMessage(
+            from_addr=sender,
+            to=(Address(notification.to),),
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            reply_to=tenant.reply_to,
+            **common,
+        )
+
+    def close(self) -> None:
+        """Close every provider and the renderer."""
+        self.providers.close()
+        self.renderer.close()

@@ -1,0 +1,460 @@
+"""The Notifier: the one object a host application holds.
+
+It validates a send in the caller's thread (never renders), builds a
+:class:`~tenant_notify.models.Notification`, hands it to the transport and
+returns a :class:`~tenant_notify.models.Receipt`. Bad input raises a
+:class:`~tenant_notify.errors.ValidationError` (or ``UnknownTenantError``,
+``TemplateNotFoundError``) before anything is queued.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Self
+
+from ._registry import resolve_name
+from ._validation import (
+    MAX_SMS_CHARS,
+    check_amount,
+    check_currency,
+    check_identifier,
+    check_items,
+    check_text,
+    normalize_email,
+    normalize_locale,
+    normalize_phone,
+)
+from .config import Settings, load_settings
+from .dispatcher import Dispatcher
+from .errors import (
+    ConfigurationError,
+    EnqueueError,
+    InvalidContextError,
+    UnknownNotificationError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from .log import get_logger, mask_recipient
+from .models import (
+    Channel,
+    DeliveryStatus,
+    Notification,
+    Receipt,
+    encode_context,
+    new_notification_id,
+)
+from .stores import IdempotencyStore, MemoryIdempotencyStore, MemoryStatusStore, StatusStore
+from .tenants import StaticTenantResolver, Tenant, TenantResolver
+from .transports import TRANSPORT_ALIASES, TRANSPORT_EXTRAS, Transport
+
+__all__ = ["Notifier"]
+
+# Names the library puts into every template context itself.
+_RESERVED_CONTEXT = frozenset({"tenant", "locale"})
+
+
+class Notifier:
+    """Sends tenants' notifications through the configured transport.
+
+    Build it with :meth:`from_settings` or :meth:`from_env`. Every send method is
+    keyword-only, accepts ``idempotency_key=`` and returns a :class:`Receipt`.
+    It is thread-safe; close it (or use it as a context manager) on shutdown so
+    the in-process transport drains.
+
+    Args:
+        settings: Validated settings.
+        tenant_resolver: Where tenants come from; defaults to the settings' tables.
+        transport: A Transport instance, class or name; defaults to ``settings.transport``.
+        status_store: Defaults to an in-memory store.
+        idempotency_store: Defaults to an in-memory store.
+
+    Raises:
+        ConfigurationError: naming the key at fault, for any bad setting.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tenant_resolver: TenantResolver | None = None,
+        transport: Transport | type[Transport] | str | None = None,
+        status_store: StatusStore | None = None,
+        idempotency_store: IdempotencyStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self._log = get_logger()
+        self._mask = mask_recipient if settings.mask_recipients else str
+        self.tenants: TenantResolver = tenant_resolver or StaticTenantResolver(settings.tenants)
+        self.status_store: StatusStore = status_store or MemoryStatusStore()
+        self.idempotency_store: IdempotencyStore = idempotency_store or MemoryIdempotencyStore()
+        self.dispatcher = Dispatcher.from_settings(
+            settings,
+            tenants=self.tenants,
+            status_store=self.status_store,
+            idempotency_store=self.idempotency_store,
+        )
+        self._check_providers()
+        self.transport = self._build_transport(transport)
+        self._closed = False
+
+    # --- construction --------------------------------------------------------------
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings | Mapping[str, Any] | str | os.PathLike[str], **options: Any
+    ) -> Self:
+        """Build from a :class:`Settings`, a mapping, or a TOML/YAML file path.
+
+        ``options`` are passed to the constructor (``tenant_resolver=``, ...).
+        """
+        return cls(load_settings(settings), **options)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> Self:
+        """Build from ``TENANT_NOTIFY_*`` variables and ``TENANT_NOTIFY_CONFIG_FILE``."""
+        return cls(load_settings(None), **options)
+
+    def _check_providers(self) -> None:
+        # Fail at build time, naming the key, rather than on the first delivery.
+        pool = self.dispatcher.providers
+        pool.check()
+        if isinstance(self.tenants, StaticTenantResolver):
+            for tenant in self.tenants:
+                pool.check(tenant)
+
+    def _build_transport(self, transport: Transport | type[Transport] | str | None) -> Transport:
+        if isinstance(transport, Transport):
+            return transport
+        factory: Any = transport or self.settings.transport.backend
+        if isinstance(factory, str):
+            factory = resolve_name(
+                factory,
+                aliases=TRANSPORT_ALIASES,
+                extras=TRANSPORT_EXTRAS,
+                group="tenant_notify.transports",
+                kind="transport",
+                key="transport.backend",
+            )
+        if not (isinstance(factory, type) and issubclass(factory, Transport)):
+            raise ConfigurationError(f"{factory!r} is not a Transport", key="transport.backend")
+        built: Transport = factory.from_settings(self.dispatcher, self.settings)
+        return built
+
+    # --- the generic send ------------------------------------------------------------
+
+    def send(
+        self,
+        kind: str,
+        *,
+        tenant_id: str,
+        to: str,
+        context: Mapping[str, Any] | None = None,
+        channel: Channel | str = Channel.EMAIL,
+        idempotency_key: str | None = None,
+        locale: str | None = None,
+    ) -> Receipt:
+        """Send a notification of any kind (built-in or the host's own templates).
+
+        Args:
+            kind: Template kind; its parts are looked up in the tenant's, the
+                application's and the built-in templates.
+            tenant_id: Whose identity, provider and templates to use.
+            to: An email address (email) or an E.164 number (sms).
+            context: Fields the templates see by name. Values must be JSON types,
+                Decimal, date or datetime (they may travel to another process).
+            channel: ``"email"`` or ``"sms"``.
+            idempotency_key: Sending again with the same key (for this tenant)
+                sends nothing and returns the first send's receipt.
+            locale: Overrides the tenant's locale.
+
+        Raises:
+            ValidationError: bad recipient, context, locale (nothing queued).
+            UnknownTenantError: no such tenant.
+            TemplateNotFoundError: no template for the kind on this channel.
+            EnqueueError: the transport could not accept it.
+        """
+        try:
+            channel = Channel(channel)
+        except ValueError:
+            raise ValidationError(f"{channel!r} is not a channel (email, sms)",
+                                  field="channel") from None
+        if channel is Channel.EMAIL:
+            recipient = normalize_email(to, "to")
+        else:
+            recipient = normalize_phone(to, "to")
+        context = dict(context or {})
+        reserved = _RESERVED_CONTEXT & context.keys()
+        if reserved:
+            raise InvalidContextError(
+                f"{sorted(reserved)} are set by the library", field=sorted(reserved)[0]
+            )
+        return self._submit(kind, tenant_id, channel, recipient, context, idempotency_key, locale)
+
+    def _submit(
+        self,
+        kind: str,
+        tenant_id: str,
+        channel: Channel,
+        to: str,
+        context: dict[str, Any],
+        idempotency_key: str | None,
+        locale: str | None,
+    ) -> Receipt:
+        if self._closed:
+            raise EnqueueError("the notifier is closed", tenant_id=tenant_id)
+        tenant_id = check_identifier(tenant_id, "tenant_id")
+        tenant = self.tenants.get(tenant_id)
+        if locale is not None:
+            locale = normalize_locale(locale, "locale")
+        self._check_sendable(tenant, kind, channel, locale or tenant.locale)
+        notification = Notification(
+            id=new_notification_id(),
+            tenant_id=tenant_id,
+            kind=kind,
+            channel=channel,
+            to=to,
+            context=encode_context(context),
+            idempotency_key=idempotency_key,
+            locale=locale,
+        )
+        reservation = None
+        if idempotency_key is not None:
+            check_text(idempotency_key, "idempotency_key", max_chars=512)
+            reservation = f"send:{tenant_id}:{idempotency_key}"
+            earlier = self.idempotency_store.reserve(
+                reservation, notification.id, self.settings.idempotency.ttl
+            )
+            if earlier is not None:
+                self._log.info(
+                    "notification_duplicate",
+                    tenant_id=tenant_id,
+                    notification_id=earlier,
+                    kind=kind,
+                )
+                return self._receipt(earlier, tenant_id, kind, duplicate=True)
+        self.status_store.save(DeliveryStatus.queued(notification))
+        try:
+            self.transport.submit(notification)
+        except BaseException:
+            # Not queued: forget it entirely, so the caller can simply try again.
+            self.status_store.discard(notification.id)
+            if reservation is not None:
+                self.idempotency_store.forget(reservation)
+            raise
+        return self._receipt(notification.id, tenant_id, kind)
+
+    def _check_sendable(self, tenant: Tenant, kind: str, channel: Channel, locale: str) -> None:
+        if channel is Channel.EMAIL and tenant.email_from is None:
+            raise ConfigurationError(
+                "the tenant has no email_from", key=f"tenants.{tenant.id}.email_from",
+                tenant_id=tenant.id,
+            )
+        if channel is Channel.SMS and tenant.sms_from is None:
+            raise ConfigurationError(
+                "the tenant has no sms_from", key=f"tenants.{tenant.id}.sms_from",
+                tenant_id=tenant.id,
+            )
+        self.dispatcher.renderer.check_kind(
+            kind, channel, templates_dir=tenant.templates_dir, locale=locale
+        )
+
+    def _receipt(self, notification_id: str, tenant_id: str, kind: str,
+                 duplicate: bool = False) -> Receipt:
+        return Receipt(
+            notification_id,
+            tenant_id=tenant_id,
+            kind=kind,
+            duplicate=duplicate,
+            get_status=self.status,
+            wait=self.wait,
+        )
+
+    # --- the built-in kinds --------------------------------------------------------
+
+    def send_order_confirmation(
+        self,
+        *,
+        order_id: str | int,
+        customer_email: str,
+        order_total: Decimal | int | str,
+        currency: str,
+        tenant_id: str,
+        customer_name: str | None = None,
+        items: Sequence[Mapping[str, Any]] | None = None,
+        order_url: str | None = None,
+        locale: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Receipt:
+        """Email an order confirmation.
+
+        The idempotency key defaults to the order id (per tenant): confirming the
+        same order twice sends one email.
+
+        Args:
+            order_id: The host's order id.
+            customer_email: Recipient.
+            order_total: Non-negative amount (Decimal, int or numeric string).
+            currency: ISO 4217 code (``"USD"``).
+            tenant_id: The shop.
+            customer_name: Greeting name, if known.
+            items: Order lines ``{"name", "quantity", "unit_price"}``.
+            order_url: Link to the order in the shop.
+            locale: Overrides the tenant's locale.
+            idempotency_key: Overrides the default key.
+        """
+        order_id = check_identifier(order_id, "order_id")
+        context: dict[str, Any] = {
+            "order_id": order_id,
+            "customer_email": normalize_email(customer_email, "customer_email"),
+            "order_total": check_amount(order_total, "order_total"),
+            "currency": check_currency(currency),
+        }
+        if customer_name is not None:
+            context["customer_name"] = check_text(customer_name, "customer_name", header=True,
+                                                  max_chars=200)
+        if items is not None:
+            context["items"] = check_items(items)
+        if order_url is not None:
+            context["order_url"] = check_text(order_url, "order_url", header=True,
+                                              max_chars=2048)
+        return self._submit(
+            "order_confirmation",
+            tenant_id,
+            Channel.EMAIL,
+            context["customer_email"],
+            context,
+            idempotency_key or f"order_confirmation:{order_id}",
+            locale,
+        )
+
+    def send_welcome_email(
+        self,
+        *,
+        user_email: str,
+        user_name: str,
+        tenant_id: str,
+        login_url: str | None = None,
+        locale: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Receipt:
+        """Email a welcome to a new user.
+
+        The idempotency key defaults to the user's address (per tenant): a user
+        is welcomed once.
+        """
+        context: dict[str, Any] = {
+            "user_email": normalize_email(user_email, "user_email"),
+            "user_name": check_text(user_name, "user_name", header=True, max_chars=200),
+        }
+        if login_url is not None:
+            context["login_url"] = check_text(login_url, "login_url", header=True,
+                                              max_chars=2048)
+        return self._submit(
+            "welcome",
+            tenant_id,
+            Channel.EMAIL,
+            context["user_email"],
+            context,
+            idempotency_key or f"welcome:{context['user_email']}",
+            locale,
+        )
+
+    def send_email(
+        self,
+        *,
+        to_email: str,
+        subject: str,
+        body: str,
+        tenant_id: str,
+        html_body: str | None = None,
+        locale: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Receipt:
+        """Email a ready-made subject and body with the tenant's identity.
+
+        ``html_body`` is sent as it is (it is the host's HTML, not a template).
+        """
+        context: dict[str, Any] = {
+            "subject": check_text(subject, "subject", header=True, max_chars=998),
+            "body": check_text(body, "body"),
+        }
+        if html_body is not None:
+            context["html_body"] = check_text(html_body, "html_body")
+        recipient = normalize_email(to_email, "to_email")
+        return self._submit(
+            "email", tenant_id, Channel.EMAIL, recipient, context, idempotency_key, locale
+        )
+
+    def send_sms(
+        self,
+        *,
+        to_phone: str,
+        body: str,
+        tenant_id: str,
+        idempotency_key: str | None = None,
+    ) -> Receipt:
+        """Text ``body`` to an E.164 number from the tenant's sender."""
+        context = {"body": check_text(body, "body", max_chars=MAX_SMS_CHARS)}
+        recipient = normalize_phone(to_phone, "to_phone")
+        return self._submit("sms", tenant_id, Channel.SMS, recipient, context,
+                            idempotency_key, None)
+
+    # --- status ----------------------------------------------------------------------
+
+    def status(self, notification_id: str) -> DeliveryStatus:
+        """The current status of a notification.
+
+        Raises:
+            UnknownNotificationError: the id is unknown (or its status expired).
+        """
+        status = self.status_store.get(notification_id)
+        if status is None:
+            raise UnknownNotificationError(
+                f"no status for notification {notification_id!r}", notification_id=notification_id
+            )
+        return status
+
+    def wait(self, notification_id: str, timeout: float | None = 30.0) -> DeliveryStatus:
+        """Block until the notification is sent or failed; return its status.
+
+        Raises:
+            UnknownNotificationError: the id is unknown.
+            WaitTimeoutError: still pending after ``timeout`` seconds.
+        """
+        status = self.status_store.wait(notification_id, timeout)
+        if status is None:
+            raise UnknownNotificationError(
+                f"no status for notification {notification_id!r}", notification_id=notification_id
+            )
+        if not status.is_final:
+            raise WaitTimeoutError(
+                f"still {status.state.value} after {timeout}s",
+                tenant_id=status.tenant_id,
+                notification_id=notification_id,
+            )
+        return status
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting sends, drain the transport, close providers and stores."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.transport.close(timeout)
+        finally:
+            self.dispatcher.close()
+            self.status_store.close()
+            self.idempotency_store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Notifier transport={self.transport.name!r}>"

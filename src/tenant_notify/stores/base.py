@@ -1,0 +1,76 @@
+"""The store contracts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..models import DeliveryStatus
+
+__all__ = ["Claim", "ClaimState", "IdempotencyStore", "StatusStore"]
+
+
+@runtime_checkable
+class StatusStore(Protocol):
+    """Keeps the latest :class:`DeliveryStatus` of each notification."""
+
+    def save(self, status: DeliveryStatus) -> None:
+        """Record ``status`` as the latest for its id, waking any waiter."""
+
+    def get(self, notification_id: str) -> DeliveryStatus | None:
+        """The latest status, or None when the id is unknown (or expired)."""
+
+    def discard(self, notification_id: str) -> None:
+        """Forget an id (a submission that never reached the transport)."""
+
+    def wait(self, notification_id: str, timeout: float | None) -> DeliveryStatus | None:
+        """Block until the status is final or ``timeout`` passes; return the latest
+        status (final or not), or None for an unknown id."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class ClaimState(enum.Enum):
+    ACQUIRED = "acquired"  # the caller now holds the lease and must deliver
+    DONE = "done"  # delivered (or finally failed) before: do nothing
+    BUSY = "busy"  # someone else holds the lease: come back later
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    state: ClaimState
+    retry_in: float = 0.0  # with BUSY: seconds until the other lease runs out
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Remembers idempotency keys, atomically.
+
+    Two uses: ``reserve`` maps a caller's key to the first notification id sent
+    with it (so a second send returns the first receipt), and ``claim`` /
+    ``complete`` / ``release`` guard the delivery of one notification id, so a
+    redelivered message is not sent twice.
+    """
+
+    def reserve(self, key: str, notification_id: str, ttl: float) -> str | None:
+        """Map ``key`` to ``notification_id`` unless it is mapped already.
+
+        Returns None when this call reserved it, else the id it was reserved for.
+        """
+
+    def forget(self, key: str) -> None:
+        """Drop a reservation (the send it was made for never got queued)."""
+
+    def claim(self, key: str, lease: float) -> Claim:
+        """Take a lease on ``key`` unless it is done or leased by someone else."""
+
+    def complete(self, key: str, ttl: float) -> None:
+        """Mark ``key`` done for ``ttl`` seconds: later claims get DONE."""
+
+    def release(self, key: str) -> None:
+        """Give a lease back without completing (the attempt failed, will retry)."""
+
+    def close(self) -> None:
+        """Release connections."""

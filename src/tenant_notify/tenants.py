@@ -1,0 +1,162 @@
+"""Tenants: whose identity, provider, locale and templates a notification uses.
+
+A :class:`Tenant` is resolved on the delivery side by a :class:`TenantResolver`.
+The default, :class:`StaticTenantResolver`, serves the ``[tenants.*]`` tables of
+the settings; a host that keeps tenants in its database passes its own resolver
+(anything with a ``get(tenant_id) -> Tenant`` method) to the Notifier.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Annotated, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+
+from ._headers import check_header_value
+from ._validation import normalize_email, normalize_locale, normalize_sender_number
+from .errors import UnknownTenantError
+from .models import Address
+
+__all__ = ["StaticTenantResolver", "Tenant", "TenantResolver"]
+
+# Keys of provider tables whose values are secrets: kept as SecretStr from the
+# moment they are read, so no repr, log or error can show them.
+_SECRET_KEY = re.compile(r"(password|secret|token|api_key)$")
+
+
+def protect_secrets(table: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Return a copy of a provider table with secret-looking values as SecretStr."""
+    if table is None:
+        return None
+    return {
+        key: SecretStr(value) if isinstance(value, str) and _SECRET_KEY.search(key) else value
+        for key, value in table.items()
+    }
+
+
+def _parse_address(value: Any) -> Any:
+    if value is None or isinstance(value, Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an email address, optionally with a display name")
+    parsed = getaddresses([value])
+    if len(parsed) != 1 or "@" not in parsed[0][1]:
+        raise ValueError(f"{value!r} is not one email address")
+    name, addr = parsed[0]
+    check_header_value(name, "display name")
+    return Address(email=normalize_email(addr, "address"), name=name)
+
+
+def _parse_sender_number(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be an E.164 number or an alphanumeric sender id")
+    return normalize_sender_number(value)
+
+
+EmailAddressField = Annotated[Address | None, BeforeValidator(_parse_address)]
+
+
+class Tenant(BaseModel):
+    """One tenant's identity and overrides.
+
+    Attributes:
+        id: The tenant id the host passes to every send.
+        name: Display name; also the sender's display name when ``email_from``
+            is a bare address.
+        email_from: Sender address (``"Acme <orders@acme.test>"`` or a bare address).
+        sms_from: Sender number (E.164) or alphanumeric sender id.
+        reply_to: Reply-To address, if any.
+        locale: Default locale of its notifications (``"en"``, ``"de"``, ``"de-AT"``).
+        templates_dir: Folder whose templates override the built-in ones.
+        branding: Values templates see as ``tenant.branding`` (colours, logo URL, ...).
+        email: Provider table merged over the global ``[email]`` table.
+        sms: Provider table merged over the global ``[sms]`` table.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    id: str = ""
+    name: str
+    email_from: EmailAddressField = None
+    sms_from: Annotated[str | None, BeforeValidator(_parse_sender_number)] = None
+    reply_to: EmailAddressField = None
+    locale: str = "en"
+    templates_dir: Path | None = None
+    branding: dict[str, str] = Field(default_factory=dict)
+    email: dict[str, Any] | None = None
+    sms: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return check_header_value(value, "name")
+
+    @field_validator("locale")
+    @classmethod
+    def _check_locale(cls, value: str) -> str:
+        return normalize_locale(value, "locale")
+
+    @field_validator("email", "sms", mode="before")
+    @classmethod
+    def _protect(cls, value: Any) -> Any:
+        return protect_secrets(value) if isinstance(value, Mapping) else value
+
+    @property
+    def sender(self) -> Address | None:
+        """The From address, with the tenant's name when the setting had none."""
+        if self.email_from is None:
+            return None
+        if self.email_from.name:
+            return self.email_from
+        return Address(email=self.email_from.email, name=self.name)
+
+    def template_view(self) -> dict[str, Any]:
+        """What templates see as ``tenant``: no provider settings, no secrets."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "locale": self.locale,
+            "branding": dict(self.branding),
+        }
+
+
+@runtime_checkable
+class TenantResolver(Protocol):
+    """Finds a tenant by id. Called on every send and every delivery: keep it fast
+    (cache what comes from a database)."""
+
+    def get(self, tenant_id: str) -> Tenant:
+        """Return the tenant, or raise :class:`~tenant_notify.errors.UnknownTenantError`."""
+        ...
+
+
+class StaticTenantResolver:
+    """Serves a fixed set of tenants, such as the ``[tenants.*]`` settings tables."""
+
+    def __init__(self, tenants: Mapping[str, Tenant]) -> None:
+        self._tenants = dict(tenants)
+
+    def get(self, tenant_id: str) -> Tenant:
+        try:
+            return self._tenants[tenant_id]
+        except (KeyError, TypeError):
+            raise UnknownTenantError(
+                f"unknown tenant {tenant_id!r}", tenant_id=str(tenant_id)
+            ) from None
+
+    def __iter__(self) -> Any:
+        return iter(self._tenants.values())
+
+    def __len__(self) -> int:
+        return len(self._tenants)
+
+    def __repr__(self) -> str:
+        return f"StaticTenantResolver({sorted(self._tenants)!r})"

@@ -1,0 +1,236 @@
+"""In-process transport: a bounded queue and worker threads in the host process.
+
+The embedded default: no broker. ``submit`` only puts the notification on a
+queue, so the caller returns in microseconds however slow the provider is.
+Worker threads run the dispatcher; retries wait in a timer heap and go back on
+the queue when due. ``close()`` drains: it lets the workers finish what is queued
+(and retries that fall due in time) and records anything left as failed, so no
+notification is dropped without a trace.
+
+Threads start on the first submit and again in a forked child, so a Notifier
+built before a pre-forking server forks works in every worker process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import heapq
+import itertools
+import os
+import queue
+import threading
+import time
+import weakref
+from typing import Self
+
+from ..config import Settings
+from ..dispatcher import Dispatcher
+from ..errors import EnqueueError, QueueFullError
+from ..log import get_logger
+from ..models import Notification
+from .base import Transport
+
+__all__ = ["InProcessTransport"]
+
+_STOP = None  # sentinel put on the queue once per worker at shutdown
+
+
+class InProcessTransport(Transport):
+    """Worker threads behind a bounded queue.
+
+    Args:
+        dispatcher: The dispatcher the workers run.
+        workers: Number of worker threads.
+        queue_size: Queue bound. A send on a full queue blocks up to
+            ``enqueue_timeout`` seconds, then raises :class:`QueueFullError`.
+        enqueue_timeout: See ``queue_size``.
+        drain_timeout: Default seconds ``close()`` waits for queued work.
+    """
+
+    name = "inprocess"
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        workers: int = 4,
+        queue_size: int = 10_000,
+        enqueue_timeout: float = 5.0,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(dispatcher)
+        self.workers = workers
+        self.queue_size = queue_size
+        self.enqueue_timeout = enqueue_timeout
+        self.drain_timeout = drain_timeout
+        self._log = get_logger()
+        self._closed = False
+        self._pid: int | None = None
+        self._start_lock = threading.Lock()
+        self._reset()
+
+    @classmethod
+    def from_settings(cls, dispatcher: Dispatcher, settings: Settings) -> Self:
+        t = settings.transport
+        return cls(
+            dispatcher,
+            workers=t.workers,
+            queue_size=t.queue_size,
+            enqueue_timeout=t.enqueue_timeout,
+            drain_timeout=t.drain_timeout,
+        )
+
+    def _reset(self) -> None:
+        self._queue: queue.Queue[tuple[Notification, int] | None] = queue.Queue(self.queue_size)
+        self._threads: list[threading.Thread] = []
+        # Retries waiting for their time: (due, seq, notification, attempt).
+        self._retries: list[tuple[float, int, Notification, int]] = []
+        self._seq = itertools.count()
+        self._retry_changed = threading.Condition()
+        self._stopping = False
+
+    def _ensure_started(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with self._start_lock:
+            if self._pid == pid:
+                return
+            if self._pid is not None:
+                # A forked child inherits the queue but not the threads.
+                self._reset()
+            for index in range(self.workers):
+                thread = threading.Thread(
+                    target=self._work, name=f"tenant-notify-worker-{index}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+            scheduler = threading.Thread(
+                target=self._schedule, name="tenant-notify-retries", daemon=True
+            )
+            scheduler.start()
+            self._threads.append(scheduler)
+            self._pid = pid
+            # Daemon threads would die with the interpreter: drain first.
+            atexit.register(_close_at_exit, weakref.ref(self))
+
+    def submit(self, notification: Notification) -> None:
+        if self._closed:
+            raise EnqueueError("the in-process transport is closed",
+                               tenant_id=notification.tenant_id,
+                               notification_id=notification.id)
+        self._ensure_started()
+        try:
+            self._queue.put((notification, 1), timeout=self.enqueue_timeout)
+        except queue.Full:
+            raise QueueFullError(
+                f"the in-process queue stayed full ({self.queue_size} notifications) for "
+                f"{self.enqueue_timeout}s; add workers or raise transport.queue_size",
+                tenant_id=notification.tenant_id,
+                notification_id=notification.id,
+            ) from None
+
+    @property
+    def pending(self) -> int:
+        """Notifications queued, in flight or waiting for a retry."""
+        with self._retry_changed:
+            return self._queue.unfinished_tasks + len(self._retries)
+
+    # --- threads -----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                notification, attempt = item
+                outcome = self.dispatcher.deliver(notification, attempt)
+                if outcome.retry_in is not None:
+                    self._schedule_retry(notification, attempt + 1, outcome.retry_in)
+            except Exception:
+                # deliver() records failures itself; this is a bug in the library.
+                self._log.exception("inprocess_worker_error")
+            finally:
+                with self._retry_changed:
+                    self._queue.task_done()
+                    self._retry_changed.notify_all()
+
+    def _schedule_retry(self, notification: Notification, attempt: int, delay: float) -> None:
+        with self._retry_changed:
+            due = time.monotonic() + delay
+            heapq.heappush(self._retries, (due, next(self._seq), notification, attempt))
+            self._retry_changed.notify_all()
+
+    def _schedule(self) -> None:
+        while True:
+            with self._retry_changed:
+                while not self._stopping:
+                    now = time.monotonic()
+                    if self._retries and self._retries[0][0] <= now:
+                        break
+                    timeout = self._retries[0][0] - now if self._retries else None
+                    self._retry_changed.wait(timeout)
+                if self._stopping:
+                    return
+                _, _, notification, attempt = heapq.heappop(self._retries)
+                # Counted as unfinished before it leaves the heap, so a drain
+                # never sees a moment with nothing pending.
+                with self._queue.all_tasks_done:
+                    self._queue.unfinished_tasks += 1
+            self._requeue(notification, attempt)
+
+    def _requeue(self, notification: Notification, attempt: int) -> None:
+        # Bypass the bound: a retry was accepted long ago and must not be refused.
+        # unfinished_tasks was already raised by the scheduler.
+        with self._queue.mutex:
+            self._queue.queue.append((notification, attempt))
+            self._queue.not_empty.notify()
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting sends, deliver what is queued, settle the rest.
+
+        Waits up to ``timeout`` (default: ``drain_timeout``) for queued and in-flight
+        notifications, including retries that fall due before then. Whatever is
+        still pending afterwards is recorded as failed, never dropped silently.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid != os.getpid():
+            return  # never started in this process: nothing to drain
+        deadline = time.monotonic() + (self.drain_timeout if timeout is None else timeout)
+        with self._retry_changed:
+            while self._queue.unfinished_tasks or self._retries:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._retry_changed.wait(min(remaining, 0.05))
+            self._stopping = True
+            abandoned = [(n, a) for _, _, n, a in self._retries]
+            self._retries.clear()
+            self._retry_changed.notify_all()
+        with self._queue.mutex:
+            abandoned.extend(item for item in self._queue.queue if item is not None)
+            self._queue.queue.clear()
+        for notification, _ in abandoned:
+            self.dispatcher.abandon(
+                notification, "the in-process transport closed before it could be delivered"
+            )
+        if abandoned:
+            self._log.error("inprocess_close_abandoned", count=len(abandoned))
+        for _ in range(self.workers):
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+
+    def __repr__(self) -> str:
+        return f"<InProcessTransport workers={self.workers} pending={self.pending}>"
+
+
+def _close_at_exit(ref: weakref.ReferenceType[InProcessTransport]) -> None:
+    transport = ref()
+    if transport is not None:
+        transport.close()
