@@ -1,0 +1,47 @@
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typing``, ``nox -s bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (integration tests included where the services run)."""
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install(RUFF)
+    session.run("ruff", "check", "src", "tests", "examples", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "bench", "noxfile.py")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install(".[test]", MYPY)
+    session.run("mypy", "--strict", "src/tenant_notify")
+
+
+@nox.session(name="docs-examples")
+def docs_examples(session: nox.Session) -> None:
+    """Run the examples the docs show."""
+    session.install(".")
+    session.run("python", "examples/quickstart.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks; results go into docs/benchmarks.md by hand."""
+    session.install(".[test]")
+    session.run("python", "bench/bench_submit.py", *session.posargs)

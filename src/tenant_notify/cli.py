@@ -1,0 +1,273 @@
+"""The ``tenant-notify`` command.
+
+``demo`` sends a few notifications for two tenants into files; ``render`` shows a
+template part as a tenant's recipient would get it; ``send`` sends one
+notification; ``check-config`` validates settings. Commands other than ``demo``
+read settings from ``--config FILE`` or the ``TENANT_NOTIFY_*`` environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .errors import NotifyError, WaitTimeoutError
+from .models import Channel, Notification, new_notification_id
+from .notifier import Notifier
+
+_PARTS = {"subject": "subject.txt", "text": "body.txt", "html": "body.html", "sms": "sms.txt"}
+
+
+def _configure_logging(verbose: bool) -> None:
+    # The CLI is an application, so it may configure structlog; the library never does.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.INFO if verbose else logging.WARNING
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _notifier(args: argparse.Namespace, **options: Any) -> Notifier:
+    if args.config:
+        return Notifier.from_settings(Path(args.config), **options)
+    return Notifier.from_env(**options)
+
+
+def _json_context(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text, parse_float=Decimal)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"error: --context is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise SystemExit("error: --context must be a JSON object")
+    return value
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# --- demo -----------------------------------------------------------------------------
+
+
+def _demo_settings(out: Path, transport: str) -> dict[str, Any]:
+    return {
+        "transport": transport,
+        "email": {"provider": "file", "directory": str(out / "platform")},
+        "sms": {"provider": "file", "directory": str(out / "platform")},
+        "tenants": {
+            "acme": {
+                "name": "Acme Shop",
+                "email_from": "Acme Shop <orders@acme.test>",
+                "sms_from": "+15005550006",
+                "locale": "en",
+                "branding": {"primary_color": "#b91c1c", "support_email": "help@acme.test"},
+                "email": {"provider": "file", "directory": str(out / "acme")},
+                "sms": {"provider": "file", "directory": str(out / "acme")},
+            },
+            "globex": {
+                "name": "Globex Café",
+                "email_from": "hello@globex.test",
+                "locale": "de",
+                "branding": {"primary_color": "#0f766e", "website_url": "https://globex.test"},
+                "email": {"provider": "file", "directory": str(out / "globex")},
+            },
+        },
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with Notifier.from_settings(_demo_settings(out, args.transport)) as notify:
+        # The demo prints the recipients it made up itself; log lines mask them.
+        sent = [
+            ("jane@example.com", notify.send_order_confirmation(
+                order_id="A-1001", customer_email="jane@example.com",
+                order_total=Decimal("99.99"), currency="USD", tenant_id="acme",
+                customer_name="Jane Doe",
+                items=[{"name": "Anvil", "quantity": 1, "unit_price": Decimal("79.99")},
+                       {"name": "Rope (10 m)", "quantity": 2, "unit_price": Decimal("10.00")}],
+            )),
+            ("max@example.com", notify.send_welcome_email(
+                user_email="max@example.com", user_name="Max Müller", tenant_id="globex")),
+            ("max@example.com", notify.send_order_confirmation(
+                order_id="G-77", customer_email="max@example.com",
+                order_total=Decimal("1234.5"), currency="EUR", tenant_id="globex",
+                customer_name="Max Müller",
+            )),
+            ("+15551234567", notify.send_sms(
+                to_phone="+15551234567", body="Your order A-1001 has shipped.", tenant_id="acme")),
+        ]
+        statuses = [receipt.wait(timeout=30) for _, receipt in sent]
+        rows = [["KIND", "CHANNEL", "TENANT", "FROM", "TO", "STATUS", "FILE"]]
+        for (to, receipt), status in zip(sent, statuses, strict=True):
+            tenant = notify.tenants.get(receipt.tenant_id)
+            sender = str(tenant.sender) if status.channel is Channel.EMAIL else tenant.sms_from
+            rows.append([
+                receipt.kind, status.channel.value, tenant.id, sender or "", to,
+                f"{status.state.value}: {status.error}" if status.error else status.state.value,
+                _shown_path(next(out.glob(f"*/*{receipt.id}*"), None)),
+            ])
+    print(f"tenant-notify {__version__} demo: {len(sent)} notifications for 2 tenants, "
+          f"'{args.transport}' transport, file provider\n")
+    print(_table(rows))
+    print(f"\nThe files are in {out}: open the .eml files in a mail client, the .json files "
+          "are the SMS.")
+    print("Next: `tenant-notify render order_confirmation --tenant acme ...`, or see README.md.")
+    return 0 if all(s.state.value == "sent" for s in statuses) else 1
+
+
+def _shown_path(path: Path | None) -> str:
+    if path is None:
+        return "-"
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+# --- render ---------------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    notify = _notifier(args, transport="eager")
+    try:
+        tenant = notify.tenants.get(args.tenant)
+        channel = Channel.SMS if args.part == "sms" else Channel.EMAIL
+        locale = args.locale or tenant.locale
+        notify.dispatcher.renderer.check_kind(
+            args.kind, channel, templates_dir=tenant.templates_dir, locale=locale
+        )
+        notification = Notification(
+            id=new_notification_id(), tenant_id=tenant.id, kind=args.kind, channel=channel,
+            to="", context={}, locale=locale,
+        )
+        context = notify.dispatcher.template_context(notification, tenant, locale)
+        context.update(_json_context(args.context))
+        print(notify.dispatcher.renderer.render(
+            args.kind, _PARTS[args.part], context, templates_dir=tenant.templates_dir,
+            locale=locale,
+        ).rstrip("\n"))
+    finally:
+        notify.close()
+    return 0
+
+
+# --- send -----------------------------------------------------------------------------
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    with _notifier(args) as notify:
+        receipt = notify.send(
+            args.kind, tenant_id=args.tenant, to=args.to, channel=args.channel,
+            context=_json_context(args.context), locale=args.locale,
+            idempotency_key=args.idempotency_key,
+        )
+        try:
+            status = receipt.wait(timeout=args.timeout)
+        except WaitTimeoutError as err:
+            print(f"{receipt.id} {err}", file=sys.stderr)
+            return 1
+    print(f"{receipt.id} {status.state.value} provider={status.provider} "
+          f"provider_message_id={status.provider_message_id}"
+          + (f" error={status.error}" if status.error else ""))
+    return 0 if status.state.value == "sent" else 1
+
+
+# --- check-config ---------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    notify = _notifier(args, transport="eager")
+    try:
+        settings = notify.settings
+        print(f"transport: {settings.transport.backend}")
+        print(f"email provider: {settings.email['provider']}")
+        print(f"sms provider: {settings.sms['provider']}")
+        tenants = list(settings.tenants.values())
+        print(f"tenants: {len(tenants)}")
+        pool = notify.dispatcher.providers
+        for tenant in tenants:
+            print(f"  {tenant.id}: {tenant.name!r} locale={tenant.locale} "
+                  f"email={pool.provider_name(tenant, Channel.EMAIL)} "
+                  f"sms={pool.provider_name(tenant, Channel.SMS)} "
+                  f"from={tenant.sender or '-'} sms_from={tenant.sms_from or '-'}")
+        print("configuration OK")
+    finally:
+        notify.close()
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenant-notify", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each delivery")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="send sample notifications for two tenants to files")
+    demo.add_argument("--out", default="tenant-notify-demo",
+                      help="folder for the files (default: ./tenant-notify-demo)")
+    demo.add_argument("--transport", default="inprocess", choices=["inprocess", "eager"])
+    demo.set_defaults(func=cmd_demo)
+
+    def with_config(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config", help="TOML or YAML settings file (default: environment)")
+
+    render = commands.add_parser("render", help="render one part of a kind for a tenant")
+    render.add_argument("kind")
+    render.add_argument("--tenant", required=True)
+    render.add_argument("--context", help="template fields as a JSON object")
+    render.add_argument("--part", choices=sorted(_PARTS), default="text")
+    render.add_argument("--locale")
+    with_config(render)
+    render.set_defaults(func=cmd_render)
+
+    send = commands.add_parser("send", help="send one notification and wait for its status")
+    send.add_argument("kind")
+    send.add_argument("--tenant", required=True)
+    send.add_argument("--to", required=True)
+    send.add_argument("--channel", choices=["email", "sms"], default="email")
+    send.add_argument("--context", help="template fields as a JSON object")
+    send.add_argument("--locale")
+    send.add_argument("--idempotency-key")
+    send.add_argument("--timeout", type=float, default=60.0)
+    with_config(send)
+    send.set_defaults(func=cmd_send)
+
+    check = commands.add_parser("check-config", help="validate settings and list tenants")
+    with_config(check)
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.func(args)
+    except NotifyError as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
