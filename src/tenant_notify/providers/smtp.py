@@ -1,0 +1,560 @@
+"""Send email through an SMTP server, with the standard library's ``smtplib``.
+
+One :class:`SmtpProvider` serves many worker threads. Each thread keeps its own
+open connection and reuses it for the next message; nothing is sent to check a
+connection before use. When a reused connection turns out to be dead (the server
+closed it while idle), the provider reconnects once and sends again, which is
+safe as long as the message data had not gone out yet.
+
+Error mapping (every error carries ``provider="smtp"``, the notification and
+tenant ids, and the server's reply as ``"<code> <text>"`` when there is one):
+
+==============================================  =====================================
+What happened                                   Raised (``tenant_notify.errors``)
+==============================================  =====================================
+reply 4xx (to MAIL, RCPT, DATA, EHLO, ...)      ``TransientDeliveryError``
+reply 5xx                                       ``PermanentDeliveryError``
+all recipients refused                          transient if every reply is 4xx,
+                                                else permanent
+authentication refused (535)                    permanent, "authentication failed";
+                                                a 4xx reply to AUTH (454) is transient
+server lacks STARTTLS / AUTH the settings ask   permanent
+TLS certificate verification failed             permanent (retrying will not fix it)
+refused / unreachable / DNS / timeout /         transient
+greeting refused (SMTPConnectError) /
+disconnect before the data went out
+timeout or disconnect after the data went out   ``AmbiguousDeliveryError``
+==============================================  =====================================
+
+The ambiguous window is exact: a connection notes when ``smtplib`` has handed
+the whole message, including the terminating ``<CRLF>.<CRLF>``, to the socket.
+A failure before that point cannot have delivered anything (the server accepts a
+message only after the final dot), so it is transient and may be retried on a
+fresh connection; a failure after it, while waiting for the final reply, may have
+delivered the message and is never retried here.
+
+Credentials never appear in errors, logs or ``repr``: the password is kept as a
+``SecretStr`` and scrubbed (with its base64 forms) from any server text that is
+quoted in an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import smtplib
+import socket
+import ssl as _ssl
+import threading
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypedDict
+
+import pydantic
+from pydantic import Field, SecretStr, model_validator
+
+from .._mime import build_mime, envelope_address, mime_bytes
+from ..errors import (
+    AmbiguousDeliveryError,
+    ConfigurationError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from ..log import get_logger
+from ..models import Channel, DeliveryResult, EmailMessage
+from .base import Provider, ProviderConfig
+
+__all__ = ["SmtpConfig", "SmtpProvider"]
+
+
+class _ErrorContext(TypedDict):
+    provider: str
+    notification_id: str | None
+    tenant_id: str | None
+
+
+class SmtpConfig(ProviderConfig):
+    """Settings of the SMTP provider.
+
+    Attributes:
+        host: SMTP server host name or address.
+        port: Server port (25, 587 for STARTTLS, 465 for implicit TLS).
+        username: User for AUTH, or None to send without authenticating.
+        password: Password for AUTH (required with ``username``; without a
+            username there is no AUTH and it is not used).
+        starttls: Upgrade the connection with STARTTLS after connecting.
+        ssl: Speak TLS from the start (SMTPS); excludes ``starttls``.
+        timeout: Seconds allowed for connecting and for each reply.
+        local_hostname: Name sent in EHLO; by default the machine's FQDN,
+            looked up once per process.
+        verify_tls: Verify the server certificate and host name.
+        ca_file: PEM file of CA certificates to trust instead of the system's.
+    """
+
+    host: str = Field(default="localhost", min_length=1)
+    port: int = Field(default=25, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+    ssl: bool = False
+    timeout: float = Field(default=10.0, gt=0)
+    local_hostname: str | None = None
+    verify_tls: bool = True
+    ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> SmtpConfig:
+        if self.starttls and self.ssl:
+            raise ValueError(
+                "starttls and ssl exclude each other: use ssl for implicit TLS (port 465) "
+                "or starttls to upgrade a plain connection (port 587)"
+            )
+        if self.username is not None and self.password is None:
+            raise ValueError("a username needs a password")
+        return self
+
+
+class _TrackingMixin(smtplib.SMTP):
+    """Notes when the message data has gone out and keeps the final reply."""
+
+    _host: str
+    _in_data: bool = False
+    data_sent: bool = False
+    last_reply: tuple[int, bytes] | None = None
+
+    def connect(
+        self, host: str = "localhost", port: int = 0, source_address: Any = None
+    ) -> tuple[int, bytes]:
+        # smtplib takes the TLS server name (SNI, certificate check) from _host,
+        # which only __init__ sets; we construct unconnected and connect here.
+        self._host = host
+        return super().connect(host, port, source_address)
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self._in_data = True
+        try:
+            reply = super().data(msg)
+        finally:
+            self._in_data = False
+        self.last_reply = reply
+        return reply
+
+    def send(self, s: Any) -> None:
+        super().send(s)
+        # smtplib sends commands as str and the dot-terminated message as one
+        # bytes object; once that is in the socket, the server may accept it.
+        if self._in_data and isinstance(s, bytes | bytearray):
+            self.data_sent = True
+
+
+class _Connection(_TrackingMixin):
+    pass
+
+
+class _SSLConnection(_TrackingMixin, smtplib.SMTP_SSL):
+    pass
+
+
+class _Slot:
+    """One thread's connection; the lock keeps ``close()`` off a send in flight."""
+
+    __slots__ = ("conn", "lock", "owner")
+
+    def __init__(self) -> None:
+        self.conn: _TrackingMixin | None = None
+        self.lock = threading.Lock()
+        self.owner = threading.current_thread()
+
+
+class SmtpProvider(Provider):
+    """Deliver email through an SMTP server.
+
+    Keyword arguments are the fields of :class:`SmtpConfig`::
+
+        SmtpProvider(host="smtp.example.com", port=587, starttls=True,
+                     username="apikey", password="...")
+
+    Raises:
+        ConfigurationError: invalid settings, or an unreadable ``ca_file``.
+    """
+
+    name: ClassVar[str] = "smtp"
+    channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL})
+    Config: ClassVar[type[ProviderConfig]] = SmtpConfig
+
+    def __init__(
+        self,
+        *,
+        host: str = "localhost",
+        port: int = 25,
+        username: str | None = None,
+        password: SecretStr | str | None = None,
+        starttls: bool = False,
+        ssl: bool = False,
+        timeout: float = 10.0,
+        local_hostname: str | None = None,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+    ) -> None:
+        try:
+            self._config = SmtpConfig(
+                host=host,
+                port=port,
+                username=username,
+                password=password,  # pydantic wraps a str in SecretStr
+                starttls=starttls,
+                ssl=ssl,
+                timeout=timeout,
+                local_hostname=local_hostname,
+                verify_tls=verify_tls,
+                ca_file=ca_file,
+            )
+        except pydantic.ValidationError as err:
+            # Built from the error list without the inputs, which may hold the password.
+            errors = err.errors(include_input=False, include_url=False)
+            locations = [".".join(str(part) for part in e["loc"]) for e in errors]
+            problems = "; ".join(
+                f"{loc or 'settings'}: {e['msg']}" for loc, e in zip(locations, errors, strict=True)
+            )
+            raise ConfigurationError(
+                f"invalid SMTP settings: {problems}", key=locations[0] or None, provider=self.name
+            ) from None
+        self._tls_context = self._make_tls_context() if (starttls or ssl) else None
+        self._local = threading.local()
+        self._slots: set[_Slot] = set()
+        self._registry_lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @property
+    def config(self) -> SmtpConfig:
+        """The validated settings (the password stays a ``SecretStr``)."""
+        return self._config
+
+    def _make_tls_context(self) -> _ssl.SSLContext:
+        try:
+            context = _ssl.create_default_context(cafile=self._config.ca_file)
+        except (OSError, _ssl.SSLError) as err:
+            raise ConfigurationError(
+                f"cannot load CA file {self._config.ca_file!r}: {err}",
+                key="ca_file",
+                provider=self.name,
+            ) from err
+        if not self._config.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = _ssl.CERT_NONE
+        return context
+
+    # --- sending ---------------------------------------------------------------------
+
+    def send_email(self, message: EmailMessage) -> DeliveryResult:
+        mime = build_mime(message)
+        raw = mime_bytes(mime)
+        message_id = str(mime["Message-ID"]).strip().strip("<>")
+        sender = envelope_address(message.from_addr.email, "from_addr.email")
+        recipients = [
+            envelope_address(addr.email, f"to[{i}].email") for i, addr in enumerate(message.to)
+        ]
+        context: _ErrorContext = {
+            "provider": self.name,
+            "notification_id": message.notification_id or None,
+            "tenant_id": message.tenant_id or None,
+        }
+        slot = self._slot()
+        with slot.lock:
+            refused, reply = self._deliver(slot, sender, recipients, raw, context)
+        detail: dict[str, Any] = {}
+        if reply is not None:
+            detail["smtp_reply"] = self._reply_text(*reply)
+        if refused:
+            detail["refused"] = {
+                rcpt: self._reply_text(code, text) for rcpt, (code, text) in refused.items()
+            }
+        return DeliveryResult(provider=self.name, provider_message_id=message_id, detail=detail)
+
+    def _deliver(
+        self,
+        slot: _Slot,
+        sender: str,
+        recipients: Sequence[str],
+        raw: bytes,
+        context: _ErrorContext,
+    ) -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes] | None]:
+        conn = slot.conn
+        reused = conn is not None and conn.sock is not None
+        if conn is None or not reused:
+            self._discard(slot)
+            conn = slot.conn = self._connect(context)
+        try:
+            return self._sendmail(conn, sender, recipients, raw)
+        except smtplib.SMTPException as err:
+            if not (reused and self._connection_was_stale(conn, err)):
+                self._after_failure(slot, err)
+                raise self._map_error(err, conn.data_sent, context) from err
+            # The server had closed the idle connection; nothing was delivered.
+            get_logger().debug(
+                "smtp_reconnect", provider=self.name, host=self._config.host, port=self._config.port
+            )
+        except OSError as err:
+            if not (reused and not conn.data_sent):
+                self._discard(slot)
+                raise self._map_error(err, conn.data_sent, context) from err
+        self._discard(slot)
+        conn = slot.conn = self._connect(context)
+        try:
+            return self._sendmail(conn, sender, recipients, raw)
+        except OSError as err:  # SMTPException included
+            self._after_failure(slot, err)
+            raise self._map_error(err, conn.data_sent, context) from err
+
+    @staticmethod
+    def _sendmail(
+        conn: _TrackingMixin, sender: str, recipients: Sequence[str], raw: bytes
+    ) -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes] | None]:
+        conn.data_sent = False
+        conn.last_reply = None
+        refused = conn.sendmail(sender, list(recipients), raw)
+        return refused, conn.last_reply
+
+    @staticmethod
+    def _connection_was_stale(conn: _TrackingMixin, err: smtplib.SMTPException) -> bool:
+        """Whether ``err`` says the connection had died before this message went out."""
+        if conn.data_sent:
+            return False
+        if isinstance(err, smtplib.SMTPServerDisconnected):
+            return True
+        if isinstance(err, smtplib.SMTPRecipientsRefused):
+            codes = [code for code, _ in err.recipients.values()]
+            return bool(codes) and all(code == 421 for code in codes)
+        # 421: the server announced it is closing the channel (idle timeout).
+        return isinstance(err, smtplib.SMTPResponseException) and err.smtp_code == 421
+
+    def _after_failure(self, slot: _Slot, err: Exception) -> None:
+        # After a plain refusal smtplib has sent RSET and the connection is still
+        # good; anything else leaves it in an unknown state.
+        if not isinstance(err, smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused):
+            self._discard(slot)
+
+    # --- connections -----------------------------------------------------------------
+
+    def _slot(self) -> _Slot:
+        if os.getpid() != self._pid:
+            self._after_fork()
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = _Slot()
+            self._local.slot = slot
+            with self._registry_lock:
+                dead = {s for s in self._slots if not s.owner.is_alive()}
+                self._slots -= dead
+                self._slots.add(slot)
+            for old in dead:
+                # Threads that ended left their connection idle; close the socket.
+                with old.lock:
+                    conn, old.conn = old.conn, None
+                if conn is not None:
+                    conn.close()
+        return slot
+
+    def _after_fork(self) -> None:
+        # The child shares the parent's sockets: close our copies without QUIT,
+        # which would end the parent's sessions, and start afresh. Locks are
+        # replaced, not taken: a thread of the parent may have held one at the fork.
+        self._registry_lock = threading.Lock()
+        slots, self._slots = self._slots, set()
+        for slot in slots:
+            conn, slot.conn = slot.conn, None
+            if conn is not None:
+                conn.close()
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+    def _connect(self, context: _ErrorContext) -> _TrackingMixin:
+        cfg = self._config
+        local_hostname = cfg.local_hostname or _default_local_hostname()
+        conn: _TrackingMixin
+        if cfg.ssl:
+            conn = _SSLConnection(
+                local_hostname=local_hostname, timeout=cfg.timeout, context=self._tls_context
+            )
+        else:
+            conn = _Connection(local_hostname=local_hostname, timeout=cfg.timeout)
+        try:
+            code, greeting = conn.connect(cfg.host, cfg.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, greeting)
+            conn.ehlo_or_helo_if_needed()
+            if cfg.starttls:
+                conn.starttls(context=self._tls_context)
+                conn.ehlo()
+            if cfg.username is not None and cfg.password is not None:
+                conn.login(cfg.username, cfg.password.get_secret_value())
+        except OSError as err:  # SMTPException and ssl.SSLError included
+            conn.close()
+            raise self._map_error(err, False, context, connecting=True) from err
+        get_logger().debug("smtp_connected", provider=self.name, host=cfg.host, port=cfg.port)
+        return conn
+
+    def _discard(self, slot: _Slot) -> None:
+        conn, slot.conn = slot.conn, None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Say QUIT on every thread's connection and close it. Safe to call twice.
+
+        A send in progress on another thread finishes first. The provider stays
+        usable: the next send opens a new connection.
+        """
+        with self._registry_lock:
+            slots = list(self._slots)
+            self._slots = {s for s in slots if s.owner.is_alive()}
+        for slot in slots:
+            with slot.lock:
+                conn, slot.conn = slot.conn, None
+            if conn is not None:
+                _quit(conn)
+
+    # --- errors ----------------------------------------------------------------------
+
+    def _map_error(
+        self,
+        err: OSError,
+        data_sent: bool,
+        context: _ErrorContext,
+        *,
+        connecting: bool = False,
+    ) -> DeliveryError:
+        where = f"{self._config.host}:{self._config.port}"
+        if isinstance(err, smtplib.SMTPAuthenticationError):
+            response = self._reply_text(err.smtp_code, err.smtp_error)
+            if 400 <= err.smtp_code < 500:
+                return TransientDeliveryError(
+                    f"SMTP authentication failed temporarily at {where}",
+                    provider_response=response,
+                    **context,
+                )
+            return PermanentDeliveryError(
+                f"SMTP authentication failed at {where}; check the username and password",
+                provider_response=response,
+                **context,
+            )
+        if isinstance(err, smtplib.SMTPRecipientsRefused):
+            replies = list(
+                dict.fromkeys(self._reply_text(c, t) for c, t in err.recipients.values())
+            )
+            codes = [code for code, _ in err.recipients.values()]
+            transient = bool(codes) and all(400 <= code < 500 for code in codes)
+            cls = TransientDeliveryError if transient else PermanentDeliveryError
+            return cls(
+                "the SMTP server refused every recipient",
+                provider_response="; ".join(replies) or None,
+                **context,
+            )
+        if isinstance(err, smtplib.SMTPConnectError):
+            return TransientDeliveryError(
+                f"the SMTP server at {where} refused the connection",
+                provider_response=self._reply_text(err.smtp_code, err.smtp_error),
+                **context,
+            )
+        if isinstance(err, smtplib.SMTPResponseException):
+            response = self._reply_text(err.smtp_code, err.smtp_error)
+            what = _REFUSAL_TEXT.get(type(err), "the SMTP server answered with an error")
+            if 500 <= err.smtp_code < 600:
+                return PermanentDeliveryError(what, provider_response=response, **context)
+            return TransientDeliveryError(what, provider_response=response, **context)
+        if isinstance(err, smtplib.SMTPNotSupportedError):
+            return PermanentDeliveryError(
+                f"the SMTP server at {where} does not support what the settings ask for: "
+                f"{self._scrub(str(err))}",
+                **context,
+            )
+        if isinstance(err, _ssl.SSLCertVerificationError):
+            return PermanentDeliveryError(
+                f"TLS certificate verification failed for {where}: {err.verify_message}",
+                **context,
+            )
+        if data_sent:
+            return AmbiguousDeliveryError(
+                "the SMTP connection failed after the message was sent and before the "
+                f"server confirmed it; it may have been delivered ({self._scrub(str(err))})",
+                **context,
+            )
+        if isinstance(err, smtplib.SMTPServerDisconnected):
+            return TransientDeliveryError(
+                f"the SMTP server at {where} closed the connection ({self._scrub(str(err))})",
+                **context,
+            )
+        if isinstance(err, socket.gaierror):
+            return TransientDeliveryError(
+                f"cannot resolve SMTP host {self._config.host!r}: {err.strerror or err}",
+                **context,
+            )
+        if isinstance(err, TimeoutError):
+            doing = "connecting to" if connecting else "talking to"
+            return TransientDeliveryError(f"timed out {doing} the SMTP server {where}", **context)
+        if isinstance(err, smtplib.SMTPException):
+            return TransientDeliveryError(
+                f"SMTP error with {where}: {self._scrub(str(err))}", **context
+            )
+        reason = err.strerror or str(err) or type(err).__name__
+        doing = "cannot connect to" if connecting else "network error with"
+        return TransientDeliveryError(f"{doing} the SMTP server {where}: {reason}", **context)
+
+    def _reply_text(self, code: int, text: bytes | str) -> str:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self._scrub(f"{code} {' '.join(text.split())}".strip())
+
+    def _scrub(self, text: str) -> str:
+        """Remove the password (plain or in the base64 AUTH forms) from ``text``."""
+        cfg = self._config
+        if cfg.password is None:
+            return text
+        secret = cfg.password.get_secret_value()
+        if not secret:
+            return text
+        user = cfg.username or ""
+        forms = {
+            secret,
+            base64.b64encode(secret.encode()).decode(),
+            base64.b64encode(f"\0{user}\0{secret}".encode()).decode(),
+        }
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "***")
+        return text
+
+    def __repr__(self) -> str:
+        cfg = self._config
+        user = f" user={cfg.username!r}" if cfg.username else ""
+        tls = " ssl" if cfg.ssl else " starttls" if cfg.starttls else ""
+        return f"<{type(self).__name__} {self.name!r} {cfg.host}:{cfg.port}{user}{tls}>"
+
+
+_REFUSAL_TEXT: dict[type[smtplib.SMTPResponseException], str] = {
+    smtplib.SMTPSenderRefused: "the SMTP server refused the sender",
+    smtplib.SMTPDataError: "the SMTP server refused the message",
+    smtplib.SMTPHeloError: "the SMTP server refused EHLO/HELO",
+}
+
+
+@functools.cache
+def _default_local_hostname() -> str:
+    # What smtplib does for every connection when local_hostname is None, done
+    # once per process: getfqdn() can block on a reverse DNS lookup.
+    fqdn = socket.getfqdn()
+    if "." in fqdn:
+        return fqdn
+    try:
+        return f"[{socket.gethostbyname(socket.gethostname())}]"
+    except OSError:
+        return "[127.0.0.1]"
+
+
+def _quit(conn: smtplib.SMTP) -> None:
+    try:
+        conn.quit()
+    except (smtplib.SMTPException, OSError):
+        pass
+    finally:
+        conn.close()

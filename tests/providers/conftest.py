@@ -1,0 +1,37 @@
+"""Fixtures for provider tests: real SMTP servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.smtp_server import LoopbackSMTPServer, openssl_available
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[LoopbackSMTPServer]:
+    """A started plain SMTP server on 127.0.0.1; stopped after the test."""
+    with LoopbackSMTPServer() as server:
+        yield server
+
+
+@pytest.fixture
+def smtp_server_factory() -> Iterator[Callable[..., LoopbackSMTPServer]]:
+    """Start servers with options (``auth=``, ``starttls=``, ...); all stopped after.
+
+    Skips the test when TLS is asked for and the ``openssl`` command is missing.
+    """
+    servers: list[LoopbackSMTPServer] = []
+
+    def start(**options: Any) -> LoopbackSMTPServer:
+        if (options.get("starttls") or options.get("implicit_tls")) and not openssl_available():
+            pytest.skip("the openssl command is needed to make a test certificate")
+        server = LoopbackSMTPServer(**options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
