@@ -29,7 +29,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install(".[test]", MYPY)
+    session.install(".[test]", MYPY, "types-PyYAML")
     session.run("mypy", "--strict", "src/tenant_notify")
 
 

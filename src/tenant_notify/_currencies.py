@@ -30,6 +30,17 @@ MINOR_UNITS: dict[str, int] = {
 
 # Symbols for the common ones; the rest are written with their code.
 SYMBOLS: dict[str, str] = {
-    "USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CHF": "CHF", "INR": "₹", "CNY": "¥",
-    "AUD": "A$", "CAD": "CA$", "KRW": "₩", "BRL": "R$", "PLN": "zł", "SEK": "kr",
+    "USD": "$",
+    "EUR": "€",
+    "GBP": "£",
+    "JPY": "¥",
+    "CHF": "CHF",
+    "INR": "₹",
+    "CNY": "¥",
+    "AUD": "A$",
+    "CAD": "CA$",
+    "KRW": "₩",
+    "BRL": "R$",
+    "PLN": "zł",
+    "SEK": "kr",
 }

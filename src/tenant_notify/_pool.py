@@ -108,7 +108,8 @@ class ProviderPool:
             with self._lock:
                 provider = self._instances.get(spec.cache_key)
                 if provider is None:
-                    assert spec.factory is not None and spec.config is not None
+                    assert spec.factory is not None
+                    assert spec.config is not None
                     provider = spec.factory.from_config(spec.config)
                     self._instances[spec.cache_key] = provider
         return provider
@@ -130,7 +131,8 @@ class ProviderPool:
         if isinstance(chosen, Provider):
             if options:
                 raise ConfigurationError(
-                    "a provider instance takes no other settings", key=f"{key}.{next(iter(options))}"
+                    "a provider instance takes no other settings",
+                    key=f"{key}.{next(iter(options))}",
                 )
             self._check_channel(type(chosen), channel, key)
             return _Spec(chosen.name, ("instance", id(chosen)), instance=chosen)

@@ -52,8 +52,9 @@ def normalize_email(address: object, field: str) -> str:
     try:
         return _normalize_email(address.strip())
     except email_validator.EmailNotValidError as err:
-        raise InvalidRecipientError(f"{address!r} is not a valid email address: {err}",
-                                    field=field) from err
+        raise InvalidRecipientError(
+            f"{address!r} is not a valid email address: {err}", field=field
+        ) from err
 
 
 @functools.lru_cache(maxsize=8192)
@@ -80,8 +81,7 @@ def normalize_phone(number: object, field: str) -> str:
         )
     normalized = _normalize_phone(number.strip())
     if normalized is None:
-        raise InvalidRecipientError(f"{number!r} is not a valid E.164 phone number",
-                                    field=field)
+        raise InvalidRecipientError(f"{number!r} is not a valid E.164 phone number", field=field)
     return normalized
 
 
@@ -155,12 +155,14 @@ def check_items(items: object, field: str = "items") -> list[dict[str, Any]]:
     for index, item in enumerate(items):
         where = f"{field}[{index}]"
         if not isinstance(item, Mapping):
-            raise InvalidContextError("must be a mapping with name, quantity, unit_price",
-                                      field=where)
+            raise InvalidContextError(
+                "must be a mapping with name, quantity, unit_price", field=where
+            )
         quantity = item.get("quantity", 1)
         if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1:
-            raise InvalidContextError("quantity must be a positive integer",
-                                      field=f"{where}.quantity")
+            raise InvalidContextError(
+                "quantity must be a positive integer", field=f"{where}.quantity"
+            )
         line = dict(item)
         line["name"] = check_text(item.get("name"), f"{where}.name", max_chars=500)
         line["quantity"] = quantity

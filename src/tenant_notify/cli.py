@@ -58,8 +58,10 @@ def _json_context(text: str | None) -> dict[str, Any]:
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
 
@@ -99,38 +101,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with Notifier.from_settings(_demo_settings(out, args.transport)) as notify:
         # The demo prints the recipients it made up itself; log lines mask them.
         sent = [
-            ("jane@example.com", notify.send_order_confirmation(
-                order_id="A-1001", customer_email="jane@example.com",
-                order_total=Decimal("99.99"), currency="USD", tenant_id="acme",
-                customer_name="Jane Doe",
-                items=[{"name": "Anvil", "quantity": 1, "unit_price": Decimal("79.99")},
-                       {"name": "Rope (10 m)", "quantity": 2, "unit_price": Decimal("10.00")}],
-            )),
-            ("max@example.com", notify.send_welcome_email(
-                user_email="max@example.com", user_name="Max Müller", tenant_id="globex")),
-            ("max@example.com", notify.send_order_confirmation(
-                order_id="G-77", customer_email="max@example.com",
-                order_total=Decimal("1234.5"), currency="EUR", tenant_id="globex",
-                customer_name="Max Müller",
-            )),
-            ("+15551234567", notify.send_sms(
-                to_phone="+15551234567", body="Your order A-1001 has shipped.", tenant_id="acme")),
+            (
+                "jane@example.com",
+                notify.send_order_confirmation(
+                    order_id="A-1001",
+                    customer_email="jane@example.com",
+                    order_total=Decimal("99.99"),
+                    currency="USD",
+                    tenant_id="acme",
+                    customer_name="Jane Doe",
+                    items=[
+                        {"name": "Anvil", "quantity": 1, "unit_price": Decimal("79.99")},
+                        {"name": "Rope (10 m)", "quantity": 2, "unit_price": Decimal("10.00")},
+                    ],
+                ),
+            ),
+            (
+                "max@example.com",
+                notify.send_welcome_email(
+                    user_email="max@example.com", user_name="Max Müller", tenant_id="globex"
+                ),
+            ),
+            (
+                "max@example.com",
+                notify.send_order_confirmation(
+                    order_id="G-77",
+                    customer_email="max@example.com",
+                    order_total=Decimal("1234.5"),
+                    currency="EUR",
+                    tenant_id="globex",
+                    customer_name="Max Müller",
+                ),
+            ),
+            (
+                "+15551234567",
+                notify.send_sms(
+                    to_phone="+15551234567", body="Your order A-1001 has shipped.", tenant_id="acme"
+                ),
+            ),
         ]
         statuses = [receipt.wait(timeout=30) for _, receipt in sent]
         rows = [["KIND", "CHANNEL", "TENANT", "FROM", "TO", "STATUS", "FILE"]]
         for (to, receipt), status in zip(sent, statuses, strict=True):
             tenant = notify.tenants.get(receipt.tenant_id)
             sender = str(tenant.sender) if status.channel is Channel.EMAIL else tenant.sms_from
-            rows.append([
-                receipt.kind, status.channel.value, tenant.id, sender or "", to,
-                f"{status.state.value}: {status.error}" if status.error else status.state.value,
-                _shown_path(next(out.glob(f"*/*{receipt.id}*"), None)),
-            ])
-    print(f"tenant-notify {__version__} demo: {len(sent)} notifications for 2 tenants, "
-          f"'{args.transport}' transport, file provider\n")
+            rows.append(
+                [
+                    receipt.kind,
+                    status.channel.value,
+                    tenant.id,
+                    sender or "",
+                    to,
+                    f"{status.state.value}: {status.error}" if status.error else status.state.value,
+                    _shown_path(next(out.glob(f"*/*{receipt.id}*"), None)),
+                ]
+            )
+    print(
+        f"tenant-notify {__version__} demo: {len(sent)} notifications for 2 tenants, "
+        f"'{args.transport}' transport, file provider\n"
+    )
     print(_table(rows))
-    print(f"\nThe files are in {out}: open the .eml files in a mail client, the .json files "
-          "are the SMS.")
+    print(
+        f"\nThe files are in {out}: open the .eml files in a mail client, the .json files "
+        "are the SMS."
+    )
     print("Next: `tenant-notify render order_confirmation --tenant acme ...`, or see README.md.")
     return 0 if all(s.state.value == "sent" for s in statuses) else 1
 
@@ -154,15 +188,25 @@ def cmd_render(args: argparse.Namespace) -> int:
             args.kind, channel, templates_dir=tenant.templates_dir, locale=locale
         )
         notification = Notification(
-            id=new_notification_id(), tenant_id=tenant.id, kind=args.kind, channel=channel,
-            to="", context={}, locale=locale,
+            id=new_notification_id(),
+            tenant_id=tenant.id,
+            kind=args.kind,
+            channel=channel,
+            to="",
+            context={},
+            locale=locale,
         )
         context = notify.dispatcher.template_context(notification, tenant, locale)
         context.update(_json_context(args.context))
-        print(notify.dispatcher.renderer.render(
-            args.kind, _PARTS[args.part], context, templates_dir=tenant.templates_dir,
-            locale=locale,
-        ).rstrip("\n"))
+        print(
+            notify.dispatcher.renderer.render(
+                args.kind,
+                _PARTS[args.part],
+                context,
+                templates_dir=tenant.templates_dir,
+                locale=locale,
+            ).rstrip("\n")
+        )
     finally:
         notify.close()
     return 0
@@ -174,8 +218,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     with _notifier(args) as notify:
         receipt = notify.send(
-            args.kind, tenant_id=args.tenant, to=args.to, channel=args.channel,
-            context=_json_context(args.context), locale=args.locale,
+            args.kind,
+            tenant_id=args.tenant,
+            to=args.to,
+            channel=args.channel,
+            context=_json_context(args.context),
+            locale=args.locale,
             idempotency_key=args.idempotency_key,
         )
         try:
@@ -183,9 +231,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         except WaitTimeoutError as err:
             print(f"{receipt.id} {err}", file=sys.stderr)
             return 1
-    print(f"{receipt.id} {status.state.value} provider={status.provider} "
-          f"provider_message_id={status.provider_message_id}"
-          + (f" error={status.error}" if status.error else ""))
+    print(
+        f"{receipt.id} {status.state.value} provider={status.provider} "
+        f"provider_message_id={status.provider_message_id}"
+        + (f" error={status.error}" if status.error else "")
+    )
     return 0 if status.state.value == "sent" else 1
 
 
@@ -203,10 +253,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"tenants: {len(tenants)}")
         pool = notify.dispatcher.providers
         for tenant in tenants:
-            print(f"  {tenant.id}: {tenant.name!r} locale={tenant.locale} "
-                  f"email={pool.provider_name(tenant, Channel.EMAIL)} "
-                  f"sms={pool.provider_name(tenant, Channel.SMS)} "
-                  f"from={tenant.sender or '-'} sms_from={tenant.sms_from or '-'}")
+            print(
+                f"  {tenant.id}: {tenant.name!r} locale={tenant.locale} "
+                f"email={pool.provider_name(tenant, Channel.EMAIL)} "
+                f"sms={pool.provider_name(tenant, Channel.SMS)} "
+                f"from={tenant.sender or '-'} sms_from={tenant.sms_from or '-'}"
+            )
         print("configuration OK")
     finally:
         notify.close()
@@ -223,8 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="send sample notifications for two tenants to files")
-    demo.add_argument("--out", default="tenant-notify-demo",
-                      help="folder for the files (default: ./tenant-notify-demo)")
+    demo.add_argument(
+        "--out",
+        default="tenant-notify-demo",
+        help="folder for the files (default: ./tenant-notify-demo)",
+    )
     demo.add_argument("--transport", default="inprocess", choices=["inprocess", "eager"])
     demo.set_defaults(func=cmd_demo)
 

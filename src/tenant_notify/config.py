@@ -198,8 +198,9 @@ def _read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     try:
         raw = file.read_bytes()
     except OSError as err:
-        raise ConfigurationError(f"cannot read {file}: {err.strerror}",
-                                 key=CONFIG_FILE_VARIABLE) from err
+        raise ConfigurationError(
+            f"cannot read {file}: {err.strerror}", key=CONFIG_FILE_VARIABLE
+        ) from err
     if file.suffix in {".yaml", ".yml"}:
         try:
             import yaml
@@ -208,14 +209,16 @@ def _read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         try:
             data = yaml.safe_load(raw) or {}
         except yaml.YAMLError as err:
-            raise ConfigurationError(f"{file} is not valid YAML: {err}",
-                                     key=CONFIG_FILE_VARIABLE) from err
+            raise ConfigurationError(
+                f"{file} is not valid YAML: {err}", key=CONFIG_FILE_VARIABLE
+            ) from err
     else:
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigurationError(f"{file} is not valid TOML: {err}",
-                                     key=CONFIG_FILE_VARIABLE) from err
+            raise ConfigurationError(
+                f"{file} is not valid TOML: {err}", key=CONFIG_FILE_VARIABLE
+            ) from err
     if not isinstance(data, dict):
         raise ConfigurationError(f"{file} must hold a table of settings", key=CONFIG_FILE_VARIABLE)
     return data

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from ._pool import ProviderPool
 from .config import Settings
 from .errors import (
     AmbiguousDeliveryError,
@@ -36,7 +37,6 @@ from .models import (
     SmsMessage,
     utcnow,
 )
-from ._pool import ProviderPool
 from .retry import RetryPolicy
 from .stores import ClaimState, IdempotencyStore, StatusStore
 from .templates import TemplateRenderer
@@ -250,7 +250,10 @@ class Dispatcher:
     def abandon(self, notification: Notification, reason: str) -> None:
         """Record that ``notification`` will not be attempted again (shutdown)."""
         status = self._current(notification).evolve(
-            state=DeliveryState.FAILED, error=reason, error_type="EnqueueError", next_attempt_at=None
+            state=DeliveryState.FAILED,
+            error=reason,
+            error_type="EnqueueError",
+            next_attempt_at=None,
         )
         self.status_store.save(status)
         self._log.error(

@@ -178,8 +178,9 @@ class Notifier:
         try:
             channel = Channel(channel)
         except ValueError:
-            raise ValidationError(f"{channel!r} is not a channel (email, sms)",
-                                  field="channel") from None
+            raise ValidationError(
+                f"{channel!r} is not a channel (email, sms)", field="channel"
+            ) from None
         if channel is Channel.EMAIL:
             recipient = normalize_email(to, "to")
         else:
@@ -248,20 +249,23 @@ class Notifier:
     def _check_sendable(self, tenant: Tenant, kind: str, channel: Channel, locale: str) -> None:
         if channel is Channel.EMAIL and tenant.email_from is None:
             raise ConfigurationError(
-                "the tenant has no email_from", key=f"tenants.{tenant.id}.email_from",
+                "the tenant has no email_from",
+                key=f"tenants.{tenant.id}.email_from",
                 tenant_id=tenant.id,
             )
         if channel is Channel.SMS and tenant.sms_from is None:
             raise ConfigurationError(
-                "the tenant has no sms_from", key=f"tenants.{tenant.id}.sms_from",
+                "the tenant has no sms_from",
+                key=f"tenants.{tenant.id}.sms_from",
                 tenant_id=tenant.id,
             )
         self.dispatcher.renderer.check_kind(
             kind, channel, templates_dir=tenant.templates_dir, locale=locale
         )
 
-    def _receipt(self, notification_id: str, tenant_id: str, kind: str,
-                 duplicate: bool = False) -> Receipt:
+    def _receipt(
+        self, notification_id: str, tenant_id: str, kind: str, duplicate: bool = False
+    ) -> Receipt:
         return Receipt(
             notification_id,
             tenant_id=tenant_id,
@@ -312,13 +316,13 @@ class Notifier:
             "currency": check_currency(currency),
         }
         if customer_name is not None:
-            context["customer_name"] = check_text(customer_name, "customer_name", header=True,
-                                                  max_chars=200)
+            context["customer_name"] = check_text(
+                customer_name, "customer_name", header=True, max_chars=200
+            )
         if items is not None:
             context["items"] = check_items(items)
         if order_url is not None:
-            context["order_url"] = check_text(order_url, "order_url", header=True,
-                                              max_chars=2048)
+            context["order_url"] = check_text(order_url, "order_url", header=True, max_chars=2048)
         return self._submit(
             "order_confirmation",
             tenant_id,
@@ -349,15 +353,16 @@ class Notifier:
             "user_name": check_text(user_name, "user_name", header=True, max_chars=200),
         }
         if login_url is not None:
-            context["login_url"] = check_text(login_url, "login_url", header=True,
-                                              max_chars=2048)
+            context["login_url"] = check_text(login_url, "login_url", header=True, max_chars=2048)
         return self._submit(
             "welcome",
             tenant_id,
             Channel.EMAIL,
             context["user_email"],
             context,
-            idempotency_key or f"welcome:{context['user_email']}",
+            # Local parts are case-sensitive on the wire, but not to the people
+            # who type them: one welcome per address, whatever its case.
+            idempotency_key or f"welcome:{context['user_email'].casefold()}",
             locale,
         )
 
@@ -398,8 +403,9 @@ class Notifier:
         """Text ``body`` to an E.164 number from the tenant's sender."""
         context = {"body": check_text(body, "body", max_chars=MAX_SMS_CHARS)}
         recipient = normalize_phone(to_phone, "to_phone")
-        return self._submit("sms", tenant_id, Channel.SMS, recipient, context,
-                            idempotency_key, None)
+        return self._submit(
+            "sms", tenant_id, Channel.SMS, recipient, context, idempotency_key, None
+        )
 
     # --- status ----------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ Example::
     from tenant_notify.testing import make_notifier
 
     def test_order_email():
-        with make_notifier(tenants={"acme": {"name": "Acme", "email_from": "o@acme.test"}}) as notify:
+        tenants = {"acme": {"name": "Acme", "email_from": "o@acme.test"}}
+        with make_notifier(tenants=tenants) as notify:
             notify.send_order_confirmation(order_id="1", customer_email="j@example.com",
                                            order_total="9.99", currency="USD", tenant_id="acme")
             [email] = notify.outbox.emails
@@ -100,19 +101,32 @@ class ScriptedProvider(Provider):
 
     def _run(self, message: Message) -> DeliveryResult:
         step = self._next_step(message)
-        context = {"provider": self.name, "notification_id": message.notification_id,
-                   "tenant_id": message.tenant_id}
         if isinstance(step, BaseException):
             raise step
         if step == "transient":
-            raise TransientDeliveryError("scripted transient failure",
-                                         provider_response="451 try again later",
-                                         retry_after=self.retry_after, **context)
+            raise TransientDeliveryError(
+                "scripted transient failure",
+                provider=self.name,
+                provider_response="451 try again later",
+                retry_after=self.retry_after,
+                notification_id=message.notification_id,
+                tenant_id=message.tenant_id,
+            )
         if step == "permanent":
-            raise PermanentDeliveryError("scripted permanent failure",
-                                         provider_response="550 mailbox unavailable", **context)
+            raise PermanentDeliveryError(
+                "scripted permanent failure",
+                provider=self.name,
+                provider_response="550 mailbox unavailable",
+                notification_id=message.notification_id,
+                tenant_id=message.tenant_id,
+            )
         if step == "ambiguous":
-            raise AmbiguousDeliveryError("scripted timeout after sending", **context)
+            raise AmbiguousDeliveryError(
+                "scripted timeout after sending",
+                provider=self.name,
+                notification_id=message.notification_id,
+                tenant_id=message.tenant_id,
+            )
         index = self.outbox.append(message)
         return DeliveryResult(provider=self.name, provider_message_id=f"scripted-{index}")
 
@@ -148,8 +162,9 @@ def make_notifier(
         transport: Transport name.
         settings: Any other settings keys.
     """
-    table: dict[str, Any] = {"provider": provider} if provider else {
-        "provider": "memory", "outbox": outbox}
+    table: dict[str, Any] = (
+        {"provider": provider} if provider else {"provider": "memory", "outbox": outbox}
+    )
     config: dict[str, Any] = {
         "transport": transport,
         "email": table,
@@ -159,7 +174,8 @@ def make_notifier(
     }
     config.update(settings)
     notifier = TestNotifier.from_settings(config)
-    notifier.outbox = provider.outbox if isinstance(provider, ScriptedProvider) else get_outbox(
-        outbox)
+    notifier.outbox = (
+        provider.outbox if isinstance(provider, ScriptedProvider) else get_outbox(outbox)
+    )
     notifier.outbox.clear()
     return notifier

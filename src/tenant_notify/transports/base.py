@@ -44,7 +44,7 @@ class Transport(ABC):
             EnqueueError: it was not accepted; nothing is queued.
         """
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook
         """Stop accepting work and finish or settle what was accepted."""
 
     def __enter__(self) -> Self:

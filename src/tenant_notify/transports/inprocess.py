@@ -116,9 +116,11 @@ class InProcessTransport(Transport):
 
     def submit(self, notification: Notification) -> None:
         if self._closed:
-            raise EnqueueError("the in-process transport is closed",
-                               tenant_id=notification.tenant_id,
-                               notification_id=notification.id)
+            raise EnqueueError(
+                "the in-process transport is closed",
+                tenant_id=notification.tenant_id,
+                notification_id=notification.id,
+            )
         self._ensure_started()
         try:
             self._queue.put((notification, 1), timeout=self.enqueue_timeout)

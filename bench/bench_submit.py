@@ -1,0 +1,112 @@
+"""The caller's cost of a send on each transport, against hand-written baselines.
+
+Run: ``python bench/bench_submit.py`` (or ``nox -s bench``). Prints a Markdown table for
+docs/benchmarks.md. Every figure is measured in the same run:
+
+* baseline ``queue.put``: what a hand-written background queue costs the caller: build a dict with
+  the same fields and put it on a ``queue.Queue`` (no validation, no status, no idempotency).
+* ``inprocess``: ``notify.send_order_confirmation(...)`` on the in-process transport (validation,
+  tenant lookup, template check, idempotency reservation, status record, enqueue), with workers
+  delivering into the memory provider at the same time.
+* ``eager``: the same send delivered inline (rendering both parts and the memory provider included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+
+from tenant_notify import Notifier
+
+TENANTS = {
+    "acme": {"name": "Acme Shop", "email_from": "Acme Shop <orders@acme.test>"},
+    "globex": {"name": "Globex Café", "email_from": "hello@globex.test", "locale": "de"},
+}
+
+
+def per_call(fn: Callable[[int], object], n: int, repeats: int) -> float:
+    """Median over ``repeats`` runs of the mean seconds per call."""
+    runs = []
+    counter = 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn(counter)
+            counter += 1
+        runs.append((time.perf_counter() - start) / n)
+    return statistics.median(runs)
+
+
+def notifier(transport: str) -> Notifier:
+    return Notifier.from_settings(
+        {
+            "transport": {"backend": transport, "workers": 2, "queue_size": 1_000_000},
+            "email": {"provider": "memory", "outbox": "bench"},
+            "tenants": TENANTS,
+            "idempotency": {"ttl": 600},
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=5000, help="calls per run")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    run = 0
+
+    # Baseline: a hand-written background queue.
+    q: queue.Queue[dict[str, object]] = queue.Queue()
+
+    def baseline(i: int) -> None:
+        q.put(
+            {
+                "id": uuid.uuid4().hex,
+                "tenant_id": "acme",
+                "kind": "order_confirmation",
+                "to": "jane@example.com",
+                "order_id": f"A-{i}",
+                "order_total": Decimal("99.99"),
+                "currency": "USD",
+            }
+        )
+
+    def sender(notify: Notifier) -> Callable[[int], object]:
+        nonlocal run
+        run += 1
+        prefix = f"r{run}-"
+
+        def send(i: int) -> object:
+            return notify.send_order_confirmation(
+                order_id=prefix + str(i),
+                customer_email="jane@example.com",
+                order_total=Decimal("99.99"),
+                currency="USD",
+                tenant_id="acme",
+            )
+
+        return send
+
+    base = per_call(baseline, args.n, args.repeats)
+    results = {"baseline queue.put": base}
+    for transport in ("inprocess", "eager"):
+        notify = notifier(transport)
+        send = sender(notify)
+        send(-1)  # warm caches (templates, validation) outside the timing
+        results[transport] = per_call(send, args.n, args.repeats)
+        notify.close(timeout=120)
+
+    print(f"caller's cost per send_order_confirmation, n={args.n} x {args.repeats} (median)\n")
+    print("| what | µs per call | ratio to baseline |")
+    print("|---|---:|---:|")
+    for name, seconds in results.items():
+        print(f"| {name} | {seconds * 1e6:.1f} | {seconds / base:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

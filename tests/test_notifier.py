@@ -1,0 +1,360 @@
+"""The Notifier's public contract: validation before queueing, receipts, idempotency."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from tenant_notify import DeliveryState, Notifier
+from tenant_notify.errors import (
+    ConfigurationError,
+    EnqueueError,
+    HeaderInjectionError,
+    InvalidAmountError,
+    InvalidContextError,
+    InvalidCurrencyError,
+    InvalidRecipientError,
+    NotifyError,
+    TemplateNotFoundError,
+    UnknownNotificationError,
+    UnknownTenantError,
+    ValidationError,
+)
+from tenant_notify.testing import ScriptedProvider, make_notifier
+
+ORDER = dict(
+    order_id="A-1001",
+    customer_email="jane@example.com",
+    order_total=Decimal("99.99"),
+    currency="USD",
+    tenant_id="acme",
+)
+
+
+@pytest.fixture
+def notify(tenants):
+    with make_notifier(tenants=tenants) as notifier:
+        yield notifier
+
+
+def test_order_confirmation_goes_out_with_the_tenants_identity(notify):
+    receipt = notify.send_order_confirmation(**ORDER)
+    status = receipt.wait(timeout=1)
+    assert status.state is DeliveryState.SENT
+    assert status.provider == "memory"
+    assert status.provider_message_id
+    assert status.attempts == 1
+    [email] = notify.outbox.emails
+    assert str(email.from_addr) == "Acme Shop <orders@acme.test>"
+    assert [a.email for a in email.to] == ["jane@example.com"]
+    assert "A-1001" in email.subject
+    assert "$99.99" in email.text
+    assert email.html and "Acme Shop" in email.html
+    assert email.tenant_id == "acme" and email.notification_id == receipt.id
+
+
+def test_bare_sender_address_gets_the_tenant_name(notify):
+    notify.send_welcome_email(user_email="max@example.com", user_name="Max", tenant_id="globex")
+    [email] = notify.outbox.emails
+    assert email.from_addr.name == "Globex Café"
+    assert email.from_addr.email == "hello@globex.test"
+
+
+def test_tenant_locale_selects_german_templates(notify):
+    notify.send_order_confirmation(**{**ORDER, "tenant_id": "globex", "currency": "EUR"})
+    [email] = notify.outbox.emails
+    assert "99,99" in email.text
+    assert "Bestellung" in email.subject
+
+
+def test_locale_argument_overrides_the_tenant(notify):
+    notify.send_order_confirmation(**{**ORDER, "locale": "de"})
+    [email] = notify.outbox.emails
+    assert "Bestellung" in email.subject
+
+
+def test_sms_and_generic_email(notify):
+    notify.send_sms(to_phone="+1 555 123 4567", body="Shipped!", tenant_id="acme")
+    notify.send_email(
+        to_email="a@example.com",
+        subject="Hi",
+        body="Plain",
+        tenant_id="acme",
+        html_body="<p>Rich</p>",
+    )
+    [sms] = notify.outbox.sms
+    assert sms.to == "+15551234567" and sms.from_number == "+15005550006" and sms.body == "Shipped!"
+    [email] = notify.outbox.emails
+    assert email.subject == "Hi" and email.text.strip() == "Plain" and "<p>Rich</p>" in email.html
+
+
+def test_generic_email_without_html_is_text_only(notify):
+    notify.send_email(to_email="a@example.com", subject="Hi", body="Plain", tenant_id="acme")
+    assert notify.outbox.emails[0].html is None
+
+
+def test_host_defined_kind_from_the_tenant_templates_dir(tmp_path, tenants):
+    kind = tmp_path / "shipping_update"
+    kind.mkdir()
+    (kind / "subject.txt").write_text("Order {{ order_id }} shipped")
+    (kind / "body.txt").write_text("Tracking: {{ tracking }} from {{ tenant.name }}")
+    tenants["acme"]["templates_dir"] = str(tmp_path)
+    with make_notifier(tenants=tenants) as notify:
+        notify.send(
+            "shipping_update",
+            tenant_id="acme",
+            to="jane@example.com",
+            context={"order_id": "A-1", "tracking": "1Z999"},
+        )
+        [email] = notify.outbox.emails
+        assert email.subject == "Order A-1 shipped"
+        assert email.text.strip() == "Tracking: 1Z999 from Acme Shop"
+        # globex has no such template: refused before anything is queued
+        with pytest.raises(TemplateNotFoundError):
+            notify.send("shipping_update", tenant_id="globex", to="j@example.com")
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"customer_email": "not-an-address"}, InvalidRecipientError),
+        ({"customer_email": "jane@example"}, InvalidRecipientError),
+        ({"currency": "XYZ"}, InvalidCurrencyError),
+        ({"currency": "dollars"}, InvalidCurrencyError),
+        ({"order_total": Decimal("-1")}, InvalidAmountError),
+        ({"order_total": "ninety"}, InvalidAmountError),
+        ({"order_total": float("nan")}, InvalidAmountError),
+        ({"order_total": True}, InvalidAmountError),
+        ({"tenant_id": "initech"}, UnknownTenantError),
+        ({"customer_name": "Jane\r\nBcc: x@evil.test"}, HeaderInjectionError),
+        ({"items": [{"name": "x", "quantity": 0, "unit_price": 1}]}, InvalidContextError),
+    ],
+)
+def test_bad_input_raises_before_anything_is_queued(notify, change, error):
+    with pytest.raises(error):
+        notify.send_order_confirmation(**{**ORDER, **change})
+    assert notify.outbox.messages == []
+    assert len(notify.status_store) == 0
+
+
+def test_validation_errors_are_value_errors_and_lookup_errors():
+    assert issubclass(InvalidRecipientError, ValueError)
+    assert issubclass(InvalidRecipientError, NotifyError)
+    assert issubclass(UnknownTenantError, LookupError)
+    assert issubclass(TemplateNotFoundError, LookupError)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Hello\nBcc: evil@x.test",
+        "Hi\r",
+        "nul\0",
+        "Hi =?UTF-8?Q?=0A?=Bcc: evil@x.test",
+        "=?utf-8?b?Cg==?=",
+    ],
+)
+def test_subject_header_injection_is_refused(notify, subject):
+    with pytest.raises(HeaderInjectionError):
+        notify.send_email(to_email="a@example.com", subject=subject, body="b", tenant_id="acme")
+    assert notify.outbox.messages == []
+
+
+@pytest.mark.parametrize("phone", ["5551234567", "+1555", "+1-800-FLOWERS-XX", "", "+"])
+def test_bad_phone_numbers(notify, phone):
+    with pytest.raises(InvalidRecipientError):
+        notify.send_sms(to_phone=phone, body="x", tenant_id="acme")
+
+
+def test_context_must_travel_as_json(notify):
+    with pytest.raises(InvalidContextError, match="object"):
+        notify.send(
+            "email",
+            tenant_id="acme",
+            to="a@example.com",
+            context={"subject": "s", "body": "b", "x": object()},
+        )
+    with pytest.raises(InvalidContextError):
+        notify.send("email", tenant_id="acme", to="a@example.com", context={"tenant": "x"})
+
+
+def test_context_types_survive_to_the_templates(tmp_path, tenants):
+    (tmp_path / "typed").mkdir()
+    (tmp_path / "typed" / "subject.txt").write_text("typed")
+    (tmp_path / "typed" / "body.txt").write_text(
+        "{{ (amount * 2) }} {{ when.year }} {{ day.isoformat() }} {{ nested.list[1] }}"
+    )
+    tenants["acme"]["templates_dir"] = str(tmp_path)
+    with make_notifier(tenants=tenants) as notify:
+        notify.send(
+            "typed",
+            tenant_id="acme",
+            to="a@example.com",
+            context={
+                "amount": Decimal("1.10"),
+                "when": dt.datetime(2030, 1, 2, tzinfo=dt.UTC),
+                "day": dt.date(2030, 5, 6),
+                "nested": {"list": [1, 2]},
+            },
+        )
+        assert notify.outbox.emails[0].text.strip() == "2.20 2030 2030-05-06 2"
+
+
+def test_tenant_without_sms_sender_cannot_send_sms(notify):
+    with pytest.raises(ConfigurationError, match="sms_from"):
+        notify.send_sms(to_phone="+15551234567", body="x", tenant_id="globex")
+
+
+# --- idempotency -------------------------------------------------------------------------
+
+
+def test_order_confirmation_twice_sends_once_and_returns_the_first_id(notify):
+    first = notify.send_order_confirmation(**ORDER)
+    second = notify.send_order_confirmation(**ORDER)
+    assert second.id == first.id and second.duplicate and not first.duplicate
+    assert len(notify.outbox.emails) == 1
+
+
+def test_welcome_twice_sends_once_per_tenant(notify):
+    a = notify.send_welcome_email(user_email="u@example.com", user_name="U", tenant_id="acme")
+    b = notify.send_welcome_email(user_email="U@example.com", user_name="U", tenant_id="acme")
+    c = notify.send_welcome_email(user_email="u@example.com", user_name="U", tenant_id="globex")
+    assert a.id == b.id and c.id != a.id
+    assert len(notify.outbox.emails) == 2
+
+
+def test_explicit_idempotency_key_on_any_send(notify):
+    ids = {
+        notify.send_sms(
+            to_phone="+15551234567", body="x", tenant_id="acme", idempotency_key="k1"
+        ).id
+        for _ in range(3)
+    }
+    assert len(ids) == 1 and len(notify.outbox.sms) == 1
+    other = notify.send_sms(to_phone="+15551234567", body="x", tenant_id="acme")
+    assert other.id not in ids
+
+
+def test_a_failed_enqueue_frees_the_idempotency_key(tenants):
+    notify = make_notifier(tenants=tenants)
+    real_submit = notify.transport.submit
+    calls = []
+
+    def submit(notification):
+        calls.append(notification.id)
+        if len(calls) == 1:
+            raise EnqueueError("broker down")
+        real_submit(notification)
+
+    notify.transport.submit = submit
+    with pytest.raises(EnqueueError):
+        notify.send_order_confirmation(**ORDER)
+    assert len(notify.status_store) == 0
+    receipt = notify.send_order_confirmation(**ORDER)
+    assert not receipt.duplicate
+    assert receipt.wait(1).state is DeliveryState.SENT
+    notify.close()
+
+
+# --- statuses and failures -----------------------------------------------------------------
+
+
+def test_status_of_unknown_id(notify):
+    with pytest.raises(UnknownNotificationError):
+        notify.status("nope")
+
+
+def test_transient_failures_are_retried_then_sent(tenants):
+    provider = ScriptedProvider(["transient", "transient"])
+    with make_notifier(tenants=tenants, provider=provider) as notify:
+        status = notify.send_email(
+            to_email="a@example.com", subject="s", body="b", tenant_id="acme"
+        ).wait(1)
+        assert status.state is DeliveryState.SENT and status.attempts == 3
+        assert len(provider.attempts) == 3 and len(notify.outbox) == 1
+
+
+def test_permanent_failure_is_not_retried_and_keeps_the_reason(tenants):
+    provider = ScriptedProvider(["permanent"])
+    with make_notifier(tenants=tenants, provider=provider) as notify:
+        status = notify.send_email(
+            to_email="a@example.com", subject="s", body="b", tenant_id="acme"
+        ).wait(1)
+        assert status.state is DeliveryState.FAILED and status.attempts == 1
+        assert "550" in status.error and status.error_type == "PermanentDeliveryError"
+        assert len(provider.attempts) == 1
+
+
+def test_retries_stop_at_max_attempts(tenants):
+    provider = ScriptedProvider(then="transient")
+    with make_notifier(
+        tenants=tenants, provider=provider, retry={"max_attempts": 3, "initial_delay": 0}
+    ) as notify:
+        status = notify.send_email(
+            to_email="a@example.com", subject="s", body="b", tenant_id="acme"
+        ).wait(1)
+        assert status.state is DeliveryState.FAILED and status.attempts == 3
+        assert status.error_type == "TransientDeliveryError"
+
+
+def test_ambiguous_failure_is_not_retried_by_default(tenants):
+    provider = ScriptedProvider(["ambiguous"])
+    with make_notifier(tenants=tenants, provider=provider) as notify:
+        status = notify.send_sms(to_phone="+15551234567", body="b", tenant_id="acme").wait(1)
+        assert status.state is DeliveryState.FAILED and len(provider.attempts) == 1
+
+
+def test_template_error_at_delivery_is_a_failed_status(tmp_path, tenants):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "subject.txt").write_text("Hi {{ missing_field }}")
+    (tmp_path / "broken" / "body.txt").write_text("body")
+    tenants["acme"]["templates_dir"] = str(tmp_path)
+    with make_notifier(tenants=tenants) as notify:
+        status = notify.send("broken", tenant_id="acme", to="a@example.com").wait(1)
+        assert status.state is DeliveryState.FAILED
+        assert "missing_field" in status.error and "broken/subject.txt" in status.error
+        assert status.error_type == "TemplateRenderError"
+
+
+def test_closed_notifier_refuses_sends(tenants):
+    notify = make_notifier(tenants=tenants)
+    notify.close()
+    with pytest.raises(EnqueueError):
+        notify.send_sms(to_phone="+15551234567", body="x", tenant_id="acme")
+
+
+def test_custom_tenant_resolver(tenants):
+    from tenant_notify import Tenant
+
+    class DbResolver:
+        def __init__(self):
+            self.calls = 0
+
+        def get(self, tenant_id):
+            self.calls += 1
+            if tenant_id != "db-shop":
+                raise UnknownTenantError(tenant_id, tenant_id=tenant_id)
+            return Tenant(id="db-shop", name="DB Shop", email_from="shop@db.test")
+
+    resolver = DbResolver()
+    notify = Notifier.from_settings(
+        {"transport": "eager", "email": {"provider": "memory"}}, tenant_resolver=resolver
+    )
+    with notify:
+        notify.send_welcome_email(user_email="u@example.com", user_name="U", tenant_id="db-shop")
+        with pytest.raises(UnknownTenantError):
+            notify.send_welcome_email(user_email="u@example.com", user_name="U", tenant_id="acme")
+    assert resolver.calls >= 2
+
+
+def test_receipt_repr_has_no_recipient(notify):
+    receipt = notify.send_order_confirmation(**ORDER)
+    assert "jane" not in repr(receipt)
+    assert receipt.id in repr(receipt)
+
+
+def test_unknown_channel_is_a_validation_error(notify):
+    with pytest.raises(ValidationError, match="channel"):
+        notify.send("email", tenant_id="acme", to="a@example.com", channel="pigeon")
