@@ -125,11 +125,12 @@ class LoopbackSMTPServer:
         auth_mechanisms: Iterable[str] = ("LOGIN", "PLAIN"),
         starttls: bool = False,
         implicit_tls: bool = False,
+        port: int = 0,
     ) -> None:
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = port  # 0: the OS picks one (read back in start)
         self.auth = auth
         self.auth_mechanisms = frozenset(m.upper() for m in auth_mechanisms)
         self.starttls = starttls
@@ -484,7 +485,7 @@ class _Controller(Controller):
     def __init__(self, owner: LoopbackSMTPServer, handler: _Handler, **kwargs: Any) -> None:
         # An explicit server hostname spares aiosmtpd a socket.getfqdn() per connection.
         super().__init__(
-            handler, hostname="127.0.0.1", port=0, server_hostname="localhost", **kwargs
+            handler, hostname="127.0.0.1", port=owner.port, server_hostname="localhost", **kwargs
         )
         self._owner = owner
 
