@@ -831,13 +831,33 @@ def test_auto_reload_picks_up_an_edited_template(
 
 
 def test_auto_reload_sees_a_new_override(
-    renderer: TemplateRenderer, welcome: dict[str, Any], tmp_path: Path
+    renderer: TemplateRenderer,
+    welcome: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import tenant_notify.templates as templates_module
+
     assert renderer.render_sms("welcome", welcome, templates_dir=tmp_path).startswith("Welcome")
 
     write(tmp_path, "welcome/sms.txt", "overridden")
+    # Where a part lives is remembered for a couple of seconds (it costs stat
+    # calls per source); after that the new override is found.
+    now = time.monotonic()
+    monkeypatch.setattr(templates_module.time, "monotonic", lambda: now + 2.5)
 
     assert renderer.render_sms("welcome", welcome, templates_dir=tmp_path) == "overridden"
+
+
+def test_auto_reload_sees_an_edited_template_at_once(
+    renderer: TemplateRenderer, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "note/sms.txt", "first")
+    assert renderer.render_sms("note", {}, templates_dir=tmp_path) == "first"
+    path.write_text("second", encoding="utf-8")
+    later = time.time() + 10
+    os.utime(path, (later, later))
+    assert renderer.render_sms("note", {}, templates_dir=tmp_path) == "second"
 
 
 def test_without_auto_reload_templates_stay_cached(tmp_path: Path) -> None:

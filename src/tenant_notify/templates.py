@@ -958,7 +958,10 @@ class TemplateRenderer:
         self._envs: dict[Path | None, _SandboxEnvironment] = {}
         self._envs_lock = threading.Lock()
         self._kinds: dict[tuple[Path | None, str, str, str], _KindAnswer] = {}
-        self._resolved: dict[tuple[Path | None, str, str, str], _Resolved | None] = {}
+        # (templates_dir, kind, part, locale) -> (where the part was found, expiry or None)
+        self._resolved: dict[
+            tuple[Path | None, str, str, str], tuple[_Resolved | None, float | None]
+        ] = {}
 
     # -- public API
 
@@ -1149,15 +1152,20 @@ class TemplateRenderer:
     def _resolve_cached(
         self, templates_dir: Path | None, kind: str, part: str, locale: str
     ) -> tuple[_Resolved | None, list[str]]:
-        if self.auto_reload:
-            return self._resolve(templates_dir, kind, part, locale)
+        # Finding a part takes several stat() calls per source; remember where it
+        # was found. With auto_reload the answer is trusted for _NEGATIVE_TTL
+        # seconds, so a part a tenant adds or removes is noticed soon after.
         key = (templates_dir, kind, part, locale)
-        if key in self._resolved:
-            return self._resolved[key], []
+        cached = self._resolved.get(key)
+        if cached is not None and (cached[1] is None or time.monotonic() < cached[1]):
+            return cached[0], []
         resolved, tried = self._resolve(templates_dir, kind, part, locale)
+        if resolved is None:
+            return resolved, tried  # the error message lists what was tried
         if len(self._resolved) >= _MAX_CACHE_ENTRIES:
             self._resolved.clear()
-        self._resolved[key] = resolved
+        expires = time.monotonic() + _NEGATIVE_TTL if self.auto_reload else None
+        self._resolved[key] = (resolved, expires)
         return resolved, tried
 
     @staticmethod
