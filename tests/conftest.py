@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from tenant_notify.testing import clear_outboxes
 
@@ -27,6 +28,13 @@ def _fresh_outboxes() -> Iterator[None]:
     clear_outboxes()
     yield
     clear_outboxes()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    # The CLI configures structlog (it is an application); keep that out of other tests.
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
