@@ -358,3 +358,29 @@ def test_receipt_repr_has_no_recipient(notify):
 def test_unknown_channel_is_a_validation_error(notify):
     with pytest.raises(ValidationError, match="channel"):
         notify.send("email", tenant_id="acme", to="a@example.com", channel="pigeon")
+
+
+@pytest.mark.parametrize(
+    ("body", "error_type"),
+    [
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "TemplateSecurityError"),
+        ("{{ tenant.__class__ }}", "TemplateSecurityError"),
+        ("{% for i in range(99999) %}{{ 'x' * 99 }}{% endfor %}", "TemplateLimitError"),
+    ],
+)
+def test_hostile_tenant_template_fails_the_notification_not_the_worker(
+    tmp_path, tenants, body, error_type
+):
+    (tmp_path / "hostile").mkdir()
+    (tmp_path / "hostile" / "subject.txt").write_text("Hi")
+    (tmp_path / "hostile" / "body.txt").write_text(body)
+    tenants["acme"]["templates_dir"] = str(tmp_path)
+    with make_notifier(tenants=tenants, transport="inprocess") as notify:
+        status = notify.send("hostile", tenant_id="acme", to="a@example.com").wait(10)
+        assert status.state is DeliveryState.FAILED
+        assert status.error_type == error_type
+        assert status.attempts == 1  # never retried: the template will not get better
+        # the worker is still there for the next notification
+        ok = notify.send_sms(to_phone="+15551234567", body="x", tenant_id="acme").wait(10)
+        assert ok.state is DeliveryState.SENT
+    assert notify.outbox.emails == []
