@@ -14,7 +14,6 @@ form: the symbol right before the number (``$1,234.50``), or the code and a spac
 
 from __future__ import annotations
 
-import functools
 import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any
@@ -23,6 +22,7 @@ import jinja2
 from jinja2.runtime import Context
 
 from ._currencies import MINOR_UNITS, SYMBOLS
+from ._validation import locale_folders
 from .errors import InvalidAmountError, InvalidCurrencyError
 
 _DE_SEPARATORS = str.maketrans(",.", ".,")
@@ -92,7 +92,7 @@ def format_money(
     symbol = SYMBOLS.get(code, "")
     # "CHF", "kr", "zł": letters read better as the ISO code.
     mark = symbol if symbol and not symbol.isalpha() else ""
-    dirs = _locale_dirs(locale) if isinstance(locale, str) else ()
+    dirs = locale_folders(locale) if isinstance(locale, str) else ()
     if dirs and dirs[-1] == "de":
         return f"{sign}{number.translate(_DE_SEPARATORS)} {mark or code}"
     if mark:
@@ -113,20 +113,3 @@ def _css_color_filter(value: Any, default: str = "#1f2937") -> str:
     if isinstance(value, str) and _CSS_COLOR.fullmatch(value.strip()):
         return value.strip()
     return default
-
-
-# --- locales --------------------------------------------------------------------------
-# Here rather than in templates.py, which imports this module, so that
-# format_money and the template lookup share one reading of a locale.
-
-_LOCALE_RE = re.compile(r"([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}|[0-9]{3}))?")
-
-
-@functools.lru_cache(maxsize=256)
-def _locale_dirs(locale: str) -> tuple[str, ...]:
-    """The locale folders to try, most specific first: ``("de_AT", "de")``."""
-    match = _LOCALE_RE.fullmatch(locale.strip())
-    if match is None:
-        return ()
-    lang, region = match.group(1).lower(), match.group(2)
-    return (f"{lang}_{region.upper()}", lang) if region else (lang,)

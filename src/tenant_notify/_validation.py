@@ -101,6 +101,22 @@ def normalize_locale(value: object, field: str) -> str:
     return f"{lang.lower()}-{region.upper()}" if region else lang.lower()
 
 
+_LOCALE_FOLDER = re.compile(r"([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}|[0-9]{3}))?")
+
+
+@functools.lru_cache(maxsize=256)
+def locale_folders(locale: str) -> tuple[str, ...]:
+    """Template folders for a locale, most specific first: ``("de_AT", "de")``.
+
+    Anything not of the form ``ll``, ``ll-RR``/``ll_RR`` gives no folder at all.
+    """
+    match = _LOCALE_FOLDER.fullmatch(locale.strip())
+    if match is None:
+        return ()
+    lang, region = match.group(1).lower(), match.group(2)
+    return (f"{lang}_{region.upper()}", lang) if region else (lang,)
+
+
 def check_currency(value: object, field: str = "currency") -> str:
     """Return the upper-case ISO 4217 code or raise :class:`InvalidCurrencyError`."""
     code = value.strip().upper() if isinstance(value, str) else None

@@ -66,8 +66,9 @@ from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
 
 from ._headers import check_header_value
-from ._money import _locale_dirs, format_money
+from ._money import format_money
 from ._sandbox import _BUDGET, _Budget, _check_deadline, _LimitExceeded, _SandboxEnvironment
+from ._validation import locale_folders
 from .errors import (
     ConfigurationError,
     TemplateError,
@@ -126,7 +127,7 @@ class RenderedEmail:
     html: str | None
 
 
-# --- names (locale folders: _money._locale_dirs) --------------------------------------
+# --- names (locale folders: _validation.locale_folders) --------------------------------------
 
 
 def _is_safe_name(name: object) -> bool:
@@ -457,7 +458,7 @@ class TemplateRenderer:
     ) -> tuple[_Resolved | None, list[str]]:
         """Find the first source and locale folder holding ``kind/part``."""
         env = self._env(templates_dir)
-        dirs = _locale_dirs(locale) if isinstance(locale, str) else ()
+        dirs = locale_folders(locale) if isinstance(locale, str) else ()
         relpaths = [f"{d}/{kind}/{part}" for d in dirs] + [f"{kind}/{part}"]
         tried: list[str] = []
         for source in env.chain_loader.sources:
