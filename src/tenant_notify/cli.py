@@ -2,8 +2,10 @@
 
 ``demo`` sends a few notifications for two tenants into files; ``render`` shows a
 template part as a tenant's recipient would get it; ``send`` sends one
-notification; ``check-config`` validates settings. Commands other than ``demo``
-read settings from ``--config FILE`` or the ``TENANT_NOTIFY_*`` environment.
+notification; ``check-config`` validates settings; ``worker`` runs a Celery worker
+for the ``celery`` transport and ``replay`` puts dead-lettered notifications back
+on its queue. Commands other than ``demo`` read settings from ``--config FILE`` or
+the ``TENANT_NOTIFY_*`` environment.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
@@ -266,6 +269,66 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- worker and replay (celery transport) ---------------------------------------------
+
+
+def _celery_settings(args: argparse.Namespace) -> Any:
+    from .config import load_settings
+
+    if args.config:
+        # Read by the worker's processes too, whatever starts them.
+        os.environ["TENANT_NOTIFY_CONFIG_FILE"] = str(Path(args.config).resolve())
+    return load_settings(None)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .transports.celery import CeleryTransport, create_app
+
+    settings = _celery_settings(args)
+    # Fail now, naming the key, rather than in the first task.
+    Notifier(settings, transport=CeleryTransport).close()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=False,
+    )
+    app = create_app(settings)
+    argv = ["worker", f"--loglevel={args.loglevel}", "-Q", settings.celery.queue]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    extra = list(args.celery_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    app.worker_main(argv=[*argv, *extra])
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .transports.celery import replay_dead_letters
+
+    settings = _celery_settings(args)
+    letters = replay_dead_letters(
+        settings, limit=args.limit, dry_run=args.list, ids=args.id or None
+    )
+    rows = [["ID", "TENANT", "KIND", "TO", "ATTEMPTS", "FAILED AT", "ERROR"]]
+    rows += [
+        [d.id, d.tenant_id, d.kind, d.to, str(d.attempts), d.failed_at, d.error[:80]]
+        for d in letters
+    ]
+    if len(rows) > 1:
+        print(_table(rows))
+    verb = "dead-lettered" if args.list else "replayed"
+    print(f"{len(letters)} notification(s) {verb} ({settings.celery.dead_letter_queue})")
+    return 0
+
+
 # --- entry point ----------------------------------------------------------------------
 
 
@@ -311,6 +374,27 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate settings and list tenants")
     with_config(check)
     check.set_defaults(func=cmd_check_config)
+
+    worker = commands.add_parser(
+        "worker", help="run a Celery worker for the celery transport (needs [celery])"
+    )
+    worker.add_argument("-c", "--concurrency", type=int, help="worker processes")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--hostname", help="worker node name (default: celery@HOST)")
+    worker.add_argument(
+        "celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options, after --"
+    )
+    with_config(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    replay = commands.add_parser(
+        "replay", help="put dead-lettered notifications back on the Celery queue"
+    )
+    replay.add_argument("--list", action="store_true", help="only list them")
+    replay.add_argument("--limit", type=int, help="at most this many")
+    replay.add_argument("--id", action="append", help="only this notification id (repeatable)")
+    with_config(replay)
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -32,7 +32,9 @@ from .errors import ConfigurationError, MissingDependencyError
 from .tenants import Tenant, protect_secrets
 
 __all__ = [
+    "CelerySettings",
     "IdempotencySettings",
+    "RedisSettings",
     "RetrySettings",
     "Settings",
     "TemplateSettings",
@@ -92,6 +94,95 @@ class IdempotencySettings(_Section):
     lease: float = Field(default=300.0, gt=0)
 
 
+def _env_default(name: str, fallback: str | None) -> Any:
+    # Celery's usual variables, read when the settings do not name a URL (an
+    # explicit [celery] key or TENANT_NOTIFY_CELERY__* variable wins).
+    return lambda: os.environ.get(name) or fallback
+
+
+class CelerySettings(_Section):
+    """The ``celery`` transport: broker, result backend, queues, worker behaviour.
+
+    URLs may hold passwords: they are left out of ``repr`` and never logged.
+
+    Attributes:
+        broker_url: Broker URL; default ``$CELERY_BROKER_URL``, else a local RabbitMQ.
+        result_backend: Celery result backend; default ``$CELERY_RESULT_BACKEND``,
+            else none. When it is Redis it is also the default ``[redis] url``.
+        queue: Queue the notifications go to (and the worker consumes).
+        dead_letter_queue: Queue that keeps notifications whose last attempt
+            failed, for an operator to inspect and replay; ``""`` turns it off.
+        soft_time_limit: Seconds one delivery attempt may run before it is
+            interrupted; keep it above the providers' timeouts.
+        time_limit: Seconds after which the worker process running an attempt is
+            killed (the message is redelivered). Above ``soft_time_limit``.
+        prefetch_multiplier: Messages a worker process reserves ahead (1-4 suits
+            I/O-bound deliveries; higher only hides work from idle workers).
+        concurrency: Worker processes for ``tenant-notify worker`` (default: CPUs).
+        result_expires: Seconds Celery keeps a task result.
+        ignore_result: Store no Celery results (statuses are in the status store anyway).
+        publisher_confirms: ``"async"``: a send returns once the message is written
+            to the broker connection; the broker's confirm is collected in the
+            background and an unconfirmed message is published again after a
+            reconnect (the status turns ``failed`` if that cannot happen within
+            ``publish_timeout``). ``"sync"``: every send waits for its confirm.
+            ``"off"``: no confirms (not recommended).
+        connect_timeout: Seconds to wait for a broker connection.
+        publish_timeout: Seconds a send keeps retrying an unreachable broker
+            before it raises EnqueueError.
+        pool_limit: Broker connections a process keeps for sending.
+        send_events: Workers send task events (``celery events``, Flower).
+    """
+
+    broker_url: str = Field(
+        default_factory=_env_default("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
+        repr=False,
+    )
+    result_backend: str | None = Field(
+        default_factory=_env_default("CELERY_RESULT_BACKEND", None), repr=False
+    )
+    queue: str = Field(default="tenant_notify", min_length=1)
+    dead_letter_queue: str = "tenant_notify.dead"
+    soft_time_limit: float = Field(default=60.0, gt=0)
+    time_limit: float = Field(default=90.0, gt=0)
+    prefetch_multiplier: int = Field(default=4, ge=1, le=64)
+    concurrency: int | None = Field(default=None, ge=1)
+    result_expires: float = Field(default=86_400.0, gt=0)
+    ignore_result: bool = False
+    publisher_confirms: Literal["async", "sync", "off"] = "async"
+    connect_timeout: float = Field(default=2.0, gt=0)
+    publish_timeout: float = Field(default=5.0, gt=0)
+    pool_limit: int = Field(default=10, ge=1)
+    send_events: bool = True
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> CelerySettings:
+        if self.time_limit <= self.soft_time_limit:
+            raise ValueError("time_limit must be above soft_time_limit")
+        if self.dead_letter_queue == self.queue:
+            raise ValueError("dead_letter_queue must differ from queue")
+        return self
+
+
+class RedisSettings(_Section):
+    """Redis for the shared status and idempotency stores.
+
+    Attributes:
+        url: ``redis://`` URL; default: ``[celery] result_backend`` when that is
+            Redis, else ``redis://localhost:6379/0``. Not shown in ``repr``.
+        key_prefix: Prefix of every key the stores write.
+        status_ttl: Seconds a status is kept after its last change.
+        socket_timeout: Seconds to wait for Redis before a call fails.
+        max_connections: Connections a process keeps in its pool.
+    """
+
+    url: str | None = Field(default=None, repr=False)
+    key_prefix: str = "tenant_notify:"
+    status_ttl: float = Field(default=7 * 86_400.0, gt=0)
+    socket_timeout: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=64, ge=1)
+
+
 class Settings(BaseModel):
     """Everything a Notifier is built from.
 
@@ -105,6 +196,8 @@ class Settings(BaseModel):
         templates: Rendering limits.
         retry: Backoff policy.
         idempotency: Key lifetimes.
+        celery: The ``celery`` transport.
+        redis: Redis for the shared stores (used by the ``celery`` transport).
         mask_recipients: Mask addresses and numbers in log lines (keep on).
     """
 
@@ -124,6 +217,8 @@ class Settings(BaseModel):
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     mask_recipients: bool = True
 
     @field_validator("transport", mode="before")

@@ -25,7 +25,8 @@ chained with ``raise ... from err``.
     │   ├── TemplateSecurityError       a sandbox violation (reaching Python internals)
     │   └── TemplateLimitError          rendered output over the size cap, or too slow
     ├── EnqueueError                    the transport could not accept the notification
-    │   └── QueueFullError              the in-process queue stayed full past the timeout
+    │   ├── QueueFullError              the in-process queue stayed full past the timeout
+    │   └── StoreUnavailableError       the shared store (Redis) did not answer
     ├── DeliveryError                   the provider did not deliver
     │   ├── TransientDeliveryError      retryable (SMTP 4xx, connection refused, 429, 5xx)
     │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
@@ -55,6 +56,7 @@ __all__ = [
     "NotifyError",
     "PermanentDeliveryError",
     "QueueFullError",
+    "StoreUnavailableError",
     "TemplateError",
     "TemplateLimitError",
     "TemplateNotFoundError",
@@ -249,6 +251,13 @@ class EnqueueError(NotifyError):
 
 class QueueFullError(EnqueueError):
     """The in-process queue stayed full for longer than the enqueue timeout."""
+
+
+class StoreUnavailableError(EnqueueError):
+    """A shared store (Redis) could not be reached or did not answer in time.
+
+    Raised by a send (nothing was queued: try again later) and by status reads.
+    """
 
 
 # --- delivery ------------------------------------------------------------------------

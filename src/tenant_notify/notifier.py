@@ -67,8 +67,9 @@ class Notifier:
         settings: Validated settings.
         tenant_resolver: Where tenants come from; defaults to the settings' tables.
         transport: A Transport instance, class or name; defaults to ``settings.transport``.
-        status_store: Defaults to an in-memory store.
-        idempotency_store: Defaults to an in-memory store.
+        status_store: Defaults to the transport's default store (Redis for
+            ``celery``), else an in-memory store.
+        idempotency_store: Defaults like ``status_store``.
 
     Raises:
         ConfigurationError: naming the key at fault, for any bad setting.
@@ -87,6 +88,13 @@ class Notifier:
         self._log = get_logger()
         self._mask = mask_recipient if settings.mask_recipients else str
         self.tenants: TenantResolver = tenant_resolver or StaticTenantResolver(settings.tenants)
+        factory = self._transport_factory(transport)
+        if status_store is None or idempotency_store is None:
+            kind = type(factory) if isinstance(factory, Transport) else factory
+            shared = kind.default_stores(settings)
+            if shared is not None:
+                status_store = status_store or shared[0]
+                idempotency_store = idempotency_store or shared[1]
         self.status_store: StatusStore = status_store or MemoryStatusStore()
         self.idempotency_store: IdempotencyStore = idempotency_store or MemoryIdempotencyStore()
         self.dispatcher = Dispatcher.from_settings(
@@ -96,7 +104,11 @@ class Notifier:
             idempotency_store=self.idempotency_store,
         )
         self._check_providers()
-        self.transport = self._build_transport(transport)
+        self.transport = (
+            factory
+            if isinstance(factory, Transport)
+            else factory.from_settings(self.dispatcher, self.settings)
+        )
         self._closed = False
 
     # --- construction --------------------------------------------------------------
@@ -124,7 +136,9 @@ class Notifier:
             for tenant in self.tenants:
                 pool.check(tenant)
 
-    def _build_transport(self, transport: Transport | type[Transport] | str | None) -> Transport:
+    def _transport_factory(
+        self, transport: Transport | type[Transport] | str | None
+    ) -> Transport | type[Transport]:
         if isinstance(transport, Transport):
             return transport
         factory: Any = transport or self.settings.transport.backend
@@ -139,8 +153,7 @@ class Notifier:
             )
         if not (isinstance(factory, type) and issubclass(factory, Transport)):
             raise ConfigurationError(f"{factory!r} is not a Transport", key="transport.backend")
-        built: Transport = factory.from_settings(self.dispatcher, self.settings)
-        return built
+        return factory
 
     # --- the generic send ------------------------------------------------------------
 

@@ -8,7 +8,9 @@ transport carries out the retry each :class:`~tenant_notify.dispatcher.Outcome`
 asks for.
 
 Subclasses implement ``submit`` and, if they hold threads or connections,
-``close``; they build themselves from settings in ``from_settings``.
+``close``; they build themselves from settings in ``from_settings``. A transport
+whose deliveries run in other processes overrides ``default_stores`` so that the
+Notifier, when given no stores, uses ones every process shares.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, ClassVar, Self
 from ..config import Settings
 from ..dispatcher import Dispatcher
 from ..models import Notification
+from ..stores import IdempotencyStore, StatusStore
 
 __all__ = ["Transport"]
 
@@ -35,6 +38,16 @@ class Transport(ABC):
     def from_settings(cls, dispatcher: Dispatcher, settings: Settings) -> Self:
         """Build the transport from settings (subclasses pick what they need)."""
         return cls(dispatcher)
+
+    @classmethod
+    def default_stores(cls, settings: Settings) -> tuple[StatusStore, IdempotencyStore] | None:
+        """The status and idempotency stores to use when the Notifier is given none.
+
+        None (the default) means in-memory stores, right for transports that
+        deliver in the caller's process. The ``celery`` transport returns Redis
+        stores, so the web process and the workers see the same state.
+        """
+        return None
 
     @abstractmethod
     def submit(self, notification: Notification) -> None:

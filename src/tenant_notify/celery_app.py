@@ -1,0 +1,19 @@
+"""The ready Celery app: ``celery -A tenant_notify.celery_app worker``.
+
+Configured from the same settings as the Notifier (``TENANT_NOTIFY_*`` variables
+and ``TENANT_NOTIFY_CONFIG_FILE``; ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``
+when the settings name no URL), with the delivery task registered. Importing this
+module reads the settings; nothing else in the library imports it. A host with
+its own Celery app calls :func:`tenant_notify.transports.celery.register_tasks`
+on that app instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .transports.celery import create_app
+
+__all__ = ["app"]
+
+app: Any = create_app()

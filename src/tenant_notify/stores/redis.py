@@ -1,0 +1,331 @@
+"""Redis stores: statuses and idempotency keys shared by every process.
+
+With these, ``notify.status(id)`` and ``receipt.wait()`` work in the web process
+while a worker on another machine delivers, and a delivery claim taken by one
+worker is seen by all (so a message redelivered after a crash is not sent again).
+The ``celery`` transport uses them by default; install with
+``pip install 'tenant-notify[redis]'``.
+
+Keys (all under ``[redis] key_prefix``, default ``tenant_notify:``)::
+
+    status:<id>                    latest DeliveryStatus as JSON, expires after status_ttl
+    pmid:<provider>:<message id>   notification id, for delivery webhooks (same expiry)
+    final:<id>                     pub/sub channel: published when a status turns final
+    idem:<key>                     reservation (notification id), lease or done marker
+
+Every Redis failure is raised as :class:`~tenant_notify.errors.StoreUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from ..config import Settings
+from ..errors import MissingDependencyError, StoreUnavailableError
+from ..models import DeliveryStatus
+from .base import Claim, ClaimState
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["RedisIdempotencyStore", "RedisStatusStore", "connect", "redis_url"]
+
+_T = TypeVar("_T")
+_DEFAULT_URL = "redis://localhost:6379/0"
+_DONE = "\0done"
+_LEASE = "\0lease:"
+
+
+def _redis_module() -> Any:
+    try:
+        import redis
+    except ModuleNotFoundError as err:
+        raise MissingDependencyError("redis", "redis", key="redis.url") from err
+    return redis
+
+
+def redis_url(settings: Settings) -> str:
+    """``[redis] url``, else the Celery result backend when it is Redis, else local Redis."""
+    if settings.redis.url:
+        return settings.redis.url
+    backend = settings.celery.result_backend or ""
+    if backend.startswith(("redis://", "rediss://", "unix://")):
+        return backend
+    return _DEFAULT_URL
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client with its own connection pool, configured from ``settings``."""
+    module = _redis_module()
+    client: redis.Redis = module.Redis.from_url(
+        redis_url(settings),
+        socket_timeout=settings.redis.socket_timeout,
+        socket_connect_timeout=settings.redis.socket_timeout,
+        max_connections=settings.redis.max_connections,
+        health_check_interval=30,
+        decode_responses=True,
+    )
+    return client
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class _RedisStore:
+    """What both stores share: the client, the prefix, error translation."""
+
+    def __init__(self, client: redis.Redis, *, key_prefix: str = "tenant_notify:") -> None:
+        self._redis = client
+        self._prefix = key_prefix
+        self._errors: tuple[type[BaseException], ...] = (_redis_module().RedisError,)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Self:
+        """Build from ``[redis]`` settings (or around an existing client)."""
+        return cls(client or connect(settings), key_prefix=settings.redis.key_prefix)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
+
+    def _call(self, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except self._errors as err:
+            raise StoreUnavailableError(
+                f"Redis did not answer: {type(err).__name__}: {err}"
+            ) from err
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+class RedisStatusStore(_RedisStore):
+    """Statuses as JSON strings with a TTL; waiters are woken through pub/sub.
+
+    Args:
+        client: A ``redis.Redis`` with ``decode_responses=True``.
+        key_prefix: Prefix of every key.
+        ttl: Seconds a status is kept after its last change.
+        poll_interval: Longest wait between two reads while waiting (a safety net
+            in case a notification on the pub/sub channel is missed).
+    """
+
+    # Saving a status: write it, move the provider-id index along, and tell
+    # waiters when it is final; one round trip, atomic.
+    _SAVE = """
+    local previous = redis.call('GET', KEYS[1])
+    if previous then
+        local old = cjson.decode(previous)
+        if type(old.provider) == 'string' and type(old.provider_message_id) == 'string'
+                and (old.provider ~= ARGV[3] or old.provider_message_id ~= ARGV[4]) then
+            local old_key = ARGV[6] .. old.provider .. ':' .. old.provider_message_id
+            if redis.call('GET', old_key) == ARGV[5] then redis.call('DEL', old_key) end
+        end
+    end
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    if ARGV[3] ~= '' and ARGV[4] ~= '' then
+        redis.call('SET', ARGV[6] .. ARGV[3] .. ':' .. ARGV[4], ARGV[5], 'PX', ARGV[2])
+    end
+    if ARGV[7] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[8]) end
+    return 1
+    """
+
+    _DISCARD = """
+    local previous = redis.call('GET', KEYS[1])
+    if previous then
+        local old = cjson.decode(previous)
+        if type(old.provider) == 'string' and type(old.provider_message_id) == 'string' then
+            local old_key = ARGV[1] .. old.provider .. ':' .. old.provider_message_id
+            if redis.call('GET', old_key) == ARGV[2] then redis.call('DEL', old_key) end
+        end
+    end
+    return redis.call('DEL', KEYS[1])
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str = "tenant_notify:",
+        ttl: float = 7 * 86_400.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        super().__init__(client, key_prefix=key_prefix)
+        self.ttl = ttl
+        self.poll_interval = poll_interval
+        self._save = client.register_script(self._SAVE)
+        self._discard = client.register_script(self._DISCARD)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Self:
+        return cls(
+            client or connect(settings),
+            key_prefix=settings.redis.key_prefix,
+            ttl=settings.redis.status_ttl,
+        )
+
+    def _key(self, notification_id: str) -> str:
+        return f"{self._prefix}status:{notification_id}"
+
+    def _channel(self, notification_id: str) -> str:
+        return f"{self._prefix}final:{notification_id}"
+
+    def save(self, status: DeliveryStatus) -> None:
+        data = json.dumps(status.to_dict(), separators=(",", ":"))
+        args: list[str | int] = [
+            data,
+            _ms(self.ttl),
+            status.provider or "",
+            status.provider_message_id or "",
+            status.id,
+            f"{self._prefix}pmid:",
+            "1" if status.is_final else "0",
+            status.state.value,
+        ]
+        keys = [self._key(status.id), self._channel(status.id)]
+        self._call(lambda: self._save(keys=keys, args=args))
+
+    def get(self, notification_id: str) -> DeliveryStatus | None:
+        raw = self._call(lambda: self._redis.get(self._key(notification_id)))
+        return None if raw is None else DeliveryStatus.from_dict(json.loads(raw))
+
+    def find_by_provider_message_id(
+        self, provider: str, provider_message_id: str
+    ) -> DeliveryStatus | None:
+        key = f"{self._prefix}pmid:{provider}:{provider_message_id}"
+        notification_id = self._call(lambda: self._redis.get(key))
+        if notification_id is None:
+            return None
+        status = self.get(str(notification_id))
+        if status is None or (status.provider, status.provider_message_id) != (
+            provider,
+            provider_message_id,
+        ):
+            return None
+        return status
+
+    def discard(self, notification_id: str) -> None:
+        keys = [self._key(notification_id)]
+        args = [f"{self._prefix}pmid:", notification_id]
+        self._call(lambda: self._discard(keys=keys, args=args))
+
+    def wait(self, notification_id: str, timeout: float | None) -> DeliveryStatus | None:
+        status = self.get(notification_id)
+        if status is None or status.is_final or timeout == 0:
+            return status
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._subscribed(self._channel(notification_id)) as pubsub:
+            # Read again once subscribed: a final status saved in between would
+            # otherwise be missed.
+            while True:
+                status = self.get(notification_id)
+                if status is None or status.is_final:
+                    return status
+                remaining = self.poll_interval
+                if deadline is not None:
+                    remaining = min(remaining, deadline - time.monotonic())
+                    if remaining <= 0:
+                        return status
+                self._call(lambda: pubsub.get_message(timeout=remaining))  # noqa: B023
+
+    @contextmanager
+    def _subscribed(self, channel: str) -> Iterator[Any]:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            self._call(lambda: pubsub.subscribe(channel))
+            yield pubsub
+        finally:
+            with suppress(*self._errors):
+                pubsub.close()
+
+
+class RedisIdempotencyStore(_RedisStore):
+    """Idempotency keys and delivery claims, atomic across processes.
+
+    ``reserve`` is ``SET NX`` with a TTL. A ``claim`` writes a lease marker with a
+    random token (``SET NX PX`` in a script that also reports DONE or the time left
+    on someone else's lease); ``release`` deletes the key only while it still holds
+    this process's token, so a lease that ran out and was taken by another worker
+    is left alone. ``complete`` marks the key done for the TTL.
+    """
+
+    _RESERVE = """
+    if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+    return redis.call('GET', KEYS[1])
+    """
+
+    _CLAIM = """
+    local current = redis.call('GET', KEYS[1])
+    if current == ARGV[1] then return {'done', 0} end
+    if current then return {'busy', redis.call('PTTL', KEYS[1])} end
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return {'acquired', 0}
+    """
+
+    _RELEASE = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    return 0
+    """
+
+    def __init__(self, client: redis.Redis, *, key_prefix: str = "tenant_notify:") -> None:
+        super().__init__(client, key_prefix=key_prefix)
+        self._reserve = client.register_script(self._RESERVE)
+        self._claim = client.register_script(self._CLAIM)
+        self._release = client.register_script(self._RELEASE)
+        # key -> the token of the lease this process holds on it
+        self._leases: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}idem:{key}"
+
+    def reserve(self, key: str, notification_id: str, ttl: float) -> str | None:
+        redis_key = self._key(key)
+        for _ in range(3):
+            earlier = self._call(
+                lambda: self._reserve(keys=[redis_key], args=[notification_id, _ms(ttl)])
+            )
+            if earlier is None:
+                return None
+            if earlier:  # else it expired between SET and GET: try again
+                return str(earlier)
+        raise StoreUnavailableError(f"could not reserve idempotency key {key!r}")
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._leases.pop(key, None)
+        self._call(lambda: self._redis.delete(self._key(key)))
+
+    def claim(self, key: str, lease: float) -> Claim:
+        token = _LEASE + uuid.uuid4().hex
+        state, pttl = self._call(
+            lambda: self._claim(keys=[self._key(key)], args=[_DONE, token, _ms(lease)])
+        )
+        if state == "done":
+            return Claim(ClaimState.DONE)
+        if state == "busy":
+            # A reservation (not a lease) has no end we could wait for: report
+            # a short wait rather than none.
+            return Claim(ClaimState.BUSY, retry_in=max(int(pttl), 100) / 1000)
+        with self._lock:
+            self._leases[key] = token
+        return Claim(ClaimState.ACQUIRED)
+
+    def complete(self, key: str, ttl: float) -> None:
+        with self._lock:
+            self._leases.pop(key, None)
+        self._call(lambda: self._redis.set(self._key(key), _DONE, px=_ms(ttl)))
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            token = self._leases.pop(key, None)
+        if token is not None:
+            self._call(lambda: self._release(keys=[self._key(key)], args=[token]))
