@@ -384,3 +384,15 @@ def test_hostile_tenant_template_fails_the_notification_not_the_worker(
         ok = notify.send_sms(to_phone="+15551234567", body="x", tenant_id="acme").wait(10)
         assert ok.state is DeliveryState.SENT
     assert notify.outbox.emails == []
+
+
+def test_make_notifier_follows_a_memory_providers_outbox_and_merges_retry(tenants):
+    from tenant_notify.testing import MemoryProvider
+
+    with make_notifier(
+        tenants=tenants, provider=MemoryProvider(outbox="x"), retry={"max_attempts": 2}
+    ) as notify:
+        notify.send_sms(to_phone="+15551234567", body="x", tenant_id="acme")
+        assert notify.outbox.name == "x" and len(notify.outbox) == 1
+        assert notify.dispatcher.retry_policy.initial_delay == 0.0
+        assert notify.dispatcher.retry_policy.max_attempts == 2

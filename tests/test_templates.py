@@ -849,6 +849,15 @@ def test_auto_reload_sees_a_new_override(
     assert renderer.render_sms("welcome", welcome, templates_dir=tmp_path) == "overridden"
 
 
+def test_a_removed_override_falls_back_at_once(
+    renderer: TemplateRenderer, welcome: dict[str, Any], tmp_path: Path
+) -> None:
+    path = write(tmp_path, "welcome/sms.txt", "overridden")
+    assert renderer.render_sms("welcome", welcome, templates_dir=tmp_path) == "overridden"
+    path.unlink()
+    assert renderer.render_sms("welcome", welcome, templates_dir=tmp_path).startswith("Welcome")
+
+
 def test_auto_reload_sees_an_edited_template_at_once(
     renderer: TemplateRenderer, tmp_path: Path
 ) -> None:

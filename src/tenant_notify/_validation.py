@@ -98,23 +98,26 @@ def normalize_locale(value: object, field: str) -> str:
     if match is None:
         raise ValidationError(f"{value!r} is not a locale such as 'en' or 'de-AT'", field=field)
     lang, region = match.groups()
-    return f"{lang.lower()}-{region.upper()}" if region else lang.lower()
+    return f"{lang.lower()}-{_subtag(region)}" if region else lang.lower()
 
 
-_LOCALE_FOLDER = re.compile(r"([A-Za-z]{2,3})(?:[-_]([A-Za-z]{2}|[0-9]{3}))?")
+def _subtag(region: str) -> str:
+    # BCP 47 case: regions upper (AT, 419), scripts title (Latn).
+    return region.upper() if len(region) == 2 or region.isdigit() else region.title()
 
 
 @functools.lru_cache(maxsize=256)
 def locale_folders(locale: str) -> tuple[str, ...]:
     """Template folders for a locale, most specific first: ``("de_AT", "de")``.
 
-    Anything not of the form ``ll``, ``ll-RR``/``ll_RR`` gives no folder at all.
+    Same forms as :func:`normalize_locale` (``de``, ``de-AT``, ``de_AT``,
+    ``sr-Latn``); anything else gives no folder at all.
     """
-    match = _LOCALE_FOLDER.fullmatch(locale.strip())
+    match = _LOCALE.match(locale.strip())
     if match is None:
         return ()
     lang, region = match.group(1).lower(), match.group(2)
-    return (f"{lang}_{region.upper()}", lang) if region else (lang,)
+    return (f"{lang}_{_subtag(region)}", lang) if region else (lang,)
 
 
 def check_currency(value: object, field: str = "currency") -> str:

@@ -37,7 +37,7 @@ def mask_email(address: str) -> str:
 
 
 def mask_phone(number: str) -> str:
-    """``+15551234567`` -> ``+1*******67``: country code and last two digits."""
+    """``+15551234567`` -> ``+1********67``: the first and last two characters."""
     if len(number) < 6:
         return "***"
     return f"{number[:2]}{'*' * (len(number) - 4)}{number[-2:]}"

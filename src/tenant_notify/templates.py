@@ -52,6 +52,7 @@ See :func:`format_money` and :mod:`tenant_notify._money`.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -228,6 +229,7 @@ class _Resolved(NamedTuple):
     env: _SandboxEnvironment[_ChainLoader]
     name: str  # "label:relpath", what the environment loads
     display: str  # relpath, what errors show
+    path: str  # the file it was found in
 
 
 class TemplateRenderer:
@@ -269,7 +271,7 @@ class TemplateRenderer:
             if not app_templates_dir.is_dir():
                 raise ConfigurationError(
                     f"{str(app_templates_dir)!r} is not a directory",
-                    key="templates.app_templates_dir",
+                    key="templates_dir",
                 )
         self.app_templates_dir = app_templates_dir
         self.max_output_chars = max_output_chars
@@ -464,8 +466,9 @@ class TemplateRenderer:
         for source in env.chain_loader.sources:
             for relpath in relpaths:
                 name = f"{source.label}:{relpath}"
-                if env.chain_loader.find(source, relpath.split("/")) is not None:
-                    return _Resolved(env, name, relpath), tried
+                path = env.chain_loader.find(source, relpath.split("/"))
+                if path is not None:
+                    return _Resolved(env, name, relpath, str(path)), tried
                 tried.append(name)
         return None, tried
 
@@ -474,11 +477,14 @@ class TemplateRenderer:
     ) -> tuple[_Resolved | None, list[str]]:
         # Finding a part takes several stat() calls per source; remember where it
         # was found. With auto_reload the answer is trusted for _NEGATIVE_TTL
-        # seconds, so a part a tenant adds or removes is noticed soon after.
+        # seconds (a part a tenant adds is noticed soon after) and only while its
+        # file is still there (a part a tenant removes falls back at once).
         key = (templates_dir, kind, part, locale)
         cached = self._resolved.get(key)
-        if cached is not None and (cached[1] is None or time.monotonic() < cached[1]):
-            return cached[0], []
+        if cached is not None:
+            resolved, expires = cached
+            if expires is None or (time.monotonic() < expires and os.path.isfile(resolved.path)):
+                return resolved, []
         resolved, tried = self._resolve(templates_dir, kind, part, locale)
         if resolved is None:
             return resolved, tried  # the error message lists what was tried

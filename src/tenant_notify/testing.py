@@ -165,17 +165,22 @@ def make_notifier(
     table: dict[str, Any] = (
         {"provider": provider} if provider else {"provider": "memory", "outbox": outbox}
     )
+    # Tests want retries without waiting; what the caller sets wins, key by key.
+    retry = {"initial_delay": 0.0, "jitter": 0.0, **settings.pop("retry", {})}
     config: dict[str, Any] = {
         "transport": transport,
         "email": table,
         "sms": table,
         "tenants": dict(tenants),
-        "retry": {"initial_delay": 0.0, "jitter": 0.0},
+        "retry": retry,
+        **settings,
     }
-    config.update(settings)
     notifier = TestNotifier.from_settings(config)
-    notifier.outbox = (
-        provider.outbox if isinstance(provider, ScriptedProvider) else get_outbox(outbox)
-    )
+    if isinstance(provider, ScriptedProvider):
+        notifier.outbox = provider.outbox
+    elif isinstance(provider, MemoryProvider):
+        notifier.outbox = get_outbox(provider.outbox)
+    else:
+        notifier.outbox = get_outbox(outbox)
     notifier.outbox.clear()
     return notifier
