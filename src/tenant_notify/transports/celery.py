@@ -776,6 +776,24 @@ def _dead_letter(runtime: _Runtime, notification: Notification, attempt: int, er
     )
 
 
+def _finish_on_parent_death(**_: Any) -> None:
+    """Let a pool process finish the delivery in hand when the main process dies.
+
+    Celery's prefork pool has the kernel SIGKILL its processes together with the
+    main process (``PR_SET_PDEATHSIG``). One killed after the provider accepted a
+    message but before the delivery claim was completed would have it sent again
+    when the broker redelivers. Without that signal the orphan finishes its
+    attempt (bounded by the provider's timeouts), completes the claim, so the
+    redelivered message is skipped, and exits when it finds its parent gone.
+    """
+    try:
+        from billiard.util import set_pdeathsig
+    except ImportError:  # pragma: no cover - billiard comes with Celery
+        return
+    with suppress(OSError):
+        set_pdeathsig(0)
+
+
 def app_config(settings: CelerySettings) -> dict[str, Any]:
     """The Celery configuration the transport relies on (see docs/workers.md)."""
     queue = _queue(settings.queue)
@@ -837,6 +855,9 @@ def register_tasks(
             return Notifier(loaded, tenant_resolver=tenant_resolver, transport=CeleryTransport)
 
     app.conf["tenant_notify_notifier_factory"] = notifier_factory
+    _celery().signals.worker_process_init.connect(
+        _finish_on_parent_death, weak=False, dispatch_uid="tenant_notify.finish_on_parent_death"
+    )
     loaded = load_settings(settings) if settings is not None else None
     options: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
     if loaded is not None:
