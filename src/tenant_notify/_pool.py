@@ -2,6 +2,19 @@
 
 Tenants that resolve to the same provider settings share one instance (and so
 its pooled connections); a tenant with its own credentials gets its own.
+
+A channel's table may name fallback providers, tried in order by the dispatcher
+when the one before has certainly not accepted the message::
+
+    [email]
+    provider = "sendgrid"
+    api_key = "SG...."
+    fallback = [{ provider = "smtp", host = "relay.internal", port = 587 }]
+
+Each fallback entry is a provider table of its own (nothing is merged into it),
+or, in a tenant's table, the string ``"default"``: the global table of the
+channel (without its own fallbacks), so a tenant with its own account can fall
+back to the platform's provider without repeating its settings.
 """
 
 from __future__ import annotations
@@ -52,10 +65,15 @@ def _translate(err: pydantic.ValidationError, key: str) -> ConfigurationError:
     return ConfigurationError(first["msg"], key=f"{key}.{where}" if where else key)
 
 
-class _Spec:
-    """A validated provider table: what to build, and its cache key."""
+FALLBACK_KEY = "fallback"
+#: A fallback entry of a tenant's table that stands for the channel's global table.
+DEFAULT_FALLBACK = "default"
 
-    __slots__ = ("cache_key", "config", "factory", "instance", "name")
+
+class _Spec:
+    """A validated provider table: what to build, its cache key, its fallbacks."""
+
+    __slots__ = ("cache_key", "config", "factory", "fallbacks", "instance", "name")
 
     def __init__(
         self,
@@ -71,6 +89,11 @@ class _Spec:
         self.factory = factory
         self.config = config
         self.instance = instance
+        self.fallbacks: tuple[_Spec, ...] = ()
+
+    @property
+    def chain(self) -> tuple[_Spec, ...]:
+        return (self, *self.fallbacks)
 
 
 class ProviderPool:
@@ -98,9 +121,19 @@ class ProviderPool:
     def provider_name(self, tenant: Tenant, channel: Channel) -> str:
         return self._spec(tenant, channel).name
 
-    def get(self, tenant: Tenant, channel: Channel) -> Provider:
-        """The provider serving ``tenant`` on ``channel``."""
-        spec = self._spec(tenant, channel)
+    def provider_names(self, tenant: Tenant, channel: Channel) -> tuple[str, ...]:
+        """The names of the providers serving ``tenant`` on ``channel``, in the order
+        they are tried: the channel's provider, then its fallbacks."""
+        return tuple(spec.name for spec in self._spec(tenant, channel).chain)
+
+    def get(self, tenant: Tenant, channel: Channel, position: int = 0) -> Provider:
+        """The provider serving ``tenant`` on ``channel``.
+
+        Args:
+            position: 0 for the channel's provider, 1 for its first fallback, ...
+                (see :meth:`provider_names`). Fallbacks are built on first use.
+        """
+        spec = self._spec(tenant, channel).chain[position]
         if spec.instance is not None:
             return spec.instance
         provider = self._instances.get(spec.cache_key)
@@ -126,8 +159,47 @@ class ProviderPool:
         return spec
 
     def _validate(self, table: Mapping[str, Any], channel: Channel, key: str) -> _Spec:
+        spec = self._validate_one(table, channel, key)
+        fallbacks = table.get(FALLBACK_KEY)
+        if fallbacks is None:
+            return spec
+        if isinstance(fallbacks, Mapping | str):
+            fallbacks = [fallbacks]
+        if not isinstance(fallbacks, list | tuple):
+            raise ConfigurationError(
+                "must be a list of provider tables", key=f"{key}.{FALLBACK_KEY}"
+            )
+        specs = []
+        for index, entry in enumerate(fallbacks):
+            where = f"{key}.{FALLBACK_KEY}.{index}"
+            if entry == DEFAULT_FALLBACK:
+                if key == channel.value:
+                    raise ConfigurationError(
+                        f"{DEFAULT_FALLBACK!r} names the global [{channel.value}] table, so it "
+                        "only makes sense in a tenant's table",
+                        key=where,
+                    )
+                entry = {k: v for k, v in self._defaults[channel].items() if k != FALLBACK_KEY}
+                where = channel.value
+            elif not isinstance(entry, Mapping) or "provider" not in entry:
+                raise ConfigurationError(
+                    "must be a provider table with a 'provider' key "
+                    f"(or {DEFAULT_FALLBACK!r} in a tenant's table)",
+                    key=where,
+                )
+            elif FALLBACK_KEY in entry:
+                raise ConfigurationError(
+                    "a fallback provider cannot have fallbacks of its own; list them all "
+                    "in order in the channel's table",
+                    key=f"{where}.{FALLBACK_KEY}",
+                )
+            specs.append(self._validate_one(entry, channel, where))
+        spec.fallbacks = tuple(specs)
+        return spec
+
+    def _validate_one(self, table: Mapping[str, Any], channel: Channel, key: str) -> _Spec:
         chosen = table.get("provider")
-        options = {k: v for k, v in table.items() if k != "provider"}
+        options = {k: v for k, v in table.items() if k not in ("provider", FALLBACK_KEY)}
         if isinstance(chosen, Provider):
             if options:
                 raise ConfigurationError(

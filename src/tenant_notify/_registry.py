@@ -21,6 +21,12 @@ def import_string(path: str, *, key: str | None = None, extra: str | None = None
     module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     try:
         module = importlib.import_module(module_name)
+    except MissingDependencyError as err:
+        # Raised by a built-in module that checks its own optional imports
+        # (providers/_http.py): add the settings key it was asked for under.
+        if err.key is None:
+            err.key = key
+        raise
     except ModuleNotFoundError as err:
         if extra is not None and err.name and not module_name.startswith(err.name):
             raise MissingDependencyError(err.name, extra, key=key) from err

@@ -5,6 +5,12 @@ makes one attempt: resolve the tenant, claim the delivery, render, pick the
 tenant's provider, send, record the status. It returns an :class:`Outcome` that
 tells the transport whether (and when) to try again; the transport only carries
 that out, so eager, in-process and Celery deliveries behave the same.
+
+Failover happens here too, within one attempt: when the channel lists fallback
+providers and a provider fails in a way that means the message was certainly not
+accepted (:attr:`DeliveryError.may_fail_over <tenant_notify.errors.DeliveryError.may_fail_over>`),
+the next one is tried at once. After an ambiguous error (perhaps accepted) or a
+refused recipient the attempt ends there.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from .log import get_logger, mask_recipient
 from .models import (
     Address,
     Channel,
+    DeliveryResult,
     DeliveryState,
     DeliveryStatus,
     EmailMessage,
@@ -158,16 +165,22 @@ class Dispatcher:
             state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None
         )
         self.status_store.save(status)
+        tried: list[str] = []  # provider names, as they are tried
         provider_name: str | None = None
         try:
             tenant = self.tenants.get(notification.tenant_id)
-            provider_name = self.providers.provider_name(tenant, notification.channel)
-            provider = self.providers.get(tenant, notification.channel)
+            names = self.providers.provider_names(tenant, notification.channel)
+            provider_name = names[0]
             message = self.build_message(notification, tenant)
-            result = provider.send(message)
+            result = self._send(tenant, notification.channel, names, message, tried, log)
         except NotifyError as err:
+            if isinstance(err, DeliveryError) and err.provider is not None:
+                provider_name = err.provider
+            elif tried:
+                provider_name = tried[-1]
             return self._failed(notification, status, attempt, err, provider_name, claim_key, log)
         except Exception as err:
+            provider_name = tried[-1] if tried else provider_name
             # A bug in a provider or a resolver: record it rather than lose the
             # notification, and log the traceback for whoever owns that code.
             log.exception("delivery_crashed", provider=provider_name)
@@ -194,6 +207,43 @@ class Dispatcher:
             to=self._mask(notification.to),
         )
         return Outcome(status)
+
+    def _send(
+        self,
+        tenant: Tenant,
+        channel: Channel,
+        names: tuple[str, ...],
+        message: Message,
+        tried: list[str],
+        log: Any,
+    ) -> DeliveryResult:
+        """Send through the channel's provider, failing over down ``names``.
+
+        Raises:
+            DeliveryError: every provider tried failed. Which error is raised
+                decides what happens next: the first one the retry policy would
+                retry (a later attempt starts again at the first provider), else
+                the last one.
+        """
+        errors: list[DeliveryError] = []
+        for position, name in enumerate(names):
+            tried.append(name)
+            try:
+                return self.providers.get(tenant, channel, position).send(message)
+            except DeliveryError as err:
+                if err.provider is None:
+                    err.provider = name
+                errors.append(err)
+                if position + 1 == len(names) or not err.may_fail_over:
+                    break
+                log.warning(
+                    "provider_failover",
+                    provider=name,
+                    next_provider=names[position + 1],
+                    error=str(err),
+                    error_type=type(err).__name__,
+                )
+        raise next((err for err in errors if self.retry_policy.is_retryable(err)), errors[-1])
 
     def _failed(
         self,

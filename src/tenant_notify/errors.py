@@ -31,11 +31,20 @@ chained with ``raise ... from err``.
     │   ├── TransientDeliveryError      retryable (SMTP 4xx, connection refused, 429, 5xx)
     │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
     │   └── AmbiguousDeliveryError      may or may not have been accepted (timeout after send)
-    └── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
+    ├── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
+    └── WebhookError                    a delivery-event webhook request cannot be used
+        ├── WebhookVerificationError    wrong signature or stale timestamp: reject it (403)
+        └── WebhookPayloadError         (also ValueError) signed, but not a payload we can read
 
 Retryability is in the type: a transport retries :class:`TransientDeliveryError`
 (honouring :attr:`DeliveryError.retry_after`) and nothing else, except
 :class:`AmbiguousDeliveryError` when the retry policy says so.
+
+Failover is in the type too: after a transient or permanent error the message was
+certainly not accepted, so the next provider of the channel may be tried, unless
+:attr:`DeliveryError.recipient_error` says the recipient itself is the problem
+(another provider would be refused the same way, or must not be asked: an opted-out
+number). Never after an :class:`AmbiguousDeliveryError`.
 
 Errors never carry secrets: credentials are not part of any message or attribute.
 """
@@ -69,6 +78,9 @@ __all__ = [
     "UnsupportedChannelError",
     "ValidationError",
     "WaitTimeoutError",
+    "WebhookError",
+    "WebhookPayloadError",
+    "WebhookVerificationError",
 ]
 
 
@@ -270,6 +282,10 @@ class DeliveryError(NotifyError):
         provider_response: What the provider answered (status line, error body), if
             anything. Never contains credentials.
         retry_after: Seconds the provider asked us to wait before retrying, if it said.
+        recipient_error: True when the recipient is what was refused (an unknown
+            mailbox, an invalid or opted-out number): another provider would be
+            refused too, or must not be asked, so no failover follows. False (the
+            default) when the provider does not say; a provider sets it when it knows.
     """
 
     def __init__(
@@ -278,11 +294,22 @@ class DeliveryError(NotifyError):
         *,
         provider_response: str | None = None,
         retry_after: float | None = None,
+        recipient_error: bool = False,
         **context: str | None,
     ) -> None:
         super().__init__(message, **context)
         self.provider_response = provider_response
         self.retry_after = retry_after
+        self.recipient_error = recipient_error
+
+    @property
+    def may_fail_over(self) -> bool:
+        """Whether the next provider of the channel may be tried after this error.
+
+        Only when the message was certainly not accepted (not ambiguous) and the
+        recipient is not what was refused.
+        """
+        return not isinstance(self, AmbiguousDeliveryError) and not self.recipient_error
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -306,3 +333,20 @@ class AmbiguousDeliveryError(DeliveryError):
 
 class WaitTimeoutError(NotifyError, TimeoutError):
     """:meth:`Receipt.wait` reached its timeout before the notification settled."""
+
+
+# --- delivery-event webhooks -----------------------------------------------------------
+
+
+class WebhookError(NotifyError):
+    """A delivery-event webhook request (SendGrid events, Twilio status callback)
+    cannot be used. Nothing was changed."""
+
+
+class WebhookVerificationError(WebhookError):
+    """The request is not provably from the provider: the signature is missing or
+    wrong, or its timestamp is outside the tolerance (a replay). Answer 403."""
+
+
+class WebhookPayloadError(WebhookError, ValueError):
+    """The request is signed but its body is not what the provider sends. Answer 400."""

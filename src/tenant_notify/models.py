@@ -43,13 +43,18 @@ class DeliveryState(enum.StrEnum):
     """Where a notification is in its life.
 
     ``queued -> sending -> sent``, with ``retrying`` between attempts and ``failed``
-    when the last attempt (or a permanent error) ends it.
+    when the last attempt (or a permanent error) ends it. A provider's delivery
+    events (:mod:`tenant_notify.webhooks`) can move a notification on from
+    ``sent`` to ``delivered`` (it reached the recipient), ``bounced`` (the
+    recipient's side refused it) or ``failed`` (the provider gave up on it).
     """
 
     QUEUED = "queued"
     SENDING = "sending"
     RETRYING = "retrying"
     SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
     FAILED = "failed"
 
     @property
@@ -58,7 +63,9 @@ class DeliveryState(enum.StrEnum):
         return self in _FINAL_STATES
 
 
-_FINAL_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED})
+_FINAL_STATES = frozenset(
+    {DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.FAILED}
+)
 
 
 def utcnow() -> dt.datetime:
@@ -287,9 +294,11 @@ class DeliveryStatus:
     Attributes:
         id: The notification id.
         tenant_id, kind, channel: What it was.
-        state: queued | sending | retrying | sent | failed.
+        state: queued | sending | retrying | sent | failed, then (from the
+            provider's delivery events) delivered | bounced | failed.
         attempts: How many delivery attempts have started.
-        provider: The provider that handled the last attempt.
+        provider: The provider that handled the last attempt (after a failover, the
+            fallback that took the message; after a failure, the one whose error is shown).
         provider_message_id: The provider's id once sent.
         error: Why the last attempt failed (never secrets), or None.
         error_type: The library error class name of ``error``, or None.

@@ -29,13 +29,24 @@ _SECRET_KEY = re.compile(r"(password|secret|token|api_key)$")
 
 
 def protect_secrets(table: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Return a copy of a provider table with secret-looking values as SecretStr."""
+    """Return a copy of a provider table with secret-looking values as SecretStr.
+
+    Nested tables are protected too: the ``fallback`` list of a channel holds
+    provider tables of its own (``fallback = [{provider = "smtp", password = ...}]``).
+    """
     if table is None:
         return None
-    return {
-        key: SecretStr(value) if isinstance(value, str) and _SECRET_KEY.search(key) else value
-        for key, value in table.items()
-    }
+    return {key: _protect_value(key, value) for key, value in table.items()}
+
+
+def _protect_value(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return SecretStr(value) if _SECRET_KEY.search(key) else value
+    if isinstance(value, Mapping):
+        return protect_secrets(value)
+    if isinstance(value, list | tuple):
+        return [protect_secrets(item) if isinstance(item, Mapping) else item for item in value]
+    return value
 
 
 def _parse_address(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Fixtures for provider tests: real SMTP servers on loopback."""
+"""Fixtures for provider tests: real SMTP servers and fake HTTP APIs on loopback."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.http_fakes import FakeProviderAPI, require_specs_dir
 from tests.smtp_server import LoopbackSMTPServer, openssl_available
 
 
@@ -35,3 +36,16 @@ def smtp_server_factory() -> Iterator[Callable[..., LoopbackSMTPServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeProviderAPI]:
+    """The SendGrid and Twilio fakes on loopback, checking requests against the specs.
+
+    Skips without the specs (fails under CI). After the test, every request must
+    have passed schema validation unless the test emptied ``schema_errors`` itself
+    by calling ``fake_api.clear()``.
+    """
+    with FakeProviderAPI(require_specs_dir()) as api:
+        yield api
+        assert api.schema_errors == []

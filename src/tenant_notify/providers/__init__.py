@@ -16,8 +16,10 @@ PROVIDER_ALIASES: dict[str, str] = {
     "console": "tenant_notify.providers.console:ConsoleProvider",
     "file": "tenant_notify.providers.file:FileProvider",
     "memory": "tenant_notify.providers.memory:MemoryProvider",
+    "sendgrid": "tenant_notify.providers.sendgrid:SendGridProvider",
     "smtp": "tenant_notify.providers.smtp:SmtpProvider",
+    "twilio": "tenant_notify.providers.twilio:TwilioProvider",
 }
 
 #: The extra that installs a built-in provider's optional dependency.
-PROVIDER_EXTRAS: dict[str, str] = {}
+PROVIDER_EXTRAS: dict[str, str] = {"sendgrid": "http", "twilio": "http"}

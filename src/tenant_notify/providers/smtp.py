@@ -15,7 +15,9 @@ What happened                                   Raised (``tenant_notify.errors``
 reply 4xx (to MAIL, RCPT, DATA, EHLO, ...)      ``TransientDeliveryError``
 reply 5xx                                       ``PermanentDeliveryError``
 all recipients refused                          transient if every reply is 4xx,
-                                                else permanent
+                                                else permanent, with ``recipient_error``
+                                                (no failover) unless a 5xx reply is a
+                                                5.7.x policy refusal ("relaying denied")
 authentication refused (535)                    permanent, "authentication failed";
                                                 a 4xx reply to AUTH (454) is transient
 server lacks STARTTLS / AUTH the settings ask   permanent
@@ -449,6 +451,7 @@ class SmtpProvider(Provider):
             return cls(
                 "the SMTP server refused every recipient",
                 provider_response="; ".join(replies) or None,
+                recipient_error=not transient and _recipients_at_fault(err.recipients),
                 **context,
             )
         if isinstance(err, smtplib.SMTPConnectError):
@@ -536,6 +539,21 @@ _REFUSAL_TEXT: dict[type[smtplib.SMTPResponseException], str] = {
     smtplib.SMTPDataError: "the SMTP server refused the message",
     smtplib.SMTPHeloError: "the SMTP server refused EHLO/HELO",
 }
+
+
+def _recipients_at_fault(replies: dict[str, tuple[int, bytes]]) -> bool:
+    """Whether 5xx replies to RCPT refuse the recipients themselves.
+
+    ``550 5.1.1 no such user`` does: another provider would be refused the same
+    way. A 5.7.x reply (``554 5.7.1 relaying denied``, a blocked sending IP) is
+    about this server's policy towards us, and another provider may get through.
+    """
+    permanent = [
+        text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
+        for code, text in replies.values()
+        if 500 <= code < 600
+    ]
+    return bool(permanent) and not any(text.lstrip().startswith("5.7.") for text in permanent)
 
 
 @functools.cache

@@ -24,6 +24,17 @@ class StatusStore(Protocol):
     def discard(self, notification_id: str) -> None:
         """Forget an id (a submission that never reached the transport)."""
 
+    def find_by_provider_message_id(
+        self, provider: str, provider_message_id: str
+    ) -> DeliveryStatus | None:
+        """The latest status whose ``provider`` and ``provider_message_id`` are these,
+        or None. Delivery webhooks that name only the provider's id (Twilio's
+        ``MessageSid``) use it to find their notification.
+
+        Implementations index every saved status that has a ``provider_message_id``
+        and forget the entry with the status (expiry, eviction, ``discard``).
+        """
+
     def wait(self, notification_id: str, timeout: float | None) -> DeliveryStatus | None:
         """Block until the status is final or ``timeout`` passes; return the latest
         status (final or not), or None for an unknown id."""

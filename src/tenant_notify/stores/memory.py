@@ -22,28 +22,50 @@ class MemoryStatusStore:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._statuses: OrderedDict[str, DeliveryStatus] = OrderedDict()
+        # (provider, provider_message_id) -> notification id, for delivery webhooks.
+        self._by_provider_id: dict[tuple[str, str], str] = {}
         self._changed = threading.Condition()
         self._max_entries = max_entries
 
     def save(self, status: DeliveryStatus) -> None:
         with self._changed:
+            previous = self._statuses.get(status.id)
+            if previous is not None:
+                self._unindex(previous)
             self._statuses[status.id] = status
             self._statuses.move_to_end(status.id)
+            if status.provider and status.provider_message_id:
+                self._by_provider_id[(status.provider, status.provider_message_id)] = status.id
             if len(self._statuses) > self._max_entries:
                 self._evict()
             self._changed.notify_all()
 
+    def _unindex(self, status: DeliveryStatus) -> None:
+        if status.provider and status.provider_message_id:
+            key = (status.provider, status.provider_message_id)
+            if self._by_provider_id.get(key) == status.id:
+                del self._by_provider_id[key]
+
     def _evict(self) -> None:
         excess = len(self._statuses) - self._max_entries
         for key in [k for k, s in self._statuses.items() if s.is_final][:excess]:
-            del self._statuses[key]
+            self._unindex(self._statuses.pop(key))
 
     def get(self, notification_id: str) -> DeliveryStatus | None:
         return self._statuses.get(notification_id)
 
+    def find_by_provider_message_id(
+        self, provider: str, provider_message_id: str
+    ) -> DeliveryStatus | None:
+        with self._changed:
+            notification_id = self._by_provider_id.get((provider, provider_message_id))
+            return None if notification_id is None else self._statuses.get(notification_id)
+
     def discard(self, notification_id: str) -> None:
         with self._changed:
-            self._statuses.pop(notification_id, None)
+            status = self._statuses.pop(notification_id, None)
+            if status is not None:
+                self._unindex(status)
 
     def wait(self, notification_id: str, timeout: float | None) -> DeliveryStatus | None:
         def settled() -> bool:

@@ -1,0 +1,286 @@
+"""Send email through SendGrid's v3 Web API (``POST /v3/mail/send``), without the SDK.
+
+Settings (``[email]`` or a tenant's ``[tenants.X.email]``)::
+
+    [email]
+    provider = "sendgrid"
+    api_key = "SG.xxxxx"                  # kept as a SecretStr
+    # base_url = "https://api.eu.sendgrid.com"   # EU data residency, or a test server
+
+The request body is the one the public API defines: ``from`` (with the tenant's
+display name), ``reply_to``, one ``personalizations`` entry with the recipients,
+``subject``, ``content`` (``text/plain`` before ``text/html``), ``categories``
+(the notification kind), ``custom_args`` (``tenant_id`` and ``notification_id``,
+which SendGrid copies into every delivery event, see :mod:`tenant_notify.webhooks`)
+and ``headers``. The ``X-Message-Id`` of the 202 reply becomes the status's
+``provider_message_id``.
+
+Error mapping (every error carries ``provider="sendgrid"``, the ids, and
+SendGrid's own messages as ``provider_response``; the API key never appears):
+
+=============================================  =========================================
+Reply                                          Raised
+=============================================  =========================================
+202 (200 in sandbox mode)                      accepted
+429                                            ``TransientDeliveryError`` with
+                                               ``retry_after`` from ``X-RateLimit-Reset``
+                                               (epoch seconds) or ``Retry-After``
+408, 5xx                                       ``TransientDeliveryError``
+400 naming only recipient fields               ``PermanentDeliveryError``,
+(``personalizations.0.to.0.email``)            ``recipient_error`` (no failover)
+400, 401, 403, 404, 413, other 4xx             ``PermanentDeliveryError``
+connect failure, read timeout, ...             see :mod:`tenant_notify.providers._http`
+=============================================  =========================================
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator
+
+from .._headers import check_header_value
+from .._mime import _FIELD_NAME, _RESERVED_HEADERS, envelope_address
+from ..errors import (
+    DeliveryError,
+    HeaderInjectionError,
+    InvalidRecipientError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    ValidationError,
+)
+from ..models import Address, Channel, DeliveryResult, EmailMessage
+from ._http import ErrorContext, HttpConfig, HttpProvider, config_error, retry_after
+from .base import ProviderConfig
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["SendGridConfig", "SendGridProvider"]
+
+DEFAULT_BASE_URL = "https://api.sendgrid.com"
+SEND_PATH = "/v3/mail/send"
+#: Headers SendGrid refuses in ``headers`` (besides those the library sets itself).
+_SENDGRID_RESERVED = frozenset(
+    {"x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-transfer-encoding"}
+)
+#: Error fields that point at a recipient address rather than at the request.
+_RECIPIENT_FIELD = re.compile(r"^personalizations\.\d+\.(?:to|cc|bcc)(?:\.|$|\[)")
+_MAX_CATEGORY_CHARS = 255
+
+
+class SendGridConfig(HttpConfig):
+    """Settings of the SendGrid provider.
+
+    Attributes:
+        api_key: The API key (needs the "Mail Send" permission).
+        base_url: ``https://api.sendgrid.com``; ``https://api.eu.sendgrid.com`` for
+            EU data residency; a loopback server in tests.
+        ip_pool: Name of the IP pool to send from, if any.
+        sandbox_mode: Ask SendGrid to validate the request without sending.
+        connect_timeout, read_timeout, max_connections, verify_tls: see
+            :class:`~tenant_notify.providers._http.HttpConfig`.
+    """
+
+    api_key: SecretStr
+    base_url: str = DEFAULT_BASE_URL
+    ip_pool: str | None = Field(default=None, min_length=2, max_length=64)
+    sandbox_mode: bool = False
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if not secret.strip() or any(c.isspace() for c in secret) or not secret.isascii():
+            raise ValueError("must be a SendGrid API key (no spaces, ASCII)")
+        return value
+
+
+class SendGridProvider(HttpProvider):
+    """Deliver email through SendGrid's v3 Web API.
+
+    Keyword arguments are the fields of :class:`SendGridConfig`::
+
+        SendGridProvider(api_key="SG.xxxxx")
+
+    Raises:
+        ConfigurationError: invalid settings.
+    """
+
+    name: ClassVar[str] = "sendgrid"
+    service: ClassVar[str] = "SendGrid"
+    channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL})
+    Config: ClassVar[type[ProviderConfig]] = SendGridConfig
+
+    def __init__(self, *, api_key: SecretStr | str, **options: Any) -> None:
+        try:
+            config = SendGridConfig(api_key=api_key, **options)
+        except pydantic.ValidationError as err:
+            raise config_error(err, self.name) from None
+        self.config = config
+        super().__init__(config)
+        self._settings_extra: dict[str, Any] = {}
+        if config.ip_pool is not None:
+            self._settings_extra["ip_pool_name"] = config.ip_pool
+        if config.sandbox_mode:
+            self._settings_extra["mail_settings"] = {"sandbox_mode": {"enable": True}}
+
+    # --- hooks -------------------------------------------------------------------------
+
+    def _auth_header(self) -> str:
+        return f"Bearer {self.config.api_key.get_secret_value()}"
+
+    def _secrets(self) -> Iterable[str]:
+        return (self.config.api_key.get_secret_value(),)
+
+    # --- sending -----------------------------------------------------------------------
+
+    def build_payload(self, message: EmailMessage) -> dict[str, Any]:
+        """The ``/v3/mail/send`` request body for ``message``.
+
+        Raises:
+            HeaderInjectionError: a subject, display name or header holds a line break.
+            InvalidRecipientError: no recipient, or an address that cannot be sent.
+            ValidationError: an extra header the library or SendGrid reserves, or
+                an email without any body.
+        """
+        if not message.to:
+            raise InvalidRecipientError("an email needs at least one recipient", field="to")
+        content = []
+        if message.text:
+            content.append({"type": "text/plain", "value": message.text})
+        if message.html:
+            content.append({"type": "text/html", "value": message.html})
+        if not content:
+            raise ValidationError("the email has neither text nor HTML", field="text")
+        payload: dict[str, Any] = {
+            "personalizations": [
+                {"to": [_address(a, f"to[{i}]") for i, a in enumerate(message.to)]}
+            ],
+            "from": _address(message.from_addr, "from_addr"),
+            "subject": check_header_value(message.subject, "subject"),
+            "content": content,
+        }
+        if message.reply_to is not None:
+            payload["reply_to"] = _address(message.reply_to, "reply_to")
+        if message.kind:
+            payload["categories"] = [message.kind[:_MAX_CATEGORY_CHARS]]
+        custom_args = {}
+        if message.tenant_id:
+            custom_args["tenant_id"] = message.tenant_id
+        if message.notification_id:
+            custom_args["notification_id"] = message.notification_id
+        if custom_args:
+            payload["custom_args"] = custom_args
+        headers = _headers(message)
+        if headers:
+            payload["headers"] = headers
+        payload.update(self._settings_extra)
+        return payload
+
+    def send_email(self, message: EmailMessage) -> DeliveryResult:
+        context: ErrorContext = {
+            "provider": self.name,
+            "notification_id": message.notification_id or None,
+            "tenant_id": message.tenant_id or None,
+        }
+        body = json.dumps(
+            self.build_payload(message), ensure_ascii=False, separators=(",", ":")
+        ).encode("utf-8")
+        response = self._post(SEND_PATH, body, "application/json", context)
+        return DeliveryResult(
+            provider=self.name,
+            provider_message_id=response.headers.get("x-message-id") or None,
+            detail={"status_code": response.status_code},
+        )
+
+    # --- errors ------------------------------------------------------------------------
+
+    def _refused(self, response: httpx.Response, context: ErrorContext) -> DeliveryError:
+        status = response.status_code
+        errors = _error_entries(response)
+        if errors:
+            quoted = "; ".join(
+                f"{e['field']}: {e['message']}" if e.get("field") else str(e["message"])
+                for e in errors
+            )
+            reply = f"{status} {self._scrub(' '.join(quoted.split()))}"
+        else:
+            reply = f"{status} {self._reply_text(response) or response.reason_phrase}".strip()
+        if status == 429:
+            return TransientDeliveryError(
+                "SendGrid rate limit reached",
+                provider_response=reply,
+                retry_after=retry_after(response.headers),
+                **context,
+            )
+        if status == 408 or status >= 500:
+            return TransientDeliveryError(
+                f"SendGrid answered {status}",
+                provider_response=reply,
+                retry_after=retry_after(response.headers),
+                **context,
+            )
+        if status in (401, 403):
+            return PermanentDeliveryError(
+                "SendGrid refused the API key or the sender "
+                "(check the key's Mail Send permission and the verified sender identity)",
+                provider_response=reply,
+                **context,
+            )
+        if status == 413:
+            return PermanentDeliveryError(
+                "the message is too large for SendGrid", provider_response=reply, **context
+            )
+        fields = [str(e.get("field") or "") for e in errors]
+        recipient = bool(fields) and all(_RECIPIENT_FIELD.match(f) for f in fields)
+        return PermanentDeliveryError(
+            "SendGrid refused the recipient"
+            if recipient
+            else f"SendGrid refused the request ({status})",
+            provider_response=reply,
+            recipient_error=recipient,
+            **context,
+        )
+
+
+def _address(address: Address, field: str) -> dict[str, str]:
+    email = envelope_address(address.email, f"{field}.email")
+    if address.name:
+        return {"email": email, "name": check_header_value(address.name, f"{field}.name")}
+    return {"email": email}
+
+
+def _headers(message: EmailMessage) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in message.headers.items():
+        field = f"headers[{name!r}]"
+        if not _FIELD_NAME.fullmatch(name):
+            raise HeaderInjectionError("is not a valid header name", field=field)
+        lowered = name.lower()
+        if lowered in _RESERVED_HEADERS or lowered in _SENDGRID_RESERVED:
+            raise ValidationError("is set by tenant-notify or SendGrid", field=field)
+        headers[name] = check_header_value(value, field)
+    if message.notification_id:
+        headers["X-Tenant-Notify-Id"] = check_header_value(
+            message.notification_id, "notification_id"
+        )
+    return headers
+
+
+def _error_entries(response: httpx.Response) -> list[dict[str, Any]]:
+    """The ``errors`` list of a SendGrid error reply, or [] when it has none."""
+    if "json" not in response.headers.get("content-type", ""):
+        return []
+    try:
+        data = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return []
+    entries = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("message"), str)]

@@ -1,0 +1,559 @@
+"""Loopback fakes of the SendGrid and Twilio APIs, checked against the published schemas.
+
+Usage::
+
+    from tests.http_fakes import FakeProviderAPI, require_specs_dir
+
+    with FakeProviderAPI(require_specs_dir()) as api:
+        api.sendgrid_keys.add("SG.test")
+        ...point a provider's base_url at api.url...
+        [request] = api.requests
+        assert request.json["subject"] == "Hello"
+
+One real HTTP/1.1 server (stdlib ``ThreadingHTTPServer``, keep-alive) on
+127.0.0.1 answers both APIs:
+
+* ``POST /v3/mail/send``: checks ``Authorization: Bearer <key>`` against
+  :attr:`FakeProviderAPI.sendgrid_keys` and the JSON body against
+  ``request_body_schema`` of ``sendgrid_mail_send.json``; answers ``202`` with an
+  ``X-Message-Id`` header, or SendGrid's error body.
+* ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``: checks HTTP basic auth
+  against :attr:`FakeProviderAPI.twilio_credentials` and the form fields against
+  ``twilio_create_message.json`` (plus the rules its prose adds: ``From`` or
+  ``MessagingServiceSid``; ``Body``, ``MediaUrl`` or ``ContentSid``); answers
+  ``201`` with a message resource (validated against the spec's 201 schema), or
+  Twilio's error body.
+
+Every request is recorded (:attr:`FakeProviderAPI.requests`) with the schema
+violations found in it (:attr:`FakeProviderAPI.schema_errors`). Replies can be
+scripted to fail (:meth:`FakeProviderAPI.script`): an HTTP error with headers
+(:func:`sendgrid_error`, :func:`twilio_error`), a reply held back past the
+client's read timeout (:meth:`Reply.stall`), or a connection dropped with no
+reply (:meth:`Reply.drop`). :func:`closed_port` gives a port nobody listens on.
+
+The schemas live outside the repository, in ``../shared/specs`` next to the
+clone (or where ``TENANT_NOTIFY_SPECS_DIR`` points): :func:`require_specs_dir`
+skips a test without them, and fails it when the ``CI`` variable is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs
+
+import jsonschema
+import pytest
+
+__all__ = [
+    "FakeProviderAPI",
+    "RecordedRequest",
+    "Reply",
+    "closed_port",
+    "find_specs_dir",
+    "require_specs_dir",
+    "sendgrid_error",
+    "twilio_error",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPECS_VARIABLE = "TENANT_NOTIFY_SPECS_DIR"
+SENDGRID_SPEC = "sendgrid_mail_send.json"
+TWILIO_SPEC = "twilio_create_message.json"
+_TWILIO_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
+
+
+# --- where the schemas are -----------------------------------------------------------
+
+
+def find_specs_dir() -> Path | None:
+    """``../shared/specs`` beside the repository, else ``$TENANT_NOTIFY_SPECS_DIR``."""
+    candidates = [REPO_ROOT.parent / "shared" / "specs"]
+    if os.environ.get(SPECS_VARIABLE):
+        candidates.append(Path(os.environ[SPECS_VARIABLE]))
+    for candidate in candidates:
+        if (candidate / SENDGRID_SPEC).is_file() and (candidate / TWILIO_SPEC).is_file():
+            return candidate
+    return None
+
+
+def require_specs_dir() -> Path:
+    """The specs folder; skips the test without it, or fails it under CI."""
+    found = find_specs_dir()
+    if found is not None:
+        return found
+    reason = (
+        f"provider API schemas not found: put {SENDGRID_SPEC} and {TWILIO_SPEC} in "
+        f"{REPO_ROOT.parent / 'shared' / 'specs'} or set {SPECS_VARIABLE}"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(reason + " (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+def _nullable(schema: Any) -> Any:
+    """OpenAPI 3.0 ``nullable: true`` as JSON Schema (``type: [..., "null"]``)."""
+    if isinstance(schema, list):
+        return [_nullable(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    converted = {key: _nullable(value) for key, value in schema.items() if key != "nullable"}
+    if schema.get("nullable") is True and isinstance(schema.get("type"), str):
+        converted["type"] = [schema["type"], "null"]
+        if "enum" in converted:
+            converted["enum"] = [*converted["enum"], None]
+    return converted
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft4Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _problems(validator: jsonschema.protocols.Validator, instance: Any) -> list[str]:
+    return [
+        f"{'.'.join(str(p) for p in error.absolute_path) or '<body>'}: {error.message}"
+        for error in validator.iter_errors(instance)
+    ]
+
+
+# --- replies -------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """A scripted reply.
+
+    Attributes:
+        status: HTTP status (0 with ``drop``).
+        body: Response body (JSON-encoded when not bytes).
+        headers: Extra response headers.
+        delay: Seconds to wait before answering (past a client's read timeout:
+            the client sees a timeout after its request went out).
+        drop: Close the connection without answering.
+    """
+
+    status: int = 200
+    body: Any = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drop: bool = False
+    #: Process the request as usual (record it, answer success) after ``delay``.
+    passthrough: bool = False
+
+    @classmethod
+    def stall(cls, seconds: float) -> Reply:
+        """Process the request normally, but only answer after ``seconds``."""
+        return cls(delay=seconds, passthrough=True)
+
+    @classmethod
+    def drop_connection(cls) -> Reply:
+        """Read the request, then close the connection with no reply."""
+        return cls(status=0, drop=True)
+
+
+def sendgrid_error(
+    status: int,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """A SendGrid error reply: ``{"errors": [{"message", "field", "help"}]}``."""
+    return Reply(
+        status=status,
+        body={"errors": [{"message": message, "field": field, "help": {}}]},
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def twilio_error(
+    status: int, code: int, message: str, headers: dict[str, str] | None = None
+) -> Reply:
+    """A Twilio error reply: ``{"code", "message", "more_info", "status"}``."""
+    return Reply(
+        status=status,
+        body={
+            "code": code,
+            "message": message,
+            "more_info": f"https://www.twilio.com/docs/errors/{code}",
+            "status": status,
+        },
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+# --- what was received -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the fake received.
+
+    Attributes:
+        api: ``"sendgrid"``, ``"twilio"`` or ``"unknown"``.
+        method, path: As sent.
+        headers: Header names lower-cased.
+        body: Raw body.
+        json: Decoded JSON body (SendGrid), else None.
+        form: Decoded form fields (Twilio), each a list of values, else None.
+        credential: The API key (SendGrid) or ``"user:secret"`` (Twilio) sent, or None.
+        schema_errors: What was wrong with it against the spec (empty when valid).
+    """
+
+    api: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    json: Any = None
+    form: dict[str, list[str]] | None = None
+    credential: str | None = None
+    schema_errors: tuple[str, ...] = ()
+
+
+class FakeProviderAPI:
+    """SendGrid's and Twilio's send endpoints on 127.0.0.1, for tests.
+
+    Args:
+        specs_dir: Folder of ``sendgrid_mail_send.json`` and ``twilio_create_message.json``.
+
+    Attributes:
+        sendgrid_keys: API keys SendGrid accepts.
+        twilio_credentials: ``(user, secret) -> account SID`` Twilio accepts:
+            ``(account_sid, auth_token)`` and ``(api_key_sid, api_key_secret)``.
+    """
+
+    def __init__(self, specs_dir: Path) -> None:
+        sendgrid = json.loads((specs_dir / SENDGRID_SPEC).read_text(encoding="utf-8"))
+        twilio = json.loads((specs_dir / TWILIO_SPEC).read_text(encoding="utf-8"))
+        self._sendgrid_body = _validator(sendgrid["request_body_schema"])
+        self._sendgrid_fields = frozenset(sendgrid["request_body_schema"]["properties"])
+        self._sendgrid_error_reply = _validator(sendgrid["responses"]["400"]["schema"])
+        form_schema = _nullable(twilio["request_body_schema"])
+        self._twilio_form = _validator(form_schema)
+        self._twilio_properties: dict[str, Any] = form_schema["properties"]
+        [account_param] = [p for p in twilio["parameters"] if p["name"] == "AccountSid"]
+        self._twilio_account = _validator(account_param["schema"])
+        self._twilio_resource = _validator(
+            _nullable(twilio["responses"]["201"]["content"]["application/json"]["schema"])
+        )
+        self.sendgrid_keys: set[str] = set()
+        self.twilio_credentials: dict[tuple[str, str], str] = {}
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._script: deque[Reply] = deque()
+        self._stopping = threading.Event()
+        self._connections = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FakeProviderAPI:
+        owner = self
+
+        class Handler(_Handler):
+            api = owner
+
+        server = ThreadingHTTPServer((self.host, 0), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> FakeProviderAPI:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- scripting and inspection ----------------------------------------------------
+
+    def script(self, *replies: Reply) -> None:
+        """Answer the next requests with ``replies``, in order; then normally again."""
+        with self._lock:
+            self._script.extend(replies)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def schema_errors(self) -> list[str]:
+        """Every schema violation seen so far, as ``"<path> <field>: <problem>"``."""
+        with self._lock:
+            return [f"{r.path} {e}" for r in self._requests for e in r.schema_errors]
+
+    @property
+    def connections(self) -> int:
+        """How many client connections the server has accepted."""
+        with self._lock:
+            return self._connections
+
+    def _connected(self) -> None:
+        with self._lock:
+            self._connections += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._script.clear()
+
+    # --- request handling (server threads) --------------------------------------------
+
+    def _next_scripted(self) -> Reply | None:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        match = _TWILIO_PATH.match(path)
+        if method == "POST" and path == "/v3/mail/send":
+            request, ok_reply = self._sendgrid(path, headers, body)
+        elif method == "POST" and match:
+            request, ok_reply = self._twilio(match.group(1), path, headers, body)
+        else:
+            self._record(RecordedRequest("unknown", method, path, headers, body))
+            return Reply(404, {"errors": [{"message": "not found", "field": None}]})
+        self._record(request)
+        scripted = self._next_scripted()
+        if scripted is not None and not scripted.passthrough:
+            return scripted
+        if scripted is not None:
+            ok_reply.delay = scripted.delay
+        return ok_reply
+
+    def _sendgrid(
+        self, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[RecordedRequest, Reply]:
+        errors: list[str] = []
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            errors.append(f"content-type: {headers.get('content-type')!r} is not JSON")
+        data: Any = None
+        try:
+            data = json.loads(body)
+        except ValueError as err:
+            errors.append(f"<body>: not JSON ({err})")
+        else:
+            errors.extend(_problems(self._sendgrid_body, data))
+            if isinstance(data, dict):
+                unknown = sorted(set(data) - self._sendgrid_fields)
+                errors.extend(f"{key}: not a field of the API" for key in unknown)
+        auth = headers.get("authorization", "")
+        key = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+        request = RecordedRequest(
+            "sendgrid", "POST", path, headers, body, json=data, credential=key,
+            schema_errors=tuple(errors),
+        )  # fmt: skip
+        if key is None or key not in self.sendgrid_keys:
+            reply = sendgrid_error(
+                401, "The provided authorization grant is invalid, expired, or revoked"
+            )
+        elif errors:
+            reply = sendgrid_error(400, errors[0].split(": ", 1)[-1], errors[0].split(":")[0])
+        else:
+            reply = Reply(202, b"", {"X-Message-Id": _sendgrid_message_id()})
+        if reply.status >= 400:
+            problems = _problems(self._sendgrid_error_reply, reply.body)
+            assert not problems, f"the fake's own error reply breaks the spec: {problems}"
+        return request, reply
+
+    def _twilio(
+        self, account_sid: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[RecordedRequest, Reply]:
+        errors = [f"AccountSid: {p}" for p in _problems(self._twilio_account, account_sid)]
+        content_type = headers.get("content-type", "").split(";")[0].strip()
+        if content_type != "application/x-www-form-urlencoded":
+            errors.append(f"content-type: {headers.get('content-type')!r} is not a form")
+        try:
+            form = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError) as err:
+            form = {}
+            errors.append(f"<body>: not form-encoded ({err})")
+        instance = self._form_instance(form, errors)
+        errors.extend(_problems(self._twilio_form, instance))
+        if "From" not in form and "MessagingServiceSid" not in form:
+            errors.append("From: one of From or MessagingServiceSid is required")
+        if not {"Body", "MediaUrl", "ContentSid"} & form.keys():
+            errors.append("Body: one of Body, MediaUrl or ContentSid is required")
+        credential = None
+        account_of_credential = None
+        auth = headers.get("authorization", "")
+        if auth.startswith("Basic "):
+            try:
+                credential = base64.b64decode(auth[6:], validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                credential = None
+            if credential is not None:
+                user, _, secret = credential.partition(":")
+                account_of_credential = self.twilio_credentials.get((user, secret))
+        request = RecordedRequest(
+            "twilio", "POST", path, headers, body, form=form, credential=credential,
+            schema_errors=tuple(errors),
+        )  # fmt: skip
+        if account_of_credential is None or account_of_credential != account_sid:
+            return request, twilio_error(401, 20003, "Authenticate")
+        if errors:
+            return request, twilio_error(400, 21602, errors[0])
+        resource = self._message_resource(account_sid, instance)
+        problems = _problems(self._twilio_resource, resource)
+        assert not problems, f"the fake's own message resource breaks the spec: {problems}"
+        return request, Reply(201, resource, {"Content-Type": "application/json"})
+
+    def _form_instance(self, form: dict[str, list[str]], errors: list[str]) -> dict[str, Any]:
+        """The form as the JSON instance the schema describes (types from the schema)."""
+        instance: dict[str, Any] = {}
+        for key, values in form.items():
+            schema = self._twilio_properties.get(key)
+            if schema is None:
+                errors.append(f"{key}: not a parameter of the API")
+                continue
+            kind = schema.get("type")
+            kind = kind[0] if isinstance(kind, list) else kind
+            if kind == "array":
+                instance[key] = values
+                continue
+            if len(values) > 1:
+                errors.append(f"{key}: given {len(values)} times")
+            value = values[-1]
+            try:
+                if kind == "integer":
+                    instance[key] = int(value)
+                elif kind == "number":
+                    instance[key] = float(value)
+                elif kind == "boolean":
+                    if value not in ("true", "false"):
+                        raise ValueError(value)
+                    instance[key] = value == "true"
+                else:
+                    instance[key] = value
+            except ValueError:
+                errors.append(f"{key}: {value!r} is not a {kind}")
+        return instance
+
+    @staticmethod
+    def _message_resource(account_sid: str, form: dict[str, Any]) -> dict[str, Any]:
+        sid = "SM" + secrets.token_hex(16)
+        now = email.utils.formatdate(usegmt=True)
+        body = form.get("Body", "")
+        return {
+            "account_sid": account_sid,
+            "api_version": "2010-04-01",
+            "body": body,
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": form.get("From"),
+            "messaging_service_sid": form.get("MessagingServiceSid"),
+            "num_media": "0",
+            "num_segments": str(max(1, -(-len(body) // 153))),
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "accepted" if "MessagingServiceSid" in form else "queued",
+            "subresource_uris": {
+                "media": f"/2010-04-01/Accounts/{account_sid}/Messages/{sid}/Media.json"
+            },
+            "to": form.get("To"),
+            "uri": f"/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json",
+        }
+
+
+def _sendgrid_message_id() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii").rstrip("=")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real services
+    api: FakeProviderAPI
+
+    def setup(self) -> None:
+        super().setup()
+        self.api._connected()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        reply = self.api.handle(method, self.path, headers, body)
+        if reply.delay and self.api._stopping.wait(reply.delay):
+            self.close_connection = True
+            return
+        if reply.drop:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if payload and not any(name.lower() == "content-type" for name in reply.headers):
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if payload:
+                self.wfile.write(payload)
+        except OSError:
+            # The client gave up waiting (a stalled reply): nothing to answer.
+            self.close_connection = True
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (connecting to it is refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
