@@ -114,8 +114,11 @@ def test_receipt_wait_and_idempotency_through_the_worker(notify, server):
 
 
 def test_worker_killed_mid_run_loses_nothing_and_doubles_nothing(notify, server, worker):
+    # Everything is queued before the worker runs, so it is surely mid-run when killed.
+    worker.stop()
     sent = send_many(notify, 400, "crash")
     assert notify.transport.flush(10)
+    worker.start()
     server.wait_for(80, timeout=60)
     worker.kill()  # SIGKILL, with messages delivered, reserved and unacknowledged
     killed_at = len(server.messages)

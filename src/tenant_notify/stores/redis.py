@@ -63,12 +63,17 @@ def redis_url(settings: Settings) -> str:
 def connect(settings: Settings) -> redis.Redis:
     """A client with its own connection pool, configured from ``settings``."""
     module = _redis_module()
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
     client: redis.Redis = module.Redis.from_url(
         redis_url(settings),
         socket_timeout=settings.redis.socket_timeout,
         socket_connect_timeout=settings.redis.socket_timeout,
         max_connections=settings.redis.max_connections,
         health_check_interval=30,
+        # A blip is retried, briefly: a send must fail fast when Redis is down.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         decode_responses=True,
     )
     return client

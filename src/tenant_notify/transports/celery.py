@@ -624,6 +624,7 @@ class CeleryTransport(Transport):
 
     @classmethod
     def from_settings(cls, dispatcher: Dispatcher, settings: Settings) -> Self:
+        _kombu()
         check_settings(settings)
         return cls(dispatcher, settings=settings.celery)
 
@@ -631,6 +632,7 @@ class CeleryTransport(Transport):
     def default_stores(cls, settings: Settings) -> tuple[StatusStore, IdempotencyStore] | None:
         from ..stores.redis import RedisIdempotencyStore, RedisStatusStore, connect
 
+        _kombu()  # name the extra that brings both
         client = connect(settings)
         return (
             RedisStatusStore.from_settings(settings, client),
@@ -865,10 +867,9 @@ def register_tasks(
             soft_time_limit=loaded.celery.soft_time_limit,
             time_limit=loaded.celery.time_limit,
             ignore_result=loaded.celery.ignore_result,
-            queue=loaded.celery.queue,
         )
 
-    @app.task(name=TASK_NAME, bind=True, **options)  # type: ignore[untyped-decorator]
+    @app.task(name=TASK_NAME, bind=True, shared=False, **options)  # type: ignore[untyped-decorator]
     def deliver(self: Any, data: Mapping[str, Any]) -> dict[str, Any]:
         return _deliver_task(self, data)
 

@@ -1,0 +1,178 @@
+"""The Redis stores against a real Redis (DB 15, a key prefix per test, cleaned up)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tenant_notify.errors import StoreUnavailableError
+from tenant_notify.models import Channel, DeliveryState, DeliveryStatus
+from tenant_notify.stores import ClaimState, IdempotencyStore, StatusStore
+from tenant_notify.stores.redis import RedisIdempotencyStore, RedisStatusStore, redis_url
+from tests.integration.conftest import REDIS_URL
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(services: None) -> Iterator[object]:
+    import redis
+
+    prefix = f"tn_test:{uuid.uuid4().hex[:8]}:"
+    connection = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    connection.prefix = prefix  # type: ignore[attr-defined]
+    yield connection
+    keys = list(connection.scan_iter(match=prefix + "*"))
+    if keys:
+        connection.delete(*keys)
+    connection.close()
+
+
+@pytest.fixture
+def statuses(client) -> RedisStatusStore:
+    return RedisStatusStore(client, key_prefix=client.prefix, ttl=60, poll_interval=0.2)
+
+
+@pytest.fixture
+def keys(client) -> RedisIdempotencyStore:
+    return RedisIdempotencyStore(client, key_prefix=client.prefix)
+
+
+def status(notification_id: str = "n1", **changes: object) -> DeliveryStatus:
+    base = DeliveryStatus(
+        id=notification_id, tenant_id="acme", kind="welcome", channel=Channel.EMAIL
+    )
+    return base.evolve(**changes) if changes else base
+
+
+def test_they_implement_the_protocols(statuses, keys):
+    assert isinstance(statuses, StatusStore)
+    assert isinstance(keys, IdempotencyStore)
+
+
+def test_save_get_discard_with_ttl(statuses, client):
+    assert statuses.get("n1") is None
+    statuses.save(status(attempts=1, state=DeliveryState.SENDING))
+    got = statuses.get("n1")
+    assert got is not None and got.state is DeliveryState.SENDING and got.attempts == 1
+    assert 0 < client.pttl(f"{client.prefix}status:n1") <= 60_000
+    statuses.discard("n1")
+    assert statuses.get("n1") is None
+
+
+def test_find_by_provider_message_id_follows_the_latest_status(statuses):
+    statuses.save(status(state=DeliveryState.SENT, provider="smtp", provider_message_id="m-1"))
+    found = statuses.find_by_provider_message_id("smtp", "m-1")
+    assert found is not None and found.id == "n1"
+    assert statuses.find_by_provider_message_id("sendgrid", "m-1") is None
+    # A later attempt through another provider moves the index along.
+    statuses.save(status(state=DeliveryState.SENT, provider="twilio", provider_message_id="SM2"))
+    assert statuses.find_by_provider_message_id("smtp", "m-1") is None
+    assert statuses.find_by_provider_message_id("twilio", "SM2").id == "n1"
+    statuses.discard("n1")
+    assert statuses.find_by_provider_message_id("twilio", "SM2") is None
+
+
+def test_wait_wakes_on_a_final_status_saved_by_another_client(statuses, client):
+    import redis
+
+    statuses.save(status(state=DeliveryState.SENDING))
+    other = RedisStatusStore(
+        redis.Redis.from_url(REDIS_URL, decode_responses=True), key_prefix=client.prefix
+    )
+
+    def finish() -> None:
+        time.sleep(0.3)
+        other.save(status(state=DeliveryState.SENT, attempts=1))
+
+    thread = threading.Thread(target=finish)
+    started = time.monotonic()
+    thread.start()
+    result = statuses.wait("n1", 5)
+    thread.join()
+    other.close()
+    assert result is not None and result.state is DeliveryState.SENT
+    assert 0.25 < time.monotonic() - started < 2
+
+
+def test_wait_times_out_with_the_latest_status_and_knows_unknown_ids(statuses):
+    assert statuses.wait("nope", 1) is None
+    statuses.save(status(state=DeliveryState.RETRYING))
+    started = time.monotonic()
+    result = statuses.wait("n1", 0.3)
+    assert result is not None and result.state is DeliveryState.RETRYING
+    assert 0.25 < time.monotonic() - started < 1.5
+
+
+def test_reserve_returns_the_first_id(keys, client):
+    assert keys.reserve("send:acme:o-1", "first", 60) is None
+    assert keys.reserve("send:acme:o-1", "second", 60) == "first"
+    assert 0 < client.pttl(f"{client.prefix}idem:send:acme:o-1") <= 60_000
+    keys.forget("send:acme:o-1")
+    assert keys.reserve("send:acme:o-1", "third", 60) is None
+
+
+def test_claim_is_exclusive_and_done_is_remembered(keys):
+    other = RedisIdempotencyStore(keys.client, key_prefix=keys._prefix)
+    assert keys.claim("delivery:n1", 5).state is ClaimState.ACQUIRED
+    busy = other.claim("delivery:n1", 5)
+    assert busy.state is ClaimState.BUSY and 4 < busy.retry_in <= 5
+    keys.complete("delivery:n1", 60)
+    assert other.claim("delivery:n1", 5).state is ClaimState.DONE
+
+
+def test_release_only_gives_back_our_own_lease(keys, client):
+    other = RedisIdempotencyStore(keys.client, key_prefix=keys._prefix)
+    assert keys.claim("delivery:n2", 0.2).state is ClaimState.ACQUIRED
+    time.sleep(0.3)  # our lease ran out and another worker took it
+    assert other.claim("delivery:n2", 5).state is ClaimState.ACQUIRED
+    keys.release("delivery:n2")  # must not delete the other worker's lease
+    assert keys.claim("delivery:n2", 5).state is ClaimState.BUSY
+    other.release("delivery:n2")
+    assert keys.claim("delivery:n2", 5).state is ClaimState.ACQUIRED
+
+
+def test_concurrent_claims_have_one_winner(keys):
+    stores = [RedisIdempotencyStore(keys.client, key_prefix=keys._prefix) for _ in range(8)]
+    results: list[ClaimState] = []
+    barrier = threading.Barrier(len(stores))
+
+    def claim(store: RedisIdempotencyStore) -> None:
+        barrier.wait()
+        results.append(store.claim("delivery:race", 5).state)
+
+    threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.value for r in results) == ["acquired"] + ["busy"] * 7
+
+
+def test_redis_unreachable_is_a_store_error(services):
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    dead = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    store = RedisStatusStore(dead)
+    with pytest.raises(StoreUnavailableError, match="Redis did not answer"):
+        store.get("n1")
+    with pytest.raises(StoreUnavailableError):
+        RedisIdempotencyStore(dead).reserve("k", "n1", 60)
+
+
+def test_url_defaults_to_a_redis_result_backend():
+    from tenant_notify import load_settings
+
+    assert redis_url(load_settings({"redis": {"url": "redis://r:1/2"}})) == "redis://r:1/2"
+    backend = {"celery": {"result_backend": "redis://results:6379/3"}}
+    assert redis_url(load_settings(backend)) == "redis://results:6379/3"
+    other = {"celery": {"result_backend": "db+postgresql://x/y"}}
+    assert redis_url(load_settings(other)) == "redis://localhost:6379/0"
