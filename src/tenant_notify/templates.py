@@ -281,9 +281,7 @@ class TemplateRenderer:
         self._envs_lock = threading.Lock()
         self._kinds: dict[tuple[Path | None, str, str, str], _KindAnswer] = {}
         # (templates_dir, kind, part, locale) -> (where the part was found, expiry or None)
-        self._resolved: dict[
-            tuple[Path | None, str, str, str], tuple[_Resolved | None, float | None]
-        ] = {}
+        self._resolved: dict[tuple[Path | None, str, str, str], tuple[_Resolved, float | None]] = {}
 
     # -- public API
 
@@ -482,9 +480,9 @@ class TemplateRenderer:
         key = (templates_dir, kind, part, locale)
         cached = self._resolved.get(key)
         if cached is not None:
-            resolved, expires = cached
-            if expires is None or (time.monotonic() < expires and os.path.isfile(resolved.path)):
-                return resolved, []
+            hit, valid_until = cached
+            if valid_until is None or (time.monotonic() < valid_until and os.path.isfile(hit.path)):
+                return hit, []
         resolved, tried = self._resolve(templates_dir, kind, part, locale)
         if resolved is None:
             return resolved, tried  # the error message lists what was tried
