@@ -99,6 +99,7 @@ def test_yaml_file(tmp_path):
         ),
         ({"tenants": {"a": {"name": "A", "colour": "red"}}}, "tenants.a.colour"),
         ({"retry": {"max_attempts": 0}}, "retry.max_attempts"),
+        ({"default_locale": "english!"}, "default_locale"),
     ],
 )
 def test_bad_configuration_fails_at_build_naming_the_key(settings, key):

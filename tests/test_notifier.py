@@ -396,3 +396,13 @@ def test_make_notifier_follows_a_memory_providers_outbox_and_merges_retry(tenant
         assert notify.outbox.name == "x" and len(notify.outbox) == 1
         assert notify.dispatcher.retry_policy.initial_delay == 0.0
         assert notify.dispatcher.retry_policy.max_attempts == 2
+
+
+def test_a_duplicate_receipt_reports_the_first_kind(notify):
+    first = notify.send_sms(
+        to_phone="+15551234567", body="x", tenant_id="acme", idempotency_key="k"
+    )
+    again = notify.send_email(
+        to_email="a@example.com", subject="s", body="b", tenant_id="acme", idempotency_key="k"
+    )
+    assert again.duplicate and again.id == first.id and again.kind == "sms"

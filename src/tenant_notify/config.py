@@ -28,6 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ._validation import normalize_locale
 from .errors import ConfigurationError, MissingDependencyError
 from .tenants import Tenant, protect_secrets
 
@@ -252,6 +253,11 @@ class Settings(BaseModel):
                     raise ValueError(f"tenants.{tenant_id}.id differs from its key")
             tables[tenant_id] = table
         return tables
+
+    @field_validator("default_locale")
+    @classmethod
+    def _check_default_locale(cls, value: str) -> str:
+        return normalize_locale(value, "default_locale")
 
     @model_validator(mode="after")
     def _default_locale(self) -> Settings:

@@ -241,13 +241,16 @@ class Notifier:
                 reservation, notification.id, self.settings.idempotency.ttl
             )
             if earlier is not None:
+                # Keys are per tenant, not per kind: report what was sent first.
+                first = self.status_store.get(earlier)
+                first_kind = first.kind if first is not None else kind
                 self._log.info(
                     "notification_duplicate",
                     tenant_id=tenant_id,
                     notification_id=earlier,
-                    kind=kind,
+                    kind=first_kind,
                 )
-                return self._receipt(earlier, tenant_id, kind, duplicate=True)
+                return self._receipt(earlier, tenant_id, first_kind, duplicate=True)
         self.status_store.save(DeliveryStatus.queued(notification))
         try:
             self.transport.submit(notification)
