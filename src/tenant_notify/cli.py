@@ -294,7 +294,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             structlog.processors.JSONRenderer(),
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(args.loglevel.upper(), logging.INFO)
+        ),
         cache_logger_on_first_use=False,
     )
     app = create_app(settings)

@@ -19,6 +19,7 @@ Every Redis failure is raised as :class:`~tenant_notify.errors.StoreUnavailableE
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from ..config import Settings
 from ..errors import MissingDependencyError, StoreUnavailableError
-from ..models import DeliveryStatus
+from ..models import DeliveryState, DeliveryStatus
 from .base import Claim, ClaimState
 
 if TYPE_CHECKING:
@@ -168,6 +169,11 @@ class RedisStatusStore(_RedisStore):
         self.poll_interval = poll_interval
         self._save = client.register_script(self._SAVE)
         self._discard = client.register_script(self._DISCARD)
+        # One connection for first statuses, whose replies are read late.
+        self._first_lock = threading.Lock()
+        self._first_conn: Any = None
+        self._first_pid = 0
+        self._first_unread = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Self:
@@ -185,6 +191,13 @@ class RedisStatusStore(_RedisStore):
 
     def save(self, status: DeliveryStatus) -> None:
         data = json.dumps(status.to_dict(), separators=(",", ":"))
+        if status.state is DeliveryState.QUEUED and status.attempts == 0:
+            # The first status of a new notification, written on the caller's
+            # side of a send: sent without waiting for the reply (which is read
+            # on the next such write), and only where there is no status yet,
+            # so it can never overwrite what a worker recorded meanwhile.
+            self._save_first(status.id, data)
+            return
         args: list[str | int] = [
             data,
             _ms(self.ttl),
@@ -198,7 +211,66 @@ class RedisStatusStore(_RedisStore):
         keys = [self._key(status.id), self._channel(status.id)]
         self._call(lambda: self._save(keys=keys, args=args))
 
+    def _save_first(self, notification_id: str, data: str) -> None:
+        with self._first_lock:
+            try:
+                conn = self._first_conn
+                if conn is None or self._first_pid != os.getpid():
+                    pool = self._redis.connection_pool
+                    conn = self._first_conn = pool.get_connection()
+                    self._first_pid, self._first_unread = os.getpid(), 0
+                self._read_replies(conn, block=self._first_unread > 1000)
+                conn.send_command(
+                    "SET", self._key(notification_id), data, "NX", "PX", _ms(self.ttl)
+                )
+                self._first_unread += 1
+            except self._errors as err:
+                self._drop_first()
+                raise StoreUnavailableError(
+                    f"Redis did not answer: {type(err).__name__}: {err}"
+                ) from err
+
+    def _read_replies(self, conn: Any, *, block: bool) -> None:
+        while self._first_unread and (block or conn.can_read(timeout=0)):
+            conn.read_response()
+            self._first_unread -= 1
+            block = False
+
+    def _drop_first(self) -> None:
+        conn, self._first_conn = self._first_conn, None
+        if conn is not None:
+            with suppress(*self._errors):
+                conn.disconnect()
+            if self._first_pid == os.getpid():
+                with suppress(*self._errors):
+                    self._redis.connection_pool.release(conn)
+
+    def flush(self) -> None:
+        """Wait for the replies to first statuses written so far."""
+        with self._first_lock:
+            conn = self._first_conn
+            if conn is None:
+                return
+            try:
+                while self._first_unread:
+                    conn.read_response()
+                    self._first_unread -= 1
+            except self._errors as err:
+                self._drop_first()
+                raise StoreUnavailableError(f"Redis did not answer: {err}") from err
+
+    def close(self) -> None:
+        with suppress(StoreUnavailableError):
+            self.flush()
+        with self._first_lock:
+            conn, self._first_conn = self._first_conn, None
+            if conn is not None and self._first_pid == os.getpid():
+                self._redis.connection_pool.release(conn)
+        super().close()
+
     def get(self, notification_id: str) -> DeliveryStatus | None:
+        if self._first_unread:
+            self.flush()  # read what this process wrote (usually arrived already)
         raw = self._call(lambda: self._redis.get(self._key(notification_id)))
         return None if raw is None else DeliveryStatus.from_dict(json.loads(raw))
 
@@ -218,6 +290,7 @@ class RedisStatusStore(_RedisStore):
         return status
 
     def discard(self, notification_id: str) -> None:
+        self.flush()  # the first status must not land after it is discarded
         keys = [self._key(notification_id)]
         args = [f"{self._prefix}pmid:", notification_id]
         self._call(lambda: self._discard(keys=keys, args=args))

@@ -263,6 +263,24 @@ class _Link:
             if pending is not None:
                 self.redo.append(pending)
 
+    def check(self) -> None:
+        """Raise if the broker has closed the connection; leave confirms for the reader.
+
+        A write into a socket the peer has closed may still "succeed", so this
+        is how a dead connection is noticed before a message is written into it.
+        Reading the confirms is the background reader's work: done here, it
+        would cost the caller one frame per message.
+        """
+        if not self.confirming:
+            return
+        sock = self.conn.connection.transport.sock
+        if sock is None:
+            raise ConnectionError("the broker connection is closed")
+        if len(self.unconfirmed) > 1000:
+            self.poll()
+        elif select.select([sock], [], [], 0)[0] and not sock.recv(1, socket.MSG_PEEK):
+            raise ConnectionError("the broker closed the connection")
+
     def poll(self) -> None:
         """Read whatever has arrived (confirms, a close), without blocking.
 
@@ -440,7 +458,7 @@ class _Publisher:
                     if not link.connected:
                         link.connect()
                     else:
-                        link.poll()
+                        link.check()
                     tag = link.write(pending)
                     if wait and tag:
                         link.wait_for(tag, pending, deadline)
@@ -502,15 +520,18 @@ class _Publisher:
         """Read confirms on the idle links, write again what needs it, give up on
         what is overdue. Returns how many messages are still unconfirmed."""
         with self._lock:
-            links, self._idle = self._idle, []
+            links = list(self._idle)
         waiting = 0
-        try:
-            for link in links:
-                waiting += self._tend(link, final=final)
-        finally:
+        for link in links:
+            # One link at a time out of the pool, so senders always find the others.
             with self._lock:
-                self._idle.extend(links)
-                self._returned.notify_all()
+                if link not in self._idle:
+                    continue  # in a sender's hands: next time
+                self._idle.remove(link)
+            try:
+                waiting += self._tend(link, final=final)
+            finally:
+                self._release(link)
         return waiting
 
     def _tend(self, link: _Link, *, final: bool) -> int:
@@ -979,7 +1000,15 @@ def replay_dead_letters(
                     kept.append(message)
                     continue
                 notify.idempotency_store.forget(f"delivery:{notification.id}")
-                notify.status_store.save(DeliveryStatus.queued(notification))
+                current = notify.status_store.get(notification.id)
+                notify.status_store.save(
+                    (current or DeliveryStatus.queued(notification)).evolve(
+                        state=DeliveryState.RETRYING,
+                        error=f"replayed from {queue_name}",
+                        error_type=None,
+                        next_attempt_at=dt.datetime.now(dt.UTC),
+                    )
+                )
                 transport.publisher.publish(notification, attempt=1, wait=True)
                 message.ack()
             # Unacknowledged messages go back to the queue when the channel closes.

@@ -1,0 +1,316 @@
+"""The Celery transport against hand-written Celery code, on the same broker, in one run.
+
+Run: ``python bench/bench_celery.py`` (or ``nox -s bench``) with RabbitMQ and Redis on
+loopback (127.0.0.1:5672 guest/guest, 127.0.0.1:6379). Prints Markdown tables for
+docs/benchmarks.md; every ratio compares figures measured in this run.
+
+Caller's cost (µs per call, median of runs; no worker consumes meanwhile):
+
+* ``task.delay()`` of a hand-written task with the same arguments
+  (bench/handwritten_app.py), on an app with Celery's defaults and on one with
+  publisher confirms (``confirm_publish``, which the library always uses);
+* a raw kombu ``Producer.publish`` of a ready JSON body on a held connection,
+  without and with confirms;
+* ``notify.send_order_confirmation(...)`` on the ``celery`` transport (Redis stores,
+  confirms ``async`` and ``sync``): validation, idempotency reservation and
+  ``queued`` status in Redis, the task message.
+
+Throughput (emails per second into a loopback SMTP server, plain and with
+STARTTLS as real submission uses, a queue drained by a worker with two processes;
+measured from the first message received to the last):
+
+* ``tenant-notify worker -c 2`` delivering ``order_confirmation`` notifications
+  (rendering subject, text and HTML; statuses and claims in Redis);
+* ``celery -A handwritten_app worker -c 2``: the hand-written task rendering the
+  same kind of email (text and HTML) and opening an SMTP connection per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT / "bench", ROOT, ROOT / "src"):
+    sys.path.insert(0, str(path))
+
+import kombu  # noqa: E402
+from tests.smtp_server import LoopbackSMTPServer  # noqa: E402
+
+from tenant_notify import Notifier  # noqa: E402
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+REDIS = "redis://127.0.0.1:6379/15"
+TENANTS = {
+    "acme": {"name": "Acme Shop", "email_from": "Acme Shop <orders@acme.test>"},
+    "globex": {"name": "Globex Café", "email_from": "hello@globex.test", "locale": "de"},
+}
+
+
+def per_call(fn: Callable[[int], object], n: int, repeats: int) -> float:
+    """Median over ``repeats`` runs of the mean seconds per call (after a warm-up)."""
+    for i in range(min(200, n)):
+        fn(-1 - i)
+    runs = []
+    counter = 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn(counter)
+            counter += 1
+        runs.append((time.perf_counter() - start) / n)
+    return statistics.median(runs)
+
+
+def settings(run: str, smtp_port: int, **celery: Any) -> dict[str, Any]:
+    return {
+        "transport": "celery",
+        "email": {"provider": "smtp", "host": "127.0.0.1", "port": smtp_port},
+        "celery": {
+            "broker_url": AMQP,
+            "queue": f"bench_tn_{run}",
+            "dead_letter_queue": f"bench_tn_{run}.dead",
+            **celery,
+        },
+        "redis": {"url": REDIS, "key_prefix": f"bench:{run}:"},
+        "idempotency": {"ttl": 600},
+        "tenants": TENANTS,
+    }
+
+
+def order_args(i: int, run: str) -> dict[str, Any]:
+    return {
+        "order_id": f"{run}-{i}",
+        "customer_email": "jane@example.com",
+        "order_total": "99.99",
+        "currency": "USD",
+        "tenant_id": "acme",
+    }
+
+
+# --- caller's cost ----------------------------------------------------------------------
+
+
+def caller_cost(run: str, n: int, repeats: int) -> dict[str, float]:
+    os.environ["BENCH_QUEUE"] = f"bench_hand_{run}"
+    os.environ["BENCH_BROKER_URL"] = AMQP
+    import handwritten_app
+
+    results: dict[str, float] = {}
+    for label, confirms in (("defaults", False), ("confirm_publish", True)):
+        task = handwritten_app.make_app(confirms=confirms).tasks[
+            "handwritten.send_order_confirmation"
+        ]
+        results[f"hand-written `task.delay()`, Celery {label}"] = per_call(
+            lambda i, task=task: task.delay(**order_args(i, run)), n, repeats
+        )
+
+    body = json.dumps([[], order_args(0, run), {}])
+    for label, options in (("", {}), (", confirms", {"confirm_publish": True})):
+        with kombu.Connection(AMQP, transport_options=options) as conn:
+            producer = kombu.Producer(conn.channel())
+            queue = f"bench_hand_{run}"
+
+            def publish(i: int, producer: Any = producer, queue: str = queue) -> None:
+                producer.publish(
+                    body,
+                    routing_key=queue,
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    headers={"id": str(i)},
+                )
+
+            results[f"raw kombu `Producer.publish`{label}"] = per_call(publish, n, repeats)
+
+    for confirms in ("async", "sync"):
+        with Notifier.from_settings(settings(run, 25, publisher_confirms=confirms)) as notify:
+            prefix = f"{confirms}-"
+
+            def send(i: int, notify: Notifier = notify, prefix: str = prefix) -> object:
+                return notify.send_order_confirmation(
+                    order_id=f"{prefix}{i}",
+                    customer_email="jane@example.com",
+                    order_total=Decimal("99.99"),
+                    currency="USD",
+                    tenant_id="acme",
+                )
+
+            results[f"`notify.send_order_confirmation()`, celery, confirms {confirms}"] = per_call(
+                send, n, repeats
+            )
+    return results
+
+
+# --- throughput --------------------------------------------------------------------------
+
+
+def drain_rate(server: LoopbackSMTPServer, count: int, timeout: float = 300) -> float:
+    """Emails per second from the first received to the ``count``-th."""
+    deadline = time.monotonic() + timeout
+    while not server.messages:
+        if time.monotonic() > deadline:
+            raise TimeoutError("nothing arrived")
+        time.sleep(0.001)
+    first = time.perf_counter()
+    while len(server.messages) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(server.messages)} of {count} arrived")
+        time.sleep(0.001)
+    return (count - 1) / (time.perf_counter() - first)
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def throughput(run: str, count: int, folder: Path, *, tls: bool) -> dict[str, float]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench"), str(ROOT)])
+    env.pop("BENCH_SMTP_CA", None)
+    results = {}
+    tag = f"{run}_{'tls' if tls else 'plain'}"
+    with LoopbackSMTPServer(starttls=tls) as server:
+        # The library: queue everything, then let a two-process worker drain it.
+        table = settings(tag, server.port)
+        if tls:
+            table["email"].update(starttls=True, ca_file=str(server.cert_file))
+        toml = folder / f"bench-{tag}.toml"
+        toml.write_text(_toml(table))
+        with Notifier.from_settings(table) as notify:
+            tenants = sorted(TENANTS)
+            for i in range(count):
+                notify.send_order_confirmation(
+                    order_id=f"tp-{i}",
+                    customer_email=f"customer{i}@example.com",
+                    order_total=Decimal("99.99"),
+                    currency="USD",
+                    tenant_id=tenants[i % 2],
+                )
+            notify.transport.flush(30)  # type: ignore[attr-defined]
+        worker = start(
+            [
+                *(sys.executable, "-m", "tenant_notify.cli", "worker", "--config", str(toml)),
+                *("-c", "2", "--loglevel", "WARNING", "--", "--without-gossip", "--without-mingle"),
+            ],
+            env,
+            folder / f"tenant-notify-worker-{tag}.log",
+        )
+        try:
+            results["library"] = drain_rate(server, count)
+        finally:
+            stop(worker)
+        server.clear()
+
+        # The hand-written task: the same email, one SMTP connection per message.
+        queue = f"bench_hand_{tag}"
+        env.update(BENCH_QUEUE=queue, BENCH_BROKER_URL=AMQP, BENCH_SMTP_PORT=str(server.port))
+        if tls:
+            env["BENCH_SMTP_CA"] = str(server.cert_file)
+        import handwritten_app
+
+        task = handwritten_app.make_app(confirms=False).tasks["handwritten.send_order_confirmation"]
+        for i in range(count):
+            task.apply_async(kwargs=order_args(i, run), queue=queue)
+        worker = start(
+            [
+                *(sys.executable, "-m", "celery", "-A", "handwritten_app", "worker", "-c", "2"),
+                *("--loglevel", "WARNING", "--without-gossip", "--without-mingle"),
+            ],
+            env,
+            folder / f"handwritten-worker-{tag}.log",
+        )
+        try:
+            results["hand-written"] = drain_rate(server, count)
+        finally:
+            stop(worker)
+    return results
+
+
+def _toml(table: dict[str, Any], prefix: str = "") -> str:
+    lines, tables = [], []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    out = ([f"[{prefix[:-1]}]"] if prefix and lines else []) + lines
+    out += [_toml(value, f"{prefix}{key}.") for key, value in tables]
+    return "\n".join(out) + "\n"
+
+
+def cleanup(run: str) -> None:
+    import redis
+
+    with kombu.Connection(AMQP) as conn:
+        names = [f"bench_tn_{run}", f"bench_hand_{run}"]
+        for tag in ("plain", "tls"):
+            names += [f"bench_tn_{run}_{tag}", f"bench_hand_{run}_{tag}"]
+        for name in names + [f"{name}.dead" for name in names]:
+            channel = conn.channel()
+            try:
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+            except Exception:
+                continue
+    client = redis.Redis.from_url(REDIS)
+    keys = list(client.scan_iter(match=f"bench:{run}*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="calls per run (caller's cost)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--emails", type=int, default=1000, help="emails per throughput run")
+    args = parser.parse_args()
+    run = uuid.uuid4().hex[:8]
+    try:
+        cost = caller_cost(run, args.n, args.repeats)
+        with tempfile.TemporaryDirectory(prefix="bench-celery-") as folder:
+            rates = {
+                tls: throughput(run, args.emails, Path(folder), tls=tls) for tls in (False, True)
+            }
+    finally:
+        cleanup(run)
+
+    base = cost["hand-written `task.delay()`, Celery defaults"]
+    confirmed = cost["hand-written `task.delay()`, Celery confirm_publish"]
+    print(f"Caller's cost, n={args.n} x {args.repeats} (median), same RabbitMQ\n")
+    print("| what | µs per call | vs `delay()` defaults | vs `delay()` with confirms |")
+    print("|---|---:|---:|---:|")
+    for name, seconds in cost.items():
+        ratios = f"{seconds / base:.2f}x | {seconds / confirmed:.2f}x"
+        print(f"| {name} | {seconds * 1e6:.0f} | {ratios} |")
+    print(f"\nThroughput, {args.emails} emails, worker with 2 processes, loopback SMTP\n")
+    print("| SMTP | hand-written task, connection per message | `tenant-notify worker` | ratio |")
+    print("|---|---:|---:|---:|")
+    for tls, rate in rates.items():
+        smtp = "STARTTLS" if tls else "plain"
+        hand, ours = rate["hand-written"], rate["library"]
+        print(f"| {smtp} | {hand:.0f}/s | {ours:.0f}/s | {ours / hand:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
