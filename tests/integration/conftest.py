@@ -134,10 +134,17 @@ def _value(value: Any) -> str:
 class Worker:
     """A real ``celery -A tenant_notify.celery_app worker`` process, restartable."""
 
-    def __init__(self, config_file: Path, log_dir: Path, run_id: str) -> None:
+    def __init__(
+        self,
+        config_file: Path,
+        log_dir: Path,
+        run_id: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.config_file = config_file
         self.log_dir = log_dir
         self.run_id = run_id
+        self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -154,6 +161,7 @@ class Worker:
         ).rstrip(os.pathsep)
         env.pop("CELERY_BROKER_URL", None)
         env.pop("CELERY_RESULT_BACKEND", None)
+        env.update(self.extra_env)
         command = [sys.executable, "-m", "celery", "-A", "tenant_notify.celery_app", "worker"]
         command += ["--concurrency", "2", "--loglevel", "INFO", "--without-mingle"]
         command += ["--without-gossip", "--hostname", f"tn-it-{self.run_id}-{self.starts}@%h"]
