@@ -215,3 +215,29 @@ def test_broker_down_raises_enqueue_error_then_recovers(
         assert receipt.wait(30).state is DeliveryState.SENT
     counts = ids_of(server.messages)
     assert len(counts) == 2 and set(counts.values()) == {1}
+
+
+def test_unconfirmed_messages_are_published_again_and_delivered_once(
+    run_id, smtp, server, worker, monkeypatch
+):
+    from tenant_notify.transports.celery import _Link
+
+    # The broker's confirms never arrive: the publisher must write the message
+    # again on a new connection (twice), then give up on the confirm, without
+    # losing or doubling the notification, nor overwriting the worker's status.
+    monkeypatch.setattr(_Link, "_on_ack", lambda self, tag, multiple: None)
+    settings = settings_table(run_id, smtp.port, publish_timeout=0.5)
+    with Notifier.from_settings(settings) as notify:
+        receipt = notify.send_email(
+            to_email="confirm@example.com", subject="Confirm", body="b", tenant_id="globex"
+        )
+        assert receipt.wait(30).state is DeliveryState.SENT
+        publisher = notify.transport.publisher
+        deadline = time.monotonic() + 10
+        while any(link.unconfirmed or link.redo for link in publisher._links):
+            assert time.monotonic() < deadline, "the publisher kept waiting for the confirm"
+            time.sleep(0.1)
+        assert notify.status(receipt.id).state is DeliveryState.SENT
+    time.sleep(1.0)  # the copies written again reach the worker, which skips them
+    assert ids_of(server.messages) == {receipt.id: 1}
+    assert worker.log().count(f"deliver[{receipt.id}] received") >= 2

@@ -664,6 +664,9 @@ class CeleryTransport(Transport):
         self.publisher.publish(notification)
 
     def _unconfirmed(self, pending: _Pending, reason: str) -> None:
+        current = self.dispatcher.status_store.get(pending.notification.id)
+        if current is not None and current.state is not DeliveryState.QUEUED:
+            return  # a worker has it (only the confirm was lost): its status stands
         self.dispatcher.abandon(pending.notification, f"not enqueued: {reason}")
 
     def flush(self, timeout: float = 10.0) -> bool:
