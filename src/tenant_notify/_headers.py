@@ -10,6 +10,7 @@ from .errors import HeaderInjectionError
 # An RFC 2047 encoded word: =?charset?Q|B?text?=
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=")
 _FORBIDDEN = ("\r", "\n", "\0")
+_FORBIDDEN_CHAR = re.compile(r"[\r\n\0]")
 
 
 def check_header_value(value: str, field: str) -> str:
@@ -20,8 +21,10 @@ def check_header_value(value: str, field: str) -> str:
     word when the header is set and can serialise the bare line break, which would
     let a subject like ``=?UTF-8?Q?=0A?=Bcc: x@evil`` add a header.
     """
-    if any(char in value for char in _FORBIDDEN):
+    if _FORBIDDEN_CHAR.search(value):
         raise HeaderInjectionError("must not contain CR, LF or NUL characters", field=field)
+    if "=?" not in value:
+        return value  # no encoded word: the common case, checked without a regex scan
     for word in _ENCODED_WORD.findall(value):
         try:
             parts = decode_header(word)

@@ -13,19 +13,23 @@ done so already: this module is the last point before bytes leave the process.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import email.message
 import email.policy
 import email.utils
+import functools
 import quopri
 import re
+import secrets
+import time
 from email.headerregistry import Address as HeaderAddress
 
 from ._headers import check_header_value
-from .errors import HeaderInjectionError, InvalidRecipientError, ValidationError
+from .errors import HeaderInjectionError, InvalidRecipientError, NotifyError, ValidationError
 from .models import Address, EmailMessage
 
-__all__ = ["build_mime", "envelope_address", "make_message_id", "mime_bytes"]
+__all__ = ["build_mime", "envelope_address", "make_message_id", "mime_bytes", "wire_bytes"]
 
 #: RFC 5322 field name: printable US-ASCII except the colon.
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
@@ -205,3 +209,262 @@ def _body_cte(body: str) -> str:
     qp_size = len(quopri.encodestring(raw))
     b64_size = len(base64.encodebytes(raw))
     return "base64" if b64_size < qp_size else "quoted-printable"
+
+
+# --- the fast path -----------------------------------------------------------------------
+#
+# build_mime goes through the email package's header registry and generator, which costs
+# about 1.4 ms for an ordinary two-part message: more than a whole SMTP round trip to a
+# relay on the same network. wire_bytes writes the same MIME directly for the common case
+# (printable header values, dot-atom local parts, regular spacing) and hands anything
+# unusual to build_mime, so the two never disagree about what a message means;
+# tests/test_mime_wire.py parses both and compares them over a wide corpus.
+
+#: RFC 5322 atext, the characters a display name may use without quoting.
+_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?: [A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
+#: Headers the email package parses as structured (besides the reserved ones): left to it.
+_STRUCTURED = frozenset(
+    {"resent-date", "orig-date", "resent-sender", "resent-to", "resent-cc", "resent-bcc",
+     "resent-from", "content-disposition"}
+)  # fmt: skip
+#: UTF-8 bytes per RFC 2047 encoded word in unstructured text: 30 bytes are 40 base64
+#: characters, so a word (``=?utf-8?b?...?=``, 52 characters) fits within the 75 RFC 2047
+#: allows, and after ``X-Tenant-Notify-Id: `` on a 78-character line.
+_WORD_BYTES = 30
+#: In a display name, which is written as one encoded word: 72 characters at most.
+_PHRASE_WORD_BYTES = 45
+
+
+class _Unusual(Exception):
+    """The fast writer leaves this message to build_mime."""
+
+
+def wire_bytes(message: EmailMessage, *, message_id: str | None = None) -> tuple[bytes, str]:
+    """The message as SMTP sends it, and its Message-ID (without angle brackets).
+
+    Equivalent to ``mime_bytes(build_mime(message, message_id=message_id))`` (same
+    checks, same errors, same meaning on the wire) at a fraction of the cost.
+    """
+    try:
+        return _fast_wire_bytes(message, message_id)
+    except _Unusual:
+        msg = build_mime(message, message_id=message_id)
+        return mime_bytes(msg), str(msg["Message-ID"]).strip().strip("<>")
+
+
+def _fast_wire_bytes(message: EmailMessage, message_id: str | None) -> tuple[bytes, str]:
+    if not message.to:
+        raise InvalidRecipientError("an email needs at least one recipient", field="to")
+    lines = [_fold("From", _address_atoms(message.from_addr, "from_addr"))]
+    to_atoms: list[str] = []
+    for i, addr in enumerate(message.to):
+        if to_atoms:
+            to_atoms[-1] += ","
+        to_atoms.extend(_address_atoms(addr, f"to[{i}]"))
+    lines.append(_fold("To", to_atoms))
+    if message.reply_to is not None:
+        lines.append(_fold("Reply-To", _address_atoms(message.reply_to, "reply_to")))
+    lines.append(_fold("Subject", _unstructured(check_header_value(message.subject, "subject"))))
+    lines.append(_date_header())
+    msgid = _message_id(message_id, message.from_addr)
+    if len(msgid) > 76 or not msgid.isprintable():
+        raise _Unusual
+    lines.append("Message-ID: " + msgid)
+    lines.append("MIME-Version: 1.0")
+    if message.notification_id:
+        notification_id = check_header_value(message.notification_id, "notification_id")
+        lines.append(_fold("X-Tenant-Notify-Id", _unstructured(notification_id)))
+    for name, value in message.headers.items():
+        field = f"headers[{name!r}]"
+        if not _FIELD_NAME.fullmatch(name):
+            raise HeaderInjectionError("is not a valid header name", field=field)
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValidationError("is set by tenant-notify and cannot be overridden", field=field)
+        check_header_value(value, field)
+        if name.lower() in _STRUCTURED or len(name) > 60:
+            raise _Unusual
+        lines.append(_fold(name, _unstructured(value)))
+
+    text_headers, text = _text_part(message.text, "plain")
+    if message.html is None:
+        head = "\r\n".join([*lines, *text_headers]).encode("ascii")
+        return head + b"\r\n\r\n" + text, msgid[1:-1]
+    html_headers, html = _text_part(message.html, "html")
+    boundary = "=_tn_" + secrets.token_hex(12)
+    marker = boundary.encode("ascii")
+    if marker in text or marker in html:  # pragma: no cover - 2**-96
+        raise _Unusual
+    lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
+    head = "\r\n".join(lines).encode("ascii")
+    return (
+        head
+        + b"\r\n\r\n--" + marker + b"\r\n"
+        + "\r\n".join(text_headers).encode("ascii") + b"\r\n\r\n" + text
+        + b"\r\n--" + marker + b"\r\n"
+        + "\r\n".join(html_headers).encode("ascii") + b"\r\n\r\n" + html
+        + b"\r\n--" + marker + b"--\r\n",
+        msgid[1:-1],
+    )  # fmt: skip
+
+
+def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
+    """Headers and encoded payload of a text part, as ``set_content`` would make them
+    (the transfer encoding chosen as :func:`_body_cte` does)."""
+    raw = body.encode("utf-8")
+    lines = raw.splitlines()
+    if not _NOT_7BIT.search(body) and all(len(line) <= _MAX_LINE for line in lines):
+        cte = "7bit"
+        payload = b"\r\n".join(lines) + b"\r\n"
+    else:
+        normal = b"\n".join(lines) + b"\n"
+        qp = binascii.b2a_qp(raw, istext=True)
+        if len(base64.encodebytes(raw)) < len(qp):
+            cte = "base64"
+            payload = base64.encodebytes(b"\r\n".join(lines) + b"\r\n").replace(b"\n", b"\r\n")
+        else:
+            cte = "quoted-printable"
+            if normal != raw:
+                qp = binascii.b2a_qp(normal, istext=True)
+            payload = qp.replace(b"\n", b"\r\n")
+    headers = [
+        f'Content-Type: text/{subtype}; charset="utf-8"',
+        f"Content-Transfer-Encoding: {cte}",
+    ]
+    return headers, payload
+
+
+def _address_atoms(address: Address, field: str) -> list[str]:
+    try:
+        return list(_cached_address_atoms(address.email, address.name))
+    except NotifyError as err:
+        # The cached call cannot know the field; errors are rare, so check again.
+        check_header_value(address.name, f"{field}.name")
+        envelope_address(address.email, f"{field}.email")
+        raise err  # pragma: no cover - the checks above raise it with the field
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_address_atoms(email: str, name: str) -> tuple[str, ...]:
+    # Senders and reply-to addresses repeat for every message of a tenant.
+    check_header_value(name, "name")
+    addr_spec = envelope_address(email, "email")
+    if not _DOT_ATOM.fullmatch(addr_spec.rpartition("@")[0]):
+        raise _Unusual  # a quoted local part: the email package knows how
+    if not name:
+        return (addr_spec,)
+    return (*_phrase(name), f"<{addr_spec}>")
+
+
+def _date_header() -> str:
+    global _date_cache
+    second = int(time.time())
+    cached = _date_cache
+    if cached[0] != second:
+        stamp = dt.datetime.fromtimestamp(second, dt.UTC)
+        cached = _date_cache = (second, "Date: " + email.utils.format_datetime(stamp))
+    return cached[1]
+
+
+#: (epoch second, "Date: ..."): the Date header is formatted once a second.
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _phrase(name: str) -> list[str]:
+    """A display name as header words: atoms, encoded words, or one quoted string."""
+    _check_regular(name)
+    if _ATOMS.fullmatch(name):
+        return name.split(" ")
+    if name.isascii():
+        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if len(quoted) > 70:
+            raise _Unusual
+        return [quoted]
+    # Atoms stay readable; a name with other specials is encoded whole. Each encoded
+    # run must fit in one encoded word: parsers disagree about the space between two
+    # adjacent encoded words in a phrase (RFC 2047 drops it, the email package keeps
+    # it), so longer names are left to the email package.
+    words = name.split(" ")
+    if not all(not w.isascii() or _ATOMS.fullmatch(w) for w in words):
+        words = [name]
+    return _mixed(words, max_bytes=_PHRASE_WORD_BYTES, split=False)
+
+
+def _unstructured(value: str) -> list[str]:
+    """An unstructured header value (Subject, extra headers) as foldable words."""
+    _check_regular(value)
+    words = value.split(" ")
+    if any(len(word) > 70 and word.isascii() for word in words):
+        raise _Unusual
+    return words if value.isascii() else _mixed(words)
+
+
+def _mixed(words: list[str], *, max_bytes: int = _WORD_BYTES, split: bool = True) -> list[str]:
+    """ASCII words as they are, each run of non-ASCII words as encoded words.
+
+    A run is encoded together, spaces included: the space between two encoded
+    words is dropped when they are decoded, the one next to a plain word is not.
+    """
+    out: list[str] = []
+    run: list[str] = []
+    for word in [*words, ""]:
+        if word.isascii() and run:
+            encoded = _encoded_words(" ".join(run), max_bytes)
+            if len(encoded) > 1 and not split:
+                raise _Unusual
+            out.extend(encoded)
+            run = []
+        if not word.isascii():
+            run.append(word)
+        elif word:
+            out.append(word)
+    return out
+
+
+def _encoded_words(text: str, max_bytes: int) -> list[str]:
+    """``text`` as RFC 2047 base64 encoded words, never splitting a character."""
+    words = []
+    chunk = bytearray()
+    for char in text:
+        data = char.encode("utf-8")
+        if len(chunk) + len(data) > max_bytes:
+            words.append(f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=")
+            chunk.clear()
+        chunk += data
+    words.append(f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=")
+    return words
+
+
+def _check_regular(value: str) -> None:
+    # Left to the email package: empty values, text that looks like an encoded word
+    # (it decodes those), control or invisible characters, and irregular spacing
+    # (folding would have to keep it).
+    if (
+        not value
+        or "=?" in value
+        or "  " in value
+        or value[0] == " "
+        or value[-1] == " "
+        or not value.isprintable()
+    ):
+        raise _Unusual
+
+
+def _fold(name: str, words: list[str]) -> str:
+    """``Name: words...`` folded before a word wherever a line would pass 78 characters."""
+    single = f"{name}: {' '.join(words)}"
+    if len(single) <= _MAX_LINE:
+        return single
+    if len(name) + 2 + len(words[0]) > _MAX_LINE:
+        # Folding right after the colon would add a space to the value.
+        raise _Unusual
+    lines = []
+    line = name + ":"
+    for word in words:
+        if len(line) + 1 + len(word) > _MAX_LINE and line != name + ":":
+            lines.append(line)
+            line = " " + word
+        else:
+            line += " " + word
+    lines.append(line)
+    return "\r\n".join(lines)

@@ -182,16 +182,18 @@ class SendGridProvider(HttpProvider):
         payload.update(self._settings_extra)
         return payload
 
+    def build_body(self, message: EmailMessage) -> bytes:
+        """:meth:`build_payload` as the bytes that go out: compact UTF-8 JSON."""
+        payload = self.build_payload(message)
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
     def send_email(self, message: EmailMessage) -> DeliveryResult:
         context: ErrorContext = {
             "provider": self.name,
             "notification_id": message.notification_id or None,
             "tenant_id": message.tenant_id or None,
         }
-        body = json.dumps(
-            self.build_payload(message), ensure_ascii=False, separators=(",", ":")
-        ).encode("utf-8")
-        response = self._post(SEND_PATH, body, "application/json", context)
+        response = self._post(SEND_PATH, self.build_body(message), "application/json", context)
         return DeliveryResult(
             provider=self.name,
             provider_message_id=response.headers.get("x-message-id") or None,

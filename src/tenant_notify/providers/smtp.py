@@ -55,7 +55,7 @@ from typing import Any, ClassVar, TypedDict
 import pydantic
 from pydantic import Field, SecretStr, model_validator
 
-from .._mime import build_mime, envelope_address, mime_bytes
+from .._mime import envelope_address, wire_bytes
 from ..errors import (
     AmbiguousDeliveryError,
     ConfigurationError,
@@ -250,9 +250,7 @@ class SmtpProvider(Provider):
     # --- sending ---------------------------------------------------------------------
 
     def send_email(self, message: EmailMessage) -> DeliveryResult:
-        mime = build_mime(message)
-        raw = mime_bytes(mime)
-        message_id = str(mime["Message-ID"]).strip().strip("<>")
+        raw, message_id = wire_bytes(message)
         sender = envelope_address(message.from_addr.email, "from_addr.email")
         recipients = [
             envelope_address(addr.email, f"to[{i}].email") for i, addr in enumerate(message.to)
