@@ -1,0 +1,112 @@
+"""An SMTP sink for throughput benchmarks: aiosmtpd in its own process, counting.
+
+tests/smtp_server.py parses every message it receives (the tests look inside
+them), which costs the server more CPU per message than the senders being
+measured. This sink only counts accepted messages and notes when the first and
+the last arrived, in shared memory, so the measurement is about the senders.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+
+class _Counter:
+    def __init__(self, count: Any, first: Any, last: Any) -> None:
+        self.count, self.first, self.last = count, first, last
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        now = time.perf_counter()
+        with self.count.get_lock():
+            if self.count.value == 0:
+                self.first.value = now
+            self.count.value += 1
+            self.last.value = now
+        return "250 2.0.0 OK"
+
+
+def _serve(port: Any, ready: Any, stop: Any, count: Any, first: Any, last: Any, tls: str) -> None:
+    from aiosmtpd.controller import Controller
+
+    kwargs: dict[str, Any] = {}
+    if tls:
+        cert, key = tls.split("|")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        kwargs["tls_context"] = context
+    with socket.socket() as probe:  # a free port (aiosmtpd's start-up check needs a real one)
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    controller = Controller(
+        _Counter(count, first, last),
+        hostname="127.0.0.1",
+        port=free,
+        server_hostname="localhost",
+        ready_timeout=10,
+        **kwargs,
+    )
+    controller.start()
+    port.value = free
+    ready.set()
+    stop.wait()
+    controller.stop()
+
+
+class SmtpSink:
+    """Start with ``SmtpSink(cert_dir=...)`` for STARTTLS; ``port``, ``count``, ``rate()``."""
+
+    def __init__(self, cert_dir: Path | None = None) -> None:
+        self.cert_file: Path | None = None
+        tls = ""
+        if cert_dir is not None:
+            from tests.smtp_server import make_self_signed_cert
+
+            cert, key = make_self_signed_cert(cert_dir)
+            self.cert_file, tls = cert, f"{cert}|{key}"
+        context = multiprocessing.get_context("spawn")
+        self._port = context.Value("i", 0)
+        self._count = context.Value("i", 0)
+        self._first = context.Value("d", 0.0)
+        self._last = context.Value("d", 0.0)
+        self._ready, self._stop = context.Event(), context.Event()
+        self._process = context.Process(
+            target=_serve,
+            args=(self._port, self._ready, self._stop, self._count, self._first, self._last, tls),
+            daemon=True,
+        )
+
+    def __enter__(self) -> SmtpSink:
+        self._process.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the SMTP sink did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._process.join(10)
+
+    @property
+    def port(self) -> int:
+        return int(self._port.value)
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
+    def reset(self) -> None:
+        with self._count.get_lock():
+            self._count.value = 0
+
+    def rate(self, expected: int, timeout: float = 300) -> float:
+        """Wait for ``expected`` messages; return messages/s from the first to the last."""
+        deadline = time.monotonic() + timeout
+        while self.count < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.count} of {expected} arrived")
+            time.sleep(0.05)
+        return (expected - 1) / (self._last.value - self._first.value)
