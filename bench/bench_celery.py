@@ -32,13 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -48,6 +45,7 @@ for path in (ROOT / "bench", ROOT, ROOT / "src"):
     sys.path.insert(0, str(path))
 
 import kombu  # noqa: E402
+from _timing import per_call  # noqa: E402
 from smtp_sink import SmtpSink  # noqa: E402
 
 from tenant_notify import Notifier  # noqa: E402
@@ -58,21 +56,6 @@ TENANTS = {
     "acme": {"name": "Acme Shop", "email_from": "Acme Shop <orders@acme.test>"},
     "globex": {"name": "Globex Café", "email_from": "hello@globex.test", "locale": "de"},
 }
-
-
-def per_call(fn: Callable[[int], object], n: int, repeats: int) -> float:
-    """Median over ``repeats`` runs of the mean seconds per call (after a warm-up)."""
-    for i in range(min(200, n)):
-        fn(-1 - i)
-    runs = []
-    counter = 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn(counter)
-            counter += 1
-        runs.append((time.perf_counter() - start) / n)
-    return statistics.median(runs)
 
 
 def settings(run: str, smtp_port: int, **celery: Any) -> dict[str, Any]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
-import statistics
 import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
 import structlog
+from _timing import per_call
 
 from tenant_notify import DeliveryResult, EmailMessage, Notifier
 from tenant_notify.models import Notification
@@ -37,19 +37,6 @@ TENANTS = {
     "acme": {"name": "Acme Shop", "email_from": "Acme Shop <orders@acme.test>"},
     "globex": {"name": "Globex Café", "email_from": "hello@globex.test", "locale": "de"},
 }
-
-
-def per_call(fn: Callable[[int], object], n: int, repeats: int) -> float:
-    """Median over ``repeats`` runs of the mean seconds per call."""
-    runs = []
-    counter = 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn(counter)
-            counter += 1
-        runs.append((time.perf_counter() - start) / n)
-    return statistics.median(runs)
 
 
 class DropTransport(Transport):
