@@ -45,5 +45,6 @@ def bench(session: nox.Session) -> None:
     """Benchmarks; results go into docs/benchmarks.md by hand."""
     session.install(".[test]")
     session.run("python", "bench/bench_submit.py", *session.posargs)
+    session.run("python", "bench/bench_providers.py")
     # Needs RabbitMQ and Redis on loopback, like the integration tests.
     session.run("python", "bench/bench_celery.py")
