@@ -44,6 +44,7 @@ import os
 import ssl
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, TypedDict
 from urllib.parse import urlsplit
@@ -112,8 +113,12 @@ class HttpConfig(ProviderConfig):
         return value.rstrip("/")
 
 
-class HttpProvider(Provider):
-    """Base of the providers that speak a REST API over one pooled httpx client."""
+class HttpProvider(Provider, ABC):
+    """Base of the providers that speak a REST API over one pooled httpx client.
+
+    Subclasses must fill the three hooks below; the client, timeouts, error
+    translation of transport failures and secret scrubbing are done here.
+    """
 
     Config: ClassVar[type[ProviderConfig]] = HttpConfig
     #: Shown in error messages ("SendGrid", "Twilio").
@@ -127,14 +132,17 @@ class HttpProvider(Provider):
 
     # --- hooks ---------------------------------------------------------------------
 
+    @abstractmethod
     def _auth_header(self) -> str:
-        raise NotImplementedError
+        """The ``Authorization`` header value."""
 
+    @abstractmethod
     def _secrets(self) -> Iterable[str]:
-        raise NotImplementedError
+        """Every secret value, to scrub from any text quoted in an error."""
 
+    @abstractmethod
     def _refused(self, response: httpx.Response, context: ErrorContext) -> DeliveryError:
-        raise NotImplementedError
+        """The library error for a reply that did not accept the message."""
 
     # --- the client ------------------------------------------------------------------
 
