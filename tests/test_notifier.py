@@ -406,3 +406,25 @@ def test_a_duplicate_receipt_reports_the_first_kind(notify):
         to_email="a@example.com", subject="s", body="b", tenant_id="acme", idempotency_key="k"
     )
     assert again.duplicate and again.id == first.id and again.kind == "sms"
+
+
+def test_a_status_store_failure_frees_the_idempotency_key(tenants):
+    from tenant_notify.errors import StoreUnavailableError
+
+    notify = make_notifier(tenants=tenants)
+    real_save = notify.status_store.save
+    calls = []
+
+    def save(status):
+        calls.append(status.id)
+        if len(calls) == 1:
+            raise StoreUnavailableError("redis down")
+        real_save(status)
+
+    notify.status_store.save = save
+    with pytest.raises(StoreUnavailableError):
+        notify.send_order_confirmation(**ORDER)
+    receipt = notify.send_order_confirmation(**ORDER)
+    assert not receipt.duplicate
+    assert receipt.wait(1).state is DeliveryState.SENT
+    notify.close()

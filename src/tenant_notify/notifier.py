@@ -9,6 +9,7 @@ returns a :class:`~tenant_notify.models.Receipt`. Bad input raises a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -32,6 +33,7 @@ from .errors import (
     ConfigurationError,
     EnqueueError,
     InvalidContextError,
+    NotifyError,
     UnknownNotificationError,
     ValidationError,
     WaitTimeoutError,
@@ -251,14 +253,17 @@ class Notifier:
                     kind=first_kind,
                 )
                 return self._receipt(earlier, tenant_id, first_kind, duplicate=True)
-        self.status_store.save(DeliveryStatus.queued(notification))
         try:
+            self.status_store.save(DeliveryStatus.queued(notification))
             self.transport.submit(notification)
         except BaseException:
             # Not queued: forget it entirely, so the caller can simply try again.
-            self.status_store.discard(notification.id)
+            # The store may be what failed; its own error is the one to raise.
+            with contextlib.suppress(NotifyError):
+                self.status_store.discard(notification.id)
             if reservation is not None:
-                self.idempotency_store.forget(reservation)
+                with contextlib.suppress(NotifyError):
+                    self.idempotency_store.forget(reservation)
             raise
         return self._receipt(notification.id, tenant_id, kind)
 
