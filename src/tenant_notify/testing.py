@@ -5,6 +5,12 @@
   permanent, ambiguous), to test error paths and retries.
 * :func:`make_notifier`: a Notifier on the eager transport with in-memory
   outboxes, ready for a test.
+* :func:`assert_sent` / :func:`assert_not_sent`: assertions on an outbox whose
+  failure message lists what was sent.
+
+The pytest plugin (:mod:`tenant_notify.pytest_plugin`, loaded automatically once
+the package is installed) wraps these in fixtures: ``notify_outbox``,
+``notify_factory``, ``tenant_notifier``, ``scripted_provider``.
 
 Example::
 
@@ -42,6 +48,8 @@ __all__ = [
     "Outbox",
     "ScriptedProvider",
     "TestNotifier",
+    "assert_not_sent",
+    "assert_sent",
     "clear_outboxes",
     "get_outbox",
     "make_notifier",
@@ -184,3 +192,103 @@ def make_notifier(
         notifier.outbox = get_outbox(outbox)
     notifier.outbox.clear()
     return notifier
+
+
+# --- assertions ------------------------------------------------------------------------
+
+
+def _describe_filters(
+    kind: str | None, to: str | None, tenant_id: str | None, channel: Channel | str | None
+) -> str:
+    parts = [
+        f"{name}={value!r}"
+        for name, value in (
+            ("kind", kind),
+            ("to", to),
+            ("tenant_id", tenant_id),
+            ("channel", None if channel is None else str(channel)),
+        )
+        if value is not None
+    ]
+    return ", ".join(parts) or "any message"
+
+
+def _describe_message(message: Message) -> str:
+    if isinstance(message, SmsMessage):
+        return (
+            f"sms {message.kind!r} to {message.to} for tenant {message.tenant_id!r}: "
+            f"{message.body[:60]!r}"
+        )
+    recipients = ", ".join(address.email for address in message.to)
+    return (
+        f"email {message.kind!r} to {recipients} for tenant {message.tenant_id!r}: "
+        f"subject {message.subject!r}"
+    )
+
+
+def _outbox_listing(outbox: Outbox, messages: list[Message]) -> str:
+    if not messages:
+        return f"the outbox {outbox.name!r} is empty"
+    lines = [f"the outbox {outbox.name!r} holds {len(messages)} message(s):"]
+    lines += [f"  {n}. {_describe_message(m)}" for n, m in enumerate(messages, start=1)]
+    return "\n".join(lines)
+
+
+def assert_sent(
+    outbox: Outbox,
+    *,
+    kind: str | None = None,
+    to: str | None = None,
+    tenant_id: str | None = None,
+    channel: Channel | str | None = None,
+) -> Message:
+    """Assert that exactly one message matching every given filter was sent; return it.
+
+    The filters are those of :meth:`Outbox.find`. More than one match fails too
+    (an order confirmed twice is usually a bug); use ``outbox.find`` to count.
+
+    Raises:
+        AssertionError: none or several matched. The message lists everything
+            in the outbox, so the test report shows what was sent instead.
+
+    Example::
+
+        email = assert_sent(outbox, kind="order_confirmation", to="jane@example.com",
+                            tenant_id="acme")
+        assert "A-1" in email.subject
+    """
+    __tracebackhide__ = True
+    found = outbox.find(to=to, tenant_id=tenant_id, kind=kind, channel=channel)
+    if len(found) == 1:
+        return found[0]
+    wanted = _describe_filters(kind, to, tenant_id, channel)
+    problem = str(len(found)) if found else "none"
+    raise AssertionError(
+        f"expected one message matching {wanted}, found {problem}; "
+        f"{_outbox_listing(outbox, outbox.messages)}"
+    )
+
+
+def assert_not_sent(
+    outbox: Outbox,
+    *,
+    kind: str | None = None,
+    to: str | None = None,
+    tenant_id: str | None = None,
+    channel: Channel | str | None = None,
+) -> None:
+    """Assert that no message matching every given filter was sent.
+
+    With no filters, assert that the outbox is empty.
+
+    Raises:
+        AssertionError: listing the outbox.
+    """
+    __tracebackhide__ = True
+    found = outbox.find(to=to, tenant_id=tenant_id, kind=kind, channel=channel)
+    if found:
+        wanted = _describe_filters(kind, to, tenant_id, channel)
+        raise AssertionError(
+            f"expected no message matching {wanted}, found {len(found)}; "
+            f"{_outbox_listing(outbox, outbox.messages)}"
+        )
