@@ -4,8 +4,9 @@
 template part as a tenant's recipient would get it; ``send`` sends one
 notification; ``check-config`` validates settings; ``worker`` runs a Celery worker
 for the ``celery`` transport and ``replay`` puts dead-lettered notifications back
-on its queue. Commands other than ``demo`` read settings from ``--config FILE`` or
-the ``TENANT_NOTIFY_*`` environment.
+on its queue; ``preview`` serves a local page of every kind as each tenant's
+recipients would see it. Commands other than ``demo`` read settings from
+``--config FILE`` or the ``TENANT_NOTIFY_*`` environment.
 """
 
 from __future__ import annotations
@@ -331,6 +332,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- preview --------------------------------------------------------------------------
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from .preview import make_server
+
+    with (
+        _notifier(args, transport="eager") as notify,
+        make_server(notify, host=args.host, port=args.port) as server,
+    ):
+        print(f"tenant-notify preview on {server.url} (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("preview stopped", file=sys.stderr)
+    return 0
+
+
 # --- entry point ----------------------------------------------------------------------
 
 
@@ -397,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--id", action="append", help="only this notification id (repeatable)")
     with_config(replay)
     replay.set_defaults(func=cmd_replay)
+
+    preview = commands.add_parser(
+        "preview", help="serve a local page showing every kind for every tenant and locale"
+    )
+    preview.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    preview.add_argument(
+        "--port", type=int, default=8025, help="port (default: 8025; 0 picks a free one)"
+    )
+    with_config(preview)
+    preview.set_defaults(func=cmd_preview)
     return parser
 
 
