@@ -354,7 +354,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tenant-notify", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tenant-notify",
+        description="Send, render and preview tenant notifications; run workers.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each delivery")
     commands = parser.add_subparsers(dest="command", required=True)
