@@ -1,0 +1,337 @@
+"""FastAPI endpoints for tenant-notify: a router the host mounts under its API prefix.
+
+``pip install 'tenant-notify[fastapi]'``, then::
+
+    from fastapi import FastAPI, Header, HTTPException
+    from tenant_notify.contrib.fastapi import make_router
+
+    def current_tenant(x_tenant: str = Header()) -> str:        # the host's own auth
+        return x_tenant
+
+    def require_admin(x_role: str = Header("")) -> None:
+        if x_role != "admin":
+            raise HTTPException(403, "admins only")
+
+    app = FastAPI()
+    app.include_router(
+        make_router(notify, admin_dependency=require_admin, tenant_dependency=current_tenant),
+        prefix="/api",
+    )
+
+The router serves:
+
+* ``POST /notifications/test/email``: admin only; sends ``{"to_email", "subject",
+  "body"}`` with the caller's tenant identity and answers 202 ``{"task_id": ...}``.
+* ``GET /notifications/tasks/{task_id}``: the status of one of the caller's tenant's
+  notifications; 404 for an unknown id and for another tenant's id alike.
+* ``POST /notifications/webhooks/sendgrid/{tenant_id}`` and
+  ``POST /notifications/webhooks/twilio/{tenant_id}``: delivery events (see
+  :mod:`tenant_notify.webhooks`), only when ``webhook_secrets`` is given.
+
+Importing this module without FastAPI installed raises
+:class:`~tenant_notify.errors.MissingDependencyError` naming the extra.
+"""
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
+
+from .._validation import check_text, normalize_email
+from ..errors import (
+    ConfigurationError,
+    EnqueueError,
+    MissingDependencyError,
+    UnknownNotificationError,
+    UnknownTenantError,
+    ValidationError,
+    WebhookPayloadError,
+    WebhookVerificationError,
+)
+from ..models import Channel, DeliveryState
+from ..notifier import Notifier
+from ..webhooks import TWILIO_SIGNATURE_HEADER, apply_sendgrid_events, apply_twilio_callback
+
+try:
+    from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+    from starlette.concurrency import run_in_threadpool
+except ModuleNotFoundError as err:  # pragma: no cover - exercised without the extra
+    raise MissingDependencyError("fastapi", "fastapi") from err
+
+__all__ = [
+    "SendTestEmailRequest",
+    "TaskAccepted",
+    "TaskStatus",
+    "WebhookProvider",
+    "WebhookResult",
+    "WebhookSecrets",
+    "make_router",
+]
+
+#: The providers whose delivery events the router receives.
+WebhookProvider = Literal["sendgrid", "twilio"]
+#: ``(tenant_id, provider) -> secret``: the SendGrid verification key or the Twilio
+#: auth token of that tenant's account, or None when the tenant has none (404).
+WebhookSecrets = Callable[[str, str], str | SecretStr | None]
+
+# Ids in paths, no longer than check_identifier accepts.
+_PathId = Annotated[str, Path(max_length=256)]
+
+
+def _checked(check: Callable[..., str], value: str, field: str, **options: Any) -> str:
+    try:
+        return check(value, field, **options)
+    except ValidationError as err:
+        # A plain message in the 422 answer, instead of the exception's attributes.
+        raise PydanticCustomError("value_error", "{reason}", {"reason": str(err)}) from err
+
+
+# --- request and response models (they appear in the host's OpenAPI document) --------
+
+
+class SendTestEmailRequest(BaseModel):
+    """A test email, sent with the caller's tenant identity."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"to_email": "ops@example.com", "subject": "Test", "body": "It works."}]
+        },
+    )
+
+    to_email: str = Field(description="Recipient email address.")
+    subject: str = Field(description="One line; no line breaks.", max_length=998)
+    body: str = Field(description="The text/plain body.")
+
+    # The library's own checks, so the API refuses exactly what a send would.
+    @field_validator("to_email")
+    @classmethod
+    def _check_to_email(cls, value: str) -> str:
+        return _checked(normalize_email, value, "to_email")
+
+    @field_validator("subject")
+    @classmethod
+    def _check_subject(cls, value: str) -> str:
+        return _checked(check_text, value, "subject", header=True, max_chars=998)
+
+    @field_validator("body")
+    @classmethod
+    def _check_body(cls, value: str) -> str:
+        return _checked(check_text, value, "body")
+
+
+class TaskAccepted(BaseModel):
+    """The notification was queued; follow it with ``GET /notifications/tasks/{task_id}``."""
+
+    task_id: str = Field(description="The notification id.")
+
+
+class TaskStatus(BaseModel):
+    """Where a notification is in its life."""
+
+    task_id: str = Field(description="The notification id.")
+    kind: str
+    channel: Channel
+    state: DeliveryState
+    attempts: int = Field(description="Delivery attempts started so far.")
+    provider: str | None = Field(description="The provider of the last attempt.")
+    provider_message_id: str | None = Field(description="The provider's id once sent.")
+    error: str | None = Field(description="Why the last attempt failed, if it did.")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class WebhookResult(BaseModel):
+    """What a delivery-event request changed."""
+
+    events: int = Field(description="Events in the request.")
+    applied: int = Field(description="Events that changed a notification's status.")
+
+
+# --- the router ----------------------------------------------------------------------
+
+
+def _validation_failed(err: ValidationError) -> HTTPException:
+    # The same shape as FastAPI's own 422 answers, so clients handle one format.
+    loc = ["body", err.field] if err.field else ["body"]
+    return HTTPException(
+        422,  # the constant's name differs between Starlette versions
+        detail=[{"loc": loc, "msg": str(err), "type": "value_error"}],
+    )
+
+
+def make_router(
+    notifier: Notifier,
+    *,
+    admin_dependency: Callable[..., Any],
+    tenant_dependency: Callable[..., Any],
+    webhook_secrets: WebhookSecrets | None = None,
+    webhook_url: Callable[[Request], str] | None = None,
+    tags: list[str] | None = None,
+) -> APIRouter:
+    """Build the notification endpoints around ``notifier``.
+
+    Args:
+        notifier: The host's Notifier.
+        admin_dependency: A FastAPI dependency (any callable ``Depends`` accepts,
+            with its own parameters) that lets administrators through and raises
+            ``HTTPException(403)`` for anyone else (401 for nobody at all, if the
+            host likes). Its return value is ignored. It guards the test email.
+            It runs before the body is validated, so a non-admin learns nothing
+            from a 422.
+        tenant_dependency: A FastAPI dependency that returns the caller's tenant
+            id (a ``str``). Sends use that tenant's identity; status reads see
+            only that tenant's notifications.
+        webhook_secrets: ``(tenant_id, provider) -> secret`` for the webhook
+            endpoints: the SendGrid verification key or the Twilio auth token of
+            the tenant's account, or None (the endpoint answers 404). Without it
+            the webhook endpoints are not mounted. Called in a worker thread.
+        webhook_url: ``request -> URL`` giving the public URL Twilio called, when
+            a proxy makes it differ from ``str(request.url)`` (the default).
+        tags: OpenAPI tags of the routes (default ``["notifications"]``).
+
+    Returns:
+        An ``APIRouter``; mount it with ``app.include_router(router, prefix=...)``.
+        Do not give that call dependencies that authenticate users: the webhook
+        routes are called by the providers, who prove themselves by signature.
+    """
+    router = APIRouter(tags=list(tags) if tags is not None else ["notifications"])
+
+    @router.post(
+        "/notifications/test/email",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=TaskAccepted,
+        dependencies=[Depends(admin_dependency)],
+        summary="Send a test email (admins only)",
+        responses={403: {"description": "Not an administrator"}},
+    )
+    def send_test_email(
+        payload: SendTestEmailRequest,
+        tenant_id: Annotated[str, Depends(tenant_dependency)],
+    ) -> TaskAccepted:
+        try:
+            receipt = notifier.send_email(
+                to_email=payload.to_email,
+                subject=payload.subject,
+                body=payload.body,
+                tenant_id=tenant_id,
+            )
+        except ValidationError as err:
+            raise _validation_failed(err) from err
+        except UnknownTenantError as err:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown tenant") from err
+        except ConfigurationError as err:
+            # A tenant without email_from, a missing template: the host's to fix.
+            raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err
+        except EnqueueError as err:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "the notification could not be queued"
+            ) from err
+        return TaskAccepted(task_id=receipt.id)
+
+    @router.get(
+        "/notifications/tasks/{task_id}",
+        response_model=TaskStatus,
+        summary="The status of a notification",
+        responses={404: {"description": "No such notification for this tenant"}},
+    )
+    def get_task_status(
+        task_id: _PathId, tenant_id: Annotated[str, Depends(tenant_dependency)]
+    ) -> TaskStatus:
+        try:
+            current = notifier.status(task_id)
+        except UnknownNotificationError:
+            current = None
+        except EnqueueError as err:  # StoreUnavailableError
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "the status store is unavailable"
+            ) from err
+        # Another tenant's id answers exactly like an unknown one: ids are not secret.
+        if current is None or current.tenant_id != tenant_id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such notification")
+        return TaskStatus(
+            task_id=current.id,
+            kind=current.kind,
+            channel=current.channel,
+            state=current.state,
+            attempts=current.attempts,
+            provider=current.provider,
+            provider_message_id=current.provider_message_id,
+            error=current.error,
+            created_at=current.created_at,
+            updated_at=current.updated_at,
+        )
+
+    if webhook_secrets is not None:
+        _add_webhooks(router, notifier, webhook_secrets, webhook_url)
+    return router
+
+
+def _add_webhooks(
+    router: APIRouter,
+    notifier: Notifier,
+    secrets: WebhookSecrets,
+    public_url: Callable[[Request], str] | None,
+) -> None:
+    responses: dict[int | str, dict[str, Any]] = {
+        400: {"description": "Signed, but not a payload the provider sends"},
+        403: {"description": "Not provably from the provider"},
+        404: {"description": "No webhook secret for this tenant"},
+    }
+
+    async def secret_for(tenant_id: str, provider: str) -> str | SecretStr:
+        secret = await run_in_threadpool(secrets, tenant_id, provider)
+        if secret is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such webhook")
+        return secret
+
+    @router.post(
+        "/notifications/webhooks/sendgrid/{tenant_id}",
+        response_model=WebhookResult,
+        summary="SendGrid signed Event Webhook",
+        responses=responses,
+    )
+    async def sendgrid_events(tenant_id: _PathId, request: Request) -> WebhookResult:
+        key = await secret_for(tenant_id, "sendgrid")
+        body = await request.body()  # the raw bytes: the signature covers them exactly
+        try:
+            events = await run_in_threadpool(
+                apply_sendgrid_events, notifier, body, request.headers, key, tenant_id=tenant_id
+            )
+        except WebhookVerificationError as err:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid signature") from err
+        except WebhookPayloadError as err:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, err.message) from err
+        return WebhookResult(events=len(events), applied=sum(e.applied for e in events))
+
+    @router.post(
+        "/notifications/webhooks/twilio/{tenant_id}",
+        response_model=WebhookResult,
+        summary="Twilio status callback",
+        responses=responses,
+    )
+    async def twilio_callback(tenant_id: _PathId, request: Request) -> WebhookResult:
+        token = await secret_for(tenant_id, "twilio")
+        body = await request.body()
+        # Parsed here rather than with request.form(): no python-multipart needed. A body
+        # that is not UTF-8 is not Twilio's, and fails the signature check below.
+        params = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+        url = public_url(request) if public_url is not None else str(request.url)
+        try:
+            event = await run_in_threadpool(
+                apply_twilio_callback,
+                notifier,
+                url,
+                params,
+                request.headers.get(TWILIO_SIGNATURE_HEADER),
+                token,
+                tenant_id=tenant_id,
+            )
+        except WebhookVerificationError as err:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid signature") from err
+        except WebhookPayloadError as err:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, err.message) from err
+        return WebhookResult(events=1, applied=int(event.applied))
