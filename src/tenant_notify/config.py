@@ -200,6 +200,8 @@ class Settings(BaseModel):
         celery: The ``celery`` transport.
         redis: Redis for the shared stores (used by the ``celery`` transport).
         mask_recipients: Mask addresses and numbers in log lines (keep on).
+        metrics: Record delivery metrics in prometheus-client's default registry
+            (extra ``tenant-notify[metrics]``; see :mod:`tenant_notify.metrics`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -221,6 +223,7 @@ class Settings(BaseModel):
     celery: CelerySettings = Field(default_factory=CelerySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     mask_recipients: bool = True
+    metrics: bool = False
 
     @field_validator("transport", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ refused recipient the attempt ends there.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from .errors import (
     PermanentDeliveryError,
 )
 from .log import get_logger, mask_recipient
+from .metrics import MetricsRecorder, NullMetrics
 from .models import (
     Address,
     Channel,
@@ -78,6 +80,8 @@ class Dispatcher:
         idempotency_ttl: How long a completed delivery is remembered.
         delivery_lease: How long one attempt may hold its delivery claim.
         mask_recipients: Mask recipients in log lines.
+        metrics: Told the outcome and duration of every attempt (see
+            :mod:`tenant_notify.metrics`); records nothing by default.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class Dispatcher:
         idempotency_ttl: float = 86_400.0,
         delivery_lease: float = 300.0,
         mask_recipients: bool = True,
+        metrics: MetricsRecorder | None = None,
     ) -> None:
         self.tenants = tenants
         self.renderer = renderer
@@ -103,6 +108,7 @@ class Dispatcher:
         self.delivery_lease = delivery_lease
         self._mask = mask_recipient if mask_recipients else str
         self._log = get_logger()
+        self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
 
     @classmethod
     def from_settings(
@@ -112,6 +118,7 @@ class Dispatcher:
         tenants: TenantResolver,
         status_store: StatusStore,
         idempotency_store: IdempotencyStore,
+        metrics: MetricsRecorder | None = None,
     ) -> Dispatcher:
         """Build a dispatcher (renderer, provider pool, policy) from settings."""
         return cls(
@@ -129,6 +136,7 @@ class Dispatcher:
             idempotency_ttl=settings.idempotency.ttl,
             delivery_lease=settings.idempotency.lease,
             mask_recipients=settings.mask_recipients,
+            metrics=metrics,
         )
 
     # --- one attempt -----------------------------------------------------------------
@@ -165,6 +173,7 @@ class Dispatcher:
             state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None
         )
         self.status_store.save(status)
+        started = time.perf_counter()
         tried: list[str] = []  # provider names, as they are tried
         provider_name: str | None = None
         try:
@@ -178,7 +187,9 @@ class Dispatcher:
                 provider_name = err.provider
             elif tried:
                 provider_name = tried[-1]
-            return self._failed(notification, status, attempt, err, provider_name, claim_key, log)
+            return self._failed(
+                notification, status, attempt, err, provider_name, claim_key, log, started
+            )
         except Exception as err:
             provider_name = tried[-1] if tried else provider_name
             # A bug in a provider or a resolver: record it rather than lose the
@@ -188,7 +199,7 @@ class Dispatcher:
                 f"unexpected {type(err).__name__}: {err}", provider=provider_name
             )
             return self._failed(
-                notification, status, attempt, wrapped, provider_name, claim_key, log
+                notification, status, attempt, wrapped, provider_name, claim_key, log, started
             )
 
         self.idempotency_store.complete(claim_key, self.idempotency_ttl)
@@ -206,7 +217,29 @@ class Dispatcher:
             provider_message_id=result.provider_message_id,
             to=self._mask(notification.to),
         )
+        self._observe(notification, result.provider, DeliveryState.SENT, started, log)
         return Outcome(status)
+
+    def _observe(
+        self,
+        notification: Notification,
+        provider: str | None,
+        outcome: DeliveryState,
+        started: float,
+        log: Any,
+    ) -> None:
+        try:
+            self.metrics.observe_attempt(
+                kind=notification.kind,
+                channel=notification.channel.value,
+                provider=provider or "none",
+                outcome=outcome.value,
+                seconds=time.perf_counter() - started,
+            )
+        except Exception:
+            # The status is recorded already; a broken recorder must not turn
+            # a delivery into a failure (or a retry into a second send).
+            log.exception("metrics_failed")
 
     def _send(
         self,
@@ -254,6 +287,7 @@ class Dispatcher:
         provider_name: str | None,
         claim_key: str,
         log: Any,
+        started: float,
     ) -> Outcome:
         retry_in = self.retry_policy.delay_for(attempt, error)
         reason = str(error)
@@ -273,6 +307,7 @@ class Dispatcher:
                 error=reason,
                 retry_in=round(retry_in, 3),
             )
+            self._observe(notification, provider_name, DeliveryState.RETRYING, started, log)
             return Outcome(status, retry_in=retry_in)
         if isinstance(error, DeliveryError) and not isinstance(error, AmbiguousDeliveryError):
             # Certainly not accepted: a later, deliberate resend may go through.
@@ -295,6 +330,7 @@ class Dispatcher:
             error_type=type(error).__name__,
             to=self._mask(notification.to),
         )
+        self._observe(notification, provider_name, DeliveryState.FAILED, started, log)
         return Outcome(status)
 
     def abandon(self, notification: Notification, reason: str) -> None:

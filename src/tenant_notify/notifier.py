@@ -39,6 +39,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .log import get_logger, mask_recipient
+from .metrics import resolve_metrics
 from .models import (
     Channel,
     DeliveryStatus,
@@ -72,6 +73,10 @@ class Notifier:
         status_store: Defaults to the transport's default store (Redis for
             ``celery``), else an in-memory store.
         idempotency_store: Defaults like ``status_store``.
+        metrics: Delivery metrics (see :mod:`tenant_notify.metrics`): True for
+            prometheus-client's default registry, a ``CollectorRegistry``, a
+            :class:`~tenant_notify.metrics.MetricsRecorder`, or False. Defaults
+            to ``settings.metrics`` (off).
 
     Raises:
         ConfigurationError: naming the key at fault, for any bad setting.
@@ -85,6 +90,7 @@ class Notifier:
         transport: Transport | type[Transport] | str | None = None,
         status_store: StatusStore | None = None,
         idempotency_store: IdempotencyStore | None = None,
+        metrics: Any = None,
     ) -> None:
         self.settings = settings
         self._log = get_logger()
@@ -104,6 +110,7 @@ class Notifier:
             tenants=self.tenants,
             status_store=self.status_store,
             idempotency_store=self.idempotency_store,
+            metrics=resolve_metrics(settings.metrics if metrics is None else metrics),
         )
         self._check_providers()
         self.transport = (

@@ -158,6 +158,7 @@ def make_notifier(
     provider: Provider | None = None,
     outbox: str = "default",
     transport: str = "eager",
+    metrics: Any = None,
     **settings: Any,
 ) -> TestNotifier:
     """A Notifier for tests: eager transport, memory (or ``provider``) for both
@@ -168,6 +169,7 @@ def make_notifier(
         provider: A provider instance for both channels (a ScriptedProvider, say).
         outbox: Outbox name of the memory provider.
         transport: Transport name.
+        metrics: The Notifier's ``metrics=`` option (a registry, a recorder, True).
         settings: Any other settings keys.
     """
     table: dict[str, Any] = (
@@ -183,7 +185,7 @@ def make_notifier(
         "retry": retry,
         **settings,
     }
-    notifier = TestNotifier.from_settings(config)
+    notifier = TestNotifier.from_settings(config, metrics=metrics)
     if isinstance(provider, ScriptedProvider):
         notifier.outbox = provider.outbox
     elif isinstance(provider, MemoryProvider):

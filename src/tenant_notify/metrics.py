@@ -1,0 +1,165 @@
+"""Delivery metrics: an attempt counter and a latency histogram, for Prometheus.
+
+Off unless asked for: ``Notifier(settings, metrics=True)`` or the setting
+``metrics = true`` (``TENANT_NOTIFY_METRICS=true``) records into
+prometheus-client's default registry; ``metrics=<CollectorRegistry>`` into that
+registry; any object with an ``observe_attempt`` method (a
+:class:`MetricsRecorder`) receives the figures itself. Prometheus needs the extra
+``tenant-notify[metrics]``; without it, asking for metrics is a
+:class:`~tenant_notify.errors.ConfigurationError` when the notifier is built.
+Left off, the dispatcher calls a recorder that does nothing, and
+prometheus-client is never imported.
+
+The :class:`~tenant_notify.dispatcher.Dispatcher` reports every delivery attempt
+once, with the labels ``kind``, ``channel``, ``provider`` (the one that took the
+message or whose error ended the attempt; ``"none"`` when none was reached) and
+``outcome`` (``sent``, ``retrying``, ``failed``). Never by recipient or tenant:
+those would make one time series per address or per customer.
+
+* ``tenant_notify_delivery_attempts_total``: a counter.
+* ``tenant_notify_delivery_duration_seconds``: a histogram of how long the
+  attempt took (render, send, failover included).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Final, Protocol, runtime_checkable
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "ATTEMPTS",
+    "DURATION",
+    "LABELS",
+    "MetricsRecorder",
+    "NullMetrics",
+    "PrometheusMetrics",
+    "resolve_metrics",
+]
+
+ATTEMPTS: Final = "tenant_notify_delivery_attempts"
+DURATION: Final = "tenant_notify_delivery_duration_seconds"
+LABELS: Final = ("kind", "channel", "provider", "outcome")
+# Provider calls: a few milliseconds (memory, a local relay) to a minute (a slow API's timeout).
+BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@runtime_checkable
+class MetricsRecorder(Protocol):
+    """Receives one call per delivery attempt. It must not raise."""
+
+    def observe_attempt(
+        self, *, kind: str, channel: str, provider: str, outcome: str, seconds: float
+    ) -> None:
+        """Record one attempt.
+
+        Args:
+            kind: The notification kind.
+            channel: ``"email"`` or ``"sms"``.
+            provider: Provider name, or ``"none"``.
+            outcome: ``"sent"``, ``"retrying"`` or ``"failed"``.
+            seconds: How long the attempt took.
+        """
+
+
+class NullMetrics:
+    """Records nothing: the default."""
+
+    def observe_attempt(
+        self, *, kind: str, channel: str, provider: str, outcome: str, seconds: float
+    ) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NullMetrics()"
+
+
+class PrometheusMetrics:
+    """Counts attempts and observes their duration in a prometheus-client registry.
+
+    Build it with :func:`resolve_metrics`, which makes one per registry: a
+    registry refuses a second metric of the same name, and several notifiers in
+    one process (tests, one per worker thread) share it.
+
+    Args:
+        registry: A ``prometheus_client.CollectorRegistry``; None for the default one.
+
+    Attributes:
+        attempts: The ``tenant_notify_delivery_attempts_total`` counter.
+        duration: The ``tenant_notify_delivery_duration_seconds`` histogram.
+    """
+
+    def __init__(self, registry: Any = None) -> None:
+        prometheus_client = _import_prometheus()
+        if registry is None:
+            registry = prometheus_client.REGISTRY
+        self.registry = registry
+        self.attempts = prometheus_client.Counter(
+            ATTEMPTS, "Delivery attempts of tenant-notify.", LABELS, registry=registry
+        )
+        self.duration = prometheus_client.Histogram(
+            DURATION,
+            "How long a tenant-notify delivery attempt took.",
+            LABELS,
+            registry=registry,
+            buckets=BUCKETS,
+        )
+
+    def observe_attempt(
+        self, *, kind: str, channel: str, provider: str, outcome: str, seconds: float
+    ) -> None:
+        labels = (kind, channel, provider, outcome)
+        self.attempts.labels(*labels).inc()
+        self.duration.labels(*labels).observe(seconds)
+
+    def __repr__(self) -> str:
+        return f"PrometheusMetrics(registry={self.registry!r})"
+
+
+def _import_prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as err:
+        raise ConfigurationError(
+            "metrics need prometheus-client: pip install 'tenant-notify[metrics]'", key="metrics"
+        ) from err
+    return prometheus_client
+
+
+_NULL: Final = NullMetrics()
+_by_registry: weakref.WeakKeyDictionary[Any, PrometheusMetrics] = weakref.WeakKeyDictionary()
+_by_registry_lock = threading.Lock()
+
+
+def resolve_metrics(option: Any) -> MetricsRecorder:
+    """The recorder for a ``metrics=`` option, chosen once when a notifier is built.
+
+    Args:
+        option: None or False (record nothing), True (prometheus-client's default
+            registry), a ``CollectorRegistry``, or a :class:`MetricsRecorder`.
+
+    Raises:
+        ConfigurationError: Prometheus was asked for and prometheus-client is not
+            installed, or ``option`` is none of the above.
+    """
+    if option is None or option is False:
+        return _NULL
+    if isinstance(option, MetricsRecorder):
+        return option
+    if option is True:
+        registry = _import_prometheus().REGISTRY
+    else:
+        registry = option
+        if not isinstance(registry, _import_prometheus().CollectorRegistry):
+            raise ConfigurationError(
+                f"{option!r} is not a bool, a prometheus_client.CollectorRegistry or an object "
+                "with an observe_attempt method",
+                key="metrics",
+            )
+    with _by_registry_lock:
+        recorder = _by_registry.get(registry)
+        if recorder is None:
+            recorder = _by_registry[registry] = PrometheusMetrics(registry)
+        return recorder
