@@ -133,7 +133,9 @@ def test_the_page_loads_and_shows_the_tenants_branding(server, tmp_path):
 def test_a_screenshot_shows_the_email_in_the_tenants_colour(server, tmp_path):
     url = preview_url(server, tenant="acme", kind="order_confirmation", locale="en")
     shot = tmp_path / "preview.png"
-    chromium(tmp_path, url, f"--screenshot={shot}")
+    # Let the page (and the email's frame) finish loading before the shot; under
+    # load the default capture can come before the frame has painted.
+    chromium(tmp_path, url, "--virtual-time-budget=10000", f"--screenshot={shot}")
     width, height, pixels = png_pixels(shot.read_bytes())
     assert (width, height) == (WIDTH, HEIGHT)
     # The email's header band and button are painted in the tenant's primary
