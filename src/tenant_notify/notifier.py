@@ -225,14 +225,30 @@ class Notifier:
         idempotency_key: str | None,
         locale: str | None,
     ) -> Receipt:
-        if self._closed:
-            raise EnqueueError("the notifier is closed", tenant_id=tenant_id)
+        return self._enqueue(
+            self._prepare(kind, tenant_id, channel, to, context, idempotency_key, locale)
+        )
+
+    def _prepare(
+        self,
+        kind: str,
+        tenant_id: str,
+        channel: Channel,
+        to: str,
+        context: dict[str, Any],
+        idempotency_key: str | None,
+        locale: str | None,
+    ) -> Notification:
+        """Every check a send makes before queueing; the notification to queue."""
+        self._check_open(tenant_id)
         tenant_id = check_identifier(tenant_id, "tenant_id")
         tenant = self.tenants.get(tenant_id)
         if locale is not None:
             locale = normalize_locale(locale, "locale")
         self._check_sendable(tenant, kind, channel, locale or tenant.locale)
-        notification = Notification(
+        if idempotency_key is not None:
+            check_text(idempotency_key, "idempotency_key", max_chars=512)
+        return Notification(
             id=new_notification_id(),
             tenant_id=tenant_id,
             kind=kind,
@@ -242,9 +258,18 @@ class Notifier:
             idempotency_key=idempotency_key,
             locale=locale,
         )
+
+    def _check_open(self, tenant_id: str) -> None:
+        if self._closed:
+            raise EnqueueError("the notifier is closed", tenant_id=tenant_id)
+
+    def _enqueue(self, notification: Notification) -> Receipt:
+        """Reserve the idempotency key, record ``queued``, hand to the transport."""
+        self._check_open(notification.tenant_id)
+        tenant_id, kind = notification.tenant_id, notification.kind
+        idempotency_key = notification.idempotency_key
         reservation = None
         if idempotency_key is not None:
-            check_text(idempotency_key, "idempotency_key", max_chars=512)
             reservation = f"send:{tenant_id}:{idempotency_key}"
             earlier = self.idempotency_store.reserve(
                 reservation, notification.id, self.settings.idempotency.ttl

@@ -44,10 +44,9 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from .._validation import check_identifier, check_text, normalize_locale
-from ..errors import EnqueueError, MissingDependencyError
+from ..errors import MissingDependencyError
 from ..log import get_logger
-from ..models import Channel, Receipt, encode_context
+from ..models import Notification, Receipt
 from ..notifier import Notifier
 
 try:
@@ -248,32 +247,15 @@ def _capture(
     what queues it.
 
     Every send method checks its arguments and then calls ``Notifier._submit``,
-    which checks the tenant, locale and template and queues. Running the real
-    method on a shallow copy whose ``_submit`` only checks keeps the checks
-    exactly the library's (a subclass's overrides included) without queuing.
+    which is ``_prepare`` (the tenant, locale, template and key checks) followed
+    by ``_enqueue``. Running the real method on a shallow copy whose ``_submit``
+    only prepares keeps the checks exactly the library's (a subclass's overrides
+    included) without queuing; ``_enqueue`` runs after the commit.
     """
-    captured: list[tuple[Any, ...]] = []
+    captured: list[Notification] = []
 
-    def check_only(
-        kind: str,
-        tenant_id: str,
-        channel: Channel,
-        to: str,
-        context: dict[str, Any],
-        idempotency_key: str | None,
-        locale: str | None,
-    ) -> None:
-        if notifier._closed:
-            raise EnqueueError("the notifier is closed", tenant_id=tenant_id)
-        tenant_id = check_identifier(tenant_id, "tenant_id")
-        tenant = notifier.tenants.get(tenant_id)
-        if locale is not None:
-            locale = normalize_locale(locale, "locale")
-        notifier._check_sendable(tenant, kind, channel, locale or tenant.locale)
-        encode_context(context)
-        if idempotency_key is not None:
-            check_text(idempotency_key, "idempotency_key", max_chars=512)
-        captured.append((kind, tenant_id, channel, to, context, idempotency_key, locale))
+    def check_only(*arguments: Any) -> None:
+        captured.append(notifier._prepare(*arguments))
 
     probe = copy.copy(notifier)
     probe._submit = check_only  # type: ignore[method-assign,assignment]
@@ -283,5 +265,5 @@ def _capture(
             f"{type(notifier).__name__}.{name} does not send exactly one notification "
             "through the notifier; use defer() with a callable instead"
         )
-    [arguments] = captured
-    return lambda: notifier._submit(*arguments)
+    [notification] = captured
+    return lambda: notifier._enqueue(notification)
