@@ -35,6 +35,7 @@ from pydantic import Field
 
 from .errors import (
     AmbiguousDeliveryError,
+    DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
@@ -56,6 +57,12 @@ __all__ = [
 ]
 
 _STEPS = ("ok", "transient", "permanent", "ambiguous")
+# step -> (error raised, message, what the "provider" answered)
+_FAILURES: dict[str, tuple[type[DeliveryError], str, str | None]] = {
+    "transient": (TransientDeliveryError, "scripted transient failure", "451 try again later"),
+    "permanent": (PermanentDeliveryError, "scripted permanent failure", "550 mailbox unavailable"),
+    "ambiguous": (AmbiguousDeliveryError, "scripted timeout after sending", None),
+}
 
 
 class ScriptedProvider(Provider):
@@ -111,27 +118,13 @@ class ScriptedProvider(Provider):
         step = self._next_step(message)
         if isinstance(step, BaseException):
             raise step
-        if step == "transient":
-            raise TransientDeliveryError(
-                "scripted transient failure",
+        if step != "ok":
+            error_class, text, response = _FAILURES[step]
+            raise error_class(
+                text,
                 provider=self.name,
-                provider_response="451 try again later",
-                retry_after=self.retry_after,
-                notification_id=message.notification_id,
-                tenant_id=message.tenant_id,
-            )
-        if step == "permanent":
-            raise PermanentDeliveryError(
-                "scripted permanent failure",
-                provider=self.name,
-                provider_response="550 mailbox unavailable",
-                notification_id=message.notification_id,
-                tenant_id=message.tenant_id,
-            )
-        if step == "ambiguous":
-            raise AmbiguousDeliveryError(
-                "scripted timeout after sending",
-                provider=self.name,
+                provider_response=response,
+                retry_after=self.retry_after if step == "transient" else None,
                 notification_id=message.notification_id,
                 tenant_id=message.tenant_id,
             )
