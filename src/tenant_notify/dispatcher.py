@@ -169,9 +169,13 @@ class Dispatcher:
             log.info("notification_delivery_in_progress", retry_in=round(claim.retry_in, 3))
             return Outcome(self.status_store.get(notification.id), retry_in=claim.retry_in)
 
-        status = self._current(notification).evolve(
-            state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None
+        # A first attempt starts from the status the caller recorded, which the
+        # notification itself describes: no need to read it back. Later ones
+        # carry on from what the earlier attempt recorded.
+        current = (
+            DeliveryStatus.queued(notification) if attempt == 1 else self._current(notification)
         )
+        status = current.evolve(state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None)
         self.status_store.save(status)
         started = time.perf_counter()
         tried: list[str] = []  # provider names, as they are tried

@@ -368,14 +368,13 @@ class DeliveryStatus:
     @classmethod
     def queued(cls, notification: Notification) -> DeliveryStatus:
         """The first status of a freshly submitted notification."""
-        now = utcnow()
         return cls(
             id=notification.id,
             tenant_id=notification.tenant_id,
             kind=notification.kind,
             channel=notification.channel,
-            created_at=now,
-            updated_at=now,
+            created_at=notification.created_at,
+            updated_at=utcnow(),
         )
 
 

@@ -176,3 +176,59 @@ def test_url_defaults_to_a_redis_result_backend():
     assert redis_url(load_settings(backend)) == "redis://results:6379/3"
     other = {"celery": {"result_backend": "db+postgresql://x/y"}}
     assert redis_url(load_settings(other)) == "redis://localhost:6379/0"
+
+
+def test_writes_that_do_not_wait_still_land_in_order_and_are_seen(statuses, keys, client):
+    # ``sending`` and a completed claim are written without waiting for Redis;
+    # the final status waits, and by then everything before it has landed.
+    import redis
+
+    elsewhere = redis.Redis.from_url(REDIS_URL, decode_responses=True)  # another process
+    try:
+        for n in range(50):
+            notification_id = f"o{n}"
+            assert keys.claim(f"delivery:{notification_id}", 5).state is ClaimState.ACQUIRED
+            statuses.save(status(notification_id, state=DeliveryState.SENDING, attempts=1))
+            keys.complete(f"delivery:{notification_id}", 60)
+            statuses.save(status(notification_id, state=DeliveryState.SENT, attempts=1))
+            other_keys = RedisIdempotencyStore(elsewhere, key_prefix=client.prefix)
+            assert other_keys.claim(f"delivery:{notification_id}", 5).state is ClaimState.DONE
+            other = RedisStatusStore(elsewhere, key_prefix=client.prefix)
+            got = other.get(notification_id)
+            assert got is not None and got.state is DeliveryState.SENT
+        # Read-your-writes within the process, before anything waited.
+        statuses.save(status("late", state=DeliveryState.SENDING, attempts=2))
+        got = statuses.get("late")
+        assert got is not None and got.state is DeliveryState.SENDING and got.attempts == 2
+    finally:
+        elsewhere.close()
+
+
+def test_a_refused_write_is_raised_by_the_next_call_that_waits(statuses, client):
+    client.set(f"{client.prefix}status:broken", "not json")  # the save script will fail
+    statuses.save(status("broken", state=DeliveryState.SENDING, attempts=1))  # no wait
+    with pytest.raises(StoreUnavailableError, match="refused"):
+        statuses.get("n1")
+    # The connection is still in step: later calls work.
+    statuses.save(status("n1", state=DeliveryState.SENT, attempts=1))
+    got = statuses.get("n1")
+    assert got is not None and got.state is DeliveryState.SENT
+
+
+def test_a_forked_process_writes_on_its_own_connection(statuses):
+    import multiprocessing
+
+    statuses.save(status("parent", state=DeliveryState.SENDING, attempts=1))  # reply owed
+
+    def child() -> None:
+        statuses.save(status("child", state=DeliveryState.SENDING, attempts=1))
+        statuses.save(status("child", state=DeliveryState.SENT, attempts=1))
+        got = statuses.get("child")
+        raise SystemExit(0 if got is not None and got.state is DeliveryState.SENT else 3)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(10)
+    assert process.exitcode == 0
+    got = statuses.get("parent")  # the parent's owed reply is still its own to read
+    assert got is not None and got.state is DeliveryState.SENDING

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -84,13 +85,132 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+class _Writer:
+    """One process's ordered write connection for one Redis client.
+
+    ``send`` writes a command and returns without waiting for its reply; ``call``
+    writes one, reads every reply still owed and returns its own. Redis carries
+    out one connection's commands in the order they were written, so a status
+    written with ``send`` never lands after one written later, and once ``call``
+    or ``flush`` returns, every earlier ``send`` has been carried out. The stores
+    flush before a command that must see their own writes (a read, a claim), so a
+    process always sees what it wrote. A delivery pays for one wait where it used
+    to pay for three (its ``sending`` status and its completed claim ride along
+    with its final status).
+
+    Both stores built on one client share its writer (see :func:`_writer_for`).
+    """
+
+    _MAX_OWED = 1000  # block for replies beyond this many
+
+    def __init__(self, client: redis.Redis, errors: tuple[type[BaseException], ...]) -> None:
+        self._client = client
+        self._errors = errors
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = 0
+        self._owed = 0
+
+    def send(self, *args: Any) -> None:
+        """Write a command; its reply is read later (errors surface then)."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                self._read(conn, block=self._owed >= self._MAX_OWED)
+                conn.send_command(*args)
+            except self._errors as err:
+                raise self._broken(err) from err
+            self._owed += 1
+
+    def call(self, *args: Any) -> Any:
+        """Write a command and wait: every earlier write is done when this returns."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.send_command(*args)
+                self._owed += 1
+                return self._read(conn, block=True)
+            except self._errors as err:
+                raise self._broken(err) from err
+
+    def flush(self, *, block: bool = True) -> None:
+        """Read the replies owed (only those that have arrived, unless ``block``)."""
+        if not self._owed:
+            return
+        with self._lock:
+            if self._conn is None or self._pid != os.getpid():
+                return
+            try:
+                self._read(self._conn, block=block)
+            except self._errors as err:
+                raise self._broken(err) from err
+
+    def close(self) -> None:
+        with suppress(StoreUnavailableError):
+            self.flush()
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None and self._pid == os.getpid():
+                self._client.connection_pool.release(conn)
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._pid != os.getpid():
+            # After a fork the parent's connection (and its owed replies) stay
+            # with the parent.
+            try:
+                self._conn = self._client.connection_pool.get_connection()
+            except self._errors as err:
+                self._conn = None
+                raise self._broken(err) from err
+            self._pid, self._owed = os.getpid(), 0
+        return self._conn
+
+    def _read(self, conn: Any, *, block: bool) -> Any:
+        reply: Any = None
+        refused: BaseException | None = None
+        response_error = _redis_module().ResponseError
+        while self._owed and (block or conn.can_read(timeout=0)):
+            try:
+                reply = conn.read_response()
+            except response_error as err:
+                refused = refused or err
+            self._owed -= 1
+        if refused is not None:
+            raise StoreUnavailableError(f"Redis refused a write: {refused}") from refused
+        return reply
+
+    def _broken(self, err: BaseException) -> StoreUnavailableError:
+        conn, self._conn, self._owed = self._conn, None, 0
+        if conn is not None:
+            with suppress(*self._errors):
+                conn.disconnect()
+            if self._pid == os.getpid():
+                with suppress(*self._errors):
+                    self._client.connection_pool.release(conn)
+        return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}")
+
+
+_WRITERS: weakref.WeakKeyDictionary[Any, _Writer] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_for(client: redis.Redis, errors: tuple[type[BaseException], ...]) -> _Writer:
+    """The writer of ``client``: shared, so writes of both stores stay in order."""
+    with _WRITERS_LOCK:
+        writer = _WRITERS.get(client)
+        if writer is None:
+            writer = _WRITERS[client] = _Writer(client, errors)
+        return writer
+
+
 class _RedisStore:
-    """What both stores share: the client, the prefix, error translation."""
+    """What both stores share: the client, its writer, the prefix, error translation."""
 
     def __init__(self, client: redis.Redis, *, key_prefix: str = "tenant_notify:") -> None:
         self._redis = client
         self._prefix = key_prefix
         self._errors: tuple[type[BaseException], ...] = (_redis_module().RedisError,)
+        self._writer = _writer_for(client, self._errors)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Self:
@@ -101,7 +221,10 @@ class _RedisStore:
     def client(self) -> redis.Redis:
         return self._redis
 
-    def _call(self, fn: Callable[[], _T]) -> _T:
+    def _call(self, fn: Callable[[], _T], *, after_writes: bool = True) -> _T:
+        """Run ``fn`` on the pool; ``after_writes``: once this process's writes are done."""
+        if after_writes:
+            self._writer.flush()
         try:
             return fn()
         except self._errors as err:
@@ -109,7 +232,12 @@ class _RedisStore:
                 f"Redis did not answer: {type(err).__name__}: {err}"
             ) from err
 
+    def flush(self) -> None:
+        """Wait until every write made so far has been carried out."""
+        self._writer.flush()
+
     def close(self) -> None:
+        self._writer.close()
         self._redis.close()
 
 
@@ -167,13 +295,7 @@ class RedisStatusStore(_RedisStore):
         super().__init__(client, key_prefix=key_prefix)
         self.ttl = ttl
         self.poll_interval = poll_interval
-        self._save = client.register_script(self._SAVE)
         self._discard = client.register_script(self._DISCARD)
-        # One connection for first statuses, whose replies are read late.
-        self._first_lock = threading.Lock()
-        self._first_conn: Any = None
-        self._first_pid = 0
-        self._first_unread = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Self:
@@ -190,15 +312,26 @@ class RedisStatusStore(_RedisStore):
         return f"{self._prefix}final:{notification_id}"
 
     def save(self, status: DeliveryStatus) -> None:
+        """Record ``status``.
+
+        ``queued`` and ``sending`` are written without waiting for Redis's reply
+        (it is read with the next write that waits, or :meth:`flush`); every
+        other state waits, so a status that decides what happens next (sent,
+        failed, retrying) is stored when this returns.
+        """
         data = json.dumps(status.to_dict(), separators=(",", ":"))
         if status.state is DeliveryState.QUEUED and status.attempts == 0:
             # The first status of a new notification, written on the caller's
-            # side of a send: sent without waiting for the reply (which is read
-            # on the next such write), and only where there is no status yet,
-            # so it can never overwrite what a worker recorded meanwhile.
-            self._save_first(status.id, data)
+            # side of a send, and only where there is no status yet, so it can
+            # never overwrite what a worker recorded meanwhile.
+            self._writer.send("SET", self._key(status.id), data, "NX", "PX", _ms(self.ttl))
             return
-        args: list[str | int] = [
+        command = (
+            "EVAL",
+            self._SAVE,
+            2,
+            self._key(status.id),
+            self._channel(status.id),
             data,
             _ms(self.ttl),
             status.provider or "",
@@ -207,70 +340,13 @@ class RedisStatusStore(_RedisStore):
             f"{self._prefix}pmid:",
             "1" if status.is_final else "0",
             status.state.value,
-        ]
-        keys = [self._key(status.id), self._channel(status.id)]
-        self._call(lambda: self._save(keys=keys, args=args))
-
-    def _save_first(self, notification_id: str, data: str) -> None:
-        with self._first_lock:
-            try:
-                conn = self._first_conn
-                if conn is None or self._first_pid != os.getpid():
-                    pool = self._redis.connection_pool
-                    conn = self._first_conn = pool.get_connection()
-                    self._first_pid, self._first_unread = os.getpid(), 0
-                self._read_replies(conn, block=self._first_unread > 1000)
-                conn.send_command(
-                    "SET", self._key(notification_id), data, "NX", "PX", _ms(self.ttl)
-                )
-                self._first_unread += 1
-            except self._errors as err:
-                self._drop_first()
-                raise StoreUnavailableError(
-                    f"Redis did not answer: {type(err).__name__}: {err}"
-                ) from err
-
-    def _read_replies(self, conn: Any, *, block: bool) -> None:
-        while self._first_unread and (block or conn.can_read(timeout=0)):
-            conn.read_response()
-            self._first_unread -= 1
-            block = False
-
-    def _drop_first(self) -> None:
-        conn, self._first_conn = self._first_conn, None
-        if conn is not None:
-            with suppress(*self._errors):
-                conn.disconnect()
-            if self._first_pid == os.getpid():
-                with suppress(*self._errors):
-                    self._redis.connection_pool.release(conn)
-
-    def flush(self) -> None:
-        """Wait for the replies to first statuses written so far."""
-        with self._first_lock:
-            conn = self._first_conn
-            if conn is None:
-                return
-            try:
-                while self._first_unread:
-                    conn.read_response()
-                    self._first_unread -= 1
-            except self._errors as err:
-                self._drop_first()
-                raise StoreUnavailableError(f"Redis did not answer: {err}") from err
-
-    def close(self) -> None:
-        with suppress(StoreUnavailableError):
-            self.flush()
-        with self._first_lock:
-            conn, self._first_conn = self._first_conn, None
-            if conn is not None and self._first_pid == os.getpid():
-                self._redis.connection_pool.release(conn)
-        super().close()
+        )
+        if status.state is DeliveryState.SENDING:
+            self._writer.send(*command)
+        else:
+            self._writer.call(*command)
 
     def get(self, notification_id: str) -> DeliveryStatus | None:
-        if self._first_unread:
-            self.flush()  # read what this process wrote (usually arrived already)
         raw = self._call(lambda: self._redis.get(self._key(notification_id)))
         return None if raw is None else DeliveryStatus.from_dict(json.loads(raw))
 
@@ -290,7 +366,8 @@ class RedisStatusStore(_RedisStore):
         return status
 
     def discard(self, notification_id: str) -> None:
-        self.flush()  # the first status must not land after it is discarded
+        # (_call waits for this process's writes: the first status must not
+        # land after it is discarded.)
         keys = [self._key(notification_id)]
         args = [f"{self._prefix}pmid:", notification_id]
         self._call(lambda: self._discard(keys=keys, args=args))
@@ -369,7 +446,8 @@ class RedisIdempotencyStore(_RedisStore):
         redis_key = self._key(key)
         for _ in range(3):
             earlier = self._call(
-                lambda: self._reserve(keys=[redis_key], args=[notification_id, _ms(ttl)])
+                lambda: self._reserve(keys=[redis_key], args=[notification_id, _ms(ttl)]),
+                after_writes=False,
             )
             if earlier is None:
                 return None
@@ -398,9 +476,15 @@ class RedisIdempotencyStore(_RedisStore):
         return Claim(ClaimState.ACQUIRED)
 
     def complete(self, key: str, ttl: float) -> None:
+        """Mark ``key`` done, without waiting for Redis's reply.
+
+        The reply is read with the next write that waits (the dispatcher saves
+        the final status right after) or :meth:`flush`; this process's later
+        claims see it at once.
+        """
         with self._lock:
             self._leases.pop(key, None)
-        self._call(lambda: self._redis.set(self._key(key), _DONE, px=_ms(ttl)))
+        self._writer.send("SET", self._key(key), _DONE, "PX", _ms(ttl))
 
     def release(self, key: str) -> None:
         with self._lock:

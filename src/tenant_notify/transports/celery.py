@@ -844,7 +844,10 @@ def app_config(settings: CelerySettings) -> dict[str, Any]:
         "result_expires": int(settings.result_expires),
         "result_extended": False,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"confirm_publish": True},
+        # No ``confirm_publish``: every message the library publishes (sends,
+        # retries, dead letters) goes through its own confirming publisher.
+        # What Celery itself publishes is task events, and confirming those
+        # would block the worker's main loop on a broker round trip per flush.
         "broker_pool_limit": settings.pool_limit,
         "worker_send_task_events": settings.send_events,
         "task_send_sent_event": settings.send_events,
