@@ -116,6 +116,8 @@ class LoopbackSMTPServer:
         auth_mechanisms: Mechanisms to offer (default ``LOGIN`` and ``PLAIN``).
         starttls: Offer STARTTLS with a self-signed certificate.
         implicit_tls: Speak TLS from the first byte (SMTPS).
+        pipelining: Offer PIPELINING (RFC 2920) in the EHLO reply, as most
+            production servers do (aiosmtpd reads commands in order either way).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class LoopbackSMTPServer:
         auth_mechanisms: Iterable[str] = ("LOGIN", "PLAIN"),
         starttls: bool = False,
         implicit_tls: bool = False,
+        pipelining: bool = False,
         port: int = 0,
     ) -> None:
         if starttls and implicit_tls:
@@ -135,6 +138,7 @@ class LoopbackSMTPServer:
         self.auth_mechanisms = frozenset(m.upper() for m in auth_mechanisms)
         self.starttls = starttls
         self.implicit_tls = implicit_tls
+        self.pipelining = pipelining
         self.cert_file: Path | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._controller: _Controller | None = None
@@ -413,6 +417,8 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname
         self.owner._greeted(server)
+        if self.owner.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(

@@ -11,10 +11,14 @@ from tests.http_fakes import FakeProviderAPI, require_specs_dir
 from tests.smtp_server import LoopbackSMTPServer, openssl_available
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[LoopbackSMTPServer]:
-    """A started plain SMTP server on 127.0.0.1; stopped after the test."""
-    with LoopbackSMTPServer() as server:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[LoopbackSMTPServer]:
+    """A started plain SMTP server on 127.0.0.1; stopped after the test.
+
+    Every test runs against a server without and with PIPELINING, so the
+    provider's pipelined exchange is held to the same behaviour as smtplib's.
+    """
+    with LoopbackSMTPServer(pipelining=request.param) as server:
         yield server
 
 

@@ -293,6 +293,48 @@ def test_one_refused_recipient_of_two_is_reported_in_the_result(
 # --- failures around the connection ------------------------------------------------
 
 
+def test_pipelining_sends_the_envelope_and_data_in_one_write(
+    smtp_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smtplib
+
+    server = smtp_server_factory(pipelining=True)
+    writes: list[str | bytes] = []
+    send = smtplib.SMTP.send
+
+    def recording_send(self: smtplib.SMTP, data: str | bytes) -> None:
+        writes.append(data)
+        send(self, data)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", recording_send)
+    with SmtpProvider(host=server.host, port=server.port, timeout=5) as provider:
+        provider.send(make_email(1))  # connects and says EHLO
+        writes.clear()
+        provider.send(make_email(2, to=(Address("jane@example.com"), Address("joe@example.com"))))
+    commands, message = writes[:2]
+    assert isinstance(commands, str)
+    assert commands.startswith("MAIL FROM:<orders@acme.test> SIZE=")
+    assert commands.endswith(
+        "\r\nRCPT TO:<jane@example.com>\r\nRCPT TO:<joe@example.com>\r\nDATA\r\n"
+    )
+    assert isinstance(message, bytes) and message.endswith(b"\r\n.\r\n")
+    received = server.wait_for(2)
+    assert received[1].rcpt_tos == ("jane@example.com", "joe@example.com")
+
+
+def test_a_leading_dot_survives_a_pipelined_send(smtp_server_factory: ServerFactory) -> None:
+    server = smtp_server_factory(pipelining=True)
+    with SmtpProvider(host=server.host, port=server.port, timeout=5) as provider:
+        provider.send(make_email(1, text=".hidden?\n..two dots\n.\nend\n"))
+    [received] = server.wait_for(1)
+    assert received.message.get_payload(decode=True).decode().splitlines() == [
+        ".hidden?",
+        "..two dots",
+        ".",
+        "end",
+    ]
+
+
 def test_connection_refused_is_transient() -> None:
     port = closed_port()
     with (

@@ -6,6 +6,12 @@ connection before use. When a reused connection turns out to be dead (the server
 closed it while idle), the provider reconnects once and sends again, which is
 safe as long as the message data had not gone out yet.
 
+When the server offers PIPELINING (RFC 2920; Postfix, Exim, Exchange and the big
+providers' submission servers do), MAIL, every RCPT and DATA go out in one write
+and the message follows the 354: two exchanges with the server per message
+instead of three plus one per recipient. Replies are checked exactly as
+``smtplib.SMTP.sendmail`` checks them, so errors map the same either way.
+
 Error mapping (every error carries ``provider="smtp"``, the notification and
 tenant ids, and the server's reply as ``"<code> <text>"`` when there is one):
 
@@ -45,11 +51,13 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import re
 import smtplib
 import socket
 import ssl as _ssl
 import threading
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any, ClassVar, TypedDict
 
 import pydantic
@@ -152,6 +160,73 @@ class _TrackingMixin(smtplib.SMTP):
 
 class _Connection(_TrackingMixin):
     pass
+
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _pipelined_sendmail(
+    conn: _TrackingMixin, sender: str, recipients: Sequence[str], raw: bytes
+) -> dict[str, tuple[int, bytes]]:
+    """What ``conn.sendmail`` does, with MAIL, RCPT and DATA pipelined (RFC 2920).
+
+    Returns the refused recipients and raises the exceptions ``sendmail`` raises,
+    in the same cases, so :meth:`SmtpProvider._map_error` treats both alike.
+    """
+    size = f" SIZE={len(raw)}" if conn.has_extn("size") else ""
+    commands = [f"MAIL FROM:<{sender}>{size}\r\n"]
+    commands += [f"RCPT TO:<{rcpt}>\r\n" for rcpt in recipients]
+    commands.append("DATA\r\n")
+    conn.send("".join(commands))
+
+    def give_up(code: int) -> None:
+        # As sendmail does: 421 means the server is closing; else reset.
+        if code == 421:
+            conn.close()
+        else:
+            with suppress(smtplib.SMTPServerDisconnected):
+                conn.rset()
+
+    mail = conn.getreply()
+    if mail[0] == 421:
+        give_up(421)
+        raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
+    refused: dict[str, tuple[int, bytes]] = {}
+    for rcpt in recipients:
+        reply = conn.getreply()
+        if reply[0] not in (250, 251):
+            refused[rcpt] = reply
+        if reply[0] == 421:
+            give_up(421)
+            raise smtplib.SMTPRecipientsRefused(refused)
+    data = conn.getreply()
+    nothing_to_send = mail[0] != 250 or len(refused) == len(recipients)
+    if data[0] == 354 and nothing_to_send:
+        # The server opened a message that has no one to go to: end it empty.
+        conn.send(b".\r\n")
+        conn.getreply()
+    if mail[0] != 250:
+        give_up(mail[0])
+        raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
+    if len(refused) == len(recipients):
+        give_up(0)
+        raise smtplib.SMTPRecipientsRefused(refused)
+    if data[0] != 354:
+        give_up(data[0])
+        raise smtplib.SMTPDataError(*data)
+    body = _LEADING_DOT.sub(b"..", raw)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    conn._in_data = True
+    try:
+        conn.send(body + b".\r\n")
+        reply = conn.last_reply = conn.getreply()
+    finally:
+        conn._in_data = False
+    if reply[0] != 250:
+        give_up(reply[0])
+        raise smtplib.SMTPDataError(*reply)
+    return refused
 
 
 class _SSLConnection(_TrackingMixin, smtplib.SMTP_SSL):
@@ -313,7 +388,10 @@ class SmtpProvider(Provider):
     ) -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes] | None]:
         conn.data_sent = False
         conn.last_reply = None
-        refused = conn.sendmail(sender, list(recipients), raw)
+        if conn.has_extn("pipelining") and (sender + "".join(recipients)).isascii():
+            refused = _pipelined_sendmail(conn, sender, recipients, raw)
+        else:
+            refused = conn.sendmail(sender, list(recipients), raw)
         return refused, conn.last_reply
 
     @staticmethod
