@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -56,6 +57,15 @@ TENANTS = {
     "acme": {"name": "Acme Shop", "email_from": "Acme Shop <orders@acme.test>"},
     "globex": {"name": "Globex Café", "email_from": "hello@globex.test", "locale": "de"},
 }
+
+
+# (STARTTLS, task events, server offers PIPELINING) of each throughput run.
+COMBINATIONS = [
+    (tls, events, pipelining)
+    for pipelining in (False, True)
+    for tls in (False, True)
+    for events in (True, False)
+]
 
 
 def settings(run: str, smtp_port: int, **celery: Any) -> dict[str, Any]:
@@ -154,15 +164,46 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def throughput(run: str, count: int, folder: Path, *, tls: bool) -> dict[str, float]:
+def _worker_env(queue: str, smtp_port: int = 0, ca_file: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench"), str(ROOT)])
+    env.update(
+        BENCH_QUEUE=queue,
+        BENCH_BROKER_URL=AMQP,
+        BENCH_REDIS_URL=REDIS,
+        BENCH_SMTP_PORT=str(smtp_port),
+    )
     env.pop("BENCH_SMTP_CA", None)
+    if ca_file is not None:
+        env["BENCH_SMTP_CA"] = str(ca_file)
+    return env
+
+
+def _celery_worker(env: dict[str, str], events: bool, log: Path) -> subprocess.Popen[bytes]:
+    return start(
+        [
+            *(sys.executable, "-m", "celery", "-A", "handwritten_app", "worker", "-c", "2"),
+            *("-Q", env["BENCH_QUEUE"], "--loglevel", "WARNING"),
+            *("--without-gossip", "--without-mingle", *(["-E"] if events else [])),
+        ],
+        env,
+        log,
+    )
+
+
+def _tag(run: str, tls: bool, events: bool, pipelining: bool) -> str:
+    return f"{run}_{'tls' if tls else 'plain'}_{'ev' if events else 'noev'}{'_pl' * pipelining}"
+
+
+def throughput(
+    run: str, count: int, folder: Path, *, tls: bool, events: bool, pipelining: bool
+) -> dict[str, float]:
+    """Emails per second, library and hand-written, each drained by ``-c 2``."""
     results = {}
-    tag = f"{run}_{'tls' if tls else 'plain'}"
-    with SmtpSink(cert_dir=folder if tls else None) as server:
+    tag = _tag(run, tls, events, pipelining)
+    with SmtpSink(cert_dir=folder if tls else None, pipelining=pipelining) as server:
         # The library: queue everything, then let a two-process worker drain it.
-        table = settings(tag, server.port)
+        table = settings(tag, server.port, send_events=events)
         if tls:
             table["email"].update(starttls=True, ca_file=str(server.cert_file))
         toml = folder / f"bench-{tag}.toml"
@@ -183,7 +224,7 @@ def throughput(run: str, count: int, folder: Path, *, tls: bool) -> dict[str, fl
                 *(sys.executable, "-m", "tenant_notify.cli", "worker", "--config", str(toml)),
                 *("-c", "2", "--loglevel", "WARNING", "--", "--without-gossip", "--without-mingle"),
             ],
-            env,
+            _worker_env(f"bench_tn_{tag}"),
             folder / f"tenant-notify-worker-{tag}.log",
         )
         try:
@@ -194,27 +235,47 @@ def throughput(run: str, count: int, folder: Path, *, tls: bool) -> dict[str, fl
 
         # The hand-written task: the same email, one SMTP connection per message.
         queue = f"bench_hand_{tag}"
-        env.update(BENCH_QUEUE=queue, BENCH_BROKER_URL=AMQP, BENCH_SMTP_PORT=str(server.port))
-        if tls:
-            env["BENCH_SMTP_CA"] = str(server.cert_file)
-        import handwritten_app
-
-        task = handwritten_app.make_app(confirms=False).tasks["handwritten.send_order_confirmation"]
+        env = _worker_env(queue, server.port, server.cert_file if tls else None)
+        task = _handwritten_app(queue).tasks["handwritten.send_order_confirmation"]
         for i in range(count):
             task.apply_async(kwargs=order_args(i, run), queue=queue)
-        worker = start(
-            [
-                *(sys.executable, "-m", "celery", "-A", "handwritten_app", "worker", "-c", "2"),
-                *("--loglevel", "WARNING", "--without-gossip", "--without-mingle"),
-            ],
-            env,
-            folder / f"handwritten-worker-{tag}.log",
-        )
+        worker = _celery_worker(env, events, folder / f"handwritten-worker-{tag}.log")
         try:
             results["hand-written"] = server.rate(count)
         finally:
             stop(worker)
     return results
+
+
+def _handwritten_app(queue: str) -> Any:
+    os.environ.update(BENCH_QUEUE=queue, BENCH_BROKER_URL=AMQP)
+    import handwritten_app
+
+    return handwritten_app.make_app(confirms=False)
+
+
+def ceiling(run: str, count: int, folder: Path, *, events: bool) -> float:
+    """Tasks per second of ``handwritten.empty`` drained by ``-c 2``: Celery's own limit."""
+    import redis
+
+    queue = f"bench_hand_{run}_empty_{'ev' if events else 'noev'}"
+    task = _handwritten_app(queue).tasks["handwritten.empty"]
+    for i in range(count):
+        task.apply_async((i,), queue=queue)
+    client = redis.Redis.from_url(REDIS)
+    key = f"bench:empty:{queue}"
+    worker = _celery_worker(_worker_env(queue), events, folder / f"empty-{queue}.log")
+    try:
+        deadline = time.monotonic() + 300
+        while int(client.get(f"{key}:count") or 0) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the empty tasks did not all run")
+            time.sleep(0.05)
+        first, last = (float(client.get(f"{key}:{end}") or 0) for end in ("first", "last"))
+        return (count - 1) / (last - first)
+    finally:
+        stop(worker)
+        client.delete(*(f"{key}:{end}" for end in ("first", "last", "count")))
 
 
 def _toml(table: dict[str, Any], prefix: str = "") -> str:
@@ -234,8 +295,10 @@ def cleanup(run: str) -> None:
 
     with kombu.Connection(AMQP) as conn:
         names = [f"bench_tn_{run}", f"bench_hand_{run}"]
-        for tag in ("plain", "tls"):
-            names += [f"bench_tn_{run}_{tag}", f"bench_hand_{run}_{tag}"]
+        names += [f"bench_hand_{run}_empty_{ev}" for ev in ("ev", "noev")]
+        for tls, events, pipelining in COMBINATIONS:
+            tag = _tag(run, tls, events, pipelining)
+            names += [f"bench_tn_{tag}", f"bench_hand_{tag}"]
         for name in names + [f"{name}.dead" for name in names]:
             channel = conn.channel()
             try:
@@ -260,7 +323,14 @@ def main() -> None:
         cost = caller_cost(run, args.n, args.repeats)
         with tempfile.TemporaryDirectory(prefix="bench-celery-") as folder:
             rates = {
-                tls: throughput(run, args.emails, Path(folder), tls=tls) for tls in (False, True)
+                (tls, events, pipelining): throughput(
+                    run, args.emails, Path(folder), tls=tls, events=events, pipelining=pipelining
+                )
+                for tls, events, pipelining in COMBINATIONS
+            }
+            limits = {
+                events: ceiling(run, args.emails * 2, Path(folder), events=events)
+                for events in (True, False)
             }
     finally:
         cleanup(run)
@@ -274,12 +344,27 @@ def main() -> None:
         ratios = f"{seconds / base:.2f}x | {seconds / confirmed:.2f}x"
         print(f"| {name} | {seconds * 1e6:.0f} | {ratios} |")
     print(f"\nThroughput, {args.emails} emails, worker with 2 processes, loopback SMTP\n")
-    print("| SMTP | hand-written task, connection per message | `tenant-notify worker` | ratio |")
-    print("|---|---:|---:|---:|")
-    for tls, rate in rates.items():
-        smtp = "STARTTLS" if tls else "plain"
+    print(
+        "| SMTP | server offers PIPELINING | task events "
+        "| hand-written, connection per message | `tenant-notify worker` | ratio |"
+    )
+    print("|---|---|---|---:|---:|---:|")
+    for (tls, events, pipelining), rate in rates.items():
+        smtp, on = ("STARTTLS" if tls else "plain"), ("on" if events else "off")
         hand, ours = rate["hand-written"], rate["library"]
-        print(f"| {smtp} | {hand:.0f}/s | {ours:.0f}/s | {ours / hand:.2f}x |")
+        print(
+            f"| {smtp} | {'yes' if pipelining else 'no'} | {on} | {hand:.0f}/s | {ours:.0f}/s "
+            f"| {ours / hand:.2f}x |"
+        )
+    print(f"\nCelery's ceiling: {args.emails * 2} empty tasks, same worker shape\n")
+    print("| task events | tasks/s | vs hand-written, plain | vs `tenant-notify worker`, plain |")
+    print("|---|---:|---:|---:|")
+    for events, limit in limits.items():
+        plain = rates[(False, events, False)]
+        print(
+            f"| {'on' if events else 'off'} | {limit:.0f}/s | "
+            f"{limit / plain['hand-written']:.2f}x | {limit / plain['library']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

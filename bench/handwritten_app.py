@@ -4,7 +4,12 @@ What a host application typically writes by hand: a task with the send's
 arguments that renders a text and an HTML part with Jinja2 (the same kind of
 email the library sends) and sends it over a new SMTP connection per message.
 Configured from the environment (``BENCH_BROKER_URL``, ``BENCH_QUEUE``,
-``BENCH_SMTP_PORT``, ``BENCH_SMTP_CA`` for STARTTLS) by bench/bench_celery.py.
+``BENCH_SMTP_PORT``, ``BENCH_SMTP_CA`` for STARTTLS, ``BENCH_REDIS_URL``) by
+bench/bench_celery.py.
+
+``handwritten.empty`` is no delivery at all: it only counts itself in Redis (one
+round trip), so a worker draining it shows what Celery itself can do per second
+on this machine, the ceiling for any task.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import os
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Any
 
 import jinja2
 from celery import Celery
@@ -57,6 +64,22 @@ def send_order_confirmation(
         smtp.send_message(message)
 
 
+_redis: Any = None
+
+
+def empty(i: int) -> None:
+    """Count this task: how many ran, when the first and the last ran."""
+    global _redis
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    now, key = time.time(), f"bench:empty:{QUEUE}"
+    _redis.pipeline(transaction=False).set(f"{key}:first", now, nx=True).set(
+        f"{key}:last", now
+    ).incr(f"{key}:count").execute()
+
+
 def make_app(*, confirms: bool) -> Celery:
     app = Celery("handwritten", broker=os.environ.get("BENCH_BROKER_URL", "amqp://localhost//"))
     app.conf.update(
@@ -75,6 +98,7 @@ def make_app(*, confirms: bool) -> Celery:
     app.task(name="handwritten.send_order_confirmation", acks_late=True, shared=False)(
         send_order_confirmation
     )
+    app.task(name="handwritten.empty", acks_late=True, shared=False)(empty)
     return app
 
 
