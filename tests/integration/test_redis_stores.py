@@ -232,3 +232,21 @@ def test_a_forked_process_writes_on_its_own_connection(statuses):
     assert process.exitcode == 0
     got = statuses.get("parent")  # the parent's owed reply is still its own to read
     assert got is not None and got.state is DeliveryState.SENDING
+
+
+def test_a_health_check_never_reads_a_reply_owed_to_a_write(client):
+    # redis-py pings a connection that has been quiet for health_check_interval
+    # before the next command, and reads the PONG: on the writer's connection
+    # that read would take the reply of a write instead.
+    import redis
+
+    checked = redis.Redis.from_url(REDIS_URL, decode_responses=True, health_check_interval=1)
+    try:
+        store = RedisStatusStore(checked, key_prefix=client.prefix, ttl=60)
+        store.save(status("hc", state=DeliveryState.SENDING, attempts=1))  # reply owed
+        time.sleep(1.2)
+        store.save(status("hc", state=DeliveryState.SENT, attempts=1))  # waits
+        got = store.get("hc")
+        assert got is not None and got.state is DeliveryState.SENT
+    finally:
+        checked.close()

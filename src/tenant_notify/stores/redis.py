@@ -99,6 +99,8 @@ class _Writer:
     with its final status).
 
     Both stores built on one client share its writer (see :func:`_writer_for`).
+    redis-py's health check (a PING before a command on a connection that has been
+    quiet) runs only while no reply is owed: its read would take a write's reply.
     """
 
     _MAX_OWED = 1000  # block for replies beyond this many
@@ -117,7 +119,7 @@ class _Writer:
             conn = self._connection()
             try:
                 self._read(conn, block=self._owed >= self._MAX_OWED)
-                conn.send_command(*args)
+                conn.send_command(*args, check_health=not self._owed)
             except self._errors as err:
                 raise self._broken(err) from err
             self._owed += 1
@@ -127,7 +129,7 @@ class _Writer:
         with self._lock:
             conn = self._connection()
             try:
-                conn.send_command(*args)
+                conn.send_command(*args, check_health=not self._owed)
                 self._owed += 1
                 return self._read(conn, block=True)
             except self._errors as err:
