@@ -13,7 +13,8 @@ Caller's cost (µs per call, median of runs; no worker consumes meanwhile):
   without and with confirms;
 * ``notify.send_order_confirmation(...)`` on the ``celery`` transport (Redis stores,
   confirms ``async`` and ``sync``): validation, idempotency reservation and
-  ``queued`` status in Redis, the task message.
+  ``queued`` status in Redis, the task message; and ``notify.send_email(...)``
+  without an idempotency key, which has nothing to reserve.
 
 Throughput (emails per second into a loopback SMTP server, plain and with
 STARTTLS as real submission uses, a queue drained by a worker with two processes;
@@ -143,6 +144,21 @@ def caller_cost(run: str, n: int, repeats: int) -> dict[str, float]:
 
             results[f"`notify.send_order_confirmation()`, celery, confirms {confirms}"] = per_call(
                 send, n, repeats
+            )
+            if confirms != "async":
+                continue
+
+            def send_unkeyed(i: int, notify: Notifier = notify) -> object:
+                return notify.send_email(
+                    to_email="jane@example.com",
+                    subject=f"Your order {i}",
+                    body="Thank you for your order.",
+                    tenant_id="acme",
+                )
+
+            # No idempotency key: nothing to reserve, so no Redis round trip waited for.
+            results["`notify.send_email()` without an idempotency key, confirms async"] = per_call(
+                send_unkeyed, n, repeats
             )
     return results
 
