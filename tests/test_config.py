@@ -70,6 +70,24 @@ def test_environment_alone(monkeypatch):
         assert notify.dispatcher.providers.check() is None
 
 
+@pytest.mark.parametrize(
+    ("shorthand", "nested"),
+    [
+        ("TENANT_NOTIFY_TRANSPORT=eager", "TENANT_NOTIFY_TRANSPORT__WORKERS=8"),
+        ("TENANT_NOTIFY_EMAIL=smtp", "tenant_notify_email__port=2525"),
+        ("TENANT_NOTIFY_SMS=console", "TENANT_NOTIFY_SMS__PROVIDER=memory"),
+    ],
+)
+def test_a_shorthand_variable_next_to_nested_ones_is_refused(monkeypatch, shorthand, nested):
+    for assignment in (shorthand, nested):
+        name, value = assignment.split("=")
+        monkeypatch.setenv(name, value)
+    table = shorthand.split("=")[0].removeprefix("TENANT_NOTIFY_")
+    with pytest.raises(ConfigurationError, match=f"{nested.split('=')[0].upper()}") as info:
+        load_settings(None)
+    assert info.value.key == table.lower()
+
+
 def test_a_mapping_ignores_the_environment(monkeypatch):
     monkeypatch.setenv("TENANT_NOTIFY_TRANSPORT", "bogus")
     assert load_settings({}).transport.backend == "inprocess"

@@ -337,6 +337,27 @@ def _translate(err: pydantic.ValidationError) -> ConfigurationError:
     return ConfigurationError(message, key=key)
 
 
+_SHORTHANDS = {"TRANSPORT": "BACKEND", "EMAIL": "PROVIDER", "SMS": "PROVIDER"}
+
+
+def _check_shorthand_variables(environ: Mapping[str, str]) -> None:
+    """Refuse ``TENANT_NOTIFY_EMAIL=smtp`` next to ``TENANT_NOTIFY_EMAIL__PORT=...``.
+
+    The shorthand replaces the whole table, so the nested variables would be
+    dropped without a word.
+    """
+    names = {name.upper() for name in environ}
+    for table, key in _SHORTHANDS.items():
+        shorthand = f"TENANT_NOTIFY_{table}"
+        nested = sorted(name for name in names if name.startswith(f"{shorthand}__"))
+        if shorthand in names and nested:
+            raise ConfigurationError(
+                f"{shorthand} (the shorthand) replaces the whole table, so {', '.join(nested)} "
+                f"would be ignored; set {shorthand}__{key} instead of {shorthand}",
+                key=table.lower(),
+            )
+
+
 def load_settings(source: Settings | Mapping[str, Any] | str | os.PathLike[str] | None) -> Settings:
     """Build :class:`Settings` from a Settings object, a mapping or a file path.
 
@@ -351,6 +372,7 @@ def load_settings(source: Settings | Mapping[str, Any] | str | os.PathLike[str] 
         return source
     try:
         if source is None:
+            _check_shorthand_variables(os.environ)
             return _EnvSettings()
         if isinstance(source, str | os.PathLike):
             return Settings.model_validate(_read_config_file(source))
