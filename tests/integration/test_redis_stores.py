@@ -207,7 +207,7 @@ def test_writes_that_do_not_wait_still_land_in_order_and_are_seen(statuses, keys
 def test_a_refused_write_is_raised_by_the_next_call_that_waits(statuses, client):
     client.set(f"{client.prefix}status:broken", "not json")  # the save script will fail
     statuses.save(status("broken", state=DeliveryState.SENDING, attempts=1))  # no wait
-    with pytest.raises(StoreUnavailableError, match="refused"):
+    with pytest.raises(StoreUnavailableError, match=r"refused the write of .*status:broken"):
         statuses.get("n1")
     # The connection is still in step: later calls work.
     statuses.save(status("n1", state=DeliveryState.SENT, attempts=1))
@@ -250,3 +250,21 @@ def test_a_health_check_never_reads_a_reply_owed_to_a_write(client):
         assert got is not None and got.state is DeliveryState.SENT
     finally:
         checked.close()
+
+
+def test_a_lost_connection_names_the_writes_it_leaves_unconfirmed(statuses, monkeypatch):
+    import redis
+
+    statuses.save(status("second", state=DeliveryState.SENDING, attempts=1))  # reply owed
+    conn = statuses._writer._conn
+
+    def lost(*args: object, **kwargs: object) -> None:
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(conn, "read_response", lost)
+    with pytest.raises(StoreUnavailableError, match=r"unconfirmed writes: .*status:second"):
+        statuses.flush()
+    monkeypatch.undo()
+    statuses.save(status("third", state=DeliveryState.SENT, attempts=1))  # a new connection
+    got = statuses.get("third")
+    assert got is not None and got.state is DeliveryState.SENT

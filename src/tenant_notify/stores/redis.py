@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -111,26 +112,26 @@ class _Writer:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = 0
-        self._owed = 0
+        self._owed: deque[str] = deque()  # the key of each write whose reply is unread
 
-    def send(self, *args: Any) -> None:
-        """Write a command; its reply is read later (errors surface then)."""
+    def send(self, key: str, *args: Any) -> None:
+        """Write a command on ``key``; its reply is read later (errors surface then)."""
         with self._lock:
             conn = self._connection()
             try:
-                self._read(conn, block=self._owed >= self._MAX_OWED)
+                self._read(conn, block=len(self._owed) >= self._MAX_OWED)
                 conn.send_command(*args, check_health=not self._owed)
             except self._errors as err:
                 raise self._broken(err) from err
-            self._owed += 1
+            self._owed.append(key)
 
-    def call(self, *args: Any) -> Any:
-        """Write a command and wait: every earlier write is done when this returns."""
+    def call(self, key: str, *args: Any) -> Any:
+        """Write a command on ``key`` and wait: every earlier write is done when this returns."""
         with self._lock:
             conn = self._connection()
             try:
                 conn.send_command(*args, check_health=not self._owed)
-                self._owed += 1
+                self._owed.append(key)
                 return self._read(conn, block=True)
             except self._errors as err:
                 raise self._broken(err) from err
@@ -164,32 +165,35 @@ class _Writer:
             except self._errors as err:
                 self._conn = None
                 raise self._broken(err) from err
-            self._pid, self._owed = os.getpid(), 0
+            self._pid, self._owed = os.getpid(), deque()
         return self._conn
 
     def _read(self, conn: Any, *, block: bool) -> Any:
         reply: Any = None
-        refused: BaseException | None = None
+        refused: tuple[str, BaseException] | None = None
         response_error = _redis_module().ResponseError
         while self._owed and (block or conn.can_read(timeout=0)):
             try:
                 reply = conn.read_response()
             except response_error as err:
-                refused = refused or err
-            self._owed -= 1
+                refused = refused or (self._owed[0], err)
+            self._owed.popleft()  # (left in place when the connection fails: see _broken)
         if refused is not None:
-            raise StoreUnavailableError(f"Redis refused a write: {refused}") from refused
+            key, error = refused
+            raise StoreUnavailableError(f"Redis refused the write of {key}: {error}") from error
         return reply
 
     def _broken(self, err: BaseException) -> StoreUnavailableError:
-        conn, self._conn, self._owed = self._conn, None, 0
+        conn, self._conn, owed = self._conn, None, self._owed
+        self._owed = deque()
         if conn is not None:
             with suppress(*self._errors):
                 conn.disconnect()
             if self._pid == os.getpid():
                 with suppress(*self._errors):
                     self._client.connection_pool.release(conn)
-        return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}")
+        unknown = f"; unconfirmed writes: {', '.join(owed)}" if owed else ""
+        return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}{unknown}")
 
 
 _WRITERS: weakref.WeakKeyDictionary[Any, _Writer] = weakref.WeakKeyDictionary()
@@ -326,7 +330,8 @@ class RedisStatusStore(_RedisStore):
             # The first status of a new notification, written on the caller's
             # side of a send, and only where there is no status yet, so it can
             # never overwrite what a worker recorded meanwhile.
-            self._writer.send("SET", self._key(status.id), data, "NX", "PX", _ms(self.ttl))
+            key = self._key(status.id)
+            self._writer.send(key, "SET", key, data, "NX", "PX", _ms(self.ttl))
             return
         command = (
             "EVAL",
@@ -344,9 +349,9 @@ class RedisStatusStore(_RedisStore):
             status.state.value,
         )
         if status.state is DeliveryState.SENDING:
-            self._writer.send(*command)
+            self._writer.send(self._key(status.id), *command)
         else:
-            self._writer.call(*command)
+            self._writer.call(self._key(status.id), *command)
 
     def get(self, notification_id: str) -> DeliveryStatus | None:
         raw = self._call(lambda: self._redis.get(self._key(notification_id)))
@@ -486,7 +491,8 @@ class RedisIdempotencyStore(_RedisStore):
         """
         with self._lock:
             self._leases.pop(key, None)
-        self._writer.send("SET", self._key(key), _DONE, "PX", _ms(ttl))
+        redis_key = self._key(key)
+        self._writer.send(redis_key, "SET", redis_key, _DONE, "PX", _ms(ttl))
 
     def release(self, key: str) -> None:
         with self._lock:
