@@ -99,15 +99,10 @@ def order_args(i: int, run: str) -> dict[str, Any]:
 
 
 def caller_cost(run: str, n: int, repeats: int) -> dict[str, float]:
-    os.environ["BENCH_QUEUE"] = f"bench_hand_{run}"
-    os.environ["BENCH_BROKER_URL"] = AMQP
-    import handwritten_app
-
     results: dict[str, float] = {}
     for label, confirms in (("defaults", False), ("confirm_publish", True)):
-        task = handwritten_app.make_app(confirms=confirms).tasks[
-            "handwritten.send_order_confirmation"
-        ]
+        app = _handwritten_app(f"bench_hand_{run}", confirms=confirms)
+        task = app.tasks["handwritten.send_order_confirmation"]
         results[f"hand-written `task.delay()`, Celery {label}"] = per_call(
             lambda i, task=task: task.delay(**order_args(i, run)), n, repeats
         )
@@ -263,11 +258,11 @@ def throughput(
     return results
 
 
-def _handwritten_app(queue: str) -> Any:
+def _handwritten_app(queue: str, *, confirms: bool = False) -> Any:
     os.environ.update(BENCH_QUEUE=queue, BENCH_BROKER_URL=AMQP)
     import handwritten_app
 
-    return handwritten_app.make_app(confirms=False)
+    return handwritten_app.make_app(confirms=confirms)
 
 
 def ceiling(run: str, count: int, folder: Path, *, events: bool) -> float:

@@ -182,13 +182,19 @@ def _message_id(message_id: str | None, from_addr: Address) -> str:
     return f"<{bare}>"
 
 
-def _add_extra_header(msg: email.message.EmailMessage, name: str, value: str) -> None:
+def _check_extra_header(name: str, value: str) -> str:
+    """Check a caller's extra header; return the field name errors use for it."""
     field = f"headers[{name!r}]"
     if not _FIELD_NAME.fullmatch(name):
         raise HeaderInjectionError("is not a valid header name", field=field)
     if name.lower() in _RESERVED_HEADERS:
         raise ValidationError("is set by tenant-notify and cannot be overridden", field=field)
     check_header_value(value, field)
+    return field
+
+
+def _add_extra_header(msg: email.message.EmailMessage, name: str, value: str) -> None:
+    field = _check_extra_header(name, value)
     try:
         msg[name] = value
     except (ValueError, TypeError) as err:
@@ -276,12 +282,7 @@ def _fast_wire_bytes(message: EmailMessage, message_id: str | None) -> tuple[byt
         notification_id = check_header_value(message.notification_id, "notification_id")
         lines.append(_fold("X-Tenant-Notify-Id", _unstructured(notification_id)))
     for name, value in message.headers.items():
-        field = f"headers[{name!r}]"
-        if not _FIELD_NAME.fullmatch(name):
-            raise HeaderInjectionError("is not a valid header name", field=field)
-        if name.lower() in _RESERVED_HEADERS:
-            raise ValidationError("is set by tenant-notify and cannot be overridden", field=field)
-        check_header_value(value, field)
+        _check_extra_header(name, value)
         if name.lower() in _STRUCTURED or len(name) > 60:
             raise _Unusual
         lines.append(_fold(name, _unstructured(value)))

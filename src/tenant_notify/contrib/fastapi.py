@@ -34,7 +34,7 @@ Importing this module without FastAPI installed raises
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -70,6 +70,8 @@ __all__ = [
     "WebhookSecrets",
     "make_router",
 ]
+
+_Applied = TypeVar("_Applied")
 
 #: The providers whose delivery events the router receives.
 WebhookProvider = Literal["sendgrid", "twilio"]
@@ -288,6 +290,15 @@ def _add_webhooks(
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such webhook")
         return secret
 
+    async def verified(apply: Callable[..., _Applied], *args: Any, **kwargs: Any) -> _Applied:
+        # Off the event loop (it reads and writes the status store); refusals as HTTP errors.
+        try:
+            return await run_in_threadpool(apply, *args, **kwargs)
+        except WebhookVerificationError as err:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid signature") from err
+        except WebhookPayloadError as err:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, err.message) from err
+
     @router.post(
         "/notifications/webhooks/sendgrid/{tenant_id}",
         response_model=WebhookResult,
@@ -297,14 +308,9 @@ def _add_webhooks(
     async def sendgrid_events(tenant_id: _PathId, request: Request) -> WebhookResult:
         key = await secret_for(tenant_id, "sendgrid")
         body = await request.body()  # the raw bytes: the signature covers them exactly
-        try:
-            events = await run_in_threadpool(
-                apply_sendgrid_events, notifier, body, request.headers, key, tenant_id=tenant_id
-            )
-        except WebhookVerificationError as err:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid signature") from err
-        except WebhookPayloadError as err:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, err.message) from err
+        events = await verified(
+            apply_sendgrid_events, notifier, body, request.headers, key, tenant_id=tenant_id
+        )
         return WebhookResult(events=len(events), applied=sum(e.applied for e in events))
 
     @router.post(
@@ -320,18 +326,13 @@ def _add_webhooks(
         # that is not UTF-8 is not Twilio's, and fails the signature check below.
         params = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
         url = public_url(request) if public_url is not None else str(request.url)
-        try:
-            event = await run_in_threadpool(
-                apply_twilio_callback,
-                notifier,
-                url,
-                params,
-                request.headers.get(TWILIO_SIGNATURE_HEADER),
-                token,
-                tenant_id=tenant_id,
-            )
-        except WebhookVerificationError as err:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid signature") from err
-        except WebhookPayloadError as err:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, err.message) from err
+        event = await verified(
+            apply_twilio_callback,
+            notifier,
+            url,
+            params,
+            request.headers.get(TWILIO_SIGNATURE_HEADER),
+            token,
+            tenant_id=tenant_id,
+        )
         return WebhookResult(events=1, applied=int(event.applied))

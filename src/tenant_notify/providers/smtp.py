@@ -179,7 +179,7 @@ def _pipelined_sendmail(
     commands.append("DATA\r\n")
     conn.send("".join(commands))
 
-    def give_up(code: int) -> None:
+    def give_up(code: int | None = None) -> None:
         # As sendmail does: 421 means the server is closing; else reset.
         if code == 421:
             conn.close()
@@ -209,7 +209,7 @@ def _pipelined_sendmail(
         give_up(mail[0])
         raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
     if len(refused) == len(recipients):
-        give_up(0)
+        give_up()
         raise smtplib.SMTPRecipientsRefused(refused)
     if data[0] != 354:
         give_up(data[0])
@@ -388,7 +388,7 @@ class SmtpProvider(Provider):
     ) -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes] | None]:
         conn.data_sent = False
         conn.last_reply = None
-        if conn.has_extn("pipelining") and (sender + "".join(recipients)).isascii():
+        if conn.has_extn("pipelining"):
             refused = _pipelined_sendmail(conn, sender, recipients, raw)
         else:
             refused = conn.sendmail(sender, list(recipients), raw)

@@ -86,6 +86,10 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _unanswered(err: BaseException, detail: str = "") -> StoreUnavailableError:
+    return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}{detail}")
+
+
 class _Writer:
     """One process's ordered write connection for one Redis client.
 
@@ -106,9 +110,9 @@ class _Writer:
 
     _MAX_OWED = 1000  # block for replies beyond this many
 
-    def __init__(self, client: redis.Redis, errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._errors = errors
+        self._errors: tuple[type[BaseException], ...] = (_redis_module().RedisError,)
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = 0
@@ -136,15 +140,15 @@ class _Writer:
             except self._errors as err:
                 raise self._broken(err) from err
 
-    def flush(self, *, block: bool = True) -> None:
-        """Read the replies owed (only those that have arrived, unless ``block``)."""
+    def flush(self) -> None:
+        """Read every reply owed."""
         if not self._owed:
             return
         with self._lock:
             if self._conn is None or self._pid != os.getpid():
                 return
             try:
-                self._read(self._conn, block=block)
+                self._read(self._conn, block=True)
             except self._errors as err:
                 raise self._broken(err) from err
 
@@ -193,19 +197,19 @@ class _Writer:
                 with suppress(*self._errors):
                     self._client.connection_pool.release(conn)
         unknown = f"; unconfirmed writes: {', '.join(owed)}" if owed else ""
-        return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}{unknown}")
+        return _unanswered(err, unknown)
 
 
 _WRITERS: weakref.WeakKeyDictionary[Any, _Writer] = weakref.WeakKeyDictionary()
 _WRITERS_LOCK = threading.Lock()
 
 
-def _writer_for(client: redis.Redis, errors: tuple[type[BaseException], ...]) -> _Writer:
+def _writer_for(client: redis.Redis) -> _Writer:
     """The writer of ``client``: shared, so writes of both stores stay in order."""
     with _WRITERS_LOCK:
         writer = _WRITERS.get(client)
         if writer is None:
-            writer = _WRITERS[client] = _Writer(client, errors)
+            writer = _WRITERS[client] = _Writer(client)
         return writer
 
 
@@ -216,7 +220,7 @@ class _RedisStore:
         self._redis = client
         self._prefix = key_prefix
         self._errors: tuple[type[BaseException], ...] = (_redis_module().RedisError,)
-        self._writer = _writer_for(client, self._errors)
+        self._writer = _writer_for(client)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Self:
@@ -234,9 +238,7 @@ class _RedisStore:
         try:
             return fn()
         except self._errors as err:
-            raise StoreUnavailableError(
-                f"Redis did not answer: {type(err).__name__}: {err}"
-            ) from err
+            raise _unanswered(err) from err
 
     def flush(self) -> None:
         """Wait until every write made so far has been carried out."""
@@ -326,18 +328,18 @@ class RedisStatusStore(_RedisStore):
         failed, retrying) is stored when this returns.
         """
         data = json.dumps(status.to_dict(), separators=(",", ":"))
+        key = self._key(status.id)
         if status.state is DeliveryState.QUEUED and status.attempts == 0:
             # The first status of a new notification, written on the caller's
             # side of a send, and only where there is no status yet, so it can
             # never overwrite what a worker recorded meanwhile.
-            key = self._key(status.id)
             self._writer.send(key, "SET", key, data, "NX", "PX", _ms(self.ttl))
             return
         command = (
             "EVAL",
             self._SAVE,
             2,
-            self._key(status.id),
+            key,
             self._channel(status.id),
             data,
             _ms(self.ttl),
@@ -349,9 +351,9 @@ class RedisStatusStore(_RedisStore):
             status.state.value,
         )
         if status.state is DeliveryState.SENDING:
-            self._writer.send(self._key(status.id), *command)
+            self._writer.send(key, *command)
         else:
-            self._writer.call(self._key(status.id), *command)
+            self._writer.call(key, *command)
 
     def get(self, notification_id: str) -> DeliveryStatus | None:
         raw = self._call(lambda: self._redis.get(self._key(notification_id)))
