@@ -2,9 +2,9 @@
 
 Usage::
 
-    from tests.http_fakes import FakeProviderAPI, require_specs_dir
+    from tests.http_fakes import FakeProviderAPI
 
-    with FakeProviderAPI(require_specs_dir()) as api:
+    with FakeProviderAPI() as api:
         api.sendgrid_keys.add("SG.test")
         ...point a provider's base_url at api.url...
         [request] = api.requests
@@ -31,9 +31,8 @@ scripted to fail (:meth:`FakeProviderAPI.script`): an HTTP error with headers
 client's read timeout (:meth:`Reply.stall`), or a connection dropped with no
 reply (:meth:`Reply.drop`). :func:`closed_port` gives a port nobody listens on.
 
-The schemas live outside the repository, in ``../shared/specs`` next to the
-clone (or where ``TENANT_NOTIFY_SPECS_DIR`` points): :func:`require_specs_dir`
-skips a test without them, and fails it when the ``CI`` variable is set.
+The schemas are vendored in ``tests/specs/`` (:data:`SPECS_DIR`; its README says
+where they come from), so these tests run in any clone and never skip for want of them.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
-import os
 import re
 import secrets
 import socket
@@ -55,52 +53,22 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import jsonschema
-import pytest
 
 __all__ = [
+    "SPECS_DIR",
     "FakeProviderAPI",
     "RecordedRequest",
     "Reply",
     "closed_port",
-    "find_specs_dir",
-    "require_specs_dir",
     "sendgrid_error",
     "twilio_error",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SPECS_VARIABLE = "TENANT_NOTIFY_SPECS_DIR"
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+"""The vendored schema extracts, one JSON file per provider endpoint."""
 SENDGRID_SPEC = "sendgrid_mail_send.json"
 TWILIO_SPEC = "twilio_create_message.json"
 _TWILIO_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
-
-
-# --- where the schemas are -----------------------------------------------------------
-
-
-def find_specs_dir() -> Path | None:
-    """``../shared/specs`` beside the repository, else ``$TENANT_NOTIFY_SPECS_DIR``."""
-    candidates = [REPO_ROOT.parent / "shared" / "specs"]
-    if os.environ.get(SPECS_VARIABLE):
-        candidates.append(Path(os.environ[SPECS_VARIABLE]))
-    for candidate in candidates:
-        if (candidate / SENDGRID_SPEC).is_file() and (candidate / TWILIO_SPEC).is_file():
-            return candidate
-    return None
-
-
-def require_specs_dir() -> Path:
-    """The specs folder; skips the test without it, or fails it under CI."""
-    found = find_specs_dir()
-    if found is not None:
-        return found
-    reason = (
-        f"provider API schemas not found: put {SENDGRID_SPEC} and {TWILIO_SPEC} in "
-        f"{REPO_ROOT.parent / 'shared' / 'specs'} or set {SPECS_VARIABLE}"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(reason + " (CI is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 def _nullable(schema: Any) -> Any:
@@ -227,7 +195,8 @@ class FakeProviderAPI:
     """SendGrid's and Twilio's send endpoints on 127.0.0.1, for tests.
 
     Args:
-        specs_dir: Folder of ``sendgrid_mail_send.json`` and ``twilio_create_message.json``.
+        specs_dir: Folder of ``sendgrid_mail_send.json`` and ``twilio_create_message.json``
+            (the vendored :data:`SPECS_DIR` unless a test points elsewhere).
 
     Attributes:
         sendgrid_keys: API keys SendGrid accepts.
@@ -235,7 +204,7 @@ class FakeProviderAPI:
             ``(account_sid, auth_token)`` and ``(api_key_sid, api_key_secret)``.
     """
 
-    def __init__(self, specs_dir: Path) -> None:
+    def __init__(self, specs_dir: Path = SPECS_DIR) -> None:
         sendgrid = json.loads((specs_dir / SENDGRID_SPEC).read_text(encoding="utf-8"))
         twilio = json.loads((specs_dir / TWILIO_SPEC).read_text(encoding="utf-8"))
         self._sendgrid_body = _validator(sendgrid["request_body_schema"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.http_fakes import FakeProviderAPI, require_specs_dir
+from tests.http_fakes import FakeProviderAPI
 from tests.smtp_server import LoopbackSMTPServer, openssl_available
 
 
@@ -46,10 +46,10 @@ def smtp_server_factory() -> Iterator[Callable[..., LoopbackSMTPServer]]:
 def fake_api() -> Iterator[FakeProviderAPI]:
     """The SendGrid and Twilio fakes on loopback, checking requests against the specs.
 
-    Skips without the specs (fails under CI). After the test, every request must
+    The schemas are vendored in ``tests/specs/``. After the test, every request must
     have passed schema validation unless the test emptied ``schema_errors`` itself
     by calling ``fake_api.clear()``.
     """
-    with FakeProviderAPI(require_specs_dir()) as api:
+    with FakeProviderAPI() as api:
         yield api
         assert api.schema_errors == []
