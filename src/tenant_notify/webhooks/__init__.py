@@ -1,0 +1,77 @@
+"""Delivery events from the providers: verify, parse, and apply them to statuses.
+
+A provider that has accepted a message tells later what became of it, by calling
+a URL of the host application. This package checks that such a request really
+comes from the provider and turns it into status changes: ``sent`` becomes
+``delivered``, ``bounced`` or ``failed``. The host mounts the endpoints
+(:mod:`tenant_notify.contrib.fastapi` does it for FastAPI) and calls:
+
+* :func:`apply_sendgrid_events` with the raw body and headers of a request from
+  SendGrid's *signed* Event Webhook (ECDSA P-256 over timestamp + body). Events
+  are matched by the ``notification_id`` the SendGrid provider puts in
+  ``custom_args``. Needs ``pip install 'tenant-notify[webhooks]'`` (cryptography).
+* :func:`apply_twilio_callback` with the full URL, the POST parameters and the
+  ``X-Twilio-Signature`` of a Twilio status callback (HMAC-SHA1 keyed with the
+  account's auth token). Matched by ``MessageSid``, the status's
+  ``provider_message_id``.
+
+Both raise :class:`~tenant_notify.errors.WebhookVerificationError` (answer 403)
+for a missing or wrong signature, or a SendGrid timestamp outside the tolerance,
+and :class:`~tenant_notify.errors.WebhookPayloadError` (answer 400) for a signed
+body that cannot be read; nothing is changed then. Events that are not about a
+delivery outcome (``processed``, ``open``, Twilio's ``queued``, ...), or that name
+an unknown notification, are returned with ``applied=False``.
+
+Which events move a status, and where (the status's current state on the left):
+
+==========================  ===============================  ====================
+Current state               ``delivered`` event              ``bounced`` /
+                                                             ``failed`` event
+==========================  ===============================  ====================
+sending, retrying, sent     -> delivered                     -> bounced / failed
+delivered                   (nothing)                        -> bounced / failed
+failed after an ambiguous   -> delivered (it did go out)     -> bounced / failed
+timeout
+bounced, other failed       (nothing: stays)                 (nothing: stays)
+==========================  ===============================  ====================
+
+A bounce can follow a delivery (the receiving server accepted, then bounced), so
+it wins; a late or repeated ``delivered`` never undoes a bounce. Applying the
+same event twice changes nothing the second time, which is what makes replayed
+Twilio callbacks (they carry no timestamp) harmless.
+
+One module per provider: :mod:`.sendgrid`, :mod:`.twilio`; what they share (the
+event, and applying it to a status) is in :mod:`.base`.
+"""
+
+from .base import DEFAULT_TOLERANCE, DeliveryEvent, apply_event
+from .sendgrid import (
+    SENDGRID_SIGNATURE_HEADER,
+    SENDGRID_TIMESTAMP_HEADER,
+    apply_sendgrid_events,
+    parse_sendgrid_events,
+    verify_sendgrid_signature,
+)
+from .twilio import (
+    TWILIO_SIGNATURE_HEADER,
+    apply_twilio_callback,
+    parse_twilio_callback,
+    twilio_signature,
+    verify_twilio_signature,
+)
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "SENDGRID_SIGNATURE_HEADER",
+    "SENDGRID_TIMESTAMP_HEADER",
+    "TWILIO_SIGNATURE_HEADER",
+    "DeliveryEvent",
+    "apply_event",
+    "apply_sendgrid_events",
+    "apply_twilio_callback",
+    "parse_sendgrid_events",
+    "parse_twilio_callback",
+    "twilio_signature",
+    "verify_sendgrid_signature",
+    "verify_twilio_signature",
+]

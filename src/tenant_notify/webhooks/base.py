@@ -1,0 +1,180 @@
+"""What every provider's delivery events share: the event, and applying it to a status.
+
+The provider modules (:mod:`.sendgrid`, :mod:`.twilio`) verify and parse their
+own requests into :class:`DeliveryEvent` objects; :func:`apply_event` is the one
+place that decides whether an event moves a status (the table in
+:mod:`tenant_notify.webhooks`). The small helpers below are for those modules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
+
+from ..errors import MissingDependencyError
+from ..models import DeliveryState, DeliveryStatus
+from ..stores import StatusStore
+
+if TYPE_CHECKING:
+    from ..notifier import Notifier
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "EVENT_ERROR_TYPE",
+    "MAX_BODY",
+    "DeliveryEvent",
+    "apply_event",
+    "crypto",
+    "epoch",
+    "find_header",
+    "reason_text",
+]
+
+#: Seconds a signed webhook timestamp may differ from now.
+DEFAULT_TOLERANCE = 300.0
+#: error_type of a status that a delivery event ended.
+EVENT_ERROR_TYPE = "DeliveryEvent"
+#: The largest webhook body any provider module reads.
+MAX_BODY = 10 * 1024 * 1024
+
+_OUTCOMES = frozenset({DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One event a provider reported about one message.
+
+    Attributes:
+        provider: The provider's name (``"sendgrid"``, ``"twilio"``, ...).
+        event: The provider's own name for it (``"delivered"``, ``"bounce"``,
+            ``"undelivered"``, ``"open"``, ...).
+        state: The status it leads to (delivered, bounced, failed), or None for an
+            event that says nothing about the outcome.
+        notification_id: The notification it names (SendGrid ``custom_args``), if any.
+        provider_message_id: The provider's message id (Twilio ``MessageSid``;
+            SendGrid: the ``X-Message-Id`` part of ``sg_message_id``), if any.
+        tenant_id: The tenant it names (SendGrid ``custom_args``), if any.
+        reason: Why it bounced or failed, in the provider's words.
+        occurred_at: When it happened, per the provider, if it said.
+        applied: Whether it changed a status (set by the ``apply_*`` functions).
+    """
+
+    provider: str
+    event: str
+    state: DeliveryState | None
+    notification_id: str | None = None
+    provider_message_id: str | None = None
+    tenant_id: str | None = None
+    reason: str | None = None
+    occurred_at: dt.datetime | None = None
+    applied: bool = False
+
+
+# --- applying events -----------------------------------------------------------------
+
+
+def _store(target: Notifier | StatusStore) -> StatusStore:
+    # A Notifier has a status_store; anything else is taken to be a store.
+    store = getattr(target, "status_store", None)
+    return cast(StatusStore, target if store is None else store)
+
+
+def _may_move(current: DeliveryStatus, new: DeliveryState) -> bool:
+    state = current.state
+    if state is DeliveryState.FAILED:
+        # A failure the provider may have accepted after all is what events settle.
+        return current.error_type == "AmbiguousDeliveryError"
+    if state is DeliveryState.BOUNCED or state is DeliveryState.QUEUED:
+        return False
+    if state is DeliveryState.DELIVERED:
+        return new is not DeliveryState.DELIVERED
+    return True  # sending, retrying, sent
+
+
+def apply_event(
+    target: Notifier | StatusStore, event: DeliveryEvent, *, tenant_id: str | None = None
+) -> DeliveryEvent:
+    """Apply one parsed event to the status it belongs to.
+
+    Args:
+        target: A Notifier (its status store is used) or a status store.
+        event: From :func:`parse_sendgrid_events` or :func:`parse_twilio_callback`.
+        tenant_id: Apply only to this tenant's notifications (pass it when the
+            signing key or token belongs to one tenant's own account, so that
+            account cannot speak about another tenant's notifications).
+
+    Returns:
+        ``event`` with ``applied`` set.
+    """
+    if event.state not in _OUTCOMES:
+        return event
+    store = _store(target)
+    status: DeliveryStatus | None = None
+    if event.notification_id:
+        status = store.get(event.notification_id)
+        if status is not None and status.provider != event.provider:
+            status = None
+    elif event.provider_message_id:
+        status = store.find_by_provider_message_id(event.provider, event.provider_message_id)
+    if status is None:
+        return event
+    if tenant_id is not None and status.tenant_id != tenant_id:
+        return event
+    if event.tenant_id is not None and status.tenant_id != event.tenant_id:
+        return event
+    assert event.state is not None
+    if not _may_move(status, event.state):
+        return event
+    if event.state is DeliveryState.DELIVERED:
+        changes: dict[str, Any] = {"error": None, "error_type": None}
+    else:
+        reason = event.reason or event.event
+        changes = {"error": f"{event.provider} {event.event}: {reason}"}
+        changes["error_type"] = EVENT_ERROR_TYPE
+    if status.provider_message_id is None and event.provider_message_id:
+        changes["provider_message_id"] = event.provider_message_id
+    store.save(status.evolve(state=event.state, next_attempt_at=None, **changes))
+    return replace(event, applied=True)
+
+
+# --- helpers for the provider modules ----------------------------------------------
+
+
+def crypto() -> Any:
+    """``cryptography``'s modules the signature checks use, or MissingDependencyError."""
+    try:
+        from cryptography import exceptions
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+    except ModuleNotFoundError as err:
+        raise MissingDependencyError("cryptography", "webhooks") from err
+    return exceptions, hashes, serialization, ec
+
+
+def find_header(headers: Mapping[str, str], name: str) -> str | None:
+    """The header ``name`` from ``headers``, whatever case either is spelt in."""
+    value = headers.get(name)
+    if value is None:
+        wanted = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == wanted), None)
+    return value
+
+
+def epoch(value: Any) -> dt.datetime | None:
+    """An epoch-seconds number as an aware UTC datetime; None for anything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return dt.datetime.fromtimestamp(value, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def reason_text(value: Any) -> str | None:
+    """A provider's reason on one line, at most 1,000 characters; None when empty."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text[:1000] or None
