@@ -25,7 +25,8 @@ from .errors import (
     ValidationError,
 )
 
-_LOCALE = re.compile(r"^([a-zA-Z]{2,3})(?:[-_]([a-zA-Z0-9]{2,8}))?$")
+#: A locale as the library accepts it: a language, optionally ``-`` or ``_`` and one subtag.
+LOCALE_PATTERN = re.compile(r"^([a-zA-Z]{2,3})(?:[-_]([a-zA-Z0-9]{2,8}))?$")
 _ALPHANUMERIC_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 MAX_SMS_CHARS = 1600  # what Twilio accepts in one message (it splits into segments)
 
@@ -94,30 +95,16 @@ def normalize_sender_number(value: str) -> str:
 
 def normalize_locale(value: object, field: str) -> str:
     """``"de_AT"`` -> ``"de-AT"``; raises ValidationError for anything else."""
-    match = _LOCALE.match(value) if isinstance(value, str) else None
+    match = LOCALE_PATTERN.match(value) if isinstance(value, str) else None
     if match is None:
         raise ValidationError(f"{value!r} is not a locale such as 'en' or 'de-AT'", field=field)
     lang, region = match.groups()
-    return f"{lang.lower()}-{_subtag(region)}" if region else lang.lower()
+    return f"{lang.lower()}-{subtag_case(region)}" if region else lang.lower()
 
 
-def _subtag(region: str) -> str:
-    # BCP 47 case: regions upper (AT, 419), scripts title (Latn).
+def subtag_case(region: str) -> str:
+    """A subtag in BCP 47 case: regions upper (``AT``, ``419``), scripts title (``Latn``)."""
     return region.upper() if len(region) == 2 or region.isdigit() else region.title()
-
-
-@functools.lru_cache(maxsize=256)
-def locale_folders(locale: str) -> tuple[str, ...]:
-    """Template folders for a locale, most specific first: ``("de_AT", "de")``.
-
-    Same forms as :func:`normalize_locale` (``de``, ``de-AT``, ``de_AT``,
-    ``sr-Latn``); anything else gives no folder at all.
-    """
-    match = _LOCALE.match(locale.strip())
-    if match is None:
-        return ()
-    lang, region = match.group(1).lower(), match.group(2)
-    return (f"{lang}_{_subtag(region)}", lang) if region else (lang,)
 
 
 def check_currency(value: object, field: str = "currency") -> str:

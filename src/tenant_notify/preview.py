@@ -42,12 +42,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from ._validation import locale_folders, normalize_locale
+from ._validation import normalize_locale
 from .dispatcher import Dispatcher
 from .errors import NotifyError, TemplateNotFoundError, UnknownTenantError
 from .log import get_logger
 from .models import Channel, Notification, encode_context, new_notification_id
-from .templates import _BUILTIN_DIR, EMAIL_PARTS, SMS_PART, _is_safe_name
+from .templates import EMAIL_PARTS, SMS_PART
+from .templates._loader import BUILTIN_DIR, is_safe_name
+from .templates._locale import locale_folders
 from .tenants import Tenant
 
 __all__ = ["PreviewServer", "Previewer", "RenderedPreview", "make_server"]
@@ -122,7 +124,7 @@ class Previewer:
         app_dir = self.dispatcher.renderer.app_templates_dir
         if app_dir is not None:
             roots.append(("app", Path(app_dir)))
-        roots.append(("built-in", _BUILTIN_DIR))
+        roots.append(("built-in", BUILTIN_DIR))
         return roots
 
     @staticmethod
@@ -134,7 +136,7 @@ class Previewer:
 
     @staticmethod
     def _is_kind_dir(path: Path) -> bool:
-        return _is_safe_name(path.name) and any((path / part).is_file() for part in _PART_FILES)
+        return is_safe_name(path.name) and any((path / part).is_file() for part in _PART_FILES)
 
     def _locale_dirs(self, root: Path) -> list[Path]:
         found = []
@@ -175,7 +177,7 @@ class Previewer:
         Raises:
             ValueError: The file is not a JSON object, or is too large.
         """
-        if not _is_safe_name(kind):
+        if not is_safe_name(kind):
             return {}, ""
         folders = [*locale_folders(locale), ""]
         for label, root in self._roots(tenant):

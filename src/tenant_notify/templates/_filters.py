@@ -1,4 +1,4 @@
-"""Money for people to read, and the ``money`` and ``css_color`` template filters.
+"""The library's own template filters: ``money`` (and :func:`format_money`) and ``css_color``.
 
 Money formatting
 ----------------
@@ -21,9 +21,9 @@ from typing import Any
 import jinja2
 from jinja2.runtime import Context
 
-from ._currencies import MINOR_UNITS, SYMBOLS
-from ._validation import locale_folders
-from .errors import InvalidAmountError, InvalidCurrencyError
+from .._currencies import MINOR_UNITS, SYMBOLS
+from ..errors import InvalidAmountError, InvalidCurrencyError
+from ._locale import locale_folders
 
 _DE_SEPARATORS = str.maketrans(",.", ".,")
 
@@ -101,7 +101,7 @@ def format_money(
 
 
 @jinja2.pass_context
-def _money_filter(context: Context, amount: Any, currency: Any) -> str:
+def money_filter(context: Context, amount: Any, currency: Any) -> str:
     locale = context.get("locale")
     return format_money(amount, currency, locale if isinstance(locale, str) else None)
 
@@ -109,7 +109,7 @@ def _money_filter(context: Context, amount: Any, currency: Any) -> str:
 _CSS_COLOR = re.compile(r"#(?:[0-9a-fA-F]{3,4}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})|[a-zA-Z]{3,20}")
 
 
-def _css_color_filter(value: Any, default: str = "#1f2937") -> str:
+def css_color_filter(value: Any, default: str = "#1f2937") -> str:
     if isinstance(value, str) and _CSS_COLOR.fullmatch(value.strip()):
         return value.strip()
     return default

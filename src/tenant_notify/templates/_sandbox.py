@@ -2,8 +2,8 @@
 
 This module holds the environment and its limits; finding templates and
 turning failures into :class:`~tenant_notify.errors.TemplateError` is done by
-:mod:`tenant_notify.templates`, which starts the clock for each render
-(:data:`_BUDGET`) and catches :class:`_LimitExceeded`.
+:mod:`tenant_notify.templates._renderer`, which starts the clock for each render
+(:data:`BUDGET`) and catches :class:`LimitExceeded`.
 
 Untrusted templates
 -------------------
@@ -37,7 +37,7 @@ What the limits cover:
   characters), the string methods ``center``, ``ljust``, ``rjust``, ``zfill``,
   ``expandtabs``, ``replace``, ``join`` and ``translate``, and ``lipsum()``.
 * Template sources larger than 1 MiB are refused (by the loader, in
-  :mod:`tenant_notify.templates`).
+  :mod:`tenant_notify.templates._loader`).
 
 What they do not cover:
 
@@ -79,7 +79,7 @@ from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 from jinja2.utils import generate_lorem_ipsum
 from markupsafe import Markup, escape
 
-from ._money import _css_color_filter, _money_filter
+from ._filters import css_color_filter, money_filter
 
 _MAX_EXPONENT = 100
 # About 4,900 decimal digits: past CPython's default int-to-str limit anyway.
@@ -93,30 +93,28 @@ _MAX_URLIZE_EXTRA = 256
 # --- limits ---------------------------------------------------------------------------
 
 
-class _LimitExceeded(Exception):
+class LimitExceeded(Exception):
     """Raised inside a render; becomes TemplateLimitError at the boundary."""
 
 
 @dataclass(frozen=True, slots=True)
-class _Budget:
+class Budget:
     deadline: float
     timeout: float
 
 
-_BUDGET: ContextVar[_Budget | None] = ContextVar("tenant_notify_render_budget", default=None)
+BUDGET: ContextVar[Budget | None] = ContextVar("tenant_notify_render_budget", default=None)
 
 
-def _check_deadline() -> None:
-    budget = _BUDGET.get()
+def check_deadline() -> None:
+    budget = BUDGET.get()
     if budget is not None and time.monotonic() > budget.deadline:
-        raise _LimitExceeded(f"rendering took longer than the {budget.timeout:g} s time limit")
+        raise LimitExceeded(f"rendering took longer than the {budget.timeout:g} s time limit")
 
 
 def _refuse_over(size: int, cap: int, what: str) -> None:
     if size > cap:
-        raise _LimitExceeded(
-            f"{what} would produce about {size:,} characters; the limit is {cap:,}"
-        )
+        raise LimitExceeded(f"{what} would produce about {size:,} characters; the limit is {cap:,}")
 
 
 def _decimal_width(value: Decimal) -> int:
@@ -180,7 +178,7 @@ def _sum_widths(runs: Sequence[str], what: str, cap: int) -> int:
         # Checked before int(): a long run is a huge width, and int() refuses
         # more than a few thousand digits anyway.
         if len(run) > len(str(cap)):
-            raise _LimitExceeded(f"{what} asks for a field width of {len(run)} digits")
+            raise LimitExceeded(f"{what} asks for a field width of {len(run)} digits")
         total += int(run)
     return total
 
@@ -193,7 +191,7 @@ def _check_percent_format(fmt: str, args: object, cap: int, what: str = "'%' for
         if conversion == "%":
             continue
         if width == "*" or precision == "*":
-            raise _LimitExceeded(f"{what} with '*' widths is not allowed in templates")
+            raise LimitExceeded(f"{what} with '*' widths is not allowed in templates")
         fields += 1
         runs.extend(run for run in (width, precision) if run)
     if isinstance(args, tuple):
@@ -220,7 +218,7 @@ def _check_brace_format(fmt: str, values: Sequence[object], cap: int) -> None:
             continue
         fields += 1
         if spec and "{" in spec:
-            raise _LimitExceeded("nested format fields ('{:{}}') are not allowed in templates")
+            raise LimitExceeded("nested format fields ('{:{}}') are not allowed in templates")
         if spec:
             runs.extend(_DIGITS.findall(spec))
     widths = _sum_widths(runs, "str.format", cap)
@@ -240,14 +238,14 @@ def _replace_bound(target: Any, old: Any, new: Any, count: Any) -> int:
 
 def _check_power(base: Any, exponent: Any) -> None:
     if isinstance(exponent, int | float | Decimal) and abs(exponent) > _MAX_EXPONENT:  # type: ignore[operator]
-        raise _LimitExceeded(f"exponent {exponent} is larger than {_MAX_EXPONENT}")
+        raise LimitExceeded(f"exponent {exponent} is larger than {_MAX_EXPONENT}")
     if (
         isinstance(base, int)
         and isinstance(exponent, int)
         and exponent > 0
         and base.bit_length() * exponent > _MAX_INT_BITS
     ):
-        raise _LimitExceeded(f"'**' would build an integer of over {_MAX_INT_BITS} bits")
+        raise LimitExceeded(f"'**' would build an integer of over {_MAX_INT_BITS} bits")
 
 
 def _check_multiply(left: Any, right: Any, cap: int) -> None:
@@ -262,7 +260,7 @@ def _check_multiply(left: Any, right: Any, cap: int) -> None:
         and isinstance(right, int)
         and left.bit_length() + right.bit_length() > _MAX_INT_BITS
     ):
-        raise _LimitExceeded(f"'*' would build an integer of over {_MAX_INT_BITS} bits")
+        raise LimitExceeded(f"'*' would build an integer of over {_MAX_INT_BITS} bits")
 
 
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
@@ -309,12 +307,12 @@ class _GuardedRange(Sequence[int]):
 
     def __iter__(self) -> Iterator[int]:
         for value in self._range:
-            _check_deadline()
+            check_deadline()
             yield value
 
     def __reversed__(self) -> Iterator[int]:
         for value in reversed(self._range):
-            _check_deadline()
+            check_deadline()
             yield value
 
     def __len__(self) -> int:
@@ -343,7 +341,7 @@ def _template_range(*args: int) -> _GuardedRange:
     except OverflowError:
         size = MAX_RANGE + 1
     if size > MAX_RANGE:
-        raise _LimitExceeded(f"range() of more than {MAX_RANGE:,} items is not allowed")
+        raise LimitExceeded(f"range() of more than {MAX_RANGE:,} items is not allowed")
     return _GuardedRange(rng)
 
 
@@ -378,7 +376,7 @@ _FilterCheck = Callable[..., Any]
 _L = TypeVar("_L", bound=jinja2.BaseLoader)
 
 
-class _SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
+class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
     """The immutable sandbox plus the size and time limits described in the module.
 
     ``chain_loader`` is the loader it was made with, typed as such (``loader``
@@ -402,8 +400,8 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
         self.chain_loader: _L = loader
         self.globals["range"] = _template_range
         self.globals["lipsum"] = self._lipsum
-        self.filters["money"] = _money_filter
-        self.filters["css_color"] = _css_color_filter
+        self.filters["money"] = money_filter
+        self.filters["css_color"] = css_color_filter
         self.filters["join"] = self._guarded_join(self.filters["join"])
         checks: dict[str, _FilterCheck] = {
             "replace": self._check_replace_filter,
@@ -422,7 +420,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
     # -- hooks Jinja calls from compiled templates
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        _check_deadline()
+        check_deadline()
         target = getattr(obj, "__self__", None)
         if isinstance(target, str | bytes):
             args = _guard_str_method(
@@ -465,7 +463,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
 
     def tn_iterate(self, iterable: Any) -> Iterator[Any]:
         for item in iterable:
-            _check_deadline()
+            check_deadline()
             yield item
 
     def tn_check_size(self, value: Any) -> Any:
@@ -554,7 +552,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
     def _check_tojson_filter(self, autoescape: bool, value: Any, indent: Any = None) -> Any:
         step = len(indent) if isinstance(indent, str) else indent if isinstance(indent, int) else 0
         if step > _MAX_TOJSON_INDENT:
-            raise _LimitExceeded(f"tojson indent is limited to {_MAX_TOJSON_INDENT}")
+            raise LimitExceeded(f"tojson indent is limited to {_MAX_TOJSON_INDENT}")
         return value
 
     def _check_urlize_filter(
@@ -569,7 +567,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
     ) -> Any:
         extra = sum(_weight(x, _MAX_URLIZE_EXTRA) for x in (target, rel, extra_schemes) if x)
         if extra > _MAX_URLIZE_EXTRA:
-            raise _LimitExceeded(
+            raise LimitExceeded(
                 f"urlize target, rel and extra_schemes are limited to "
                 f"{_MAX_URLIZE_EXTRA} characters"
             )

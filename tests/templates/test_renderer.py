@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from tenant_notify import templates
 from tenant_notify.errors import (
     ConfigurationError,
     HeaderInjectionError,
-    InvalidAmountError,
     InvalidCurrencyError,
     TemplateLimitError,
     TemplateNotFoundError,
@@ -25,7 +23,8 @@ from tenant_notify.templates import (
     SMS_PART,
     RenderedEmail,
     TemplateRenderer,
-    format_money,
+    _loader,
+    _renderer,
 )
 
 
@@ -426,14 +425,14 @@ def test_check_kind_is_cached(
     renderer: TemplateRenderer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     lookups = 0
-    original = templates._ChainLoader.find
+    original = _loader.ChainLoader.find
 
     def counting_find(self: Any, source: Any, pieces: Any) -> Any:
         nonlocal lookups
         lookups += 1
         return original(self, source, pieces)
 
-    monkeypatch.setattr(templates._ChainLoader, "find", counting_find)
+    monkeypatch.setattr(_loader.ChainLoader, "find", counting_find)
 
     renderer.check_kind("welcome", Channel.EMAIL, templates_dir=tmp_path, locale="de")
     first = lookups
@@ -451,7 +450,7 @@ def test_check_kind_is_cached(
 def test_check_kind_sees_a_new_kind_after_a_while(
     tenant: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(templates, "_NEGATIVE_TTL", 0.05)
+    monkeypatch.setattr(_renderer, "_NEGATIVE_TTL", 0.05)
     renderer = TemplateRenderer()
     with pytest.raises(TemplateNotFoundError):
         renderer.check_kind("fresh", Channel.SMS, templates_dir=tmp_path, locale="en")
@@ -749,69 +748,10 @@ def test_render_email_shares_one_deadline(
 
 
 def test_oversized_template_source_is_refused(renderer: TemplateRenderer, tmp_path: Path) -> None:
-    write(tmp_path, "big/sms.txt", "x" * (templates._MAX_SOURCE_BYTES + 1))
+    write(tmp_path, "big/sms.txt", "x" * (_loader.MAX_SOURCE_BYTES + 1))
 
     with pytest.raises(TemplateLimitError, match="template source"):
         renderer.render_sms("big", {}, templates_dir=tmp_path)
-
-
-# --- money ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("amount", "currency", "locale", "expected"),
-    [
-        (Decimal("99.99"), "USD", "en", "$99.99"),
-        (Decimal("99.99"), "USD", "de", "99,99 $"),
-        (Decimal("1234.5"), "EUR", "en", "€1,234.50"),
-        (Decimal("1234.5"), "EUR", "de", "1.234,50 €"),
-        (Decimal("1234.5"), "EUR", "de-AT", "1.234,50 €"),
-        (Decimal("1234.5"), "JPY", "en", "¥1,235"),
-        (Decimal("1234.4"), "JPY", "de", "1.234 ¥"),
-        (Decimal("1.2345"), "BHD", "en", "BHD 1.235"),
-        (Decimal("1234.0005"), "BHD", "de", "1.234,001 BHD"),
-        ("10", "chf", "en", "CHF 10.00"),
-        (10, "CHF", "de", "10,00 CHF"),
-        (Decimal("0.005"), "USD", "en", "$0.01"),
-        (Decimal("2.675"), "GBP", "en", "£2.68"),
-        (Decimal("-5"), "USD", "en", "-$5.00"),
-        (Decimal("-5"), "EUR", "de", "-5,00 €"),
-        (Decimal("-0.001"), "USD", "en", "$0.00"),
-        (1234567, "USD", "fr", "$1,234,567.00"),
-        (0.1, "USD", None, "$0.10"),
-    ],
-)
-def test_format_money(amount: Any, currency: str, locale: str | None, expected: str) -> None:
-    assert format_money(amount, currency, locale) == expected
-
-
-@pytest.mark.parametrize("amount", ["abc", "NaN", Decimal("Infinity"), True, None, "1e100"])
-def test_format_money_refuses_bad_amounts(amount: Any) -> None:
-    with pytest.raises(InvalidAmountError):
-        format_money(amount, "USD")
-
-
-def test_format_money_refuses_unknown_currency() -> None:
-    with pytest.raises(InvalidCurrencyError):
-        format_money(1, "XXX")
-
-
-def test_money_filter_follows_the_locale(renderer: TemplateRenderer, tmp_path: Path) -> None:
-    write(
-        tmp_path,
-        "prices/sms.txt",
-        "{{ a|money('JPY') }} | {{ a|money('BHD') }} | {{ a|money('EUR') }}",
-    )
-    context = {"a": Decimal("1234.5675")}
-
-    def sms(locale: str, extra: dict[str, Any] | None = None) -> str:
-        variables = {**context, **(extra or {})}
-        return renderer.render_sms("prices", variables, templates_dir=tmp_path, locale=locale)
-
-    assert sms("en") == "¥1,235 | BHD 1,234.568 | €1,234.57"
-    assert sms("de") == "1.235 ¥ | 1.234,568 BHD | 1.234,57 €"
-    # The context's own `locale` (what the dispatcher passes) is what counts.
-    assert sms("en", {"locale": "de"}) == "1.235 ¥ | 1.234,568 BHD | 1.234,57 €"
 
 
 # --- reloading and construction -------------------------------------------------------
@@ -836,7 +776,6 @@ def test_auto_reload_sees_a_new_override(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import tenant_notify.templates as templates_module
 
     assert renderer.render_sms("welcome", welcome, templates_dir=tmp_path).startswith("Welcome")
 
@@ -844,7 +783,7 @@ def test_auto_reload_sees_a_new_override(
     # Where a part lives is remembered for a couple of seconds (it costs stat
     # calls per source); after that the new override is found.
     now = time.monotonic()
-    monkeypatch.setattr(templates_module.time, "monotonic", lambda: now + 2.5)
+    monkeypatch.setattr(_renderer.time, "monotonic", lambda: now + 2.5)
 
     assert renderer.render_sms("welcome", welcome, templates_dir=tmp_path) == "overridden"
 

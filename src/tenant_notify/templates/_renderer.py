@@ -1,62 +1,15 @@
-"""Render notification templates in a Jinja2 sandbox, with size and time limits.
+"""The renderer: finds each part of a kind in the chain of sources and renders it.
 
-A *kind* (``"order_confirmation"``, ``"welcome"``, or one a host app defines) is a
-folder of *parts*: ``subject.txt``, ``body.txt`` and the optional ``body.html`` for
-email, ``sms.txt`` for SMS. :class:`TemplateRenderer` finds each part in a chain
-of sources and renders it.
-
-Lookup order
-------------
-Sources, first match wins: the tenant's ``templates_dir`` (if any), the host
-application's ``app_templates_dir`` (if any), then the built-in
-``default_templates`` shipped in this package. Within each source the renderer
-tries ``<locale>/<kind>/<part>``, then ``<lang>/<kind>/<part>``, then
-``<kind>/<part>``; so for locale ``de-AT`` and a tenant directory the order is::
-
-    tenant:de_AT/welcome/body.txt   tenant:de/welcome/body.txt   tenant:welcome/body.txt
-    app:de_AT/welcome/body.txt      app:de/welcome/body.txt      app:welcome/body.txt
-    builtin:de_AT/...               builtin:de/welcome/body.txt  builtin:welcome/body.txt
-
-A source that has a part therefore overrides it for every locale it does not
-translate. Locales may be written ``de``, ``de-AT`` or ``de_AT``; folders are named
-``de`` and ``de_AT`` (language lower case, region upper case). A locale that is
-not of that simple form is ignored and only ``<kind>/<part>`` is tried.
-
-Inside a template, ``{% extends %}``, ``{% include %}`` and ``{% import %}`` names
-are looked up in the same chain of sources (without the locale folders), so a
-tenant's ``body.html`` may extend the built-in layout simply by
-``{% extends "_layout.html" %}``. A name may also be pinned to one source with a
-prefix: ``"builtin:_layout.html"``, ``"app:..."``, ``"tenant:..."``. The built-in
-templates pin their layout that way, so a ``_layout.html`` of a tenant or of the
-host app never changes them.
-
-Templates see the context the caller passes plus ``locale``. Filters on top of
-Jinja's own: ``money`` (``{{ total|money(currency) }}``, see :func:`format_money`)
-and ``css_color`` (``{{ color|css_color('#1f2937') }}`` passes a hex colour or a
-colour name and replaces anything else by the default). ``.html`` parts are
-autoescaped, ``.txt`` parts are not. Undefined variables are errors
-(``StrictUndefined``); use ``x|default(...)`` or ``x is defined`` for optional ones.
-Blocks are trimmed (``trim_blocks`` and ``lstrip_blocks``), so a line holding only
-a ``{% ... %}`` tag leaves no blank line behind.
-
-Untrusted templates
--------------------
-Tenant templates are untrusted: they run in a hardened Jinja2 sandbox with
-output-size and time limits. What it defends against, and what it does not, is
-described in :mod:`tenant_notify._sandbox`.
-
-Money formatting
-----------------
-See :func:`format_money` and :mod:`tenant_notify._money`.
+See the package docstring (:mod:`tenant_notify.templates`) for the lookup order
+and what templates see.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +17,9 @@ from typing import Any, Literal, NamedTuple, cast, overload
 
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.loaders import split_template_path
 
-from ._headers import check_header_value
-from ._money import format_money
-from ._sandbox import _BUDGET, _Budget, _check_deadline, _LimitExceeded, _SandboxEnvironment
-from ._validation import locale_folders
-from .errors import (
+from .._headers import check_header_value
+from ..errors import (
     ConfigurationError,
     TemplateError,
     TemplateLimitError,
@@ -78,15 +27,21 @@ from .errors import (
     TemplateRenderError,
     TemplateSecurityError,
 )
-from .models import Channel
+from ..models import Channel
+from ._loader import (
+    APP,
+    BUILTIN,
+    BUILTIN_DIR,
+    LABELS,
+    TENANT,
+    ChainLoader,
+    is_safe_name,
+    make_source,
+)
+from ._locale import locale_folders
+from ._sandbox import BUDGET, Budget, LimitExceeded, SandboxEnvironment, check_deadline
 
-__all__ = [
-    "EMAIL_PARTS",
-    "SMS_PART",
-    "RenderedEmail",
-    "TemplateRenderer",
-    "format_money",
-]
+__all__ = ["EMAIL_PARTS", "SMS_PART", "RenderedEmail", "TemplateRenderer"]
 
 #: The parts of an email kind: subject and text body are required, HTML is optional.
 EMAIL_PARTS: tuple[str, str, str] = ("subject.txt", "body.txt", "body.html")
@@ -98,14 +53,6 @@ _REQUIRED_PARTS: dict[Channel, tuple[str, ...]] = {
     Channel.SMS: (SMS_PART,),
 }
 
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-_MAX_NAME_LEN = 100
-
-_TENANT, _APP, _BUILTIN = "tenant", "app", "builtin"
-_LABELS = frozenset({_TENANT, _APP, _BUILTIN})
-_BUILTIN_DIR = Path(__file__).resolve().parent / "default_templates"
-
-_MAX_SOURCE_BYTES = 1 << 20
 # Without auto_reload nothing on disk is expected to change, so a "no such kind"
 # answer is kept; with it, a kind a tenant adds shows up after this many seconds.
 _NEGATIVE_TTL = 2.0
@@ -128,89 +75,6 @@ class RenderedEmail:
     html: str | None
 
 
-# --- names (locale folders: _validation.locale_folders) --------------------------------------
-
-
-def _is_safe_name(name: object) -> bool:
-    return (
-        isinstance(name, str)
-        and len(name) <= _MAX_NAME_LEN
-        and _NAME_RE.fullmatch(name) is not None
-        and ".." not in name
-    )
-
-
-# --- loader ---------------------------------------------------------------------------
-
-
-class _Source(NamedTuple):
-    label: str
-    root: Path
-    resolved_root: Path
-
-
-class _ChainLoader(jinja2.BaseLoader):
-    """Loads ``label:path`` names from one source and plain names from the chain."""
-
-    def __init__(self, sources: Sequence[_Source]) -> None:
-        self.sources = tuple(sources)
-        # filename -> (name as users know it, source label), for error messages
-        self.origins: dict[str, tuple[str, str]] = {}
-
-    def find(self, source: _Source, pieces: Sequence[str]) -> Path | None:
-        path = source.root.joinpath(*pieces)
-        if not path.is_file():
-            return None
-        # A symlink out of the source directory would let a template read any file.
-        if not path.resolve().is_relative_to(source.resolved_root):
-            return None
-        return path
-
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str, Callable[[], bool]]:
-        label, sep, rest = template.partition(":")
-        if sep and label in _LABELS:
-            candidates = [s for s in self.sources if s.label == label]
-            relpath = rest
-        else:
-            candidates = list(self.sources)
-            relpath = template
-        pieces = split_template_path(relpath)
-        for index, source in enumerate(candidates):
-            path = self.find(source, pieces)
-            if path is None:
-                continue
-            stat = path.stat()
-            if stat.st_size > _MAX_SOURCE_BYTES:
-                raise _LimitExceeded(
-                    f"the template source is {stat.st_size:,} bytes; the limit is "
-                    f"{_MAX_SOURCE_BYTES:,}"
-                )
-            text = path.read_text(encoding="utf-8")
-            self.origins[str(path)] = ("/".join(pieces), source.label)
-            return (
-                text,
-                str(path),
-                self._uptodate(path, stat.st_mtime_ns, candidates[:index], pieces),
-            )
-        raise jinja2.TemplateNotFound(template)
-
-    def _uptodate(
-        self, path: Path, mtime_ns: int, earlier: Sequence[_Source], pieces: Sequence[str]
-    ) -> Callable[[], bool]:
-        def uptodate() -> bool:
-            try:
-                if path.stat().st_mtime_ns != mtime_ns:
-                    return False
-            except OSError:
-                return False
-            # A file that appeared in a source earlier in the chain now wins.
-            return all(self.find(source, pieces) is None for source in earlier)
-
-        return uptodate
-
-
 # --- the renderer ---------------------------------------------------------------------
 
 
@@ -226,7 +90,7 @@ _KIND_OK = _KindAnswer()
 
 
 class _Resolved(NamedTuple):
-    env: _SandboxEnvironment[_ChainLoader]
+    env: SandboxEnvironment[ChainLoader]
     name: str  # "label:relpath", what the environment loads
     display: str  # relpath, what errors show
     path: str  # the file it was found in
@@ -277,7 +141,7 @@ class TemplateRenderer:
         self.max_output_chars = max_output_chars
         self.render_timeout = render_timeout
         self.auto_reload = auto_reload
-        self._envs: dict[Path | None, _SandboxEnvironment[_ChainLoader]] = {}
+        self._envs: dict[Path | None, SandboxEnvironment[ChainLoader]] = {}
         self._envs_lock = threading.Lock()
         self._kinds: dict[tuple[Path | None, str, str, str], _KindAnswer] = {}
         # (templates_dir, kind, part, locale) -> (where the part was found, expiry or None)
@@ -425,14 +289,14 @@ class TemplateRenderer:
 
     @staticmethod
     def _check_name(name: str, what: str) -> None:
-        if not _is_safe_name(name):
+        if not is_safe_name(name):
             raise TemplateNotFoundError(
                 f"{name!r} is not a valid template {what} (lower-case letters, digits, "
                 "'_', '.', '-'; no '..' or '/')",
                 template=name if isinstance(name, str) else None,
             )
 
-    def _env(self, templates_dir: Path | None) -> _SandboxEnvironment[_ChainLoader]:
+    def _env(self, templates_dir: Path | None) -> SandboxEnvironment[ChainLoader]:
         env = self._envs.get(templates_dir)
         if env is not None:
             return env
@@ -441,12 +305,12 @@ class TemplateRenderer:
             if env is None:
                 sources = []
                 if templates_dir is not None:
-                    sources.append(_make_source(_TENANT, templates_dir))
+                    sources.append(make_source(TENANT, templates_dir))
                 if self.app_templates_dir is not None:
-                    sources.append(_make_source(_APP, self.app_templates_dir))
-                sources.append(_make_source(_BUILTIN, _BUILTIN_DIR))
-                env = _SandboxEnvironment(
-                    _ChainLoader(sources),
+                    sources.append(make_source(APP, self.app_templates_dir))
+                sources.append(make_source(BUILTIN, BUILTIN_DIR))
+                env = SandboxEnvironment(
+                    ChainLoader(sources),
                     max_output_chars=self.max_output_chars,
                     auto_reload=self.auto_reload,
                 )
@@ -506,15 +370,15 @@ class TemplateRenderer:
 
     @contextmanager
     def _budget(self) -> Iterator[None]:
-        if _BUDGET.get() is not None:
+        if BUDGET.get() is not None:
             yield  # an outer render call already set the clock
             return
-        budget = _Budget(time.monotonic() + self.render_timeout, self.render_timeout)
-        token = _BUDGET.set(budget)
+        budget = Budget(time.monotonic() + self.render_timeout, self.render_timeout)
+        token = BUDGET.set(budget)
         try:
             yield
         finally:
-            _BUDGET.reset(token)
+            BUDGET.reset(token)
 
     @overload
     def _lookup(
@@ -577,18 +441,14 @@ class TemplateRenderer:
             for chunk in stream:
                 size += len(chunk)
                 if size > cap:
-                    raise _LimitExceeded(
+                    raise LimitExceeded(
                         f"the rendered output is over the limit of {cap:,} characters"
                     )
-                _check_deadline()
+                check_deadline()
                 chunks.append(chunk)
         finally:
             stream.close()
         return "".join(chunks)
-
-
-def _make_source(label: str, root: Path) -> _Source:
-    return _Source(label, root, root.resolve())
 
 
 def _tenant_id(context: Mapping[str, Any]) -> str | None:
@@ -600,7 +460,7 @@ def _tenant_id(context: Mapping[str, Any]) -> str | None:
     return None
 
 
-_SOURCE_NAMES = {_TENANT: "tenant", _APP: "app", _BUILTIN: "built-in"}
+_SOURCE_NAMES = {TENANT: "tenant", APP: "app", BUILTIN: "built-in"}
 
 
 def _locate(err: BaseException, resolved: _Resolved) -> tuple[str, str, int | None]:
@@ -622,7 +482,7 @@ def _translate(err: Exception, resolved: _Resolved, tenant_id: str | None) -> Te
     """Turn an exception raised while loading or rendering into a TemplateError."""
     if isinstance(err, jinja2.TemplateSyntaxError):
         label, sep, name = (err.name or "").partition(":")
-        if not sep or label not in _LABELS:
+        if not sep or label not in LABELS:
             label, name = resolved.name.partition(":")[0], err.name or resolved.display
         where: tuple[str, str, int | None] = (name, label, err.lineno)
         detail = f"syntax error: {err.message}"
@@ -637,7 +497,7 @@ def _translate(err: Exception, resolved: _Resolved, tenant_id: str | None) -> Te
             )
         if isinstance(err, jinja2.TemplateNotFound):
             detail = f"includes {err.name!r}, which no template source has"
-        elif isinstance(err, _LimitExceeded | SecurityError | jinja2.UndefinedError):
+        elif isinstance(err, LimitExceeded | SecurityError | jinja2.UndefinedError):
             detail = str(err)
         else:
             detail = f"{type(err).__name__}: {err}"
@@ -649,7 +509,7 @@ def _translate(err: Exception, resolved: _Resolved, tenant_id: str | None) -> Te
         origin += f", rendering {resolved.display}"
     message = f"{name}: {detail} ({origin})"
     cls: type[TemplateError]
-    if isinstance(err, _LimitExceeded | MemoryError):
+    if isinstance(err, LimitExceeded | MemoryError):
         cls = TemplateLimitError
     elif isinstance(err, SecurityError):
         cls = TemplateSecurityError
