@@ -5,7 +5,9 @@ template part as a tenant's recipient would get it; ``send`` sends one
 notification; ``check-config`` validates settings; ``worker`` runs a Celery worker
 for the ``celery`` transport and ``replay`` puts dead-lettered notifications back
 on its queue; ``preview`` serves a local page of every kind as each tenant's
-recipients would see it. Commands other than ``demo`` read settings from
+recipients would see it; ``events consume`` turns domain events from RabbitMQ into
+notifications and ``events schemas`` lists, exports, validates and generates their
+schemas. Commands other than ``demo`` read settings from
 ``--config FILE`` or the ``TENANT_NOTIFY_*`` environment.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
@@ -264,6 +267,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 f"sms={pool.provider_name(tenant, Channel.SMS)} "
                 f"from={tenant.sender or '-'} sms_from={tenant.sms_from or '-'}"
             )
+        events = notify.events
+        print(
+            f"events: {len(settings.events.rules)} rule(s) for {len(events.rules.types)} type(s), "
+            f"schemas {events.rules.registry.directory if events.rules.registry else '-'}, "
+            f"{'in process' if events.local else 'via ' + settings.events.exchange}"
+        )
         print("configuration OK")
     finally:
         notify.close()
@@ -350,6 +359,130 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- events ---------------------------------------------------------------------------
+
+
+def cmd_events_consume(args: argparse.Namespace) -> int:
+    from .events.consumer import EventConsumer
+
+    with _notifier(args) as notify:
+        consumer = EventConsumer(notify)
+
+        def stop(signum: int, frame: Any) -> None:
+            consumer.stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
+        events = notify.settings.events
+        print(
+            f"consuming {events.queue} (exchange {events.exchange}, "
+            f"keys {', '.join(consumer.routing_keys)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        stats = consumer.run(max_events=args.max_events, idle_timeout=args.idle_timeout)
+    print(
+        f"{stats.received} event(s): {stats.acked} applied ({stats.notifications} "
+        f"notification(s), {stats.duplicates} seen before), {stats.dead_lettered} "
+        f"dead-lettered, {stats.requeued} requeued"
+    )
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from .config import load_settings
+    from .events.schemas import SchemaRegistry
+
+    settings = load_settings(Path(args.config) if args.config else None)
+    folder = args.dir or settings.events.schemas_dir
+    if folder is None:
+        raise SystemExit("error: no schemas folder: set [events] schemas_dir or pass --dir")
+    return settings, SchemaRegistry(folder)
+
+
+def cmd_events_schemas_list(args: argparse.Namespace) -> int:
+    settings, registry = _registry(args)
+    kinds: dict[str, list[str]] = {}
+    for rule in settings.events.rules:
+        kinds.setdefault(rule.type, []).append(f"{rule.kind}/{rule.channel}")
+    rows = [["TYPE", "VERSION", "FILE", "RULES"]]
+    rows += [
+        [s.type, f"v{s.version}", s.path.name, ", ".join(kinds.get(s.type, [])) or "-"]
+        for s in registry
+    ]
+    if len(rows) > 1:
+        print(_table(rows))
+    unmapped = sorted(set(kinds) - set(registry.types()))
+    print(f"{len(rows) - 1} schema(s) of {len(registry.types())} type(s) in {registry.directory}")
+    for event_type in unmapped:
+        print(f"warning: rules map {event_type}, which has no schema", file=sys.stderr)
+    return 1 if unmapped else 0
+
+
+def cmd_events_schemas_export(args: argparse.Namespace) -> int:
+    _, registry = _registry(args)
+    wanted = set(args.type or registry.types())
+    unknown = sorted(wanted - set(registry.types()))
+    if unknown:
+        raise SystemExit(f"error: no schema for {', '.join(unknown)}")
+    bundle: dict[str, dict[str, Any]] = {}
+    for schema in registry:
+        if schema.type in wanted:
+            bundle.setdefault(schema.type, {})[f"v{schema.version}"] = schema.schema
+    text = json.dumps(bundle, indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {sum(len(v) for v in bundle.values())} schema(s) to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_events_schemas_validate(args: argparse.Namespace) -> int:
+    from .errors import EventError
+    from .events.envelope import parse_event
+
+    _, registry = _registry(args)
+    failures = 0
+    for name in args.events:
+        body = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        try:
+            event = parse_event(body)
+            schema = registry.validate(event)
+        except EventError as err:
+            failures += 1
+            print(f"{name}: invalid ({err.reason}): {err}")
+        else:
+            print(f"{name}: ok ({event.type} v{schema.version})")
+    return 1 if failures else 0
+
+
+def cmd_events_schemas_generate(args: argparse.Namespace) -> int:
+    import importlib
+
+    from .events.schemas import write_schema
+
+    module_name, _, attribute = args.model.partition(":")
+    if not attribute:
+        raise SystemExit("error: MODEL is module:Class, such as myapp.events:OrderCreated")
+    # As `python -m` would: the host's own modules, from where it runs the command.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    model = getattr(importlib.import_module(module_name), attribute)
+    if args.dir:
+        folder = Path(args.dir)
+    else:
+        from .config import load_settings
+
+        settings = load_settings(Path(args.config) if args.config else None)
+        if settings.events.schemas_dir is None:
+            raise SystemExit("error: no schemas folder: set [events] schemas_dir or pass --dir")
+        folder = settings.events.schemas_dir
+    path = write_schema(folder, args.type, model, version=args.version)
+    print(path)
+    return 0
+
+
 # --- entry point ----------------------------------------------------------------------
 
 
@@ -429,6 +562,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(preview)
     preview.set_defaults(func=cmd_preview)
+
+    events = commands.add_parser(
+        "events", help="domain events: consume them from RabbitMQ, manage their schemas"
+    )
+    events_commands = events.add_subparsers(dest="events_command", required=True)
+    consume = events_commands.add_parser(
+        "consume",
+        help="turn CloudEvents from [events] queue into notifications by [[events.rules]]",
+    )
+    consume.add_argument(
+        "--max-events", type=int, help="stop after this many events (default: run until stopped)"
+    )
+    consume.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="stop after this many seconds without an event (default: never)",
+    )
+    with_config(consume)
+    consume.set_defaults(func=cmd_events_consume)
+
+    schemas = events_commands.add_parser(
+        "schemas", help="list, export, validate against and generate event schemas"
+    )
+    schema_commands = schemas.add_subparsers(dest="schemas_command", required=True)
+
+    def with_dir(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--dir", help="schemas folder (default: [events] schemas_dir)")
+        with_config(sub)
+
+    listing = schema_commands.add_parser(
+        "list", help="list every type and version, and the rules that use it"
+    )
+    with_dir(listing)
+    listing.set_defaults(func=cmd_events_schemas_list)
+    export = schema_commands.add_parser(
+        "export", help="print the schemas as one JSON document {type: {vN: schema}}"
+    )
+    export.add_argument("type", nargs="*", help="only these event types (default: all)")
+    export.add_argument("--out", help="write to this file instead of standard output")
+    with_dir(export)
+    export.set_defaults(func=cmd_events_schemas_export)
+    validate = schema_commands.add_parser(
+        "validate", help="check CloudEvents JSON files against their schemas"
+    )
+    validate.add_argument("events", nargs="+", help="event files ('-' for standard input)")
+    with_dir(validate)
+    validate.set_defaults(func=cmd_events_schemas_validate)
+    generate = schema_commands.add_parser(
+        "generate", help="write a type's schema from a pydantic model (the next version)"
+    )
+    generate.add_argument("model", help="the pydantic model, as module:Class")
+    generate.add_argument("--type", required=True, help="the CloudEvents type it describes")
+    generate.add_argument(
+        "--version", type=int, help="version number (default: the next, unless unchanged)"
+    )
+    with_dir(generate)
+    generate.set_defaults(func=cmd_events_schemas_generate)
     return parser
 
 

@@ -33,7 +33,11 @@ from .errors import ConfigurationError, MissingDependencyError
 from .tenants import Tenant, protect_secrets
 
 __all__ = [
+    "AlertSettings",
+    "CallbackSettings",
     "CelerySettings",
+    "EventRule",
+    "EventsSettings",
     "IdempotencySettings",
     "RedisSettings",
     "RetrySettings",
@@ -184,6 +188,140 @@ class RedisSettings(_Section):
     max_connections: int = Field(default=64, ge=1)
 
 
+class EventRule(_Section):
+    """One ``[[events.rules]]`` table: which notification an event type sends.
+
+    Paths (``to``, ``locale`` and the values of ``context``) point into the
+    CloudEvent: ``data.customer_email``, ``data.items.0.name``, ``subject``,
+    ``tenantid``. They are checked against the type's schema when the Notifier
+    is built.
+
+    Attributes:
+        type: The CloudEvents ``type`` it applies to (``com.example.order.created``).
+        kind: The notification kind to send (``order_confirmation``, or your own).
+        to: Path to the recipient (an address, or an E.164 number for sms).
+        channel: ``email`` or ``sms``.
+        context: Template field name -> path.
+        locale: Path to a locale, if the event carries one.
+        name: Names the rule in idempotency keys; needed only when two rules of
+            one type send the same kind on the same channel to the same path.
+    """
+
+    type: str = Field(min_length=1)
+    kind: str = Field(min_length=1)
+    to: str = Field(min_length=1)
+    channel: Literal["email", "sms"] = "email"
+    context: dict[str, str] = Field(default_factory=dict)
+    locale: str | None = None
+    name: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What makes this rule's sends for one event distinct from other rules'."""
+        return self.name or f"{self.kind}:{self.channel}:{self.to}"
+
+
+class CallbackSettings(_Section):
+    """Lifecycle callbacks to each tenant's URL (``[tenants.X.callbacks]``).
+
+    Attributes:
+        states: The transitions that are called back.
+        max_attempts: Attempts per callback before it is dead-lettered.
+        initial_delay: Seconds before the second attempt; doubled after each.
+        max_delay: Longest wait between attempts.
+        timeout: Seconds one HTTP attempt may take.
+        workers: Threads sending callbacks in each process.
+        queue_size: Callbacks waiting to be sent before new ones are dropped
+            (and logged) rather than block a delivery.
+        dead_letter_queue: RabbitMQ queue that keeps callbacks whose last
+            attempt failed (on ``events.broker_url``); ``""`` keeps them in
+            memory only (``LifecycleEvents.dead_letters``) and logs them.
+    """
+
+    states: tuple[str, ...] = ("queued", "sent", "failed", "delivered", "bounced")
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    initial_delay: float = Field(default=1.0, ge=0)
+    max_delay: float = Field(default=60.0, ge=0)
+    timeout: float = Field(default=5.0, gt=0)
+    workers: int = Field(default=2, ge=1, le=64)
+    queue_size: int = Field(default=10_000, ge=1)
+    dead_letter_queue: str = "tenant_notify.callbacks.dead"
+
+    @field_validator("states")
+    @classmethod
+    def _check_states(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = {"queued", "sending", "retrying", "sent", "failed", "delivered", "bounced"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown state(s) {unknown}; choose from {sorted(known)}")
+        return value
+
+
+class AlertSettings(_Section):
+    """The failure-rate alert per tenant and channel.
+
+    Attributes:
+        enabled: Watch failure rates in this process.
+        failure_rate: Alert when this share of the window's outcomes failed
+            (``failed`` or ``bounced``), 0 < rate <= 1.
+        window: Seconds of outcomes the rate is computed over.
+        min_outcomes: Outcomes a window needs before it can alert (one failure
+            out of one is not a trend).
+    """
+
+    enabled: bool = False
+    failure_rate: float = Field(default=0.2, gt=0, le=1)
+    window: float = Field(default=300.0, gt=0)
+    min_outcomes: int = Field(default=20, ge=1)
+
+
+class EventsSettings(_Section):
+    """Domain events in (``[events]``, ``[[events.rules]]``) and lifecycle events out.
+
+    Attributes:
+        broker_url: RabbitMQ URL for events; default ``[celery] broker_url``.
+            Not shown in ``repr``.
+        exchange: Topic exchange host services publish CloudEvents to (declared durable).
+        queue: The consumer's queue, bound to ``exchange``.
+        dead_letter_queue: Where invalid, unmapped or unsendable events go, with
+            the reason in the ``x-tenant-notify-reason`` header.
+        routing_keys: Binding keys of ``queue``; default: the rules' types.
+        schemas_dir: Folder of JSON Schemas, ``<type>.v<N>.json``; when set,
+            every rule's type needs one and every event is validated.
+        source: Default CloudEvents ``source`` of ``Notifier.publish_event``.
+        local: Apply the rules in this process instead of publishing to the
+            broker (``publish_event``); default: on unless the transport is ``celery``.
+        prefetch: Events the consumer takes from the broker ahead.
+        publish_timeout: Seconds ``publish_event`` waits for the broker's confirm.
+        lifecycle_exchange: Topic exchange to publish lifecycle events to
+            (routing keys ``notification.<state>``); ``""`` (default) for none.
+        rules: The ``[[events.rules]]`` tables.
+        callbacks: Lifecycle callbacks to tenants' URLs.
+        alerts: The failure-rate alert.
+    """
+
+    broker_url: str | None = Field(default=None, repr=False)
+    exchange: str = Field(default="domain_events", min_length=1)
+    queue: str = Field(default="tenant_notify.events", min_length=1)
+    dead_letter_queue: str = Field(default="tenant_notify.events.dead", min_length=1)
+    routing_keys: tuple[str, ...] | None = None
+    schemas_dir: Path | None = None
+    source: str = Field(default="/tenant-notify", min_length=1)
+    local: bool | None = None
+    prefetch: int = Field(default=64, ge=1, le=65_535)
+    publish_timeout: float = Field(default=5.0, gt=0)
+    lifecycle_exchange: str = ""
+    rules: tuple[EventRule, ...] = ()
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+    @model_validator(mode="after")
+    def _check_queues(self) -> EventsSettings:
+        if self.dead_letter_queue == self.queue:
+            raise ValueError("dead_letter_queue must differ from queue")
+        return self
+
+
 class Settings(BaseModel):
     """Everything a Notifier is built from.
 
@@ -199,6 +337,7 @@ class Settings(BaseModel):
         idempotency: Key lifetimes.
         celery: The ``celery`` transport.
         redis: Redis for the shared stores (used by the ``celery`` transport).
+        events: Domain events in, lifecycle events out, alerts (``docs/events.md``).
         mask_recipients: Mask addresses and numbers in log lines (keep on).
         metrics: Record delivery metrics in prometheus-client's default registry
             (extra ``tenant-notify[metrics]``; see :mod:`tenant_notify.metrics`).
@@ -222,6 +361,7 @@ class Settings(BaseModel):
     idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
     mask_recipients: bool = True
     metrics: bool = False
 

@@ -32,6 +32,10 @@ chained with ``raise ... from err``.
     │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
     │   └── AmbiguousDeliveryError      may or may not have been accepted (timeout after send)
     ├── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
+    ├── EventError                      a domain event cannot be turned into notifications
+    │   ├── InvalidEventError           (also ValidationError) not CloudEvents JSON, fails its
+    │   │                               schema, or a rule's path finds nothing
+    │   └── UnmappedEventError          (also LookupError) no rule maps its type
     └── WebhookError                    a delivery-event webhook request cannot be used
         ├── WebhookVerificationError    wrong signature or stale timestamp: reject it (403)
         └── WebhookPayloadError         (also ValueError) signed, but not a payload we can read
@@ -51,15 +55,19 @@ Errors never carry secrets: credentials are not part of any message or attribute
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AmbiguousDeliveryError",
     "ConfigurationError",
     "DeliveryError",
     "EnqueueError",
+    "EventError",
     "HeaderInjectionError",
     "InvalidAmountError",
     "InvalidContextError",
     "InvalidCurrencyError",
+    "InvalidEventError",
     "InvalidRecipientError",
     "MissingDependencyError",
     "NotifyError",
@@ -75,6 +83,7 @@ __all__ = [
     "UnknownBackendError",
     "UnknownNotificationError",
     "UnknownTenantError",
+    "UnmappedEventError",
     "UnsupportedChannelError",
     "ValidationError",
     "WaitTimeoutError",
@@ -333,6 +342,47 @@ class AmbiguousDeliveryError(DeliveryError):
 
 class WaitTimeoutError(NotifyError, TimeoutError):
     """:meth:`Receipt.wait` reached its timeout before the notification settled."""
+
+
+# --- domain events ---------------------------------------------------------------------
+
+
+class EventError(NotifyError):
+    """A domain event (a CloudEvent) cannot be turned into notifications.
+
+    The consumer dead-letters such an event with :attr:`reason` in the
+    ``x-tenant-notify-reason`` header and the message, masked, beside it.
+
+    Attributes:
+        reason: A short, stable code: ``invalid`` (not CloudEvents JSON),
+            ``schema`` (its data fails the type's schema), ``path`` (a rule's
+            path finds nothing), ``unmapped`` (no rule for the type).
+        event_type: The event's ``type``, if it has one.
+        event_id: The event's ``id``, if it has one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        event_type: str | None = None,
+        event_id: str | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message, **context)
+        self.reason = reason
+        self.event_type = event_type
+        self.event_id = event_id
+
+
+class InvalidEventError(EventError, ValidationError):
+    """The event is not CloudEvents 1.0 JSON, its data fails the schema of its
+    type, or a rule's path into it finds nothing. Nothing was queued."""
+
+
+class UnmappedEventError(EventError, LookupError):
+    """No ``[[events.rules]]`` table maps the event's type."""
 
 
 # --- delivery-event webhooks -----------------------------------------------------------

@@ -10,6 +10,7 @@ returns a :class:`~tenant_notify.models.Receipt`. Bad input raises a
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -38,6 +39,7 @@ from .errors import (
     ValidationError,
     WaitTimeoutError,
 )
+from .events.hub import EventHub, PublishedEvent
 from .log import get_logger, mask_recipient
 from .metrics import resolve_metrics
 from .models import (
@@ -113,6 +115,7 @@ class Notifier:
             metrics=resolve_metrics(settings.metrics if metrics is None else metrics),
         )
         self._check_providers()
+        self.events = EventHub(settings)
         self.transport = (
             factory
             if isinstance(factory, Transport)
@@ -460,6 +463,55 @@ class Notifier:
             "sms", tenant_id, Channel.SMS, recipient, context, idempotency_key, None
         )
 
+    # --- domain events ---------------------------------------------------------------
+
+    def publish_event(
+        self,
+        type: str,
+        data: Any,
+        *,
+        tenant_id: str,
+        source: str | None = None,
+        id: str | None = None,
+        subject: str | None = None,
+        time: dt.datetime | None = None,
+        dataschema: str | None = None,
+    ) -> PublishedEvent:
+        """Publish a domain event as a CloudEvent; the ``[[events.rules]]`` send for it.
+
+        On the ``celery`` transport the event goes to ``[events] exchange``
+        (routing key: its type) and this returns once the broker confirmed it;
+        ``tenant-notify events consume`` sends the notifications. In process
+        (the embedded default) the rules are applied at once and the receipts
+        returned. See ``docs/events.md``.
+
+        Args:
+            type: CloudEvents ``type`` (``"com.example.order.created"``).
+            data: The payload: JSON types, Decimal, date, datetime.
+            tenant_id: Goes into the ``tenantid`` extension attribute.
+            source: CloudEvents ``source``; default ``[events] source``.
+            id: Event id; default a random UUID. The same source and id send once.
+            subject, time, dataschema: The CloudEvents attributes of those names.
+
+        Raises:
+            InvalidEventError: bad attributes, or data that fails its schema.
+            UnknownTenantError: no such tenant.
+            ValidationError: in process, a send the Notifier refuses.
+            EnqueueError: the broker did not confirm it (or no queue is bound).
+        """
+        self._check_open(tenant_id)
+        return self.events.publish(
+            self,
+            type,
+            data,
+            tenant_id=tenant_id,
+            source=source,
+            id=id,
+            subject=subject,
+            time=time,
+            dataschema=dataschema,
+        )
+
     # --- status ----------------------------------------------------------------------
 
     def status(self, notification_id: str) -> DeliveryStatus:
@@ -505,6 +557,7 @@ class Notifier:
         try:
             self.transport.close(timeout)
         finally:
+            self.events.close()
             self.dispatcher.close()
             self.status_store.close()
             self.idempotency_store.close()

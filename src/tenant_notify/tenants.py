@@ -8,6 +8,8 @@ the settings; a host that keeps tenants in its database passes its own resolver
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping
 from email.utils import getaddresses
@@ -21,7 +23,7 @@ from ._validation import normalize_email, normalize_locale, normalize_sender_num
 from .errors import UnknownTenantError
 from .models import Address
 
-__all__ = ["StaticTenantResolver", "Tenant", "TenantResolver"]
+__all__ = ["CallbackTarget", "StaticTenantResolver", "Tenant", "TenantResolver"]
 
 # Keys of provider tables whose values are secrets: kept as SecretStr from the
 # moment they are read, so no repr, log or error can show them.
@@ -70,6 +72,43 @@ def _parse_sender_number(value: Any) -> Any:
     return normalize_sender_number(value)
 
 
+class CallbackTarget(BaseModel):
+    """Where a tenant's lifecycle callbacks go (``[tenants.X.callbacks]``).
+
+    Attributes:
+        url: The tenant's ``http(s)://`` endpoint.
+        secret: Its Standard Webhooks signing secret: ``whsec_`` and base64.
+            A SecretStr: never in a repr, a log line or an error.
+        states: Only these transitions; default ``[events.callbacks] states``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    secret: SecretStr
+    states: tuple[str, ...] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value().removeprefix("whsec_")
+        try:
+            key = base64.b64decode(text + "==", validate=False)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not key:
+            # Not the value itself: a secret stays out of error messages.
+            raise ValueError("must be whsec_ followed by a base64 key")
+        return value
+
+
 EmailAddressField = Annotated[Address | None, BeforeValidator(_parse_address)]
 
 
@@ -88,6 +127,7 @@ class Tenant(BaseModel):
         branding: Values templates see as ``tenant.branding`` (colours, logo URL, ...).
         email: Provider table merged over the global ``[email]`` table.
         sms: Provider table merged over the global ``[sms]`` table.
+        callbacks: Where its lifecycle callbacks go, if anywhere.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -102,6 +142,7 @@ class Tenant(BaseModel):
     branding: dict[str, str] = Field(default_factory=dict)
     email: dict[str, Any] | None = None
     sms: dict[str, Any] | None = None
+    callbacks: CallbackTarget | None = None
 
     @field_validator("name")
     @classmethod
