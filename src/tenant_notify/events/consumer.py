@@ -257,7 +257,7 @@ class EventConsumer:
             on_ready: Called once the queue is declared and consumed.
         """
         kombu = _kombu()
-        broken: tuple[type[BaseException], ...] = (OSError, *_connection_errors(kombu))
+        broken: tuple[type[BaseException], ...] = (OSError, *_connection_errors())
         delay = 0.5
         while not self._stop.is_set():
             try:
@@ -376,7 +376,8 @@ class EventConsumer:
         return f"<EventConsumer queue={self.settings.queue!r} keys={list(self.routing_keys)!r}>"
 
 
-def _connection_errors(kombu: Any) -> tuple[type[BaseException], ...]:
-    import amqp
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import amqp.exceptions
+    import kombu.exceptions
 
     return (amqp.exceptions.ConnectionError, kombu.exceptions.OperationalError, ConnectionError)

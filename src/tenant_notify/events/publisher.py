@@ -90,7 +90,7 @@ class EventPublisher:
         broken: tuple[type[BaseException], ...] = (
             OSError,
             TimeoutError,
-            *_connection_errors(_kombu()),
+            *_connection_errors(),
         )
         properties = {"message_id": message_id} if message_id else {}
         with self._lock:
