@@ -42,8 +42,13 @@ def docs_examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks; results go into docs/benchmarks.md by hand."""
-    session.install(".[test]")
+    """Every benchmark; each writes its own section of docs/benchmarks.md.
+
+    ``nox -s bench -- --no-write`` prints the tables only; other options after
+    ``--`` go to every benchmark (``--rounds 7``).
+    """
+    session.install(".[test,bench]")
+    session.run("python", "bench/bench_inprocess.py", *session.posargs)
     session.run("python", "bench/bench_submit.py", *session.posargs)
     session.run("python", "bench/bench_providers.py")
     # Needs RabbitMQ and Redis on loopback, like the integration tests.

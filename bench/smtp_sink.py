@@ -109,6 +109,12 @@ class SmtpSink:
         self._process.join(10)
 
     @property
+    def pid(self) -> int:
+        """The sink's process, for measuring its CPU."""
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
     def port(self) -> int:
         return int(self._port.value)
 

@@ -1,0 +1,413 @@
+"""In-process delivery end to end: the library, fair hand-written queues, the sink's ceiling.
+
+Run: ``python bench/bench_inprocess.py`` (or ``nox -s bench``). Writes the
+``inprocess`` section of docs/benchmarks.md (``--no-write``: print only).
+
+Every variant sends the same order confirmations (a distinct order and customer
+each, two tenants, one of them German) from a process of its own to one counting
+SMTP sink (bench/smtp_sink.py, aiosmtpd in its own process), all over two held
+connections, and is timed from the first send to the last message accepted:
+
+* **tenant-notify, inprocess**: ``send_order_confirmation`` on the in-process
+  transport (two workers) with the SMTP provider;
+* **fair hand-written queue, smtplib**: a ``queue.Queue`` and two consumer
+  threads that render the library's templates with plain Jinja2, build MIME the
+  fastest stdlib way and send over one held ``smtplib`` connection each
+  (bench/handwritten.py);
+* **fair hand-written asyncio, aiosmtplib**: the same on one event loop, two
+  consumer tasks, a held ``aiosmtplib`` connection each;
+* **sink ceiling**: two threads writing prebuilt SMTP transactions on raw sockets,
+  waiting for each reply as smtplib does: what the sink accepts when the client
+  costs next to nothing;
+* with ``--base-python`` (an interpreter with another install of the library,
+  e.g. today's main in a second worktree), **tenant-notify at <label>**: the
+  first variant's exact code run against that install, in the same rounds.
+
+Each round starts a fresh process per variant; it warms up (connections,
+templates, caches) before its window. CPU is read inside the window: the whole
+benchmark process (every thread: the system under test), the caller's thread
+alone and the delivering rest, and the sink (not part of the system under test:
+it stands for the mail server). After every round the sink's count is checked
+against what the variant says it sent, so a variant that drops mail fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _harness import (
+    Comparison,
+    Sample,
+    Target,
+    TreeCpu,
+    Variant,
+    arguments,
+    cpu_seconds,
+    publish,
+    run_json,
+)
+from handwritten import TENANTS, Renderer, fast_mime, order
+
+WARM_UP = 200
+TENANT_IDS = ("acme", "globex")
+SCOPES = {
+    "process": "the sending process, every thread (the system under test)",
+    "delivery": "the same minus the caller's thread: the queue's consumers",
+    "caller": "the caller's thread while it sends",
+    "sink": "the SMTP sink's process (not the system under test)",
+}
+
+
+class Window:
+    """Wall clock and CPU of this process, its caller thread and the sink, over a window."""
+
+    def __init__(self, sink_pid: int) -> None:
+        self.sink = TreeCpu([sink_pid], children=False)
+
+    def __enter__(self) -> Window:
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+        self.thread, self.sink_cpu = time.thread_time(), self.sink.seconds()
+        return self
+
+    def caller_done(self) -> None:
+        self.caller = time.thread_time() - self.thread
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = cpu_seconds() - self.cpu
+        self.thread = time.thread_time() - self.thread
+        self.sink_cpu = self.sink.seconds() - self.sink_cpu
+
+    def sample(self, n: int, sent: int, *, threads: bool = True) -> Sample:
+        cpu = {"process": self.cpu, "sink": self.sink_cpu}
+        if threads:
+            cpu.update(delivery=self.cpu - self.thread, caller=self.caller)
+        return Sample(ops=n, wall=self.wall, cpu=cpu, extra={"sent": sent})
+
+
+# --- the variants, each run in a process of its own ----------------------------------------
+
+
+def round_library(port: int, sink_pid: int, n: int, run: str, workers: int) -> Sample:
+    import logging
+
+    import structlog
+
+    from tenant_notify import Notifier
+
+    # As in production: info lines filtered out, so the figures are the library's own.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    notify = Notifier.from_settings(
+        {
+            "transport": {"backend": "inprocess", "workers": workers, "queue_size": 1_000_000},
+            "email": {
+                "provider": "smtp",
+                "host": "127.0.0.1",
+                "port": port,
+                "local_hostname": "bench",
+            },
+            "tenants": TENANTS,
+            "idempotency": {"ttl": 600},
+        }
+    )
+
+    def send(i: int) -> str:
+        tenant = TENANT_IDS[i % 2]
+        o = order(i, run, tenant)
+        return notify.send_order_confirmation(
+            order_id=o["order_id"],
+            customer_email=o["customer_email"],
+            order_total=o["order_total"],
+            currency=o["currency"],
+            tenant_id=tenant,
+        ).id
+
+    def settle(ids: list[str]) -> None:
+        for notification_id in ids:
+            state = notify.wait(notification_id, 120).state.value
+            if state != "sent":
+                raise RuntimeError(f"{notification_id} is {state}")
+
+    settle([send(-1 - i) for i in range(WARM_UP)])
+    with Window(sink_pid) as window:
+        ids = [send(i) for i in range(n)]
+        window.caller_done()
+        settle(ids)
+    notify.close()
+    return window.sample(n, WARM_UP + n)
+
+
+def round_queue(port: int, sink_pid: int, n: int, run: str, workers: int) -> Sample:
+    import smtplib
+
+    renderer = Renderer()
+    jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def consume() -> None:
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="bench") as conn:
+            while (job := jobs.get()) is not None:
+                tenant = job["tenant_id"]
+                raw = fast_mime(tenant, job["customer_email"], *renderer.render(tenant, job))
+                conn.sendmail(_sender(tenant), [job["customer_email"]], raw)
+                jobs.task_done()
+            jobs.task_done()
+
+    threads = [threading.Thread(target=consume) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for i in range(WARM_UP):
+        jobs.put(order(-1 - i, run, TENANT_IDS[i % 2]))
+    jobs.join()
+    with Window(sink_pid) as window:
+        for i in range(n):
+            jobs.put(order(i, run, TENANT_IDS[i % 2]))
+        window.caller_done()
+        jobs.join()
+    for _ in threads:
+        jobs.put(None)
+    for thread in threads:
+        thread.join()
+    return window.sample(n, WARM_UP + n)
+
+
+def round_asyncio(port: int, sink_pid: int, n: int, run: str, workers: int) -> Sample:
+    import aiosmtplib
+
+    renderer = Renderer()
+
+    async def main() -> Window:
+        jobs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def consume() -> None:
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, local_hostname="bench")
+            await smtp.connect()
+            try:
+                while True:
+                    job = await jobs.get()
+                    tenant = job["tenant_id"]
+                    raw = fast_mime(tenant, job["customer_email"], *renderer.render(tenant, job))
+                    await smtp.sendmail(_sender(tenant), [job["customer_email"]], raw)
+                    jobs.task_done()
+            finally:
+                await smtp.quit()
+
+        consumers = [asyncio.create_task(consume()) for _ in range(workers)]
+        for i in range(WARM_UP):
+            jobs.put_nowait(order(-1 - i, run, TENANT_IDS[i % 2]))
+        await jobs.join()
+        with Window(sink_pid) as window:
+            for i in range(n):
+                jobs.put_nowait(order(i, run, TENANT_IDS[i % 2]))
+            window.caller_done()
+            await jobs.join()
+        for consumer in consumers:
+            consumer.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+        return window
+
+    window = asyncio.run(main())
+    return window.sample(n, WARM_UP + n, threads=False)
+
+
+def round_ceiling(port: int, sink_pid: int, n: int, run: str, workers: int) -> Sample:
+    renderer = Renderer()
+    transactions = []
+    for tenant in TENANT_IDS:
+        o = order(0, run, tenant)
+        raw = fast_mime(tenant, o["customer_email"], *renderer.render(tenant, o))
+        assert b"\n." not in raw  # sent as it is, without dot-stuffing
+        transactions.append(
+            [
+                f"MAIL FROM:<{_sender(tenant)}>\r\n".encode(),
+                f"RCPT TO:<{o['customer_email']}>\r\n".encode(),
+                b"DATA\r\n",
+                raw + b"\r\n.\r\n",
+            ]
+        )
+
+    def client(count: int, ready: threading.Barrier) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            _reply(sock)
+            sock.sendall(b"EHLO bench\r\n")
+            _reply(sock)
+            for i in range(WARM_UP // workers):
+                _transaction(sock, transactions[i % 2])
+            ready.wait()
+            ready.wait()  # the window starts
+            for i in range(count):
+                _transaction(sock, transactions[i % 2])
+            sock.sendall(b"QUIT\r\n")
+            _reply(sock)
+
+    ready = threading.Barrier(workers + 1)
+    share = [n // workers + (k < n % workers) for k in range(workers)]
+    threads = [threading.Thread(target=client, args=(count, ready)) for count in share]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    with Window(sink_pid) as window:
+        ready.wait()
+        window.caller_done()
+        for thread in threads:
+            thread.join()
+    return window.sample(n, (WARM_UP // workers) * workers + n, threads=False)
+
+
+def _transaction(sock: socket.socket, commands: list[bytes]) -> None:
+    for command in commands:
+        sock.sendall(command)
+        code = _reply(sock)
+        if code not in (250, 354):
+            raise RuntimeError(f"the sink answered {code}")
+
+
+def _reply(sock: socket.socket) -> int:
+    data = b""
+    while not data.endswith(b"\r\n") or data.splitlines()[-1][3:4] == b"-":
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the sink closed the connection")
+        data += chunk
+    return int(data.splitlines()[-1][:3])
+
+
+def _sender(tenant: str) -> str:
+    return TENANTS[tenant]["email_from"].rpartition("<")[2].rstrip(">")
+
+
+ROUNDS: dict[str, Callable[[int, int, int, str, int], Sample]] = {
+    "library": round_library,
+    "queue": round_queue,
+    "asyncio": round_asyncio,
+    "ceiling": round_ceiling,
+}
+
+LIBRARY = "tenant-notify, inprocess (2 workers)"
+QUEUE = "fair hand-written queue: plain Jinja2, stdlib MIME, held smtplib connections (2 threads)"
+ASYNCIO = (
+    "fair hand-written asyncio: plain Jinja2, stdlib MIME, held aiosmtplib connections (2 tasks)"
+)
+CEILING = "sink ceiling: prebuilt SMTP transactions on raw sockets (2 connections)"
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="emails per round and variant")
+    parser.add_argument("--workers", type=int, default=2, help="threads/connections per variant")
+    parser.add_argument("--pipelining", action="store_true", help="the sink offers PIPELINING")
+    parser.add_argument("--base-python", help="an interpreter with another install of the library")
+    parser.add_argument("--base-label", default="7bbd47b", help="what --base-python has installed")
+    parser.add_argument("--round", choices=ROUNDS, help=argparse_hidden())
+    parser.add_argument("--port", type=int, help=argparse_hidden())
+    parser.add_argument("--sink-pid", type=int, help=argparse_hidden())
+    parser.add_argument("--run-id", default="r", help=argparse_hidden())
+    args = parser.parse_args()
+    if args.round:
+        sample = ROUNDS[args.round](args.port, args.sink_pid, args.n, args.run_id, args.workers)
+        print(sample.to_json())
+        return
+
+    from smtp_sink import SmtpSink
+
+    with SmtpSink(pipelining=args.pipelining) as sink:
+
+        def runner(kind: str, python: str = sys.executable) -> Callable[[int], Sample]:
+            def run(round_no: int) -> Sample:
+                before = sink.count
+                sample = run_json(
+                    [
+                        *(python, str(Path(__file__).resolve()), "--round", kind),
+                        *("--port", str(sink.port), "--sink-pid", str(sink.pid)),
+                        *("-n", str(args.n), "--workers", str(args.workers)),
+                        *("--run-id", f"{kind}{round_no}"),
+                    ]
+                )
+                arrived = sink.count - before
+                if arrived != sample.extra["sent"]:
+                    raise RuntimeError(f"{kind}: sent {sample.extra['sent']}, {arrived} arrived")
+                return sample
+
+            return run
+
+        guarantee = "validated, idempotent, status recorded, retried; queued in memory"
+        variants = [
+            Variant(LIBRARY, runner("library"), guarantee=guarantee, short="library"),
+            Variant(
+                QUEUE,
+                runner("queue"),
+                guarantee="queued in memory; nothing checked or recorded",
+                baseline=True,
+                short="queue",
+            ),
+            Variant(
+                ASYNCIO,
+                runner("asyncio"),
+                guarantee="queued in memory; nothing checked or recorded",
+                baseline=True,
+                short="asyncio",
+            ),
+            Variant(
+                CEILING,
+                runner("ceiling"),
+                guarantee="none (the sink's limit)",
+                baseline=True,
+                short="ceiling",
+            ),
+        ]
+        base_name = f"tenant-notify at {args.base_label}, inprocess (2 workers)"
+        if args.base_python:
+            variants.append(
+                Variant(
+                    base_name,
+                    runner("library", args.base_python),
+                    guarantee=guarantee,
+                    baseline=True,
+                    short=args.base_label,
+                )
+            )
+        result = Comparison(
+            "in-process end to end",
+            variants,
+            rounds=args.rounds,
+            metric="rate",
+            unit="email",
+            cpu_scopes=SCOPES,
+        ).run()
+
+    targets = [
+        Target(
+            "in-process end to end vs the fair hand-written queue", LIBRARY, QUEUE, at_least=1.5
+        ),
+        Target("in-process end to end vs the sink's ceiling", LIBRARY, CEILING, at_least=0.6),
+    ]
+    if args.base_python:
+        targets.append(
+            Target(
+                f"library CPU per email vs {args.base_label} (≤ 0.75x: 25% below)",
+                LIBRARY,
+                base_name,
+                at_most=0.75,
+                of="process",
+            )
+        )
+    key = "inprocess-pipelining" if args.pipelining else "inprocess"
+    cpu_baselines = [QUEUE, base_name] if args.base_python else [QUEUE]
+    publish(key, result.markdown(targets=targets, cpu_ratios_to=cpu_baselines), write=args.write)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()
