@@ -35,7 +35,13 @@ import jinja2
 import tenant_notify
 from tenant_notify.templates import format_money
 
-TEMPLATES = Path(tenant_notify.__file__).resolve().parent / "default_templates"
+# The built-in templates (templates/builtin/; default_templates/ in older installs).
+_PACKAGE = Path(tenant_notify.__file__).resolve().parent
+TEMPLATES = next(
+    path
+    for path in (_PACKAGE / "templates" / "builtin", _PACKAGE / "default_templates")
+    if path.is_dir()
+)
 KIND = "order_confirmation"
 PARTS = ("subject.txt", "body.txt", "body.html")
 
