@@ -207,6 +207,55 @@ def test_tenant_without_sms_sender_cannot_send_sms(notify):
         notify.send_sms(to_phone="+15551234567", body="x", tenant_id="globex")
 
 
+# --- build, then submit ---------------------------------------------------------------------
+
+
+def test_build_checks_everything_and_queues_nothing_until_submitted(notify):
+    notification = notify.build(notify.send_order_confirmation, **ORDER)
+    assert (notification.tenant_id, notification.kind, notification.to) == (
+        "acme",
+        "order_confirmation",
+        "jane@example.com",
+    )
+    assert notification.idempotency_key == "order_confirmation:A-1001"
+    assert len(notify.status_store) == 0 and not notify.outbox.emails
+    receipt = notify.submit(notification)
+    assert receipt.id == notification.id
+    assert receipt.wait(1).state is DeliveryState.SENT
+    assert [e.notification_id for e in notify.outbox.emails] == [notification.id]
+
+
+def test_build_raises_what_the_send_would(notify):
+    with pytest.raises(InvalidRecipientError):
+        notify.build(notify.send, "welcome", tenant_id="acme", to="not-an-address")
+    with pytest.raises(UnknownTenantError):
+        notify.build(notify.send_sms, to_phone="+15551234567", body="x", tenant_id="nobody")
+    assert len(notify.status_store) == 0
+
+
+def test_build_takes_only_this_notifiers_methods_that_send_once(notify, tenants):
+    with (
+        make_notifier(tenants=tenants) as other,
+        pytest.raises(TypeError, match="send method of this notifier"),
+    ):
+        notify.build(
+            other.send_email, to_email="a@example.com", subject="s", body="b", tenant_id="acme"
+        )
+
+    class Twice(type(notify)):
+        def send_both(self, **kwargs):
+            self.send_email(**kwargs)
+            return self.send_email(**kwargs)
+
+    with make_notifier(tenants=tenants) as base:
+        twice = Twice(base.settings, transport="eager")
+        with pytest.raises(TypeError, match="exactly one notification"):
+            twice.build(
+                twice.send_both, to_email="a@example.com", subject="s", body="b", tenant_id="acme"
+            )
+        twice.close()
+
+
 # --- idempotency -------------------------------------------------------------------------
 
 

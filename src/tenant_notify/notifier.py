@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any, Self
+from typing import Any, ParamSpec, Self
 
 from ._registry import resolve_name
 from ._validation import (
@@ -58,6 +59,14 @@ __all__ = ["Notifier"]
 
 # Names the library puts into every template context itself.
 _RESERVED_CONTEXT = frozenset({"tenant", "locale"})
+
+_P = ParamSpec("_P")
+
+# While Notifier.build runs a send method: the notifier building, and what its
+# submit() was handed instead of queueing it.
+_BUILDING: ContextVar[tuple[Notifier, list[Notification]] | None] = ContextVar(
+    "tenant_notify_building", default=None
+)
 
 
 class Notifier:
@@ -216,21 +225,58 @@ class Notifier:
             raise InvalidContextError(
                 f"{sorted(reserved)} are set by the library", field=sorted(reserved)[0]
             )
-        return self._submit(kind, tenant_id, channel, recipient, context, idempotency_key, locale)
-
-    def _submit(
-        self,
-        kind: str,
-        tenant_id: str,
-        channel: Channel,
-        to: str,
-        context: dict[str, Any],
-        idempotency_key: str | None,
-        locale: str | None,
-    ) -> Receipt:
-        return self._enqueue(
-            self._prepare(kind, tenant_id, channel, to, context, idempotency_key, locale)
+        return self.submit(
+            self._prepare(kind, tenant_id, channel, recipient, context, idempotency_key, locale)
         )
+
+    # --- build, then submit ----------------------------------------------------------
+
+    def build(
+        self, send: Callable[_P, Receipt], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Notification:
+        """Run every check of a send and return its notification; queue nothing.
+
+        ``send`` is one of this notifier's send methods (``notify.send``,
+        ``notify.send_order_confirmation``, a subclass's own), called with
+        ``args`` and ``kwargs``; it raises what it would raise when sending
+        (``ValidationError``, ``UnknownTenantError``, ...). Pass the result to
+        :meth:`submit`, now or later (after a commit, say)::
+
+            notification = notify.build(notify.send_welcome_email, user_email=..., ...)
+            receipt = notify.submit(notification)
+
+        Raises:
+            TypeError: ``send`` is not a method of this notifier, or did not hand
+                exactly one notification to :meth:`submit`.
+        """
+        if getattr(send, "__self__", None) is not self:
+            raise TypeError(f"build() takes a send method of this notifier, not {send!r}")
+        built: list[Notification] = []
+        token = _BUILDING.set((self, built))
+        try:
+            send(*args, **kwargs)
+        finally:
+            _BUILDING.reset(token)
+        if len(built) != 1:
+            name = getattr(send, "__name__", repr(send))
+            raise TypeError(
+                f"{type(self).__name__}.{name} does not send exactly one notification "
+                "through submit()"
+            )
+        return built[0]
+
+    def submit(self, notification: Notification) -> Receipt:
+        """Queue a notification from :meth:`build` and return its receipt.
+
+        Raises:
+            EnqueueError: the transport could not accept it.
+        """
+        building = _BUILDING.get()
+        if building is not None and building[0] is self:
+            # Inside build(): hand the notification over instead of queueing it.
+            building[1].append(notification)
+            return self._receipt(notification.id, notification.tenant_id, notification.kind)
+        return self._enqueue(notification)
 
     def _prepare(
         self,
@@ -379,14 +425,16 @@ class Notifier:
             context["items"] = check_items(items)
         if order_url is not None:
             context["order_url"] = check_text(order_url, "order_url", header=True, max_chars=2048)
-        return self._submit(
-            "order_confirmation",
-            tenant_id,
-            Channel.EMAIL,
-            context["customer_email"],
-            context,
-            idempotency_key or f"order_confirmation:{order_id}",
-            locale,
+        return self.submit(
+            self._prepare(
+                "order_confirmation",
+                tenant_id,
+                Channel.EMAIL,
+                context["customer_email"],
+                context,
+                idempotency_key or f"order_confirmation:{order_id}",
+                locale,
+            )
         )
 
     def send_welcome_email(
@@ -410,16 +458,18 @@ class Notifier:
         }
         if login_url is not None:
             context["login_url"] = check_text(login_url, "login_url", header=True, max_chars=2048)
-        return self._submit(
-            "welcome",
-            tenant_id,
-            Channel.EMAIL,
-            context["user_email"],
-            context,
-            # Local parts are case-sensitive on the wire, but not to the people
-            # who type them: one welcome per address, whatever its case.
-            idempotency_key or f"welcome:{context['user_email'].casefold()}",
-            locale,
+        return self.submit(
+            self._prepare(
+                "welcome",
+                tenant_id,
+                Channel.EMAIL,
+                context["user_email"],
+                context,
+                # Local parts are case-sensitive on the wire, but not to the people
+                # who type them: one welcome per address, whatever its case.
+                idempotency_key or f"welcome:{context['user_email'].casefold()}",
+                locale,
+            )
         )
 
     def send_email(
@@ -444,8 +494,10 @@ class Notifier:
         if html_body is not None:
             context["html_body"] = check_text(html_body, "html_body")
         recipient = normalize_email(to_email, "to_email")
-        return self._submit(
-            "email", tenant_id, Channel.EMAIL, recipient, context, idempotency_key, locale
+        return self.submit(
+            self._prepare(
+                "email", tenant_id, Channel.EMAIL, recipient, context, idempotency_key, locale
+            )
         )
 
     def send_sms(
@@ -459,8 +511,8 @@ class Notifier:
         """Text ``body`` to an E.164 number from the tenant's sender."""
         context = {"body": check_text(body, "body", max_chars=MAX_SMS_CHARS)}
         recipient = normalize_phone(to_phone, "to_phone")
-        return self._submit(
-            "sms", tenant_id, Channel.SMS, recipient, context, idempotency_key, None
+        return self.submit(
+            self._prepare("sms", tenant_id, Channel.SMS, recipient, context, idempotency_key, None)
         )
 
     # --- domain events ---------------------------------------------------------------

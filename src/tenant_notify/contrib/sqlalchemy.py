@@ -39,14 +39,13 @@ survive a crash between the commit and the submit want an outbox table instead.
 
 from __future__ import annotations
 
-import copy
 import enum
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import MissingDependencyError
 from ..log import get_logger
-from ..models import Notification, Receipt
+from ..models import Receipt
 from ..notifier import Notifier
 
 try:
@@ -243,27 +242,7 @@ def after_commit(session: Session, notifier: Notifier) -> AfterCommit:
 def _capture(
     notifier: Notifier, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Callable[[], Receipt]:
-    """Run the notifier's method up to the point where it would queue; return
-    what queues it.
-
-    Every send method checks its arguments and then calls ``Notifier._submit``,
-    which is ``_prepare`` (the tenant, locale, template and key checks) followed
-    by ``_enqueue``. Running the real method on a shallow copy whose ``_submit``
-    only prepares keeps the checks exactly the library's (a subclass's overrides
-    included) without queuing; ``_enqueue`` runs after the commit.
-    """
-    captured: list[Notification] = []
-
-    def check_only(*arguments: Any) -> None:
-        captured.append(notifier._prepare(*arguments))
-
-    probe = copy.copy(notifier)
-    probe._submit = check_only  # type: ignore[method-assign,assignment]
-    getattr(probe, name)(*args, **kwargs)
-    if len(captured) != 1:
-        raise TypeError(
-            f"{type(notifier).__name__}.{name} does not send exactly one notification "
-            "through the notifier; use defer() with a callable instead"
-        )
-    [notification] = captured
-    return lambda: notifier._enqueue(notification)
+    """Run the notifier's method's checks now (:meth:`Notifier.build`); return
+    what submits the notification it built."""
+    notification = notifier.build(getattr(notifier, name), *args, **kwargs)
+    return lambda: notifier.submit(notification)
