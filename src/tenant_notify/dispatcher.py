@@ -49,7 +49,7 @@ from .models import (
 from .retry import RetryPolicy
 from .stores import ClaimState, IdempotencyStore, StatusStore
 from .templates import TemplateRenderer
-from .tenants import Tenant, TenantResolver
+from .tenants import StaticTenantResolver, Tenant, TenantResolver
 
 __all__ = ["Dispatcher", "Outcome"]
 
@@ -138,6 +138,18 @@ class Dispatcher:
             mask_recipients=settings.mask_recipients,
             metrics=metrics,
         )
+
+    def check_providers(self) -> None:
+        """Build-time check of the provider tables: the global ones, and each tenant's
+        when the tenants are known up front (a static resolver).
+
+        Raises:
+            ConfigurationError: naming the key at fault.
+        """
+        self.providers.check()
+        if isinstance(self.tenants, StaticTenantResolver):
+            for tenant in self.tenants:
+                self.providers.check(tenant)
 
     # --- one attempt -----------------------------------------------------------------
 

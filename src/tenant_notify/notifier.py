@@ -123,7 +123,8 @@ class Notifier:
             idempotency_store=self.idempotency_store,
             metrics=resolve_metrics(settings.metrics if metrics is None else metrics),
         )
-        self._check_providers()
+        # Fail at build time, naming the key, rather than on the first delivery.
+        self.dispatcher.check_providers()
         self.events = EventHub(settings)
         self.transport = (
             factory
@@ -148,14 +149,6 @@ class Notifier:
     def from_env(cls, **options: Any) -> Self:
         """Build from ``TENANT_NOTIFY_*`` variables and ``TENANT_NOTIFY_CONFIG_FILE``."""
         return cls(load_settings(None), **options)
-
-    def _check_providers(self) -> None:
-        # Fail at build time, naming the key, rather than on the first delivery.
-        pool = self.dispatcher.providers
-        pool.check()
-        if isinstance(self.tenants, StaticTenantResolver):
-            for tenant in self.tenants:
-                pool.check(tenant)
 
     def _transport_factory(
         self, transport: Transport | type[Transport] | str | None

@@ -220,7 +220,7 @@ def test_broker_down_raises_enqueue_error_then_recovers(
 def test_unconfirmed_messages_are_published_again_and_delivered_once(
     run_id, smtp, server, worker, monkeypatch
 ):
-    from tenant_notify.transports.celery import _Link
+    from tenant_notify.transports.celery.publisher import _Link
 
     # The broker's confirms never arrive: the publisher must write the message
     # again on a new connection (twice), then give up on the confirm, without

@@ -17,13 +17,16 @@ import structlog
 pytest.importorskip("celery")
 
 from tenant_notify import DeliveryState, Notifier, load_settings
+from tenant_notify.dispatcher import Dispatcher
 from tenant_notify.errors import ConfigurationError
 from tenant_notify.models import Channel, DeliveryResult, Notification
 from tenant_notify.stores import MemoryIdempotencyStore, MemoryStatusStore
+from tenant_notify.tenants import StaticTenantResolver
 from tenant_notify.testing import ScriptedProvider
 from tenant_notify.transports.celery import (
     TASK_NAME,
     CeleryTransport,
+    WorkerRuntime,
     app_config,
     build_message,
     create_app,
@@ -127,23 +130,25 @@ def memory_settings(tmp_path, **celery: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def worker_app(tmp_path):
-    """A Celery app whose task runs a Notifier on memory stores and the memory broker."""
+    """A Celery app whose task runs a dispatcher on memory stores and the memory broker."""
     table = memory_settings(tmp_path)
     settings = load_settings(table)
     app = create_app(settings)
-    statuses, keys = MemoryStatusStore(), MemoryIdempotencyStore()
     provider = ScriptedProvider(outbox="celery-unit")
     table["email"] = table["sms"] = {"provider": provider}
-    notifier = Notifier(
+    dispatcher = Dispatcher.from_settings(
         load_settings(table),
-        transport=CeleryTransport,
-        status_store=statuses,
-        idempotency_store=keys,
+        tenants=StaticTenantResolver(settings.tenants),
+        status_store=MemoryStatusStore(),
+        idempotency_store=MemoryIdempotencyStore(),
     )
-    app.conf["tenant_notify_notifier_factory"] = lambda: notifier
+    runtime = WorkerRuntime(settings, dispatcher)
+    app.conf["tenant_notify_runtime_factory"] = lambda: runtime
     app.provider = provider
+    app.runtime = runtime
     yield app
-    notifier.close(timeout=1)
+    runtime.publisher.close(timeout=1)
+    dispatcher.close()
 
 
 def run(app: Any, n: Notification, **headers: Any) -> Any:
@@ -163,8 +168,8 @@ def test_the_task_delivers_with_the_tenant_bound_and_cleared_after(worker_app):
             return super()._run(message)
 
     provider = Recording(outbox="celery-unit")
-    runtime_notifier = worker_app.conf["tenant_notify_notifier_factory"]()
-    runtime_notifier.dispatcher.providers = type(runtime_notifier.dispatcher.providers)(
+    dispatcher = worker_app.runtime.dispatcher
+    dispatcher.providers = type(dispatcher.providers)(
         {Channel.EMAIL: {"provider": provider}, Channel.SMS: {"provider": provider}}
     )
     for tenant in ("acme", "globex"):
@@ -194,13 +199,11 @@ def test_a_redelivered_message_is_not_sent_twice(worker_app):
 def test_a_retry_is_published_with_a_countdown(worker_app, monkeypatch):
     worker_app.provider._script = ["transient"]
     published: list[dict[str, Any]] = []
-    notifier = worker_app.conf["tenant_notify_notifier_factory"]()
-    monkeypatch.setattr(
-        notifier.transport.publisher, "publish", lambda n, **kw: published.append(kw)
-    )
+    runtime = worker_app.runtime
+    monkeypatch.setattr(runtime.publisher, "publish", lambda n, **kw: published.append(kw))
     result = run(worker_app, notification(id="retry-me"))
     assert result.get() == {"state": "retrying", "attempt": 1}
     [kwargs] = published
     assert kwargs["attempt"] == 2 and kwargs["wait"] is True
     assert kwargs["countdown"] == pytest.approx(0.5)
-    assert notifier.status("retry-me").state is DeliveryState.RETRYING
+    assert runtime.dispatcher.status_store.get("retry-me").state is DeliveryState.RETRYING

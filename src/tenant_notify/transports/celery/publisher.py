@@ -1,0 +1,488 @@
+"""The caller's side of the broker: a pool of confirming connections per process.
+
+:class:`Publisher` writes task messages (:func:`.message.build_message`) on pooled
+broker connections. With publisher confirms (RabbitMQ) every message is kept
+until the broker confirms it; a background thread reads the confirms, writes
+again on a new connection what a broken connection left unconfirmed, and gives up
+on (reports through ``on_lost``) what cannot be confirmed within
+``publish_timeout``. A send can also wait for its own confirm (``sync``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...config import CelerySettings
+from ...errors import EnqueueError
+from ...log import get_logger
+from ...models import Notification
+from .message import build_message, kombu_module, process_origin, queue_for
+
+__all__ = ["Publisher"]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One message on its way to the broker, kept until the broker confirms it."""
+
+    notification: Notification
+    body: bytes
+    headers: dict[str, Any]
+    queue: str
+    expires_at: float  # monotonic: give up on a confirm after this
+    republished: int = 0
+    on_lost: Callable[[_Pending, str], None] | None = field(default=None, repr=False)
+
+
+class _Link:
+    """One broker connection and channel of the publisher's pool.
+
+    Used by one thread at a time (it is checked out of the pool). In confirm mode
+    it keeps every message it wrote until the broker confirms it, and writes them
+    again on a new connection when the old one breaks.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self.conn: Any = None
+        self.channel: Any = None
+        self.confirming = False
+        self.next_tag = 1
+        self.unconfirmed: dict[int, _Pending] = {}
+        self.redo: list[_Pending] = []
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
+
+    def connect(self) -> None:
+        """(Re)connect, declare the queues, and write again what was unconfirmed."""
+        p = self._publisher
+        kombu = kombu_module()
+        conn = kombu.Connection(
+            p.url,
+            connect_timeout=p.settings.connect_timeout,
+            heartbeat=0,
+            transport_options=p.transport_options,
+        )
+        try:
+            conn.connect()
+            channel = conn.channel()
+            for name in p.queues:
+                queue_for(name)(channel).declare()
+            confirming = p.confirms and conn.transport.driver_type == "amqp"
+            if confirming:
+                channel.confirm_select()
+                channel.events["basic_ack"].add(self._on_ack)
+                channel.events["basic_nack"].add(self._on_nack)
+        except BaseException:
+            _quietly(conn.release)
+            raise
+        self.conn, self.channel, self.confirming = conn, channel, confirming
+        self.next_tag = 1
+        again = [self.unconfirmed[tag] for tag in sorted(self.unconfirmed)] + self.redo
+        self.unconfirmed, self.redo = {}, []
+        expires_at = time.monotonic() + p.settings.publish_timeout
+        for pending in again:
+            pending.republished += 1
+            pending.expires_at = expires_at
+            self.write(pending)
+
+    def write(self, pending: _Pending) -> int:
+        """Write one message; return its delivery tag (0 without confirms)."""
+        message = self.channel.prepare_message(
+            pending.body,
+            None,
+            "application/json",
+            "utf-8",
+            pending.headers,
+            {"correlation_id": pending.notification.id, "delivery_mode": 2},
+        )
+        self.channel.basic_publish(message, exchange=pending.queue, routing_key=pending.queue)
+        if not self.confirming:
+            return 0
+        tag = self.next_tag
+        self.next_tag += 1
+        self.unconfirmed[tag] = pending
+        return tag
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            for done in [t for t in self.unconfirmed if t <= tag]:
+                del self.unconfirmed[done]
+        else:
+            self.unconfirmed.pop(tag, None)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        tags = [t for t in self.unconfirmed if t <= tag] if multiple else [tag]
+        for refused in sorted(tags):
+            pending = self.unconfirmed.pop(refused, None)
+            if pending is not None:
+                self.redo.append(pending)
+
+    def check(self) -> None:
+        """Raise if the broker has closed the connection; leave confirms for the reader.
+
+        A write into a socket the peer has closed may still "succeed", so this
+        is how a dead connection is noticed before a message is written into it.
+        Reading the confirms is the background reader's work: done here, it
+        would cost the caller one frame per message.
+        """
+        if not self.confirming:
+            return
+        sock = self.conn.connection.transport.sock
+        if sock is None:
+            raise ConnectionError("the broker connection is closed")
+        if len(self.unconfirmed) > 1000:
+            self.poll()
+        elif select.select([sock], [], [], 0)[0] and not sock.recv(1, socket.MSG_PEEK):
+            raise ConnectionError("the broker closed the connection")
+
+    def poll(self) -> None:
+        """Read whatever has arrived (confirms, a close), without blocking.
+
+        Also how a connection the broker has closed is noticed before a message
+        is written into it (a write into a closed socket may still "succeed").
+        """
+        if self.conn.transport.driver_type != "amqp":
+            return
+        sock = self.conn.connection.transport.sock
+        if sock is None:
+            raise ConnectionError("the broker connection is closed")
+        while select.select([sock], [], [], 0)[0]:
+            self.conn.drain_events(timeout=1.0)
+
+    def wait_for(self, tag: int, pending: _Pending, deadline: float) -> None:
+        """Block until ``tag`` is confirmed; raise _Nacked or TimeoutError."""
+        while tag in self.unconfirmed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the broker did not confirm the message in time")
+            try:
+                self.conn.drain_events(timeout=remaining)
+            except TimeoutError:
+                continue
+        if pending in self.redo:
+            self.redo.remove(pending)
+            raise _Nacked(pending)
+
+    def drop(self) -> None:
+        """Forget the connection (it failed); unconfirmed messages stay for ``connect``."""
+        conn, self.conn, self.channel = self.conn, None, None
+        if conn is not None:
+            _quietly(conn.release)
+
+    def close(self) -> None:
+        self.drop()
+
+
+class _Nacked(Exception):
+    def __init__(self, pending: _Pending) -> None:
+        super().__init__("the broker refused the message (nack)")
+        self.pending = pending
+
+
+def _quietly(fn: Callable[[], object]) -> None:
+    # Closing a connection that is already broken.
+    with suppress(Exception):
+        fn()
+
+
+class Publisher:
+    """A pool of :class:`_Link` for one process, and the confirm reader thread."""
+
+    def __init__(
+        self,
+        settings: CelerySettings,
+        *,
+        on_lost: Callable[[_Pending, str], None] | None = None,
+        ignore_result: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.url = settings.broker_url
+        self.confirms = settings.publisher_confirms != "off"
+        self.wait_confirms = settings.publisher_confirms == "sync"
+        self.queues = [settings.queue] + (
+            [settings.dead_letter_queue] if settings.dead_letter_queue else []
+        )
+        self.transport_options: dict[str, Any] = {
+            "read_timeout": max(settings.connect_timeout, settings.publish_timeout),
+            "write_timeout": max(settings.connect_timeout, settings.publish_timeout),
+        }
+        self.on_lost = on_lost
+        self.ignore_result = settings.ignore_result if ignore_result is None else ignore_result
+        self._log = get_logger()
+        self._origin = process_origin()
+        self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
+        self._closed = False
+        self._pid: int | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._idle: list[_Link] = []
+        self._links: list[_Link] = []
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    def _check_pid(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with self._lock:
+            if self._pid == pid:
+                return
+            if self._pid is not None:
+                # A forked child must not touch the parent's sockets: start afresh.
+                self._reset()
+            self._origin = process_origin()
+            self._pid = pid
+            atexit.register(_close_at_exit, weakref.ref(self))
+
+    # --- the pool ------------------------------------------------------------------
+
+    def _acquire(self, deadline: float) -> _Link:
+        with self._lock:
+            while not self._idle and len(self._links) >= self.settings.pool_limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._returned.wait(remaining):
+                    raise EnqueueError(
+                        f"all {self.settings.pool_limit} broker connections stayed busy for "
+                        f"{self.settings.publish_timeout}s; raise celery.pool_limit"
+                    )
+            if self._idle:
+                return self._idle.pop()
+            link = _Link(self)
+            self._links.append(link)
+            return link
+
+    def _release(self, link: _Link) -> None:
+        with self._lock:
+            self._idle.append(link)
+            self._returned.notify()
+
+    # --- publishing ----------------------------------------------------------------
+
+    def publish(
+        self,
+        notification: Notification,
+        *,
+        attempt: int = 1,
+        countdown: float | None = None,
+        queue: str | None = None,
+        extra_headers: Mapping[str, Any] | None = None,
+        wait: bool | None = None,
+    ) -> None:
+        """Write the task message for ``notification``; raise EnqueueError if impossible.
+
+        Args:
+            attempt: The attempt the message is for (``retries`` = attempt - 1).
+            countdown: Seconds before a worker may run it (an ETA).
+            queue: Another queue (the dead-letter queue).
+            extra_headers: More headers.
+            wait: Wait for the broker's confirm (default: the ``sync`` setting).
+        """
+        if self._closed:
+            raise EnqueueError(
+                "the Celery transport is closed",
+                tenant_id=notification.tenant_id,
+                notification_id=notification.id,
+            )
+        self._check_pid()
+        eta = None
+        if countdown is not None and countdown > 0:
+            eta = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=countdown)
+        body, headers = build_message(
+            notification,
+            attempt=attempt,
+            eta=eta,
+            ignore_result=self.ignore_result,
+            origin=self._origin,
+        )
+        if extra_headers:
+            headers.update(extra_headers)
+        timeout = self.settings.publish_timeout
+        now = time.monotonic()
+        pending = _Pending(notification, body, headers, queue or self.settings.queue, now + timeout)
+        self._send(pending, now + timeout, self.wait_confirms if wait is None else wait)
+
+    def _send(self, pending: _Pending, deadline: float, wait: bool) -> None:
+        link = self._acquire(deadline)
+        try:
+            delay = 0.05
+            while True:
+                try:
+                    if not link.connected:
+                        link.connect()
+                    else:
+                        link.check()
+                    tag = link.write(pending)
+                    if wait and tag:
+                        link.wait_for(tag, pending, deadline)
+                    break
+                except _Nacked as err:
+                    last: BaseException = err
+                except Exception as err:
+                    link.drop()
+                    # This message goes out again by hand below, not by connect().
+                    link.unconfirmed = {
+                        t: p for t, p in link.unconfirmed.items() if p is not pending
+                    }
+                    link.redo = [p for p in link.redo if p is not pending]
+                    last = err
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._log.error(
+                        "enqueue_failed",
+                        tenant_id=pending.notification.tenant_id,
+                        notification_id=pending.notification.id,
+                        error=f"{type(last).__name__}: {last}",
+                    )
+                    raise EnqueueError(
+                        f"cannot publish to the broker at {self._safe_url()} within "
+                        f"{self.settings.publish_timeout}s: {type(last).__name__}: {last}",
+                        tenant_id=pending.notification.tenant_id,
+                        notification_id=pending.notification.id,
+                    ) from last
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.5)
+        finally:
+            self._release(link)
+        if link.unconfirmed or link.redo:
+            self._start_reader()
+
+    def _safe_url(self) -> str:
+        kombu = kombu_module()
+        safe: str = kombu.utils.url.maybe_sanitize_url(self.url)
+        return safe
+
+    # --- the confirm reader ----------------------------------------------------------
+
+    def _start_reader(self) -> None:
+        if self._reader is not None:
+            return
+        with self._lock:
+            if self._reader is not None:
+                return
+            self._reader = threading.Thread(
+                target=self._read_confirms, name="tenant-notify-confirms", daemon=True
+            )
+            self._reader.start()
+
+    def _read_confirms(self) -> None:
+        while not self._stop.wait(0.05):
+            self.sweep()
+
+    def sweep(self, *, final: bool = False) -> int:
+        """Read confirms on the idle links, write again what needs it, give up on
+        what is overdue. Returns how many messages are still unconfirmed."""
+        with self._lock:
+            links = list(self._idle)
+        waiting = 0
+        for link in links:
+            # One link at a time out of the pool, so senders always find the others.
+            with self._lock:
+                if link not in self._idle:
+                    continue  # in a sender's hands: next time
+                self._idle.remove(link)
+            try:
+                waiting += self._tend(link, final=final)
+            finally:
+                self._release(link)
+        return waiting
+
+    def _tend(self, link: _Link, *, final: bool) -> int:
+        if not (link.unconfirmed or link.redo):
+            return 0
+        if link.connected:
+            try:
+                link.poll()
+            except Exception:
+                link.drop()
+        now = time.monotonic()
+        if not final:
+            # No confirm in time (a dead connection nobody noticed) or refused:
+            # a fresh connection, and everything unconfirmed written again.
+            overdue = any(
+                p.expires_at <= now and p.republished < 2 for p in link.unconfirmed.values()
+            )
+            if link.connected and (overdue or link.redo):
+                link.drop()
+            if not link.connected:
+                try:
+                    link.connect()
+                except Exception as err:
+                    link.drop()
+                    self._log.warning(
+                        "broker_reconnect_failed", error=f"{type(err).__name__}: {err}"
+                    )
+        # Give up on what is overdue and cannot (or did not, twice) go out again.
+        lost: list[_Pending] = []
+        for tag, pending in list(link.unconfirmed.items()):
+            if final or (
+                pending.expires_at <= now and (pending.republished >= 2 or not link.connected)
+            ):
+                lost.append(link.unconfirmed.pop(tag))
+        for pending in list(link.redo):
+            if final or pending.expires_at <= now:
+                link.redo.remove(pending)
+                lost.append(pending)
+        for pending in lost:
+            self._lost(pending, "the broker never confirmed the message")
+        return len(link.unconfirmed) + len(link.redo)
+
+    def _lost(self, pending: _Pending, reason: str) -> None:
+        self._log.error(
+            "enqueue_unconfirmed",
+            tenant_id=pending.notification.tenant_id,
+            notification_id=pending.notification.id,
+            error=reason,
+        )
+        callback = pending.on_lost or self.on_lost
+        if callback is not None:
+            try:
+                callback(pending, reason)
+            except Exception:
+                self._log.exception("enqueue_unconfirmed_record_failed")
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every message written is confirmed; True if all were."""
+        deadline = time.monotonic() + timeout
+        while self.sweep() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not any(link.unconfirmed or link.redo for link in self._links)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for outstanding confirms (up to ``timeout``), then close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid != os.getpid():
+            return
+        self.flush(self.settings.publish_timeout if timeout is None else timeout)
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(1.0)
+        self.sweep(final=True)
+        with self._lock:
+            for link in self._links:
+                link.close()
+            self._links.clear()
+            self._idle.clear()
+
+
+def _close_at_exit(ref: weakref.ReferenceType[Publisher]) -> None:
+    publisher = ref()
+    if publisher is not None:
+        publisher.close()
