@@ -10,6 +10,7 @@ import structlog
 from tenant_notify import Notifier
 from tenant_notify.config import load_settings
 from tenant_notify.errors import ConfigurationError, MissingDependencyError, UnknownBackendError
+from tenant_notify.models import Channel
 
 TOML = """
 transport = "eager"
@@ -192,3 +193,29 @@ def test_logs_mask_recipients_and_bind_ids(tenants):
     assert sent["to"] == "+1********67"
     assert sent["tenant_id"] == "acme" and sent["notification_id"] == receipt.id
     assert sent["log_level"] == logging.getLevelName(logging.INFO).lower()
+
+
+def test_every_bad_key_of_a_table_is_listed_with_its_own_key():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({"transport": {"workers": 0}, "retry": {"max_attempts": "x"}, "typo": 1})
+    err = info.value
+    assert [problem.key for problem in err.problems] == [
+        "transport.workers",
+        "retry.max_attempts",
+        "typo",
+    ]
+    assert err.key == "transport.workers"
+    assert str(err).endswith("(and 2 more problem(s))")
+
+
+def test_a_provider_that_refuses_its_settings_names_the_whole_key(tmp_path):
+    settings = {
+        "transport": "eager",
+        "email": {"provider": "smtp", "starttls": True, "ca_file": str(tmp_path / "none.pem")},
+        "tenants": {"acme": {"name": "Acme", "email_from": "a@acme.test"}},
+    }
+    with Notifier.from_settings(settings) as notify:
+        tenant = notify.tenants.get("acme")
+        with pytest.raises(ConfigurationError) as info:
+            notify.dispatcher.providers.get(tenant, Channel.EMAIL)
+    assert info.value.key == "email.ca_file"

@@ -26,6 +26,7 @@ from typing import Any
 import pydantic
 
 from ._registry import resolve_name
+from .config import Settings, validation_error
 from .errors import ConfigurationError, UnsupportedChannelError
 from .models import Channel
 from .providers import PROVIDER_ALIASES, PROVIDER_EXTRAS
@@ -59,12 +60,6 @@ def _freeze(value: Any) -> Hashable:
     return value  # type: ignore[no-any-return]
 
 
-def _translate(err: pydantic.ValidationError, key: str) -> ConfigurationError:
-    first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return ConfigurationError(first["msg"], key=f"{key}.{where}" if where else key)
-
-
 FALLBACK_KEY = "fallback"
 #: A fallback entry of a tenant's table that stands for the channel's global table.
 DEFAULT_FALLBACK = "default"
@@ -73,19 +68,21 @@ DEFAULT_FALLBACK = "default"
 class _Spec:
     """A validated provider table: what to build, its cache key, its fallbacks."""
 
-    __slots__ = ("cache_key", "config", "factory", "fallbacks", "instance", "name")
+    __slots__ = ("cache_key", "config", "factory", "fallbacks", "instance", "key", "name")
 
     def __init__(
         self,
         name: str,
         cache_key: Hashable,
         *,
+        key: str,
         factory: type[Provider] | None = None,
         config: ProviderConfig | None = None,
         instance: Provider | None = None,
     ) -> None:
         self.name = name
         self.cache_key = cache_key
+        self.key = key  # the dotted settings key of the table
         self.factory = factory
         self.config = config
         self.instance = instance
@@ -109,6 +106,11 @@ class ProviderPool:
         self._instances: dict[Hashable, Provider] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProviderPool:
+        """The pool of the settings' global ``[email]`` and ``[sms]`` tables."""
+        return cls({Channel.EMAIL: settings.email, Channel.SMS: settings.sms})
+
     def check(self, tenant: Tenant | None = None) -> None:
         """Validate the tables (a tenant's, or the defaults) for both channels.
 
@@ -118,20 +120,26 @@ class ProviderPool:
         for channel in Channel:
             self._spec(tenant, channel)
 
-    def provider_name(self, tenant: Tenant, channel: Channel) -> str:
+    def provider_name(self, tenant: Tenant | None, channel: Channel) -> str:
         return self._spec(tenant, channel).name
 
-    def provider_names(self, tenant: Tenant, channel: Channel) -> tuple[str, ...]:
-        """The names of the providers serving ``tenant`` on ``channel``, in the order
-        they are tried: the channel's provider, then its fallbacks."""
+    def provider_names(self, tenant: Tenant | None, channel: Channel) -> tuple[str, ...]:
+        """The names of the providers serving ``tenant`` (None: the global tables) on
+        ``channel``, in the order they are tried: the channel's provider, then its
+        fallbacks."""
         return tuple(spec.name for spec in self._spec(tenant, channel).chain)
 
-    def get(self, tenant: Tenant, channel: Channel, position: int = 0) -> Provider:
-        """The provider serving ``tenant`` on ``channel``.
+    def get(self, tenant: Tenant | None, channel: Channel, position: int = 0) -> Provider:
+        """The provider serving ``tenant`` (None: the global tables) on ``channel``.
 
         Args:
             position: 0 for the channel's provider, 1 for its first fallback, ...
                 (see :meth:`provider_names`). Fallbacks are built on first use.
+
+        Raises:
+            ConfigurationError: the provider refused its settings (an unreadable
+                CA file, say), with the key qualified by the table's
+                (``tenants.acme.email.ca_file``).
         """
         spec = self._spec(tenant, channel).chain[position]
         if spec.instance is not None:
@@ -143,7 +151,13 @@ class ProviderPool:
                 if provider is None:
                     assert spec.factory is not None
                     assert spec.config is not None
-                    provider = spec.factory.from_config(spec.config)
+                    try:
+                        provider = spec.factory.from_config(spec.config)
+                    except ConfigurationError as err:
+                        # A provider names its own option; the table is named here.
+                        if err.key and not err.key.startswith(f"{spec.key}."):
+                            err.key = f"{spec.key}.{err.key}"
+                        raise
                     self._instances[spec.cache_key] = provider
         return provider
 
@@ -207,7 +221,7 @@ class ProviderPool:
                     key=f"{key}.{next(iter(options))}",
                 )
             self._check_channel(type(chosen), channel, key)
-            return _Spec(chosen.name, ("instance", id(chosen)), instance=chosen)
+            return _Spec(chosen.name, ("instance", id(chosen)), key=key, instance=chosen)
         if isinstance(chosen, str):
             factory = resolve_name(
                 chosen,
@@ -227,9 +241,9 @@ class ProviderPool:
         try:
             config = factory.Config.model_validate(options)
         except pydantic.ValidationError as err:
-            raise _translate(err, key) from None
+            raise validation_error(err, key) from None
         cache_key = (factory, _freeze(dict(config)))
-        return _Spec(factory.name, cache_key, factory=factory, config=config)
+        return _Spec(factory.name, cache_key, key=key, factory=factory, config=config)
 
     @staticmethod
     def _check_channel(factory: type[Provider], channel: Channel, key: str) -> None:

@@ -19,17 +19,29 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from . import __version__
-from .errors import NotifyError, WaitTimeoutError
+from ._pool import ProviderPool
+from .config import (
+    CONFIG_FILE_VARIABLE,
+    Settings,
+    load_settings,
+    require_tenants,
+    settings_origin,
+)
+from .errors import ConfigurationError, NotifyError, WaitTimeoutError
+from .log import mask_url
 from .models import Channel, Notification, new_notification_id
 from .notifier import Notifier
+from .tenants import Tenant
+
+_T = TypeVar("_T")
 
 _PARTS = {"subject": "subject.txt", "text": "body.txt", "html": "body.html", "sms": "sms.txt"}
 
@@ -46,10 +58,20 @@ def _configure_logging(verbose: bool) -> None:
     )
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings every command reads: ``--config FILE`` means ``TENANT_NOTIFY_CONFIG_FILE=FILE``.
+
+    The same for every command: the file, with ``TENANT_NOTIFY_*`` variables laid over it,
+    as a host's ``Notifier.from_env()`` and a worker read them. The variable is set in this
+    process's environment, so worker processes read the same file.
+    """
+    if getattr(args, "config", None):
+        os.environ[CONFIG_FILE_VARIABLE] = str(Path(args.config).resolve())
+    return load_settings(None)
+
+
 def _notifier(args: argparse.Namespace, **options: Any) -> Notifier:
-    if args.config:
-        return Notifier.from_settings(Path(args.config), **options)
-    return Notifier.from_env(**options)
+    return Notifier(_settings(args), **options)
 
 
 def _json_context(text: str | None) -> dict[str, Any]:
@@ -250,52 +272,121 @@ def cmd_send(args: argparse.Namespace) -> int:
 # --- check-config ---------------------------------------------------------------------
 
 
+class _Problems:
+    """Every configuration problem found, each once, with the key at fault."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigurationError] = []
+
+    def add(self, err: ConfigurationError) -> None:
+        for problem in err.problems or (err,):
+            if all(str(problem) != str(seen) for seen in self.found):
+                self.found.append(problem)
+
+    def probe(self, check: Callable[[], _T]) -> _T | None:
+        """Run ``check``; record the problem it raises instead of stopping."""
+        try:
+            return check()
+        except ConfigurationError as err:
+            self.add(err)
+            return None
+
+
+def _chain(problems: _Problems, pool: ProviderPool, tenant: Tenant | None, channel: Channel) -> str:
+    """Build every provider of a channel's chain, as a delivery would; their names."""
+
+    def build() -> str:
+        names = pool.provider_names(tenant, channel)
+        for position in range(len(names)):
+            pool.get(tenant, channel, position)  # constructs it; opens no connection
+        return " -> ".join(names)
+
+    return problems.probe(build) or "(invalid)"
+
+
+def _transport_probe(settings: Settings) -> Settings:
+    # The transport, its stores, metrics and templates, as a host's notifier builds
+    # them, with the provider tables (checked one by one above) left out, so a bad
+    # provider table cannot hide a transport problem.
+    return settings.model_copy(
+        update={"email": {"provider": "memory"}, "sms": {"provider": "memory"}, "tenants": {}}
+    )
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    notify = _notifier(args, transport="eager")
+    problems = _Problems()
+    settings = problems.probe(lambda: _settings(args))
+    print(f"settings: {settings_origin()}")
+    if settings is None:
+        return _report(problems)
+    backend = settings.transport.backend
+    transport = None
+    notify = problems.probe(lambda: Notifier(_transport_probe(settings)))
+    events = None
+    if notify is not None:
+        transport, events = notify.transport, notify.events
+        notify.close()
+    print(f"transport: {backend}")
+    from .transports.celery import CeleryTransport, check_settings, create_app
+
+    if backend == "celery" or isinstance(transport, CeleryTransport):
+        from .stores.redis import redis_url
+
+        celery = settings.celery
+        print(f"  broker: {mask_url(celery.broker_url)}")
+        print(f"  queue: {celery.queue} (dead letters: {celery.dead_letter_queue or 'off'})")
+        redis = f"{mask_url(redis_url(settings))} (key prefix {settings.redis.key_prefix!r})"
+        print(f"  redis: {redis}")
+        # What a worker builds and refuses, too (reported even without Celery installed).
+        problems.probe(lambda: check_settings(settings))
+        problems.probe(lambda: require_tenants(settings))
+        problems.probe(lambda: create_app(settings))
+    elif backend == "inprocess":
+        workers, size = settings.transport.workers, settings.transport.queue_size
+        print(f"  workers: {workers}, queue size: {size}")
+    pool = ProviderPool.from_settings(settings)
     try:
-        settings = notify.settings
-        print(f"transport: {settings.transport.backend}")
-        print(f"email provider: {settings.email['provider']}")
-        print(f"sms provider: {settings.sms['provider']}")
+        print(f"email provider: {_chain(problems, pool, None, Channel.EMAIL)}")
+        print(f"sms provider: {_chain(problems, pool, None, Channel.SMS)}")
         tenants = list(settings.tenants.values())
         print(f"tenants: {len(tenants)}")
-        pool = notify.dispatcher.providers
         for tenant in tenants:
             print(
                 f"  {tenant.id}: {tenant.name!r} locale={tenant.locale} "
-                f"email={pool.provider_name(tenant, Channel.EMAIL)} "
-                f"sms={pool.provider_name(tenant, Channel.SMS)} "
+                f"email={_chain(problems, pool, tenant, Channel.EMAIL)} "
+                f"sms={_chain(problems, pool, tenant, Channel.SMS)} "
                 f"from={tenant.sender or '-'} sms_from={tenant.sms_from or '-'}"
             )
-        events = notify.events
+    finally:
+        pool.close()
+    if events is not None:
         print(
             f"events: {len(settings.events.rules)} rule(s) for {len(events.rules.types)} type(s), "
             f"schemas {events.rules.registry.directory if events.rules.registry else '-'}, "
             f"{'in process' if events.local else 'via ' + settings.events.exchange}"
         )
+    return _report(problems)
+
+
+def _report(problems: _Problems) -> int:
+    if not problems.found:
         print("configuration OK")
-    finally:
-        notify.close()
-    return 0
+        return 0
+    for problem in problems.found:
+        print(f"error: {type(problem).__name__}: {problem}", file=sys.stderr)
+    print(f"{len(problems.found)} problem(s) in the configuration", file=sys.stderr)
+    return 2
 
 
 # --- worker and replay (celery transport) ---------------------------------------------
 
 
-def _celery_settings(args: argparse.Namespace) -> Any:
-    from .config import load_settings
-
-    if args.config:
-        # Read by the worker's processes too, whatever starts them.
-        os.environ["TENANT_NOTIFY_CONFIG_FILE"] = str(Path(args.config).resolve())
-    return load_settings(None)
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     from .transports.celery import CeleryTransport, create_app
 
-    settings = _celery_settings(args)
+    settings = _settings(args)
     # Fail now, naming the key, rather than in the first task.
+    require_tenants(settings)
     Notifier(settings, transport=CeleryTransport).close()
     structlog.configure(
         processors=[
@@ -325,7 +416,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from .transports.celery import replay_dead_letters
 
-    settings = _celery_settings(args)
+    settings = _settings(args)
     letters = replay_dead_letters(
         settings, limit=args.limit, dry_run=args.list, ids=args.id or None
     )
@@ -390,10 +481,9 @@ def cmd_events_consume(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from .config import load_settings
     from .events.schemas import SchemaRegistry
 
-    settings = load_settings(Path(args.config) if args.config else None)
+    settings = _settings(args)
     folder = args.dir or settings.events.schemas_dir
     if folder is None:
         raise SystemExit("error: no schemas folder: set [events] schemas_dir or pass --dir")
@@ -472,9 +562,7 @@ def cmd_events_schemas_generate(args: argparse.Namespace) -> int:
     if args.dir:
         folder = Path(args.dir)
     else:
-        from .config import load_settings
-
-        settings = load_settings(Path(args.config) if args.config else None)
+        settings = _settings(args)
         if settings.events.schemas_dir is None:
             raise SystemExit("error: no schemas folder: set [events] schemas_dir or pass --dir")
         folder = settings.events.schemas_dir
@@ -492,8 +580,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send, render and preview tenant notifications; run workers.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each delivery")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log every delivery (info level) to stderr; without it only warnings and errors",
+    )
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        title="commands",
+        help="`tenant-notify COMMAND --help` shows a command's options",
+    )
 
     demo = commands.add_parser("demo", help="send sample notifications for two tenants to files")
     demo.add_argument(
@@ -501,42 +599,91 @@ def build_parser() -> argparse.ArgumentParser:
         default="tenant-notify-demo",
         help="folder for the files (default: ./tenant-notify-demo)",
     )
-    demo.add_argument("--transport", default="inprocess", choices=["inprocess", "eager"])
+    demo.add_argument(
+        "--transport",
+        default="inprocess",
+        choices=["inprocess", "eager"],
+        help="deliver on background threads or inline (default: inprocess)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     def with_config(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--config", help="TOML or YAML settings file (default: environment)")
+        sub.add_argument(
+            "--config",
+            metavar="FILE",
+            help=(
+                "TOML or YAML settings file, read as TENANT_NOTIFY_CONFIG_FILE is: "
+                "TENANT_NOTIFY_* variables still apply over it (default: the environment)"
+            ),
+        )
 
     render = commands.add_parser("render", help="render one part of a kind for a tenant")
-    render.add_argument("kind")
-    render.add_argument("--tenant", required=True)
-    render.add_argument("--context", help="template fields as a JSON object")
-    render.add_argument("--part", choices=sorted(_PARTS), default="text")
-    render.add_argument("--locale")
+    render.add_argument("kind", help="template kind: order_confirmation, welcome, ... or your own")
+    render.add_argument("--tenant", required=True, help="tenant id whose templates and branding")
+    render.add_argument(
+        "--context", help="template fields as a JSON object (numbers read as Decimal)"
+    )
+    render.add_argument(
+        "--part",
+        choices=sorted(_PARTS),
+        default="text",
+        help="which part: subject.txt, body.txt, body.html or sms.txt (default: text)",
+    )
+    render.add_argument(
+        "--locale", help="locale to render in, e.g. de or fr-CH (default: the tenant's)"
+    )
     with_config(render)
     render.set_defaults(func=cmd_render)
 
     send = commands.add_parser("send", help="send one notification and wait for its status")
-    send.add_argument("kind")
-    send.add_argument("--tenant", required=True)
-    send.add_argument("--to", required=True)
-    send.add_argument("--channel", choices=["email", "sms"], default="email")
-    send.add_argument("--context", help="template fields as a JSON object")
-    send.add_argument("--locale")
-    send.add_argument("--idempotency-key")
-    send.add_argument("--timeout", type=float, default=60.0)
+    send.add_argument("kind", help="email, sms, welcome, order_confirmation or your own kind")
+    send.add_argument("--tenant", required=True, help="tenant id to send as")
+    send.add_argument(
+        "--to", required=True, help="email address, or E.164 number with --channel sms"
+    )
+    send.add_argument(
+        "--channel", choices=["email", "sms"], default="email", help="channel (default: email)"
+    )
+    send.add_argument(
+        "--context", help="template fields as a JSON object (numbers read as Decimal)"
+    )
+    send.add_argument("--locale", help="locale override (default: the tenant's)")
+    send.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="sending again with the same key (per tenant) sends nothing",
+    )
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a final status (default: 60)",
+    )
     with_config(send)
     send.set_defaults(func=cmd_send)
 
-    check = commands.add_parser("check-config", help="validate settings and list tenants")
+    check = commands.add_parser(
+        "check-config",
+        help="build everything a notifier and a worker would; list every problem",
+    )
     with_config(check)
     check.set_defaults(func=cmd_check_config)
 
     worker = commands.add_parser(
         "worker", help="run a Celery worker for the celery transport (needs [celery])"
     )
-    worker.add_argument("-c", "--concurrency", type=int, help="worker processes")
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        help="worker processes (default: [celery] concurrency, else the CPU count)",
+    )
+    worker.add_argument(
+        "--loglevel",
+        default="INFO",
+        help="level of Celery's and the library's log records (default: INFO)",
+    )
     worker.add_argument("--hostname", help="worker node name (default: celery@HOST)")
     worker.add_argument(
         "celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options, after --"
@@ -547,8 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser(
         "replay", help="put dead-lettered notifications back on the Celery queue"
     )
-    replay.add_argument("--list", action="store_true", help="only list them")
-    replay.add_argument("--limit", type=int, help="at most this many")
+    replay.add_argument(
+        "--list", action="store_true", help="only list them (recipients masked); change nothing"
+    )
+    replay.add_argument("--limit", type=int, help="at most this many, oldest first")
     replay.add_argument("--id", action="append", help="only this notification id (repeatable)")
     with_config(replay)
     replay.set_defaults(func=cmd_replay)
@@ -566,7 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
     events = commands.add_parser(
         "events", help="domain events: consume them from RabbitMQ, manage their schemas"
     )
-    events_commands = events.add_subparsers(dest="events_command", required=True)
+    events_commands = events.add_subparsers(
+        dest="events_command", required=True, title="commands", help="consume or schemas"
+    )
     consume = events_commands.add_parser(
         "consume",
         help="turn CloudEvents from [events] queue into notifications by [[events.rules]]",
@@ -585,7 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = events_commands.add_parser(
         "schemas", help="list, export, validate against and generate event schemas"
     )
-    schema_commands = schemas.add_subparsers(dest="schemas_command", required=True)
+    schema_commands = schemas.add_subparsers(
+        dest="schemas_command",
+        required=True,
+        title="commands",
+        help="list, export, validate or generate",
+    )
 
     def with_dir(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--dir", help="schemas folder (default: [events] schemas_dir)")

@@ -45,9 +45,13 @@ __all__ = [
     "TemplateSettings",
     "TransportSettings",
     "load_settings",
+    "require_tenants",
+    "settings_origin",
+    "validation_error",
 ]
 
-CONFIG_FILE_VARIABLE = "TENANT_NOTIFY_CONFIG_FILE"
+ENV_PREFIX = "TENANT_NOTIFY_"
+CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
 
 
 class _Section(BaseModel):
@@ -415,7 +419,7 @@ class _EnvSettings(BaseSettings, Settings):
     """Settings read from ``TENANT_NOTIFY_*`` variables over the config file."""
 
     model_config = SettingsConfigDict(
-        env_prefix="TENANT_NOTIFY_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -468,13 +472,24 @@ def _read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     return data
 
 
-def _translate(err: pydantic.ValidationError) -> ConfigurationError:
-    first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or None
-    message = first["msg"]
-    if len(err.errors()) > 1:
-        message += f" (and {len(err.errors()) - 1} more problem(s))"
-    return ConfigurationError(message, key=key)
+def validation_error(
+    err: pydantic.ValidationError, prefix: str | None = None
+) -> ConfigurationError:
+    """One :class:`ConfigurationError` for every problem pydantic found.
+
+    The error names the first problem's key (under ``prefix``, the dotted key of the
+    validated table); :attr:`~ConfigurationError.problems` holds one error per problem.
+    """
+    problems = []
+    for problem in err.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        key = f"{prefix}.{where}" if prefix and where else (prefix or where or None)
+        problems.append(ConfigurationError(problem["msg"], key=key))
+    first = problems[0]
+    message = first.message
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more problem(s))"
+    return ConfigurationError(message, key=first.key, problems=problems)
 
 
 _SHORTHANDS = {"TRANSPORT": "BACKEND", "EMAIL": "PROVIDER", "SMS": "PROVIDER"}
@@ -518,4 +533,54 @@ def load_settings(source: Settings | Mapping[str, Any] | str | os.PathLike[str] 
             return Settings.model_validate(_read_config_file(source))
         return Settings.model_validate(dict(source))
     except pydantic.ValidationError as err:
-        raise _translate(err) from None
+        raise validation_error(err) from None
+
+
+def _variables(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> list[str]:
+    # pydantic-settings matches names case-insensitively.
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(prefix) and name.upper() != CONFIG_FILE_VARIABLE
+    )
+
+
+def settings_origin(environ: Mapping[str, str] | None = None) -> str:
+    """Where ``load_settings(None)`` reads from, in words, for reports and errors.
+
+    Names the file (``TENANT_NOTIFY_CONFIG_FILE``) and the ``TENANT_NOTIFY_*``
+    variables laid over it, never their values.
+    """
+    environ = os.environ if environ is None else environ
+    file = environ.get(CONFIG_FILE_VARIABLE)
+    names = _variables(environ)
+    where = f"{CONFIG_FILE_VARIABLE}={file}" if file else f"{CONFIG_FILE_VARIABLE} not set"
+    if names:
+        return f"{where}, with {len(names)} {ENV_PREFIX}* variable(s) over it: {', '.join(names)}"
+    return f"{where}, no other {ENV_PREFIX}* variable set"
+
+
+def require_tenants(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse settings with no tenants, for a worker built from the environment.
+
+    Such a worker can resolve no tenant, so it would dead-letter every
+    notification: usually its configuration file was not found or not named.
+
+    Raises:
+        ConfigurationError: naming the file variable and the tenant variables it looked at.
+    """
+    if settings.tenants:
+        return
+    environ = os.environ if environ is None else environ
+    file = environ.get(CONFIG_FILE_VARIABLE)
+    looked = (
+        f"{CONFIG_FILE_VARIABLE}={file} has no [tenants] table"
+        if file
+        else f"{CONFIG_FILE_VARIABLE} is not set"
+    )
+    raise ConfigurationError(
+        f"no tenants are configured: {looked} and no {ENV_PREFIX}TENANTS__<ID>__<KEY> variable "
+        "is set, so every notification would fail; name the settings file with --config or "
+        f"{CONFIG_FILE_VARIABLE}",
+        key="tenants",
+    )

@@ -129,7 +129,7 @@ class Dispatcher:
                 render_timeout=settings.templates.render_timeout,
                 auto_reload=settings.templates.auto_reload,
             ),
-            providers=ProviderPool({Channel.EMAIL: settings.email, Channel.SMS: settings.sms}),
+            providers=ProviderPool.from_settings(settings),
             status_store=status_store,
             idempotency_store=idempotency_store,
             retry_policy=RetryPolicy.from_settings(settings.retry),

@@ -55,6 +55,7 @@ Errors never carry secrets: credentials are not part of any message or attribute
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -140,11 +141,22 @@ class ConfigurationError(NotifyError):
 
     Attributes:
         key: The dotted settings key at fault (``"tenants.acme.email.port"``), if known.
+        problems: When several problems were found at once (every bad key of one
+            table), one error per problem, each with its own key, the first being
+            the one this error describes; empty when there was just one.
     """
 
-    def __init__(self, message: str, *, key: str | None = None, **context: str | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        problems: Sequence[ConfigurationError] = (),
+        **context: str | None,
+    ) -> None:
         super().__init__(message, **context)
         self.key = key
+        self.problems: tuple[ConfigurationError, ...] = tuple(problems)
 
     def __str__(self) -> str:
         text = super().__str__()

@@ -13,12 +13,21 @@ log lines from inside a provider or resolver carry them when your chain has
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
-__all__ = ["MaskRecipients", "get_logger", "mask_email", "mask_phone", "mask_recipient"]
+__all__ = [
+    "MaskRecipients",
+    "get_logger",
+    "mask_email",
+    "mask_phone",
+    "mask_recipient",
+    "mask_url",
+]
 
 LOGGER_NAME = "tenant_notify"
 
@@ -46,6 +55,30 @@ def mask_phone(number: str) -> str:
 def mask_recipient(value: str) -> str:
     """Mask an email address or a phone number."""
     return mask_email(value) if "@" in value else mask_phone(value)
+
+
+_SECRET_PARAMETER = re.compile(r"(password|secret|token|api_key)$", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password (and secret query parameters) replaced by ``***``.
+
+    ``amqp://app:s3cret@rabbit:5672//`` -> ``amqp://app:***@rabbit:5672//``;
+    ``redis://h:6379/0?password=x`` -> ``redis://h:6379/0?password=***``.
+    """
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_PARAMETER.search(name) for name, _ in pairs):
+            query = urlencode(
+                [(n, "***" if _SECRET_PARAMETER.search(n) else v) for n, v in pairs], safe="*"
+            )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class MaskRecipients:
