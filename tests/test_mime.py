@@ -9,7 +9,13 @@ import socket
 
 import pytest
 
-from tenant_notify._mime import build_mime, envelope_address, make_message_id, mime_bytes
+from tenant_notify._mime import (
+    build_mime,
+    envelope_address,
+    make_message_id,
+    mime_bytes,
+    wire_bytes,
+)
 from tenant_notify.errors import HeaderInjectionError, InvalidRecipientError, ValidationError
 from tenant_notify.models import Address, EmailMessage
 
@@ -204,3 +210,61 @@ def test_make_message_id_uses_the_sender_domain_without_getfqdn(
     assert first != second
     assert make_message_id(Address("no-at-sign")).endswith("@tenant-notify.invalid>")
     build_mime(make_email())  # no getfqdn on the way either
+
+
+# --- attachments and inline images ------------------------------------------------------
+
+
+def _message_with_files(**fields):
+    from tenant_notify.models import Attachment
+
+    base = dict(
+        from_addr=Address("orders@acme.test", "Acme"),
+        to=(Address("jane@example.com"),),
+        subject="Your order",
+        text="Thanks.\n",
+        html='<p>Thanks <img src="cid:logo@acme"></p>',
+        attachments=(
+            Attachment(filename="Rechnung für Zoë.pdf", content=b"%PDF-1.4\x00\xff"),
+            Attachment(
+                filename="logo.png", content=b"\x89PNG\r\n", inline=True, content_id="logo@acme"
+            ),
+        ),
+    )
+    base.update(fields)
+    return EmailMessage(**base)
+
+
+def _tree(part):
+    if part.is_multipart():
+        return (part.get_content_type(), [_tree(p) for p in part.iter_parts()])
+    return part.get_content_type()
+
+
+def test_attachments_make_mixed_and_inline_images_make_related() -> None:
+    raw, _ = wire_bytes(_message_with_files())
+    assert all(byte < 128 for byte in raw)
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert _tree(parsed) == (
+        "multipart/mixed",
+        [
+            (
+                "multipart/alternative",
+                ["text/plain", ("multipart/related", ["text/html", "image/png"])],
+            ),
+            "application/pdf",
+        ],
+    )
+    parts = {p.get_filename(): p for p in parsed.walk() if p.get_filename()}
+    assert parts["Rechnung für Zoë.pdf"].get_content() == b"%PDF-1.4\x00\xff"
+    assert parts["Rechnung für Zoë.pdf"].get_content_disposition() == "attachment"
+    logo = parts["logo.png"]
+    assert (logo["Content-ID"], logo.get_content_disposition()) == ("<logo@acme>", "inline")
+    assert logo.get_content() == b"\x89PNG\r\n"
+    assert sum(1 for p in parsed.walk() if p["MIME-Version"]) == 1
+
+
+def test_inline_images_without_html_are_attached_inline() -> None:
+    raw, _ = wire_bytes(_message_with_files(html=None))
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert _tree(parsed) == ("multipart/mixed", ["text/plain", "application/pdf", "image/png"])

@@ -103,7 +103,7 @@ def summary(raw: bytes) -> dict[str, Any]:
     for name, value in msg.items():
         defects.extend(getattr(value, "defects", ()))
         key = name.lower()
-        if key in ("from", "to", "reply-to"):
+        if key in ("from", "to", "cc", "reply-to"):
             out[key] = [(a.display_name, a.addr_spec) for a in value.addresses]
         elif key == "date":
             out[key] = value.datetime is not None
@@ -245,3 +245,11 @@ def test_message_ids_are_fresh_per_message() -> None:
     _, first = wire_bytes(make())
     _, second = wire_bytes(make())
     assert first != second and first.endswith("@acme.test")
+
+
+@pytest.mark.parametrize("recipients", RECIPIENTS)
+def test_cc_is_written_the_same_both_ways_and_bcc_never(recipients) -> None:
+    message = make(cc=recipients, bcc=(Address("hidden@example.com", "Hidden"),))
+    assert compare(message), "cc stays on the fast path"
+    fast, _ = wire_bytes(message, message_id=MESSAGE_ID)
+    assert b"hidden@example.com" not in fast and b"Bcc" not in fast

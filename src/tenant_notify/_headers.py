@@ -1,11 +1,52 @@
-"""Header-injection checks shared by input validation and MIME building."""
+"""Header checks shared by input validation, MIME building and the HTTP providers.
+
+Every header a caller may set travels through :func:`check_extra_header`, once at
+the call (nothing is queued for a bad header) and again where the message is
+written out (SMTP, SES raw MIME, SendGrid, Postmark), which is the last point
+before bytes leave the process.
+"""
 
 from __future__ import annotations
 
 import re
 from email.header import decode_header
 
-from .errors import HeaderInjectionError
+from .errors import HeaderInjectionError, ValidationError
+
+__all__ = [
+    "FIELD_NAME",
+    "MAX_HEADER_CHARS",
+    "RESERVED_HEADERS",
+    "check_extra_header",
+    "check_header_value",
+]
+
+#: RFC 5322 field name: printable US-ASCII except the colon.
+FIELD_NAME = re.compile(r"[!-9;-~]+")
+#: RFC 5322's limit for a line; a header value longer than that is refused.
+MAX_HEADER_CHARS = 998
+#: Headers the library sets itself (or that describe the MIME structure it
+#: builds); a caller's extra headers may not set them.
+RESERVED_HEADERS = frozenset(
+    {
+        "bcc",
+        "cc",
+        "content-disposition",
+        "content-id",
+        "content-transfer-encoding",
+        "content-type",
+        "date",
+        "from",
+        "message-id",
+        "mime-version",
+        "reply-to",
+        "return-path",
+        "sender",
+        "subject",
+        "to",
+        "x-tenant-notify-id",
+    }
+)
 
 # An RFC 2047 encoded word: =?charset?Q|B?text?=
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=")
@@ -48,3 +89,36 @@ def _decode_part(part: bytes | str, charset: str | None) -> str:
         # The email package falls back to ASCII for unknown charsets, so a line
         # break still comes through; decode the same way to see it.
         return part.decode("ascii", errors="surrogateescape")
+
+
+def check_extra_header(
+    name: object, value: object, *, reserved: frozenset[str] = frozenset()
+) -> str:
+    """Check one header a caller asked for; return the field name errors use for it.
+
+    Args:
+        name: The header name; an RFC 5322 field name, not one of
+            :data:`RESERVED_HEADERS` nor of ``reserved`` (a provider's own).
+        value: The value: a string without CR, LF, NUL or an encoded word hiding
+            one, at most :data:`MAX_HEADER_CHARS` characters.
+        reserved: Lower-case names a provider refuses besides the library's.
+
+    Raises:
+        HeaderInjectionError: a name that is not a field name, or a value that
+            could start a new header.
+        ValidationError: a reserved name, a value that is not a string or too long.
+    """
+    field = f"headers[{name!r}]"
+    if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
+        raise HeaderInjectionError("is not a valid header name", field=field)
+    lowered = name.lower()
+    if lowered in RESERVED_HEADERS or lowered in reserved:
+        raise ValidationError(
+            "is set by tenant-notify or the provider and cannot be overridden", field=field
+        )
+    if not isinstance(value, str):
+        raise ValidationError("must be a string", field=field)
+    if len(name) + 2 + len(value) > MAX_HEADER_CHARS:
+        raise ValidationError(f"is longer than {MAX_HEADER_CHARS} characters", field=field)
+    check_header_value(value, field)
+    return field

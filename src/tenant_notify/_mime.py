@@ -25,14 +25,12 @@ import secrets
 import time
 from email.headerregistry import Address as HeaderAddress
 
-from ._headers import check_header_value
-from .errors import HeaderInjectionError, InvalidRecipientError, NotifyError, ValidationError
+from ._headers import check_extra_header, check_header_value
+from .errors import InvalidRecipientError, NotifyError, ValidationError
 from .models import Address, EmailMessage
 
 __all__ = ["build_mime", "envelope_address", "make_message_id", "mime_bytes", "wire_bytes"]
 
-#: RFC 5322 field name: printable US-ASCII except the colon.
-_FIELD_NAME = re.compile(r"[!-9;-~]+")
 #: Characters that may stand in a 7bit body as they are.
 _NOT_7BIT = re.compile(r"[^\t\n\r\x20-\x7e]")
 #: RFC 5322 recommends lines of at most 78 characters.
@@ -41,26 +39,6 @@ _MAX_LINE = 78
 _ASCII_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 #: Used for Message-IDs when the sender's domain is unusable; ``.invalid`` is reserved.
 _FALLBACK_DOMAIN = "tenant-notify.invalid"
-
-#: Headers the library sets itself; ``EmailMessage.headers`` may not override them.
-_RESERVED_HEADERS = frozenset(
-    {
-        "bcc",
-        "cc",
-        "content-transfer-encoding",
-        "content-type",
-        "date",
-        "from",
-        "message-id",
-        "mime-version",
-        "reply-to",
-        "return-path",
-        "sender",
-        "subject",
-        "to",
-        "x-tenant-notify-id",
-    }
-)
 
 
 def make_message_id(from_addr: Address) -> str:
@@ -109,7 +87,10 @@ def build_mime(
 
     Returns:
         A ``text/plain`` message, or ``multipart/alternative`` (text first, then
-        HTML) when ``message.html`` is set, under ``email.policy.SMTP``.
+        HTML) when ``message.html`` is set, under ``email.policy.SMTP``. Inline
+        images make the HTML part ``multipart/related`` (the HTML, then each
+        image with its ``Content-ID``); attachments put all of that first in a
+        ``multipart/mixed``, the files after it. ``Bcc`` never appears.
 
     Raises:
         HeaderInjectionError: a header value holds CR, LF, NUL or an encoded word
@@ -123,6 +104,8 @@ def build_mime(
     msg = email.message.EmailMessage(policy=email.policy.SMTP)
     msg["From"] = _header_address(message.from_addr, "from_addr")
     msg["To"] = [_header_address(addr, f"to[{i}]") for i, addr in enumerate(message.to)]
+    if message.cc:
+        msg["Cc"] = [_header_address(addr, f"cc[{i}]") for i, addr in enumerate(message.cc)]
     if message.reply_to is not None:
         msg["Reply-To"] = _header_address(message.reply_to, "reply_to")
     msg["Subject"] = check_header_value(message.subject, "subject")
@@ -139,11 +122,44 @@ def build_mime(
         msg.add_alternative(
             message.html, subtype="html", charset="utf-8", cte=_body_cte(message.html)
         )
-        # add_alternative builds the new part as an EmailMessage, which stamps its
-        # own MIME-Version; only the top level should have one.
-        for part in msg.iter_parts():
+    if message.attachments:
+        _add_attachments(msg, message)
+    # add_alternative and friends build new parts as EmailMessage objects, which
+    # stamp their own MIME-Version; only the top level should have one.
+    for part in msg.walk():
+        if part is not msg:
             del part["MIME-Version"]
     return msg
+
+
+def _add_attachments(msg: email.message.EmailMessage, message: EmailMessage) -> None:
+    html_part = msg.get_body(("html",)) if message.html is not None else None
+    for index, attachment in enumerate(message.attachments):
+        check_header_value(attachment.filename, f"attachments[{index}].filename")
+        assert attachment.content_type is not None  # Attachment fills it in
+        maintype, _, subtype = attachment.content_type.partition("/")
+        cid = f"<{attachment.content_id}>" if attachment.content_id else None
+        if attachment.inline and html_part is not None:
+            # Beside the HTML that refers to it: the HTML part becomes multipart/related.
+            html_part.add_related(
+                attachment.content,
+                maintype,
+                subtype,
+                cid=cid,
+                filename=attachment.filename,
+                disposition="inline",
+            )
+        else:
+            # The message becomes multipart/mixed, with the body first. Without an
+            # HTML part to show it, an inline image is still marked inline.
+            msg.add_attachment(
+                attachment.content,
+                maintype,
+                subtype,
+                cid=cid,
+                filename=attachment.filename,
+                disposition="inline" if attachment.inline else "attachment",
+            )
 
 
 def mime_bytes(msg: email.message.EmailMessage) -> bytes:
@@ -182,19 +198,8 @@ def _message_id(message_id: str | None, from_addr: Address) -> str:
     return f"<{bare}>"
 
 
-def _check_extra_header(name: str, value: str) -> str:
-    """Check a caller's extra header; return the field name errors use for it."""
-    field = f"headers[{name!r}]"
-    if not _FIELD_NAME.fullmatch(name):
-        raise HeaderInjectionError("is not a valid header name", field=field)
-    if name.lower() in _RESERVED_HEADERS:
-        raise ValidationError("is set by tenant-notify and cannot be overridden", field=field)
-    check_header_value(value, field)
-    return field
-
-
 def _add_extra_header(msg: email.message.EmailMessage, name: str, value: str) -> None:
-    field = _check_extra_header(name, value)
+    field = check_extra_header(name, value)
     try:
         msg[name] = value
     except (ValueError, TypeError) as err:
@@ -262,13 +267,13 @@ def wire_bytes(message: EmailMessage, *, message_id: str | None = None) -> tuple
 def _fast_wire_bytes(message: EmailMessage, message_id: str | None) -> tuple[bytes, str]:
     if not message.to:
         raise InvalidRecipientError("an email needs at least one recipient", field="to")
+    if message.attachments:
+        # Base64 of the files dominates; the email package's writer costs little more.
+        raise _Unusual
     lines = [_fold("From", _address_atoms(message.from_addr, "from_addr"))]
-    to_atoms: list[str] = []
-    for i, addr in enumerate(message.to):
-        if to_atoms:
-            to_atoms[-1] += ","
-        to_atoms.extend(_address_atoms(addr, f"to[{i}]"))
-    lines.append(_fold("To", to_atoms))
+    lines.append(_fold("To", _address_list_atoms(message.to, "to")))
+    if message.cc:
+        lines.append(_fold("Cc", _address_list_atoms(message.cc, "cc")))
     if message.reply_to is not None:
         lines.append(_fold("Reply-To", _address_atoms(message.reply_to, "reply_to")))
     lines.append(_fold("Subject", _unstructured(check_header_value(message.subject, "subject"))))
@@ -282,7 +287,7 @@ def _fast_wire_bytes(message: EmailMessage, message_id: str | None) -> tuple[byt
         notification_id = check_header_value(message.notification_id, "notification_id")
         lines.append(_fold("X-Tenant-Notify-Id", _unstructured(notification_id)))
     for name, value in message.headers.items():
-        _check_extra_header(name, value)
+        check_extra_header(name, value)
         if name.lower() in _STRUCTURED or len(name) > 60:
             raise _Unusual
         lines.append(_fold(name, _unstructured(value)))
@@ -333,6 +338,15 @@ def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
         f"Content-Transfer-Encoding: {cte}",
     ]
     return headers, payload
+
+
+def _address_list_atoms(addresses: tuple[Address, ...], field: str) -> list[str]:
+    atoms: list[str] = []
+    for i, addr in enumerate(addresses):
+        if atoms:
+            atoms[-1] += ","
+        atoms.extend(_address_atoms(addr, f"{field}[{i}]"))
+    return atoms
 
 
 def _address_atoms(address: Address, field: str) -> list[str]:

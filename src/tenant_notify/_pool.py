@@ -27,8 +27,8 @@ import pydantic
 
 from ._registry import resolve_name
 from .config import Settings, validation_error
-from .errors import ConfigurationError, UnsupportedChannelError
-from .models import Channel
+from .errors import ConfigurationError, NotifyError, UnsupportedChannelError, ValidationError
+from .models import Channel, EmailOptions
 from .providers import PROVIDER_ALIASES, PROVIDER_EXTRAS
 from .providers.base import Provider, ProviderConfig
 from .tenants import Tenant
@@ -92,6 +92,13 @@ class _Spec:
     def chain(self) -> tuple[_Spec, ...]:
         return (self, *self.fallbacks)
 
+    @property
+    def provider_class(self) -> type[Provider]:
+        if self.instance is not None:
+            return type(self.instance)
+        assert self.factory is not None
+        return self.factory
+
 
 class ProviderPool:
     """Builds and caches providers from provider tables.
@@ -129,12 +136,58 @@ class ProviderPool:
         fallbacks."""
         return tuple(spec.name for spec in self._spec(tenant, channel).chain)
 
+    def check_options(self, tenant: Tenant, channel: Channel, options: EmailOptions | None) -> None:
+        """Refuse, at the call, options the provider of ``tenant`` on ``channel`` lacks.
+
+        Raises:
+            UnsupportedFeatureError: naming the feature, the provider and the tenant.
+            ValidationError: email options on an SMS.
+        """
+        if options is None:
+            return
+        if channel is not Channel.EMAIL:
+            raise ValidationError(
+                "cc, bcc, headers, tags, metadata and attachments are for email only",
+                field="channel",
+                tenant_id=tenant.id,
+            )
+        try:
+            self._spec(tenant, channel).provider_class.check_options(options)
+        except NotifyError as err:
+            err.tenant_id = tenant.id
+            raise
+
+    def chain(
+        self, tenant: Tenant, channel: Channel, options: EmailOptions | None = None
+    ) -> tuple[tuple[int, str], ...]:
+        """The providers to try for a message, in order, as ``(position, name)``
+        pairs for :meth:`get`: the channel's provider, then those of its fallbacks
+        that can send a message with ``options`` (failover never goes to a
+        provider that would refuse it).
+
+        Raises:
+            UnsupportedFeatureError: the channel's own provider cannot send it.
+        """
+        specs = self._spec(tenant, channel).chain
+        if options is None:
+            return tuple(enumerate(spec.name for spec in specs))
+        self.check_options(tenant, channel, options)
+        usable = [(0, specs[0].name)]
+        for position, spec in enumerate(specs[1:], start=1):
+            try:
+                spec.provider_class.check_options(options)
+            except NotifyError:
+                continue
+            usable.append((position, spec.name))
+        return tuple(usable)
+
     def get(self, tenant: Tenant | None, channel: Channel, position: int = 0) -> Provider:
         """The provider serving ``tenant`` (None: the global tables) on ``channel``.
 
         Args:
             position: 0 for the channel's provider, 1 for its first fallback, ...
-                (see :meth:`provider_names`). Fallbacks are built on first use.
+                (see :meth:`provider_names` and :meth:`chain`). Fallbacks are built
+                on first use.
 
         Raises:
             ConfigurationError: the provider refused its settings (an unreadable

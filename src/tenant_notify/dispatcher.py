@@ -194,10 +194,10 @@ class Dispatcher:
         provider_name: str | None = None
         try:
             tenant = self.tenants.get(notification.tenant_id)
-            names = self.providers.provider_names(tenant, notification.channel)
-            provider_name = names[0]
+            chain = self.providers.chain(tenant, notification.channel, notification.options)
+            provider_name = chain[0][1]
             message = self.build_message(notification, tenant)
-            result = self._send(tenant, notification.channel, names, message, tried, log)
+            result = self._send(tenant, notification.channel, chain, message, tried, log)
         except NotifyError as err:
             if isinstance(err, DeliveryError) and err.provider is not None:
                 provider_name = err.provider
@@ -261,12 +261,13 @@ class Dispatcher:
         self,
         tenant: Tenant,
         channel: Channel,
-        names: tuple[str, ...],
+        chain: tuple[tuple[int, str], ...],
         message: Message,
         tried: list[str],
         log: Any,
     ) -> DeliveryResult:
-        """Send through the channel's provider, failing over down ``names``.
+        """Send through the channel's provider, failing over down ``chain``
+        (``(position, name)`` pairs from :meth:`ProviderPool.chain`).
 
         Raises:
             DeliveryError: every provider tried failed. Which error is raised
@@ -275,7 +276,7 @@ class Dispatcher:
                 the last one.
         """
         errors: list[DeliveryError] = []
-        for position, name in enumerate(names):
+        for index, (position, name) in enumerate(chain):
             tried.append(name)
             try:
                 return self.providers.get(tenant, channel, position).send(message)
@@ -283,12 +284,12 @@ class Dispatcher:
                 if err.provider is None:
                     err.provider = name
                 errors.append(err)
-                if position + 1 == len(names) or not err.may_fail_over:
+                if index + 1 == len(chain) or not err.may_fail_over:
                     break
                 log.warning(
                     "provider_failover",
                     provider=name,
-                    next_provider=names[position + 1],
+                    next_provider=chain[index + 1][1],
                     error=str(err),
                     error_type=type(err).__name__,
                 )
@@ -406,7 +407,7 @@ class Dispatcher:
         rendered = self.renderer.render_email(
             notification.kind, context, templates_dir=tenant.templates_dir, locale=locale
         )
-        return EmailMessage(
+        message = EmailMessage(
             from_addr=sender,
             to=(Address(notification.to),),
             subject=rendered.subject,
@@ -415,6 +416,7 @@ class Dispatcher:
             reply_to=tenant.reply_to,
             **common,
         )
+        return notification.options.apply(message) if notification.options else message
 
     def close(self) -> None:
         """Close every provider and the renderer."""

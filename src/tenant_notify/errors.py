@@ -16,7 +16,9 @@ chained with ``raise ... from err``.
     │   ├── InvalidCurrencyError        not an ISO 4217 code
     │   ├── InvalidAmountError          negative, non-numeric or non-finite amount
     │   ├── HeaderInjectionError        CR/LF/NUL (or an encoded word hiding one) in a header
-    │   └── InvalidContextError         context value that cannot travel to a worker
+    │   ├── InvalidContextError         context value that cannot travel to a worker
+    │   ├── InvalidAttachmentError      an attachment's name, type, content id or size
+    │   └── UnsupportedFeatureError     the tenant's provider cannot send what was asked
     ├── UnknownTenantError              (also LookupError)
     ├── UnknownNotificationError        (also LookupError) status asked for an unknown id
     ├── TemplateError
@@ -66,6 +68,7 @@ __all__ = [
     "EventError",
     "HeaderInjectionError",
     "InvalidAmountError",
+    "InvalidAttachmentError",
     "InvalidContextError",
     "InvalidCurrencyError",
     "InvalidEventError",
@@ -86,6 +89,7 @@ __all__ = [
     "UnknownTenantError",
     "UnmappedEventError",
     "UnsupportedChannelError",
+    "UnsupportedFeatureError",
     "ValidationError",
     "WaitTimeoutError",
     "WebhookError",
@@ -225,6 +229,26 @@ class HeaderInjectionError(ValidationError):
 
 class InvalidContextError(ValidationError):
     """A context value that cannot be carried to a worker (not JSON-representable)."""
+
+
+class InvalidAttachmentError(ValidationError):
+    """An attachment that cannot be sent: a file name with a path or a line break,
+    a content type or content id that is not well formed, a duplicate content id,
+    or more bytes than an email may carry (``tenant_notify.models.MAX_ATTACHMENT_BYTES``)."""
+
+
+class UnsupportedFeatureError(ValidationError):
+    """The tenant's provider cannot send what the message asks for (attachments,
+    cc, tags, ... or its size). Raised at the call; nothing is queued.
+
+    Attributes:
+        feature: The feature at fault (``"attachments"``, ``"tags"``, ``"size"``).
+    """
+
+    def __init__(self, message: str, *, feature: str, **context: str | None) -> None:
+        context.setdefault("field", feature)
+        super().__init__(message, **context)
+        self.feature = feature
 
 
 # --- lookups -------------------------------------------------------------------------

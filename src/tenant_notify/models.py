@@ -5,27 +5,45 @@ A :class:`Notification` is what the caller's side builds and a transport carries
 The delivery side renders it into a provider-neutral :class:`EmailMessage` or
 :class:`SmsMessage`, a provider turns that into a :class:`DeliveryResult`, and the
 status store keeps a :class:`DeliveryStatus` per notification id.
+
+What an email carries besides its rendered text (cc and bcc, a reply-to, extra
+headers, tags, metadata, :class:`Attachment` objects) is checked once at the call
+into :class:`EmailOptions`, which travels with the notification and is applied to
+the rendered :class:`EmailMessage` on the delivery side.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import enum
+import mimetypes
+import os
+import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from .errors import InvalidContextError
+from ._headers import check_extra_header, check_header_value
+from .errors import InvalidAttachmentError, InvalidContextError, ValidationError
 
 __all__ = [
+    "MAX_ATTACHMENTS",
+    "MAX_ATTACHMENT_BYTES",
+    "MAX_RECIPIENTS",
     "Address",
+    "Attachment",
     "Channel",
     "DeliveryResult",
     "DeliveryState",
     "DeliveryStatus",
     "EmailMessage",
+    "EmailOptions",
+    "Feature",
     "Notification",
     "Receipt",
     "SmsMessage",
@@ -89,6 +107,497 @@ class Address:
         if not self.name:
             return self.email
         return str(_HeaderAddress(display_name=self.name, addr_spec=self.email))
+
+
+# --- message features ----------------------------------------------------------------
+
+#: The most attachment bytes (raw, before base64) one email may carry, all
+#: attachments together. Notifications travel to workers whole (on Celery through
+#: the broker, base64-encoded: about 13.4 MB at this limit), so larger files are
+#: refused at the call: link to them instead.
+MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+#: The most attachments (inline images included) one email may carry.
+MAX_ATTACHMENTS = 50
+#: The most recipients (to, cc and bcc together) one email may have; SES and
+#: Postmark allow 50.
+MAX_RECIPIENTS = 50
+#: The most extra headers, tags and metadata entries one email may carry.
+MAX_HEADERS = 50
+MAX_TAGS = 10
+MAX_METADATA = 20
+
+#: type/subtype, each of RFC 2045 token characters.
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}")
+#: A Content-ID without its angle brackets (RFC 2392: an addr-spec; dot-atom text
+#: on both sides keeps it safe in a header and in a ``cid:`` URL).
+_CONTENT_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,128}(?:@[A-Za-z0-9.-]{1,128})?")
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Metadata keys the providers use to correlate delivery events with statuses.
+RESERVED_METADATA = frozenset({"tenant_id", "notification_id"})
+
+
+class Feature(enum.StrEnum):
+    """Something an email may ask of its provider beyond subject, body and recipient.
+
+    Providers declare the features they support
+    (:attr:`~tenant_notify.providers.Provider.capabilities`); a send that asks for
+    one the tenant's provider lacks is refused at the call with
+    :class:`~tenant_notify.errors.UnsupportedFeatureError`.
+    """
+
+    ATTACHMENTS = "attachments"
+    INLINE_IMAGES = "inline_images"
+    CC = "cc"
+    BCC = "bcc"
+    HEADERS = "headers"
+    TAGS = "tags"
+    METADATA = "metadata"
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to an email, or an image shown inline in its HTML.
+
+    Every field is checked when the attachment is made, so a bad one is refused
+    before anything is queued::
+
+        Attachment(filename="invoice-1042.pdf", content=pdf, content_type="application/pdf")
+        Attachment.from_path("static/logo.png", inline=True, content_id="logo")
+        # ... and in the HTML: <img src="cid:logo">
+
+    Attributes:
+        filename: The name the recipient sees (no path; at most 255 characters).
+        content: The bytes.
+        content_type: ``type/subtype``; guessed from the filename when None
+            (``application/octet-stream`` when it cannot be guessed).
+        inline: Shown in the HTML body (referenced as ``cid:<content_id>``)
+            rather than offered as a download.
+        content_id: The id the HTML refers to; required for inline attachments.
+
+    Raises:
+        InvalidAttachmentError: a field that could not be sent safely.
+    """
+
+    filename: str
+    content: bytes
+    content_type: str | None = None
+    inline: bool = False
+    content_id: str | None = None
+
+    def __post_init__(self) -> None:
+        name = self.filename
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidAttachmentError("must be a non-empty file name", field="filename")
+        check_header_value(name, "filename")
+        if (
+            len(name) > 255
+            or "/" in name
+            or "\\" in name
+            or name in (".", "..")
+            or not name.isprintable()
+        ):
+            raise InvalidAttachmentError(
+                f"{name!r} is not a plain file name (no path, printable, at most 255 characters)",
+                field="filename",
+            )
+        content = self.content
+        if isinstance(content, bytearray | memoryview):
+            object.__setattr__(self, "content", bytes(content))
+        elif not isinstance(content, bytes):
+            raise InvalidAttachmentError("must be bytes", field=f"{name}.content")
+        if len(self.content) > MAX_ATTACHMENT_BYTES:
+            raise InvalidAttachmentError(
+                f"is {len(self.content)} bytes; an email carries at most "
+                f"{MAX_ATTACHMENT_BYTES} bytes of attachments",
+                field=f"{name}.content",
+            )
+        content_type = self.content_type
+        if content_type is None:
+            content_type = mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+        if not isinstance(content_type, str) or not _CONTENT_TYPE.fullmatch(content_type):
+            raise InvalidAttachmentError(
+                f"{content_type!r} is not a content type such as 'application/pdf' "
+                "(type/subtype, no parameters)",
+                field=f"{name}.content_type",
+            )
+        content_type = content_type.lower()
+        if content_type.startswith(("multipart/", "message/")):
+            raise InvalidAttachmentError(
+                "multipart and message types describe MIME structure, not a file",
+                field=f"{name}.content_type",
+            )
+        object.__setattr__(self, "content_type", content_type)
+        if not isinstance(self.inline, bool):
+            raise InvalidAttachmentError("must be True or False", field=f"{name}.inline")
+        cid = self.content_id
+        if cid is not None:
+            bare = cid.strip().removeprefix("<").removesuffix(">") if isinstance(cid, str) else ""
+            if not _CONTENT_ID.fullmatch(bare):
+                raise InvalidAttachmentError(
+                    f"{cid!r} is not a content id such as 'logo' or 'logo@shop.example'",
+                    field=f"{name}.content_id",
+                )
+            object.__setattr__(self, "content_id", bare)
+        if self.inline and self.content_id is None:
+            raise InvalidAttachmentError(
+                "an inline attachment needs the content_id its HTML refers to (cid:...)",
+                field=f"{name}.content_id",
+            )
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        inline: bool = False,
+        content_id: str | None = None,
+    ) -> Attachment:
+        """Read a file into an attachment (named after the file unless ``filename``).
+
+        Raises:
+            InvalidAttachmentError: the file cannot be read, is too large, or a
+                field is invalid.
+        """
+        file = Path(path)
+        try:
+            size = file.stat().st_size
+            if size > MAX_ATTACHMENT_BYTES:
+                raise InvalidAttachmentError(
+                    f"is {size} bytes; an email carries at most {MAX_ATTACHMENT_BYTES} bytes "
+                    "of attachments",
+                    field=str(path),
+                )
+            content = file.read_bytes()
+        except OSError as err:
+            raise InvalidAttachmentError(
+                f"cannot be read: {err.strerror or err}", field=str(path)
+            ) from err
+        return cls(
+            filename=filename if filename is not None else file.name,
+            content=content,
+            content_type=content_type,
+            inline=inline,
+            content_id=content_id,
+        )
+
+    @property
+    def size(self) -> int:
+        """The number of bytes of content."""
+        return len(self.content)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form (content in base64), for brokers."""
+        return {
+            "filename": self.filename,
+            "content": base64.b64encode(self.content).decode("ascii"),
+            "content_type": self.content_type,
+            "inline": self.inline,
+            "content_id": self.content_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attachment:
+        """Inverse of :meth:`to_dict` (checked again, as any attachment is)."""
+        try:
+            content = base64.b64decode(data["content"], validate=True)
+        except (binascii.Error, ValueError, TypeError) as err:
+            raise InvalidAttachmentError("content is not base64", field="content") from err
+        return cls(
+            filename=data["filename"],
+            content=content,
+            content_type=data.get("content_type"),
+            inline=bool(data.get("inline", False)),
+            content_id=data.get("content_id"),
+        )
+
+    def __repr__(self) -> str:
+        # The content may be large, and is the recipient's business: show its size.
+        inline = f", inline=True, content_id={self.content_id!r}" if self.inline else ""
+        return (
+            f"Attachment(filename={self.filename!r}, content_type={self.content_type!r}, "
+            f"size={self.size}{inline})"
+        )
+
+
+def _address_list(value: object, field: str) -> tuple[Address, ...]:
+    from ._validation import normalize_email
+
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str | Address) else value
+    if not isinstance(items, Iterable) or isinstance(items, Mapping | bytes):
+        raise ValidationError("must be an address or a list of addresses", field=field)
+    addresses = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]"
+        if isinstance(item, Address):
+            name = item.name
+            if name:
+                check_header_value(name, f"{where}.name")
+                if len(name) > 200:
+                    raise ValidationError("is longer than 200 characters", field=f"{where}.name")
+            addresses.append(Address(normalize_email(item.email, where), name))
+        else:
+            addresses.append(Address(normalize_email(item, where)))
+    return tuple(addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailOptions:
+    """What an email asks for besides its rendered subject and body.
+
+    Built (and every field checked) at the call by :meth:`build`; it travels with
+    the notification and is applied to the rendered message by :meth:`apply`.
+
+    Attributes:
+        to_name: The recipient's display name.
+        cc, bcc: Further recipients.
+        reply_to: Overrides the tenant's reply-to address for this message.
+        headers: Extra headers (never ones the library sets).
+        tags: Labels for the provider's analytics (SendGrid categories,
+            Postmark's tag).
+        metadata: Key-value pairs the provider keeps with the message and
+            reports back in its delivery events.
+        attachments: Files and inline images.
+    """
+
+    to_name: str = ""
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+    reply_to: Address | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        to_name: str | None = None,
+        cc: str | Address | Iterable[str | Address] | None = None,
+        bcc: str | Address | Iterable[str | Address] | None = None,
+        reply_to: str | Address | None = None,
+        headers: Mapping[str, str] | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        attachments: Iterable[Attachment] | None = None,
+        to: str | None = None,
+    ) -> EmailOptions | None:
+        """Check every option of a send; None when none is given.
+
+        ``to`` is the (normalised) recipient, so that no address is given twice
+        across to, cc and bcc (providers refuse that).
+
+        Raises:
+            InvalidRecipientError: a cc, bcc or reply-to address that is not valid.
+            HeaderInjectionError: a name or header that could start a new header.
+            InvalidAttachmentError: an attachment that is not an :class:`Attachment`,
+                duplicate content ids, or more than :data:`MAX_ATTACHMENT_BYTES`.
+            ValidationError: anything else out of bounds (counts, lengths, types,
+                reserved names).
+        """
+        if all(
+            v is None for v in (to_name, cc, bcc, reply_to, headers, tags, metadata, attachments)
+        ):
+            return None
+        name = ""
+        if to_name is not None:
+            if not isinstance(to_name, str) or len(to_name) > 200:
+                raise ValidationError("must be a string of at most 200 characters", field="to_name")
+            name = check_header_value(to_name.strip(), "to_name")
+        cc_list = _address_list(cc, "cc")
+        bcc_list = _address_list(bcc, "bcc")
+        if 1 + len(cc_list) + len(bcc_list) > MAX_RECIPIENTS:
+            raise ValidationError(
+                f"an email has at most {MAX_RECIPIENTS} recipients (to, cc and bcc)", field="cc"
+            )
+        seen = {to.casefold()} if to else set()
+        for where, address in [
+            *((f"cc[{i}]", a) for i, a in enumerate(cc_list)),
+            *((f"bcc[{i}]", a) for i, a in enumerate(bcc_list)),
+        ]:
+            if address.email.casefold() in seen:
+                raise ValidationError(
+                    f"{address.email!r} is already a recipient of this email", field=where
+                )
+            seen.add(address.email.casefold())
+        reply = None
+        if reply_to is not None:
+            if isinstance(reply_to, Iterable) and not isinstance(reply_to, str | Address):
+                raise ValidationError("must be one address", field="reply_to")
+            (reply,) = _address_list(reply_to, "reply_to")
+        return cls(
+            to_name=name,
+            cc=cc_list,
+            bcc=bcc_list,
+            reply_to=reply,
+            headers=_check_headers(headers),
+            tags=_check_tags(tags),
+            metadata=_check_metadata(metadata),
+            attachments=_check_attachments(attachments),
+        )
+
+    @property
+    def features(self) -> frozenset[Feature]:
+        """The features this message needs of its provider."""
+        needs = set()
+        if self.cc:
+            needs.add(Feature.CC)
+        if self.bcc:
+            needs.add(Feature.BCC)
+        if self.headers:
+            needs.add(Feature.HEADERS)
+        if self.tags:
+            needs.add(Feature.TAGS)
+        if self.metadata:
+            needs.add(Feature.METADATA)
+        for attachment in self.attachments:
+            needs.add(Feature.INLINE_IMAGES if attachment.inline else Feature.ATTACHMENTS)
+        return frozenset(needs)
+
+    @property
+    def attachment_bytes(self) -> int:
+        """The bytes of every attachment together."""
+        return sum(a.size for a in self.attachments)
+
+    def apply(self, message: EmailMessage) -> EmailMessage:
+        """``message`` (as rendered for the tenant) with these options."""
+        to = message.to
+        if self.to_name:
+            to = tuple(Address(a.email, a.name or self.to_name) for a in to)
+        return replace(
+            message,
+            to=to,
+            cc=self.cc,
+            bcc=self.bcc,
+            reply_to=self.reply_to or message.reply_to,
+            headers={**message.headers, **self.headers},
+            tags=self.tags,
+            metadata=dict(self.metadata),
+            attachments=self.attachments,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form, for brokers."""
+        return {
+            "to_name": self.to_name,
+            "cc": [[a.email, a.name] for a in self.cc],
+            "bcc": [[a.email, a.name] for a in self.bcc],
+            "reply_to": [self.reply_to.email, self.reply_to.name] if self.reply_to else None,
+            "headers": dict(self.headers),
+            "tags": list(self.tags),
+            "metadata": dict(self.metadata),
+            "attachments": [a.to_dict() for a in self.attachments],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EmailOptions:
+        """Inverse of :meth:`to_dict`."""
+        reply = data.get("reply_to")
+        return cls(
+            to_name=data.get("to_name", ""),
+            cc=tuple(Address(email, name) for email, name in data.get("cc", ())),
+            bcc=tuple(Address(email, name) for email, name in data.get("bcc", ())),
+            reply_to=Address(reply[0], reply[1]) if reply else None,
+            headers=dict(data.get("headers") or {}),
+            tags=tuple(data.get("tags") or ()),
+            metadata=dict(data.get("metadata") or {}),
+            attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments", ())),
+        )
+
+
+def _check_headers(headers: object) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise ValidationError("must be a mapping of header names to values", field="headers")
+    if len(headers) > MAX_HEADERS:
+        raise ValidationError(f"at most {MAX_HEADERS} extra headers", field="headers")
+    seen: set[str] = set()
+    for name, value in headers.items():
+        field = check_extra_header(name, value)
+        if name.lower() in seen:
+            raise ValidationError("is given twice (header names ignore case)", field=field)
+        seen.add(name.lower())
+    return dict(headers)
+
+
+def _check_tags(tags: object) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str) or not isinstance(tags, Iterable):
+        raise ValidationError("must be a list of strings", field="tags")
+    checked: list[str] = []
+    for index, tag in enumerate(tags):
+        where = f"tags[{index}]"
+        if not isinstance(tag, str) or not tag.strip() or len(tag) > 255:
+            raise ValidationError(
+                "must be a non-empty string of at most 255 characters", field=where
+            )
+        if not tag.isprintable():
+            raise ValidationError("must be printable text", field=where)
+        check_header_value(tag, where)
+        if tag not in checked:
+            checked.append(tag)
+    if len(checked) > MAX_TAGS:
+        raise ValidationError(f"at most {MAX_TAGS} tags", field="tags")
+    return tuple(checked)
+
+
+def _check_metadata(metadata: object) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValidationError("must be a mapping of names to strings", field="metadata")
+    if len(metadata) > MAX_METADATA:
+        raise ValidationError(f"at most {MAX_METADATA} entries", field="metadata")
+    for key, value in metadata.items():
+        where = f"metadata[{key!r}]"
+        if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key):
+            raise ValidationError("keys are 1 to 64 letters, digits, '_' or '-'", field=where)
+        if key in RESERVED_METADATA:
+            raise ValidationError("is set by tenant-notify to match delivery events", field=where)
+        if not isinstance(value, str) or len(value) > 1000 or not value.isprintable():
+            raise ValidationError(
+                "values are printable strings of at most 1000 characters", field=where
+            )
+    return dict(metadata)
+
+
+def _check_attachments(attachments: object) -> tuple[Attachment, ...]:
+    if attachments is None:
+        return ()
+    if isinstance(attachments, Attachment) or not isinstance(attachments, Iterable):
+        raise InvalidAttachmentError("must be a list of Attachment objects", field="attachments")
+    items = tuple(attachments)
+    if len(items) > MAX_ATTACHMENTS:
+        raise InvalidAttachmentError(f"at most {MAX_ATTACHMENTS} attachments", field="attachments")
+    content_ids: set[str] = set()
+    total = 0
+    for index, item in enumerate(items):
+        if not isinstance(item, Attachment):
+            raise InvalidAttachmentError(
+                "must be an Attachment (from tenant_notify import Attachment)",
+                field=f"attachments[{index}]",
+            )
+        if item.content_id is not None:
+            if item.content_id in content_ids:
+                raise InvalidAttachmentError(
+                    f"content id {item.content_id!r} is used twice",
+                    field=f"attachments[{index}].content_id",
+                )
+            content_ids.add(item.content_id)
+        total += item.size
+    if total > MAX_ATTACHMENT_BYTES:
+        raise InvalidAttachmentError(
+            f"the attachments are {total} bytes together; an email carries at most "
+            f"{MAX_ATTACHMENT_BYTES}",
+            field="attachments",
+        )
+    return items
 
 
 # --- the notification --------------------------------------------------------------
@@ -175,6 +684,7 @@ class Notification:
         idempotency_key: The caller's key, scoped to the tenant, if any.
         locale: Overrides the tenant's locale for this send, if set.
         created_at: When the caller sent it (UTC).
+        options: An email's cc, bcc, headers, attachments, ..., if any.
     """
 
     id: str
@@ -186,6 +696,7 @@ class Notification:
     idempotency_key: str | None = None
     locale: str | None = None
     created_at: dt.datetime = field(default_factory=utcnow)
+    options: EmailOptions | None = None
 
     def template_context(self) -> dict[str, Any]:
         """The context as templates see it (Decimals and dates restored)."""
@@ -203,6 +714,7 @@ class Notification:
             "idempotency_key": self.idempotency_key,
             "locale": self.locale,
             "created_at": self.created_at.isoformat(),
+            "options": self.options.to_dict() if self.options is not None else None,
         }
 
     @classmethod
@@ -218,6 +730,7 @@ class Notification:
             idempotency_key=data.get("idempotency_key"),
             locale=data.get("locale"),
             created_at=dt.datetime.fromisoformat(data["created_at"]),
+            options=EmailOptions.from_dict(data["options"]) if data.get("options") else None,
         )
 
 
@@ -230,13 +743,17 @@ class EmailMessage:
 
     Attributes:
         from_addr: Sender, with the tenant's display name.
-        to: Recipients.
+        to: Recipients, with display names when known.
         subject: One line, already checked for header injection.
         text: The text/plain part.
         html: The text/html part, or None for a text-only email.
-        reply_to: Reply-To address, if the tenant has one.
+        reply_to: Reply-To address: the send's own, else the tenant's, if any.
         headers: Extra headers (already checked).
         notification_id, tenant_id, kind: Where the message came from.
+        cc, bcc: Further recipients (bcc never appears in a header).
+        tags: Labels for the provider's analytics.
+        metadata: Key-value pairs the provider keeps with the message.
+        attachments: Files, and inline images the HTML refers to by content id.
     """
 
     from_addr: Address
@@ -249,6 +766,11 @@ class EmailMessage:
     notification_id: str = ""
     tenant_id: str = ""
     kind: str = ""
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
 
     channel = Channel.EMAIL
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any, ParamSpec, Self
@@ -44,8 +44,11 @@ from .events.hub import EventHub, PublishedEvent
 from .log import get_logger, mask_recipient
 from .metrics import resolve_metrics
 from .models import (
+    Address,
+    Attachment,
     Channel,
     DeliveryStatus,
+    EmailOptions,
     Notification,
     Receipt,
     encode_context,
@@ -181,6 +184,14 @@ class Notifier:
         channel: Channel | str = Channel.EMAIL,
         idempotency_key: str | None = None,
         locale: str | None = None,
+        to_name: str | None = None,
+        cc: str | Address | Iterable[str | Address] | None = None,
+        bcc: str | Address | Iterable[str | Address] | None = None,
+        reply_to: str | Address | None = None,
+        attachments: Iterable[Attachment] | None = None,
+        headers: Mapping[str, str] | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Receipt:
         """Send a notification of any kind (built-in or the host's own templates).
 
@@ -195,9 +206,25 @@ class Notifier:
             idempotency_key: Sending again with the same key (for this tenant)
                 sends nothing and returns the first send's receipt.
             locale: Overrides the tenant's locale.
+            to_name: The recipient's display name (email).
+            cc, bcc: Further recipients: an address or a list of addresses
+                (strings or :class:`~tenant_notify.models.Address` with a name).
+            reply_to: Reply-To for this message, over the tenant's.
+            attachments: :class:`~tenant_notify.models.Attachment` objects: files,
+                and inline images the HTML refers to as ``cid:<content_id>``.
+            headers: Extra headers (not ones the library sets itself).
+            tags: Labels for the provider's analytics.
+            metadata: String pairs the provider keeps with the message and
+                reports back with its delivery events.
+
+        The email options (``to_name`` to ``metadata``) are checked at the call,
+        and so is whether the tenant's provider can send them.
 
         Raises:
-            ValidationError: bad recipient, context, locale (nothing queued).
+            ValidationError: bad recipient, context, locale or email option
+                (nothing queued).
+            UnsupportedFeatureError: the tenant's provider cannot send an option
+                asked for (a ValidationError).
             UnknownTenantError: no such tenant.
             TemplateNotFoundError: no template for the kind on this channel.
             EnqueueError: the transport could not accept it.
@@ -218,8 +245,21 @@ class Notifier:
             raise InvalidContextError(
                 f"{sorted(reserved)} are set by the library", field=sorted(reserved)[0]
             )
+        options = EmailOptions.build(
+            to_name=to_name,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            headers=headers,
+            tags=tags,
+            metadata=metadata,
+            attachments=attachments,
+            to=recipient if channel is Channel.EMAIL else None,
+        )
         return self.submit(
-            self._prepare(kind, tenant_id, channel, recipient, context, idempotency_key, locale)
+            self._prepare(
+                kind, tenant_id, channel, recipient, context, idempotency_key, locale, options
+            )
         )
 
     # --- build, then submit ----------------------------------------------------------
@@ -280,6 +320,7 @@ class Notifier:
         context: dict[str, Any],
         idempotency_key: str | None,
         locale: str | None,
+        options: EmailOptions | None = None,
     ) -> Notification:
         """Every check a send makes before queueing; the notification to queue."""
         self._check_open(tenant_id)
@@ -288,6 +329,7 @@ class Notifier:
         if locale is not None:
             locale = normalize_locale(locale, "locale")
         self._check_sendable(tenant, kind, channel, locale or tenant.locale)
+        self.dispatcher.providers.check_options(tenant, channel, options)
         if idempotency_key is not None:
             check_text(idempotency_key, "idempotency_key", max_chars=512)
         return Notification(
@@ -299,6 +341,7 @@ class Notifier:
             context=encode_context(context),
             idempotency_key=idempotency_key,
             locale=locale,
+            options=options,
         )
 
     def _check_open(self, tenant_id: str) -> None:
@@ -385,6 +428,7 @@ class Notifier:
         order_url: str | None = None,
         locale: str | None = None,
         idempotency_key: str | None = None,
+        attachments: Iterable[Attachment] | None = None,
     ) -> Receipt:
         """Email an order confirmation.
 
@@ -402,6 +446,8 @@ class Notifier:
             order_url: Link to the order in the shop.
             locale: Overrides the tenant's locale.
             idempotency_key: Overrides the default key.
+            attachments: The invoice, say, or a logo the tenant's template shows
+                inline (see :meth:`send` and :class:`~tenant_notify.models.Attachment`).
         """
         order_id = check_identifier(order_id, "order_id")
         context: dict[str, Any] = {
@@ -427,6 +473,7 @@ class Notifier:
                 context,
                 idempotency_key or f"order_confirmation:{order_id}",
                 locale,
+                EmailOptions.build(to_name=customer_name, attachments=attachments),
             )
         )
 
@@ -462,6 +509,7 @@ class Notifier:
                 # who type them: one welcome per address, whatever its case.
                 idempotency_key or f"welcome:{context['user_email'].casefold()}",
                 locale,
+                EmailOptions.build(to_name=context["user_name"]),
             )
         )
 
@@ -475,10 +523,19 @@ class Notifier:
         html_body: str | None = None,
         locale: str | None = None,
         idempotency_key: str | None = None,
+        to_name: str | None = None,
+        cc: str | Address | Iterable[str | Address] | None = None,
+        bcc: str | Address | Iterable[str | Address] | None = None,
+        reply_to: str | Address | None = None,
+        attachments: Iterable[Attachment] | None = None,
+        headers: Mapping[str, str] | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Receipt:
         """Email a ready-made subject and body with the tenant's identity.
 
         ``html_body`` is sent as it is (it is the host's HTML, not a template).
+        The email options (``to_name`` to ``metadata``) are those of :meth:`send`.
         """
         context: dict[str, Any] = {
             "subject": check_text(subject, "subject", header=True, max_chars=998),
@@ -487,9 +544,27 @@ class Notifier:
         if html_body is not None:
             context["html_body"] = check_text(html_body, "html_body")
         recipient = normalize_email(to_email, "to_email")
+        options = EmailOptions.build(
+            to_name=to_name,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            headers=headers,
+            tags=tags,
+            metadata=metadata,
+            attachments=attachments,
+            to=recipient,
+        )
         return self.submit(
             self._prepare(
-                "email", tenant_id, Channel.EMAIL, recipient, context, idempotency_key, locale
+                "email",
+                tenant_id,
+                Channel.EMAIL,
+                recipient,
+                context,
+                idempotency_key,
+                locale,
+                options,
             )
         )
 

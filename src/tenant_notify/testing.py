@@ -41,7 +41,7 @@ from .errors import (
 )
 from .models import Channel, DeliveryResult, EmailMessage, Message, SmsMessage
 from .notifier import Notifier
-from .providers.base import Provider, ProviderConfig
+from .providers.base import EVERYTHING, Provider, ProviderConfig
 from .providers.memory import MemoryProvider, Outbox, clear_outboxes, get_outbox
 
 __all__ = [
@@ -84,6 +84,7 @@ class ScriptedProvider(Provider):
 
     name = "scripted"
     channels = frozenset({Channel.EMAIL, Channel.SMS})
+    capabilities = EVERYTHING
 
     class Config(ProviderConfig):
         script: list[str] = Field(default_factory=list)

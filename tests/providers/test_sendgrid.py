@@ -23,7 +23,7 @@ from tenant_notify.errors import (
     TransientDeliveryError,
     ValidationError,
 )
-from tenant_notify.models import Address, DeliveryState, EmailMessage
+from tenant_notify.models import Address, Attachment, DeliveryState, EmailMessage
 from tenant_notify.providers.sendgrid import SendGridProvider
 from tenant_notify.webhooks import apply_sendgrid_events
 from tests.http_fakes import FakeProviderAPI, Reply, closed_port, sendgrid_error
@@ -91,6 +91,49 @@ def test_non_ascii_names_html_text_and_reply_to_pass_the_schema(
     assert result.provider == "sendgrid"
     assert result.provider_message_id is not None
     assert MESSAGE_ID.match(result.provider_message_id)
+
+
+def test_cc_bcc_tags_metadata_and_attachments_pass_the_schema(
+    api: FakeProviderAPI, provider: SendGridProvider
+) -> None:
+    pdf = Attachment(filename="Rechnung.pdf", content=b"%PDF-1.4\x00\xff")
+    logo = Attachment(filename="logo.png", content=b"\x89PNG", inline=True, content_id="logo")
+    provider.send(
+        make_email(
+            cc=(Address("carl@example.com", "Carl"),),
+            bcc=(Address("audit@example.com"),),
+            tags=("spring", "order_confirmation"),
+            metadata={"order": "1042"},
+            attachments=(pdf, logo),
+        )
+    )
+    [request] = api.requests
+    assert request.schema_errors == ()
+    body = request.json
+    assert body["personalizations"] == [
+        {
+            "to": [{"email": "juergen@example.com", "name": "Jürgen Groß"}],
+            "cc": [{"email": "carl@example.com", "name": "Carl"}],
+            "bcc": [{"email": "audit@example.com"}],
+        }
+    ]
+    assert body["categories"] == ["order_confirmation", "spring"]
+    assert body["custom_args"] == {"order": "1042", "tenant_id": "globex", "notification_id": "n-1"}
+    assert body["attachments"] == [
+        {
+            "content": "JVBERi0xLjQA/w==",
+            "type": "application/pdf",
+            "filename": "Rechnung.pdf",
+            "disposition": "attachment",
+        },
+        {
+            "content": "iVBORw==",
+            "type": "image/png",
+            "filename": "logo.png",
+            "disposition": "inline",
+            "content_id": "logo",
+        },
+    ]
 
 
 def test_text_only_and_idna_domains(api: FakeProviderAPI, provider: SendGridProvider) -> None:

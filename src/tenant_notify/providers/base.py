@@ -9,26 +9,63 @@ dispatcher's business, so a provider stays small.
 Subclasses must:
 
 * set ``name`` (the configuration name) and ``channels`` (what they serve);
+* set ``capabilities`` to the email features and limits they support (the
+  default is none: subject, bodies, one recipient and a reply-to only);
 * set ``Config`` to a pydantic model of their settings (``provider`` excluded),
   with ``extra="forbid"`` so a misspelt key fails when the notifier is built;
 * implement ``send_email`` and/or ``send_sms`` for the channels they declare;
 * translate every third-party exception into the library's tree (``raise ... from``).
 
-Subclasses may override ``close`` to release connections. They must not override
+Subclasses may override ``close`` to release connections, and extend
+``check_options`` (calling ``super()``) for a rule the declared capabilities cannot
+say, such as the characters a provider allows in metadata. They must not override
 ``send`` (it checks the channel and dispatches) or keep per-tenant state: one
 instance serves every tenant that shares its configuration, from several threads.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import UnsupportedChannelError
-from ..models import Channel, DeliveryResult, EmailMessage, Message, SmsMessage
+from ..errors import UnsupportedChannelError, UnsupportedFeatureError
+from ..models import (
+    Channel,
+    DeliveryResult,
+    EmailMessage,
+    EmailOptions,
+    Feature,
+    Message,
+    SmsMessage,
+)
 
-__all__ = ["Provider", "ProviderConfig"]
+__all__ = ["EVERYTHING", "Capabilities", "Provider", "ProviderConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """The email features and limits a provider declares.
+
+    Attributes:
+        features: What it can send (attachments, inline images, cc, ...).
+        max_message_bytes: The largest message it accepts, if it has a limit; a
+            send whose attachments alone (base64-encoded, as they travel) pass it
+            is refused at the call.
+        max_tags: The most tags one message may carry, if fewer than the library's.
+        max_metadata: The most metadata entries, if fewer than the library's.
+    """
+
+    features: frozenset[Feature] = frozenset()
+    max_message_bytes: int | None = None
+    max_tags: int | None = None
+    max_metadata: int | None = None
+
+
+#: Every feature, no limits: for providers that keep or show messages (memory,
+#: file, console) rather than hand them to a service.
+EVERYTHING = Capabilities(features=frozenset(Feature))
 
 
 class ProviderConfig(BaseModel):
@@ -43,6 +80,44 @@ class Provider:
     name: ClassVar[str] = ""
     channels: ClassVar[frozenset[Channel]] = frozenset()
     Config: ClassVar[type[ProviderConfig]] = ProviderConfig
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    def check_options(cls, options: EmailOptions) -> None:
+        """Refuse options this provider cannot send, before anything is queued.
+
+        Raises:
+            UnsupportedFeatureError: naming the first feature (or limit) at fault.
+        """
+        caps = cls.capabilities
+        missing = sorted(options.features - caps.features)
+        if missing:
+            raise UnsupportedFeatureError(
+                f"provider {cls.name!r} cannot send {missing[0].replace('_', ' ')}",
+                feature=missing[0],
+                provider=cls.name,
+            )
+        for feature, count, limit in (
+            (Feature.TAGS, len(options.tags), caps.max_tags),
+            (Feature.METADATA, len(options.metadata), caps.max_metadata),
+        ):
+            if limit is not None and count > limit:
+                raise UnsupportedFeatureError(
+                    f"provider {cls.name!r} takes at most {limit} {feature}, not {count}",
+                    feature=feature,
+                    provider=cls.name,
+                )
+        if caps.max_message_bytes is not None:
+            # Attachments travel base64-encoded: 4 bytes for every 3.
+            encoded = (options.attachment_bytes + 2) // 3 * 4
+            if encoded > caps.max_message_bytes:
+                raise UnsupportedFeatureError(
+                    f"provider {cls.name!r} accepts messages of at most "
+                    f"{caps.max_message_bytes} bytes; the attachments alone are {encoded} "
+                    "bytes encoded",
+                    feature="size",
+                    provider=cls.name,
+                )
 
     @classmethod
     def from_config(cls, config: ProviderConfig) -> Self:

@@ -18,7 +18,7 @@ from typing import ClassVar, Literal, TextIO
 
 from ..errors import ConfigurationError
 from ..models import Channel, DeliveryResult, EmailMessage, Message, SmsMessage
-from .base import Provider, ProviderConfig
+from .base import EVERYTHING, Capabilities, Provider, ProviderConfig
 
 __all__ = ["ConsoleConfig", "ConsoleProvider"]
 
@@ -50,6 +50,7 @@ class ConsoleProvider(Provider):
     name: ClassVar[str] = "console"
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL, Channel.SMS})
     Config: ClassVar[type[ProviderConfig]] = ConsoleConfig
+    capabilities: ClassVar[Capabilities] = EVERYTHING
 
     #: One lock for every instance: they may all share one terminal.
     _write_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -71,10 +72,23 @@ class ConsoleProvider(Provider):
             ("From", str(message.from_addr)),
             ("To", ", ".join(str(addr) for addr in message.to)),
         ]
+        for label, addresses in (("Cc", message.cc), ("Bcc", message.bcc)):
+            if addresses:
+                lines.append((label, ", ".join(str(addr) for addr in addresses)))
         if message.reply_to is not None:
             lines.append(("Reply-To", str(message.reply_to)))
         lines.append(("Subject", message.subject))
         lines.extend((f"Header {key}", value) for key, value in message.headers.items())
+        if message.tags:
+            lines.append(("Tags", ", ".join(message.tags)))
+        lines.extend((f"Metadata {key}", value) for key, value in message.metadata.items())
+        lines.extend(
+            (
+                "Inline image" if a.inline else "Attachment",
+                f"{a.filename} ({a.content_type}, {a.size} bytes)",
+            )
+            for a in message.attachments
+        )
         if message.html is not None:
             lines.append(("HTML part", f"{len(message.html)} characters (not shown)"))
         self._write(message, lines, message.text)

@@ -32,7 +32,7 @@ from typing import ClassVar
 from .._mime import build_mime, mime_bytes
 from ..errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from ..models import Channel, DeliveryResult, EmailMessage, Message, SmsMessage
-from .base import Provider, ProviderConfig
+from .base import EVERYTHING, Capabilities, Provider, ProviderConfig
 
 __all__ = ["FileConfig", "FileProvider"]
 
@@ -75,6 +75,7 @@ class FileProvider(Provider):
     name: ClassVar[str] = "file"
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL, Channel.SMS})
     Config: ClassVar[type[ProviderConfig]] = FileConfig
+    capabilities: ClassVar[Capabilities] = EVERYTHING
 
     def __init__(self, *, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)

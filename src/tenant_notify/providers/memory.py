@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ..errors import WaitTimeoutError
 from ..models import Channel, DeliveryResult, EmailMessage, Message, SmsMessage
-from .base import Provider, ProviderConfig
+from .base import EVERYTHING, Capabilities, Provider, ProviderConfig
 
 __all__ = ["MemoryConfig", "MemoryProvider", "Outbox", "clear_outboxes", "get_outbox"]
 
@@ -162,6 +162,7 @@ class MemoryProvider(Provider):
     name: ClassVar[str] = "memory"
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL, Channel.SMS})
     Config: ClassVar[type[ProviderConfig]] = MemoryConfig
+    capabilities: ClassVar[Capabilities] = EVERYTHING
 
     def __init__(self, *, outbox: str = "default") -> None:
         self.outbox = outbox

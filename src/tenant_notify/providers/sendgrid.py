@@ -35,6 +35,7 @@ connect failure, read timeout, ...             see :mod:`tenant_notify.providers
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable
@@ -43,19 +44,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pydantic
 from pydantic import Field, SecretStr, field_validator
 
-from .._headers import check_header_value
-from .._mime import _FIELD_NAME, _RESERVED_HEADERS, envelope_address
+from .._headers import check_extra_header, check_header_value
+from .._mime import envelope_address
 from ..errors import (
     DeliveryError,
-    HeaderInjectionError,
     InvalidRecipientError,
     PermanentDeliveryError,
     TransientDeliveryError,
     ValidationError,
 )
-from ..models import Address, Channel, DeliveryResult, EmailMessage
+from ..models import Address, Attachment, Channel, DeliveryResult, EmailMessage, Feature
 from ._http import ErrorContext, HttpConfig, HttpProvider, config_error, retry_after
-from .base import ProviderConfig
+from .base import Capabilities, ProviderConfig
 
 if TYPE_CHECKING:
     import httpx
@@ -115,6 +115,12 @@ class SendGridProvider(HttpProvider):
     service: ClassVar[str] = "SendGrid"
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL})
     Config: ClassVar[type[ProviderConfig]] = SendGridConfig
+    #: SendGrid takes 10 categories (one is the kind) and 30 MB per message.
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        features=frozenset(Feature),
+        max_message_bytes=30 * 1000 * 1000,
+        max_tags=9,
+    )
 
     def __init__(self, *, api_key: SecretStr | str, **options: Any) -> None:
         try:
@@ -157,19 +163,28 @@ class SendGridProvider(HttpProvider):
             content.append({"type": "text/html", "value": message.html})
         if not content:
             raise ValidationError("the email has neither text nor HTML", field="text")
+        personalization: dict[str, Any] = {
+            "to": [_address(a, f"to[{i}]") for i, a in enumerate(message.to)]
+        }
+        if message.cc:
+            personalization["cc"] = [_address(a, f"cc[{i}]") for i, a in enumerate(message.cc)]
+        if message.bcc:
+            personalization["bcc"] = [
+                _address(a, f"bcc[{i}]") for i, a in enumerate(message.bcc)
+            ]
         payload: dict[str, Any] = {
-            "personalizations": [
-                {"to": [_address(a, f"to[{i}]") for i, a in enumerate(message.to)]}
-            ],
+            "personalizations": [personalization],
             "from": _address(message.from_addr, "from_addr"),
             "subject": check_header_value(message.subject, "subject"),
             "content": content,
         }
         if message.reply_to is not None:
             payload["reply_to"] = _address(message.reply_to, "reply_to")
-        if message.kind:
-            payload["categories"] = [message.kind[:_MAX_CATEGORY_CHARS]]
-        custom_args = {}
+        categories = [message.kind[:_MAX_CATEGORY_CHARS]] if message.kind else []
+        categories += [tag for tag in message.tags if tag not in categories]
+        if categories:
+            payload["categories"] = categories
+        custom_args = dict(message.metadata)
         if message.tenant_id:
             custom_args["tenant_id"] = message.tenant_id
         if message.notification_id:
@@ -179,6 +194,8 @@ class SendGridProvider(HttpProvider):
         headers = _headers(message)
         if headers:
             payload["headers"] = headers
+        if message.attachments:
+            payload["attachments"] = [_attachment(a) for a in message.attachments]
         payload.update(self._settings_extra)
         return payload
 
@@ -257,16 +274,23 @@ def _address(address: Address, field: str) -> dict[str, str]:
     return {"email": email}
 
 
+def _attachment(attachment: Attachment) -> dict[str, str]:
+    entry = {
+        "content": base64.b64encode(attachment.content).decode("ascii"),
+        "type": attachment.content_type or "application/octet-stream",
+        "filename": attachment.filename,
+        "disposition": "inline" if attachment.inline else "attachment",
+    }
+    if attachment.content_id:
+        entry["content_id"] = attachment.content_id
+    return entry
+
+
 def _headers(message: EmailMessage) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in message.headers.items():
-        field = f"headers[{name!r}]"
-        if not _FIELD_NAME.fullmatch(name):
-            raise HeaderInjectionError("is not a valid header name", field=field)
-        lowered = name.lower()
-        if lowered in _RESERVED_HEADERS or lowered in _SENDGRID_RESERVED:
-            raise ValidationError("is set by tenant-notify or SendGrid", field=field)
-        headers[name] = check_header_value(value, field)
+        check_extra_header(name, value, reserved=_SENDGRID_RESERVED)
+        headers[name] = value
     if message.notification_id:
         headers["X-Tenant-Notify-Id"] = check_header_value(
             message.notification_id, "notification_id"

@@ -72,8 +72,8 @@ from ..errors import (
     TransientDeliveryError,
 )
 from ..log import get_logger
-from ..models import Channel, DeliveryResult, EmailMessage
-from .base import Provider, ProviderConfig
+from ..models import Channel, DeliveryResult, EmailMessage, Feature
+from .base import Capabilities, Provider, ProviderConfig
 
 __all__ = ["SmtpConfig", "SmtpProvider"]
 
@@ -259,6 +259,13 @@ class SmtpProvider(Provider):
     name: ClassVar[str] = "smtp"
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL})
     Config: ClassVar[type[ProviderConfig]] = SmtpConfig
+    #: Tags and metadata have no place in plain SMTP; the server's own size limit
+    #: (its SIZE extension) is not known before connecting, so none is declared.
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        features=frozenset(
+            {Feature.ATTACHMENTS, Feature.INLINE_IMAGES, Feature.CC, Feature.BCC, Feature.HEADERS}
+        )
+    )
 
     def __init__(
         self,
@@ -328,7 +335,9 @@ class SmtpProvider(Provider):
         raw, message_id = wire_bytes(message)
         sender = envelope_address(message.from_addr.email, "from_addr.email")
         recipients = [
-            envelope_address(addr.email, f"to[{i}].email") for i, addr in enumerate(message.to)
+            envelope_address(addr.email, f"{field}[{i}].email")
+            for field, addresses in (("to", message.to), ("cc", message.cc), ("bcc", message.bcc))
+            for i, addr in enumerate(addresses)
         ]
         context: _ErrorContext = {
             "provider": self.name,
