@@ -169,9 +169,7 @@ class SendGridProvider(HttpProvider):
         if message.cc:
             personalization["cc"] = [_address(a, f"cc[{i}]") for i, a in enumerate(message.cc)]
         if message.bcc:
-            personalization["bcc"] = [
-                _address(a, f"bcc[{i}]") for i, a in enumerate(message.bcc)
-            ]
+            personalization["bcc"] = [_address(a, f"bcc[{i}]") for i, a in enumerate(message.bcc)]
         payload: dict[str, Any] = {
             "personalizations": [personalization],
             "from": _address(message.from_addr, "from_addr"),
