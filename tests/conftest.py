@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
+from tenant_notify.log import LOGGER_NAME
 from tenant_notify.testing import clear_outboxes
 
 TENANTS = {
@@ -31,10 +32,14 @@ def _fresh_outboxes() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    # The CLI configures structlog (it is an application); keep that out of other tests.
+def _library_logger_as_it_was() -> Iterator[None]:
+    # The CLI configures the library's logger (it is an application), and main()
+    # runs in the test process: keep its level and handler out of other tests.
+    logger = logging.getLogger(LOGGER_NAME)
+    level, handlers = logger.level, list(logger.handlers)
     yield
-    structlog.reset_defaults()
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-import structlog
 
 from tenant_notify import Notifier
 from tenant_notify.config import load_settings
 from tenant_notify.errors import ConfigurationError, MissingDependencyError, UnknownBackendError
 from tenant_notify.models import Channel
+from tenant_notify.testing import capture_logs
 
 TOML = """
 transport = "eager"
@@ -166,7 +166,7 @@ def test_secrets_never_in_repr_errors_or_logs(tmp_path):
         },
         "retry": {"max_attempts": 1},
     }
-    with structlog.testing.capture_logs() as logs, Notifier.from_settings(settings) as notify:
+    with capture_logs() as logs, Notifier.from_settings(settings) as notify:
         status = notify.send_welcome_email(
             user_email="u@example.com", user_name="U", tenant_id="acme"
         ).wait(5)
@@ -187,7 +187,7 @@ def test_secrets_never_in_repr_errors_or_logs(tmp_path):
 def test_logs_mask_recipients_and_bind_ids(tenants):
     from tenant_notify.testing import make_notifier
 
-    with structlog.testing.capture_logs() as logs, make_notifier(tenants=tenants) as notify:
+    with capture_logs() as logs, make_notifier(tenants=tenants) as notify:
         receipt = notify.send_sms(to_phone="+15551234567", body="x", tenant_id="acme")
     [sent] = [entry for entry in logs if entry["event"] == "notification_sent"]
     assert sent["to"] == "+1********67"

@@ -6,12 +6,11 @@ import sys
 from typing import Any
 
 import pytest
-import structlog
 
 from tenant_notify.errors import ConfigurationError
 from tenant_notify.metrics import NullMetrics, PrometheusMetrics, resolve_metrics
 from tenant_notify.models import Channel, Notification
-from tenant_notify.testing import ScriptedProvider, make_notifier
+from tenant_notify.testing import ScriptedProvider, capture_logs, make_notifier
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
@@ -103,7 +102,7 @@ def test_a_broken_recorder_does_not_fail_the_delivery(tenants: dict[str, Any]) -
             raise RuntimeError("boom")
 
     with (
-        structlog.testing.capture_logs() as logs,
+        capture_logs() as logs,
         make_notifier(tenants=tenants, metrics=Broken()) as notify,
     ):
         status = welcome(notify).wait(timeout=5)

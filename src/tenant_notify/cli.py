@@ -24,8 +24,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from . import __version__
 from ._pool import ProviderPool
 from .config import (
@@ -36,7 +34,7 @@ from .config import (
     settings_origin,
 )
 from .errors import ConfigurationError, NotifyError, WaitTimeoutError
-from .log import mask_url
+from .log import LOGGER_NAME, mask_url
 from .models import Channel, Notification, new_notification_id
 from .notifier import Notifier
 from .tenants import Tenant
@@ -46,16 +44,27 @@ _T = TypeVar("_T")
 _PARTS = {"subject": "subject.txt", "text": "body.txt", "html": "body.html", "sms": "sms.txt"}
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (tests and daemons replace it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _configure_logging(verbose: bool) -> None:
-    # The CLI is an application, so it may configure structlog; the library never does.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.INFO if verbose else logging.WARNING
-        ),
-        # sys.stderr looked up per logger, so a replaced stderr (tests, daemons) is honoured.
-        logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    # The CLI is an application, so it may configure logging; the library never does.
+    # Once per process: main() may run more than once in one (tests).
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        logger.addHandler(handler)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -388,18 +397,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Fail now, naming the key, rather than in the first task.
     require_tenants(settings)
     Notifier(settings, transport=CeleryTransport).close()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(args.loglevel.upper(), logging.INFO)
-        ),
-        cache_logger_on_first_use=False,
-    )
     app = create_app(settings)
     argv = ["worker", f"--loglevel={args.loglevel}", "-Q", settings.celery.queue]
     if args.concurrency:
@@ -689,7 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
         "celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options, after --"
     )
     with_config(worker)
-    worker.set_defaults(func=cmd_worker)
+    # Celery sets up logging itself (root handlers at --loglevel); the library's
+    # records reach them through the root logger.
+    worker.set_defaults(func=cmd_worker, celery_logging=True)
 
     replay = commands.add_parser(
         "replay", help="put dead-lettered notifications back on the Celery queue"
@@ -780,7 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    if not getattr(args, "celery_logging", False):
+        _configure_logging(args.verbose)
     try:
         code: int = args.func(args)
     except NotifyError as err:

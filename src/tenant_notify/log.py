@@ -1,27 +1,44 @@
 """Logging: the library's logger, recipient masking, processors for your chain.
 
-tenant-notify logs through ``structlog.get_logger("tenant_notify")`` and never
-configures structlog: route it where you like. Event names are stable
-(``notification_sent``, ``delivery_retry_scheduled``, ``delivery_failed``,
-``notification_duplicate``, ...) and so are the keys: ``tenant_id``,
-``notification_id``, ``kind``, ``channel``, ``provider``, ``attempt``, ``to``
-(masked), ``error``. While a notification is delivered, ``tenant_id`` and
-``notification_id`` are also bound in structlog's context variables, so your own
-log lines from inside a provider or resolver carry them when your chain has
+tenant-notify logs through the standard library: every event is one
+:class:`logging.LogRecord` of the ``tenant_notify`` logger, so the host's levels,
+handlers and formatters apply, and nothing is printed anywhere until the host (or
+the ``tenant-notify`` command) configures logging. The library never calls
+``structlog.configure()`` nor ``logging.basicConfig()``: it writes through
+structlog's standard-library integration with a processor chain of its own, so the
+host's structlog configuration, if any, changes nothing in it.
+
+A record's message is the event name followed by its keys in logfmt
+(``notification_sent tenant_id=acme notification_id=... to=j***@example.com``),
+and every key is also an attribute of the record (``record.event``,
+``record.tenant_id``, ...), for JSON formatters and structlog's
+``ProcessorFormatter`` (with ``structlog.stdlib.ExtraAdder()`` in its
+``foreign_pre_chain``). Event names are stable (``notification_sent``,
+``delivery_retry_scheduled``, ``delivery_failed``, ``notification_duplicate``,
+...) and so are the keys: ``tenant_id``, ``notification_id``, ``kind``,
+``channel``, ``provider``, ``attempt``, ``to`` (masked), ``error``. While a
+notification is delivered, ``tenant_id`` and ``notification_id`` are also bound in
+structlog's context variables: the library's records carry them, and so do your
+own structlog lines from inside a provider or resolver when your chain has
 ``structlog.contextvars.merge_contextvars``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, MutableMapping
+import threading
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
 __all__ = [
+    "LOGGER_NAME",
     "MaskRecipients",
+    "capture_logs",
     "get_logger",
     "mask_email",
     "mask_phone",
@@ -31,10 +48,106 @@ __all__ = [
 
 LOGGER_NAME = "tenant_notify"
 
+_stdlib_logger = logging.getLogger(LOGGER_NAME)
+# The standard advice for libraries: without this, an unconfigured host would get
+# warnings and errors printed by logging's last-resort handler.
+_stdlib_logger.addHandler(logging.NullHandler())
+
+# LogRecord attributes an event key must not overwrite (``extra`` refuses them).
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_LEVELS = logging.getLevelNamesMapping()
+_logfmt = structlog.processors.LogfmtRenderer(bool_as_flag=False)
+
+_captures: list[list[dict[str, Any]]] = []
+_captures_lock = threading.Lock()
+
+
+_ALIASES = {"exception": "error", "warn": "warning", "fatal": "critical"}
+
+
+def _level_name(method_name: str) -> str:
+    return _ALIASES.get(method_name, method_name)
+
+
+def _level(method_name: str) -> int:
+    return _LEVELS.get(_level_name(method_name).upper(), logging.ERROR)
+
+
+def _drop_unless_wanted(
+    logger: logging.Logger, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # First, so an event the host's level excludes costs next to nothing; kept
+    # while capture_logs() is active, which sees every level.
+    if not _captures and not logger.isEnabledFor(_level(method_name)):
+        raise structlog.DropEvent
+    return event_dict
+
+
+def _capture(
+    logger: logging.Logger, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if _captures:
+        entry = {**event_dict, "log_level": _level_name(method_name)}
+        with _captures_lock:
+            for captured in _captures:
+                captured.append(dict(entry))
+        if not logger.isEnabledFor(_level(method_name)):
+            raise structlog.DropEvent
+    return event_dict
+
+
+def _to_record(
+    logger: logging.Logger, method_name: str, event_dict: MutableMapping[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments of the ``logging`` call: message, extra attributes, exc_info."""
+    options = {
+        name: event_dict.pop(name) for name in ("exc_info", "stack_info") if name in event_dict
+    }
+    event = str(event_dict.pop("event", ""))
+    rest = _logfmt(logger, method_name, dict(event_dict)) if event_dict else ""
+    extra = {key: value for key, value in event_dict.items() if key not in _RECORD_ATTRIBUTES}
+    extra["event"] = event
+    return {"msg": f"{event} {rest}" if rest else event, "extra": extra, **options}
+
+
+#: The library's processor chain, in order. Every event goes through it, whatever
+#: the host's structlog configuration: dropped early if no one wants it, the context
+#: variables merged in, masking and scrubbing (before ``_capture``, so captured
+#: events show what is logged), then one standard-library record.
+PROCESSORS: list[Any] = [
+    _drop_unless_wanted,
+    structlog.contextvars.merge_contextvars,
+    _capture,
+    _to_record,
+]
+
 
 def get_logger() -> Any:
-    """The library's structlog logger."""
-    return structlog.get_logger(LOGGER_NAME)
+    """The library's logger: structlog's standard-library logger over ``tenant_notify``."""
+    return structlog.stdlib.BoundLogger(_stdlib_logger, PROCESSORS, {})
+
+
+@contextmanager
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    """Collect the library's log events, from every thread, as dicts.
+
+    Each entry holds ``event``, the event's keys (masked as they would be logged)
+    and ``log_level``. Every level is collected, whatever the ``tenant_notify``
+    logger's level; records are still emitted only where the host's levels let
+    them. The standard-library counterpart is pytest's ``caplog``.
+    """
+    captured: list[dict[str, Any]] = []
+    with _captures_lock:
+        _captures.append(captured)
+    try:
+        yield captured
+    finally:
+        with _captures_lock:
+            _captures.remove(captured)
 
 
 def mask_email(address: str) -> str:

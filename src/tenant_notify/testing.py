@@ -39,6 +39,7 @@ from .errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from .log import capture_logs
 from .models import Channel, DeliveryResult, EmailMessage, Message, SmsMessage
 from .notifier import Notifier
 from .providers.base import EVERYTHING, Provider, ProviderConfig
@@ -51,6 +52,7 @@ __all__ = [
     "TestNotifier",
     "assert_not_sent",
     "assert_sent",
+    "capture_logs",
     "clear_outboxes",
     "get_outbox",
     "make_notifier",

@@ -241,3 +241,15 @@ def test_unconfirmed_messages_are_published_again_and_delivered_once(
     time.sleep(1.0)  # the copies written again reach the worker, which skips them
     assert ids_of(server.messages) == {receipt.id: 1}
     assert worker.log().count(f"deliver[{receipt.id}] received") >= 2
+
+
+def test_the_workers_log_records_keep_their_levels(notify, server, worker):
+    receipt = notify.send_welcome_email(
+        user_email="level@example.com", user_name="Lev", tenant_id=sorted(TENANTS)[0]
+    )
+    assert receipt.wait(timeout=30).state == "sent"
+    lines = [line for line in worker.log().splitlines() if f"notification_id={receipt.id}" in line]
+    [sent] = [line for line in lines if "notification_sent" in line]
+    # Celery's format: "[time: LEVEL/process] message"; stdout redirected there would be WARNING.
+    assert ": INFO/" in sent and "notification_sent tenant_id=" in sent
+    assert "to=l***@example.com" in sent and "level@example.com" not in worker.log()

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import structlog
 from pydantic import SecretStr
 
 from tenant_notify import Notifier
@@ -18,7 +17,7 @@ from tenant_notify.errors import (
     UnsupportedChannelError,
 )
 from tenant_notify.models import DeliveryState
-from tenant_notify.testing import ScriptedProvider, get_outbox
+from tenant_notify.testing import ScriptedProvider, capture_logs, get_outbox
 from tests.http_fakes import FakeProviderAPI, Reply, closed_port, sendgrid_error, twilio_error
 from tests.smtp_server import LoopbackSMTPServer
 
@@ -70,7 +69,7 @@ def send(notify: Notifier, tenant_id: str = "acme") -> Any:
 def test_refused_connection_fails_over_to_smtp(smtp_server: LoopbackSMTPServer) -> None:
     refused = f"http://127.0.0.1:{closed_port()}"
     with (
-        structlog.testing.capture_logs() as logs,
+        capture_logs() as logs,
         Notifier.from_settings(email_settings(refused, smtp_server)) as notify,
     ):
         status = send(notify)
@@ -114,7 +113,7 @@ def test_ambiguous_timeout_does_not_fail_over(
 ) -> None:
     api.script(Reply.stall(2.0))
     with (
-        structlog.testing.capture_logs() as logs,
+        capture_logs() as logs,
         Notifier.from_settings(email_settings(api.url, smtp_server)) as notify,
     ):
         status = send(notify)

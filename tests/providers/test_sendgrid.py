@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 
 from tenant_notify import Notifier
 from tenant_notify.errors import (
@@ -25,6 +24,7 @@ from tenant_notify.errors import (
 )
 from tenant_notify.models import Address, Attachment, DeliveryState, EmailMessage
 from tenant_notify.providers.sendgrid import SendGridProvider
+from tenant_notify.testing import capture_logs
 from tenant_notify.webhooks import apply_sendgrid_events
 from tests.http_fakes import FakeProviderAPI, Reply, closed_port, sendgrid_error
 
@@ -397,7 +397,7 @@ def test_each_tenant_sends_with_its_own_key_and_no_other(
     api: FakeProviderAPI, transport: str
 ) -> None:
     with (
-        structlog.testing.capture_logs() as logs,
+        capture_logs() as logs,
         Notifier.from_settings(settings(api, transport)) as notify,
     ):
         receipts = [
