@@ -133,17 +133,24 @@ def test_the_page_loads_and_shows_the_tenants_branding(server, tmp_path):
 def test_a_screenshot_shows_the_email_in_the_tenants_colour(server, tmp_path):
     url = preview_url(server, tenant="acme", kind="order_confirmation", locale="en")
     shot = tmp_path / "preview.png"
-    # Let the page (and the email's frame) finish loading before the shot; under
-    # load the default capture can come before the frame has painted.
-    chromium(tmp_path, url, "--virtual-time-budget=10000", f"--screenshot={shot}")
-    width, height, pixels = png_pixels(shot.read_bytes())
-    assert (width, height) == (WIDTH, HEIGHT)
-    # The email's header band and button are painted in the tenant's primary
-    # colour inside the frame: many thousands of pixels, where the page's own
-    # swatch has about a hundred.
     want = bytes.fromhex(ACME_COLOR[1:])
-    branded = sum(1 for px in pixels if all(abs(a - b) <= 3 for a, b in zip(px, want, strict=True)))
-    assert branded > 10_000, branded
+    counts = []
+    # Headless Chromium takes its shot at the load event; on a loaded machine
+    # that can come before the srcdoc frame has painted (the budget does not
+    # always cover it), so a blank frame is shot again, a few times at most.
+    for _ in range(4):
+        chromium(tmp_path, url, "--virtual-time-budget=10000", f"--screenshot={shot}")
+        width, height, pixels = png_pixels(shot.read_bytes())
+        assert (width, height) == (WIDTH, HEIGHT)
+        # The email's header band and button are painted in the tenant's primary
+        # colour inside the frame: many thousands of pixels, where the page's own
+        # swatch has about a hundred.
+        counts.append(
+            sum(1 for px in pixels if all(abs(a - b) <= 3 for a, b in zip(px, want, strict=True)))
+        )
+        if counts[-1] > 10_000:
+            break
+    assert counts[-1] > 10_000, counts
     if os.environ.get("TENANT_NOTIFY_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
