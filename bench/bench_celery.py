@@ -1,36 +1,50 @@
-"""The Celery transport against hand-written Celery code, on the same broker, in one run.
+"""The Celery transport against hand-written Celery code, same broker, interleaved rounds.
 
 Run: ``python bench/bench_celery.py`` (or ``nox -s bench``) with RabbitMQ and Redis on
-loopback (127.0.0.1:5672 guest/guest, 127.0.0.1:6379). Prints Markdown tables for
-docs/benchmarks.md; every ratio compares figures measured in this run.
+loopback (127.0.0.1:5672 guest/guest, 127.0.0.1:6379). Writes the ``celery-caller``
+and ``celery-throughput`` sections of docs/benchmarks.md (``--no-write``: print only).
 
-Caller's cost (µs per call, median of runs; no worker consumes meanwhile):
+**Caller's cost** (µs per call in this process; no worker consumes meanwhile, each
+variant's queue is purged after its round), each variant with the guarantee it
+gives when the call returns:
 
 * ``task.delay()`` of a hand-written task with the same arguments
-  (bench/handwritten_app.py), on an app with Celery's defaults and on one with
-  publisher confirms (``confirm_publish``, which the library always uses);
-* a raw kombu ``Producer.publish`` of a ready JSON body on a held connection,
-  without and with confirms;
-* ``notify.send_order_confirmation(...)`` on the ``celery`` transport (Redis stores,
-  confirms ``async`` and ``sync``): validation, idempotency reservation and
-  ``queued`` status in Redis, the task message; and ``notify.send_email(...)``
-  without an idempotency key, which has nothing to reserve.
+  (bench/handwritten_app.py) with Celery's defaults: written to the socket, the
+  broker's confirm never asked for;
+* the same with ``confirm_publish``: the broker has confirmed the message;
+* ``notify.send_order_confirmation(...)`` on the ``celery`` transport with
+  ``publisher_confirms = "async"`` (the default): the idempotency key reserved in
+  Redis (a waited round trip), the ``queued`` status written, the message written,
+  its confirm read in the background (republished if lost, recorded as failed if it
+  never comes); and with ``"sync"``: the same, and the broker has confirmed it
+  (the guarantee of ``delay()`` with ``confirm_publish``);
+* ``notify.send_email(...)`` without an idempotency key (nothing to reserve);
+* raw kombu ``Producer.publish`` of a ready body, without and with confirms: the
+  floor of a publish.
 
-Throughput (emails per second into a loopback SMTP server, plain and with
-STARTTLS as real submission uses, a queue drained by a worker with two processes;
-measured from the first message received to the last). The server is
-bench/smtp_sink.py: aiosmtpd in a process of its own that only counts, so its
-CPU does not weigh on what is measured:
+**Throughput** (emails per second into the counting SMTP sink, bench/smtp_sink.py,
+in a process of its own; a queue filled beforehand, drained by a worker with two
+prefork processes, timed from the first email the sink accepts to the last):
 
-* ``tenant-notify worker -c 2`` delivering ``order_confirmation`` notifications
-  (rendering subject, text and HTML; statuses and claims in Redis);
-* ``celery -A handwritten_app worker -c 2``: the hand-written task rendering the
-  same kind of email (text and HTML) and opening an SMTP connection per message.
+* ``tenant-notify worker -c 2`` (rendering subject, text and HTML; claims and
+  statuses in Redis);
+* the seed's way: a hand-written task building each email with
+  ``email.message.EmailMessage`` and opening a connection per message;
+* a fair hand-written task: the same templates, the fastest stdlib MIME, one
+  connection held per worker process;
+* in-process delivery of the same emails (bench/bench_inprocess.py's library
+  round: two worker threads, memory stores), for the worker's CPU target;
+* an empty task (it only counts itself in Redis) drained by the same worker: what
+  Celery itself does per second here (its rate is tasks, not emails).
+
+CPU per email is read over the same window for the delivering processes (the
+worker's whole tree: main process and pool; for in-process delivery, the process
+minus its caller's thread) and for the sink (not the system under test).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -38,124 +52,200 @@ import sys
 import tempfile
 import time
 import uuid
-from decimal import Decimal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kombu
+from _harness import (
+    Comparison,
+    Sample,
+    Target,
+    TreeCpu,
+    Variant,
+    arguments,
+    cpu_seconds,
+    publish,
+    run_json,
+)
+from handwritten import TENANTS, order
+from smtp_sink import SmtpSink
+
+from tenant_notify import Notifier
+
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT / "bench", ROOT, ROOT / "src"):
-    sys.path.insert(0, str(path))
-
-import kombu  # noqa: E402
-from _timing import per_call  # noqa: E402
-from smtp_sink import SmtpSink  # noqa: E402
-
-from tenant_notify import Notifier  # noqa: E402
-
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 REDIS = "redis://127.0.0.1:6379/15"
-TENANTS = {
-    "acme": {"name": "Acme Shop", "email_from": "Acme Shop <orders@acme.test>"},
-    "globex": {"name": "Globex Café", "email_from": "hello@globex.test", "locale": "de"},
-}
+TENANT_IDS = ("acme", "globex")
 
 
-# (STARTTLS, task events, server offers PIPELINING) of each throughput run.
-COMBINATIONS = [
-    (tls, events, pipelining)
-    for pipelining in (False, True)
-    for tls in (False, True)
-    for events in (True, False)
-]
-
-
-def settings(run: str, smtp_port: int, **celery: Any) -> dict[str, Any]:
+def settings(tag: str, smtp_port: int, **celery: Any) -> dict[str, Any]:
     return {
         "transport": "celery",
-        "email": {"provider": "smtp", "host": "127.0.0.1", "port": smtp_port},
+        "email": {
+            "provider": "smtp",
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "local_hostname": "bench",
+        },
         "celery": {
             "broker_url": AMQP,
-            "queue": f"bench_tn_{run}",
-            "dead_letter_queue": f"bench_tn_{run}.dead",
+            "queue": f"bench_tn_{tag}",
+            "dead_letter_queue": f"bench_tn_{tag}.dead",
             **celery,
         },
-        "redis": {"url": REDIS, "key_prefix": f"bench:{run}:"},
+        "redis": {"url": REDIS, "key_prefix": f"bench:{tag}:"},
         "idempotency": {"ttl": 600},
         "tenants": TENANTS,
     }
 
 
-def order_args(i: int, run: str) -> dict[str, Any]:
-    return {
-        "order_id": f"{run}-{i}",
-        "customer_email": "jane@example.com",
-        "order_total": "99.99",
-        "currency": "USD",
-        "tenant_id": "acme",
-    }
+def task_args(i: int, run: str) -> dict[str, Any]:
+    o = order(i, run, TENANT_IDS[i % 2])
+    return {**o, "order_total": str(o["order_total"])}
+
+
+def send_order(notify: Notifier, i: int, run: str) -> object:
+    o = order(i, run, TENANT_IDS[i % 2])
+    return notify.send_order_confirmation(
+        order_id=o["order_id"],
+        customer_email=o["customer_email"],
+        order_total=o["order_total"],
+        currency=o["currency"],
+        tenant_id=o["tenant_id"],
+    )
+
+
+def purge(queue: str) -> None:
+    with kombu.Connection(AMQP) as conn, contextlib.suppress(Exception):  # not declared (yet)
+        conn.channel().queue_purge(queue)
 
 
 # --- caller's cost ----------------------------------------------------------------------
 
 
-def caller_cost(run: str, n: int, repeats: int) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for label, confirms in (("defaults", False), ("confirm_publish", True)):
-        app = _handwritten_app(f"bench_hand_{run}", confirms=confirms)
-        task = app.tasks["handwritten.send_order_confirmation"]
-        results[f"hand-written `task.delay()`, Celery {label}"] = per_call(
-            lambda i, task=task: task.delay(**order_args(i, run)), n, repeats
+def measure_calls(n: int, call: Callable[[int], object], queue: str) -> Callable[[int], Sample]:
+    counter = iter(range(10**9))
+
+    def run(round_no: int) -> Sample:
+        numbers = [next(counter) for _ in range(n)]
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        for i in numbers:
+            call(i)
+        sample = Sample(ops=n, wall=time.perf_counter() - wall, cpu={"caller": cpu_seconds() - cpu})
+        purge(queue)
+        return sample
+
+    return run
+
+
+DELAY = "hand-written `task.delay()`, Celery defaults"
+DELAY_CONFIRMED = "hand-written `task.delay()`, `confirm_publish`"
+LIB_ASYNC = "`notify.send_order_confirmation()`, confirms `async` (default)"
+LIB_SYNC = "`notify.send_order_confirmation()`, confirms `sync`"
+
+
+def caller_cost(run: str, n: int, rounds: int) -> str:
+    from handwritten_app import make_app
+
+    closers: list[Callable[[], None]] = []
+    variants = []
+    for name, confirms, short, suffix, guarantee in (
+        (DELAY, False, "delay()", "delay", "written to the socket; no confirm asked for"),
+        (DELAY_CONFIRMED, True, "delay() confirmed", "confirmed", "confirmed by the broker"),
+    ):
+        queue = f"bench_hand_{run}_{suffix}"
+        task = make_app(confirms=confirms, queue=queue).tasks["handwritten.send_order_confirmation"]
+        variants.append(
+            Variant(
+                name,
+                measure_calls(n, lambda i, task=task: task.delay(**task_args(i, run)), queue),
+                guarantee=guarantee,
+                baseline=True,
+                short=short,
+            )
         )
 
-    body = json.dumps([[], order_args(0, run), {}])
-    for label, options in (("", {}), (", confirms", {"confirm_publish": True})):
-        with kombu.Connection(AMQP, transport_options=options) as conn:
-            producer = kombu.Producer(conn.channel())
-            queue = f"bench_hand_{run}"
+    body = json.dumps([[], task_args(0, run), {}])
+    for label, options, guarantee in (
+        ("", {}, "written to the socket"),
+        (", confirms", {"confirm_publish": True}, "confirmed by the broker"),
+    ):
+        conn = kombu.Connection(AMQP, transport_options=options)
+        closers.append(conn.release)
+        producer = kombu.Producer(conn.channel())
+        queue = f"bench_raw_{run}{label.replace(', ', '_')}"
+        kombu.Queue(queue, routing_key=queue)(conn.channel()).declare()
 
-            def publish(i: int, producer: Any = producer, queue: str = queue) -> None:
-                producer.publish(
-                    body,
-                    routing_key=queue,
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    headers={"id": str(i)},
-                )
-
-            results[f"raw kombu `Producer.publish`{label}"] = per_call(publish, n, repeats)
-
-    for confirms in ("async", "sync"):
-        with Notifier.from_settings(settings(run, 25, publisher_confirms=confirms)) as notify:
-            prefix = f"{confirms}-"
-
-            def send(i: int, notify: Notifier = notify, prefix: str = prefix) -> object:
-                return notify.send_order_confirmation(
-                    order_id=f"{prefix}{i}",
-                    customer_email="jane@example.com",
-                    order_total=Decimal("99.99"),
-                    currency="USD",
-                    tenant_id="acme",
-                )
-
-            results[f"`notify.send_order_confirmation()`, celery, confirms {confirms}"] = per_call(
-                send, n, repeats
+        def publish_raw(i: int, producer: Any = producer, queue: str = queue) -> None:
+            producer.publish(
+                body,
+                routing_key=queue,
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={"id": str(i)},
             )
-            if confirms != "async":
-                continue
 
-            def send_unkeyed(i: int, notify: Notifier = notify) -> object:
-                return notify.send_email(
-                    to_email="jane@example.com",
-                    subject=f"Your order {i}",
-                    body="Thank you for your order.",
-                    tenant_id="acme",
-                )
-
-            # No idempotency key: nothing to reserve, so no Redis round trip waited for.
-            results["`notify.send_email()` without an idempotency key, confirms async"] = per_call(
-                send_unkeyed, n, repeats
+        variants.append(
+            Variant(
+                f"raw kombu `Producer.publish` of a ready body{label} (floor)",
+                measure_calls(n, publish_raw, queue),
+                guarantee=guarantee,
             )
-    return results
+        )
+
+    reserved = "key reserved and `queued` recorded in Redis; "
+    for name, confirms, guarantee in (
+        (LIB_ASYNC, "async", reserved + "written; confirm read in the background"),
+        (LIB_SYNC, "sync", reserved + "confirmed by the broker"),
+    ):
+        notify = Notifier.from_settings(
+            settings(f"{run}_{confirms}", 25, publisher_confirms=confirms)
+        )
+        closers.append(notify.close)
+        prefix = f"{run}-{confirms}"
+        variants.append(
+            Variant(
+                name,
+                measure_calls(
+                    n,
+                    lambda i, notify=notify, prefix=prefix: send_order(notify, i, prefix),
+                    f"bench_tn_{run}_{confirms}",
+                ),
+                guarantee=guarantee,
+            )
+        )
+        if confirms == "async":
+            variants.append(
+                Variant(
+                    "`notify.send_email()` without an idempotency key, confirms `async`",
+                    measure_calls(
+                        n,
+                        lambda i, notify=notify: notify.send_email(
+                            to_email=f"customer{i}@example.com",
+                            subject=f"Your order {i}",
+                            body="Thank you for your order.",
+                            tenant_id="acme",
+                        ),
+                        f"bench_tn_{run}_{confirms}",
+                    ),
+                    guarantee="`queued` recorded in Redis; written; confirm read in the background",
+                )
+            )
+    try:
+        result = Comparison(
+            "celery caller",
+            variants,
+            rounds=rounds,
+            metric="time",
+            unit="call",
+            cpu_scopes={"caller": "the calling process, every thread (the system under test)"},
+            warmup=True,
+        ).run()
+    finally:
+        for close in closers:
+            close()
+    return result.markdown(cpu_ratios_to=[DELAY, DELAY_CONFIRMED])
 
 
 # --- throughput --------------------------------------------------------------------------
@@ -175,9 +265,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _worker_env(queue: str, smtp_port: int = 0, ca_file: Path | None = None) -> dict[str, str]:
+def worker_env(queue: str, smtp_port: int = 0, ca_file: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench"), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "bench"), str(ROOT)])
     env.update(
         BENCH_QUEUE=queue,
         BENCH_BROKER_URL=AMQP,
@@ -190,7 +280,135 @@ def _worker_env(queue: str, smtp_port: int = 0, ca_file: Path | None = None) -> 
     return env
 
 
-def _celery_worker(env: dict[str, str], events: bool, log: Path) -> subprocess.Popen[bytes]:
+def drain(
+    worker: Callable[[], subprocess.Popen[bytes]],
+    count: Callable[[], int],
+    expected: int,
+    sink: SmtpSink,
+) -> Sample:
+    """Start a worker on a filled queue; measure from the first arrival to the last."""
+    sink_cpu = TreeCpu([sink.pid], children=False)
+    process = worker()
+    try:
+        tree = TreeCpu([process.pid])
+        deadline = time.monotonic() + 300
+        while count() < 1:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the worker delivered nothing")
+            time.sleep(0.0005)
+        wall, cpu, server = time.perf_counter(), tree.seconds(), sink_cpu.seconds()
+        while count() < expected:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{count()} of {expected} delivered")
+            time.sleep(0.0005)
+        wall = time.perf_counter() - wall
+        cpu, server = tree.seconds() - cpu, sink_cpu.seconds() - server
+    finally:
+        stop(process)
+    return Sample(ops=expected - 1, wall=wall, cpu={"delivery": cpu, "sink": server})
+
+
+class Throughput:
+    """The variants of one throughput comparison, sharing one sink."""
+
+    def __init__(
+        self, run: str, emails: int, folder: Path, sink: SmtpSink, *, tls: bool, events: bool
+    ) -> None:
+        self.run, self.emails, self.folder, self.sink = run, emails, folder, sink
+        self.tls, self.events = tls, events
+        self.ca = sink.cert_file if tls else None
+        self.label = f"{'tls' if tls else 'plain'}, {'ev' if events else 'noev'}"
+
+    def tag(self, name: str, round_no: int) -> str:
+        return f"{self.run}_{name}_{self.label.replace(', ', '_')}_{round_no}"
+
+    def library(self, round_no: int) -> Sample:
+        tag = self.tag("lib", round_no)
+        table = settings(tag, self.sink.port, send_events=self.events)
+        if self.tls:
+            table["email"].update(starttls=True, ca_file=str(self.ca))
+        config = self.folder / f"{tag}.toml"
+        config.write_text(_toml(table))
+        with Notifier.from_settings(table) as notify:
+            for i in range(self.emails):
+                send_order(notify, i, tag)
+            notify.transport.flush(30)  # type: ignore[attr-defined]
+        self.sink.reset()
+        command = [
+            *(sys.executable, "-m", "tenant_notify.cli", "worker", "--config", str(config)),
+            *("-c", "2", "--loglevel", "WARNING", "--", "--without-gossip", "--without-mingle"),
+        ]
+        env = worker_env(f"bench_tn_{tag}")
+        try:
+            return drain(
+                lambda: start(command, env, self.folder / f"{tag}.log"),
+                lambda: self.sink.count,
+                self.emails,
+                self.sink,
+            )
+        finally:
+            cleanup([f"bench_tn_{tag}"], f"bench:{tag}:")
+
+    def hand_written(self, task_name: str, name: str) -> Callable[[int], Sample]:
+        def run(round_no: int) -> Sample:
+            from handwritten_app import make_app
+
+            queue = f"bench_hand_{self.tag(name, round_no)}"
+            task = make_app(confirms=False, queue=queue).tasks[task_name]
+            for i in range(self.emails):
+                task.apply_async(kwargs=task_args(i, queue), queue=queue)
+            self.sink.reset()
+            env = worker_env(queue, self.sink.port, self.ca)
+            try:
+                return drain(
+                    lambda: celery_worker(env, self.events, self.folder / f"{queue}.log"),
+                    lambda: self.sink.count,
+                    self.emails,
+                    self.sink,
+                )
+            finally:
+                cleanup([queue], None)
+
+        return run
+
+    def inprocess(self, round_no: int) -> Sample:
+        self.sink.reset()
+        sample = run_json(
+            [
+                *(sys.executable, str(ROOT / "bench" / "bench_inprocess.py"), "--round", "library"),
+                *("--port", str(self.sink.port), "--sink-pid", str(self.sink.pid)),
+                *("-n", str(self.emails), "--run-id", self.tag("inproc", round_no)),
+            ]
+        )
+        if self.sink.count != sample.extra["sent"]:
+            raise RuntimeError(
+                f"in-process: sent {sample.extra['sent']}, {self.sink.count} arrived"
+            )
+        return Sample(sample.ops, sample.wall, {k: sample.cpu[k] for k in ("delivery", "sink")})
+
+    def empty(self, round_no: int) -> Sample:
+        import redis
+        from handwritten_app import make_app
+
+        queue = f"bench_hand_{self.tag('empty', round_no)}"
+        task = make_app(confirms=False, queue=queue).tasks["handwritten.empty"]
+        for i in range(self.emails):
+            task.apply_async((i,), queue=queue)
+        client = redis.Redis.from_url(REDIS)
+        key = f"bench:empty:{queue}"
+        try:
+            return drain(
+                lambda: celery_worker(worker_env(queue), self.events, self.folder / f"{queue}.log"),
+                lambda: int(client.get(f"{key}:count") or 0),
+                self.emails,
+                self.sink,
+            )
+        finally:
+            client.delete(*(f"{key}:{end}" for end in ("first", "last", "count")))
+            cleanup([queue], None)
+
+
+def celery_worker(env: dict[str, str], events: bool, log: Path) -> subprocess.Popen[bytes]:
     return start(
         [
             *(sys.executable, "-m", "celery", "-A", "handwritten_app", "worker", "-c", "2"),
@@ -202,91 +420,78 @@ def _celery_worker(env: dict[str, str], events: bool, log: Path) -> subprocess.P
     )
 
 
-def _tag(run: str, tls: bool, events: bool, pipelining: bool) -> str:
-    return f"{run}_{'tls' if tls else 'plain'}_{'ev' if events else 'noev'}{'_pl' * pipelining}"
+LIBRARY = "`tenant-notify worker -c 2`"
+SEED = "the seed's way: `EmailMessage`, a connection per message (`-c 2`)"
+FAIR = "fair hand-written task: same templates, fastest stdlib MIME, held connection (`-c 2`)"
+INPROCESS = "in-process delivery of the same emails (2 threads, memory stores)"
+EMPTY = "empty task, Celery's own ceiling (tasks, not emails; `-c 2`)"
 
 
 def throughput(
-    run: str, count: int, folder: Path, *, tls: bool, events: bool, pipelining: bool
-) -> dict[str, float]:
-    """Emails per second, library and hand-written, each drained by ``-c 2``."""
-    results = {}
-    tag = _tag(run, tls, events, pipelining)
-    with SmtpSink(cert_dir=folder if tls else None, pipelining=pipelining) as server:
-        # The library: queue everything, then let a two-process worker drain it.
-        table = settings(tag, server.port, send_events=events)
-        if tls:
-            table["email"].update(starttls=True, ca_file=str(server.cert_file))
-        toml = folder / f"bench-{tag}.toml"
-        toml.write_text(_toml(table))
-        with Notifier.from_settings(table) as notify:
-            tenants = sorted(TENANTS)
-            for i in range(count):
-                notify.send_order_confirmation(
-                    order_id=f"tp-{i}",
-                    customer_email=f"customer{i}@example.com",
-                    order_total=Decimal("99.99"),
-                    currency="USD",
-                    tenant_id=tenants[i % 2],
-                )
-            notify.transport.flush(30)  # type: ignore[attr-defined]
-        worker = start(
-            [
-                *(sys.executable, "-m", "tenant_notify.cli", "worker", "--config", str(toml)),
-                *("-c", "2", "--loglevel", "WARNING", "--", "--without-gossip", "--without-mingle"),
-            ],
-            _worker_env(f"bench_tn_{tag}"),
-            folder / f"tenant-notify-worker-{tag}.log",
+    run: str, emails: int, rounds: int, folder: Path, *, tls: bool, pipelining: bool, events: bool
+) -> str:
+    title = (
+        f"{'STARTTLS' if tls else 'plain'} SMTP, server "
+        f"{'offers' if pipelining else 'does not offer'} PIPELINING, "
+        f"task events {'on' if events else 'off'}"
+    )
+    with SmtpSink(cert_dir=folder if tls else None, pipelining=pipelining) as sink:
+        t = Throughput(run, emails, folder, sink, tls=tls, events=events)
+        at_least_once = "delivered at least once, claimed and recorded in Redis; acked late"
+        variants = [
+            Variant(LIBRARY, t.library, guarantee=at_least_once, short="library"),
+            Variant(
+                SEED,
+                t.hand_written("handwritten.send_order_confirmation", "seed"),
+                guarantee="acked late; nothing recorded",
+                baseline=True,
+                short="seed's way",
+            ),
+            Variant(
+                FAIR,
+                t.hand_written("handwritten.send_order_confirmation_fair", "fair"),
+                guarantee="acked late; nothing recorded",
+                baseline=True,
+                short="fair task",
+            ),
+            Variant(EMPTY, t.empty, guarantee="-", short="empty task"),
+        ]
+        if not tls:
+            variants.insert(
+                3,
+                Variant(
+                    INPROCESS,
+                    t.inprocess,
+                    guarantee="queued in memory; statuses in memory",
+                    baseline=True,
+                    short="in-process",
+                ),
+            )
+        result = Comparison(
+            f"celery throughput, {title}",
+            variants,
+            rounds=rounds,
+            cpu_scopes={
+                "delivery": "the delivering processes: a worker's whole tree (main process and "
+                "pool), for in-process delivery the process minus its caller's thread",
+                "sink": "the SMTP sink's process (not the system under test)",
+            },
+        ).run()
+    targets = [Target("worker vs the fair hand-written task", LIBRARY, FAIR, at_least=1.0)]
+    if not tls:
+        targets.append(
+            Target(
+                "worker CPU per email vs in-process delivery of the same email",
+                LIBRARY,
+                INPROCESS,
+                at_most=1.5,
+                of="delivery",
+            )
         )
-        try:
-            results["library"] = server.rate(count)
-        finally:
-            stop(worker)
-        server.reset()
-
-        # The hand-written task: the same email, one SMTP connection per message.
-        queue = f"bench_hand_{tag}"
-        env = _worker_env(queue, server.port, server.cert_file if tls else None)
-        task = _handwritten_app(queue).tasks["handwritten.send_order_confirmation"]
-        for i in range(count):
-            task.apply_async(kwargs=order_args(i, run), queue=queue)
-        worker = _celery_worker(env, events, folder / f"handwritten-worker-{tag}.log")
-        try:
-            results["hand-written"] = server.rate(count)
-        finally:
-            stop(worker)
-    return results
-
-
-def _handwritten_app(queue: str, *, confirms: bool = False) -> Any:
-    os.environ.update(BENCH_QUEUE=queue, BENCH_BROKER_URL=AMQP)
-    import handwritten_app
-
-    return handwritten_app.make_app(confirms=confirms)
-
-
-def ceiling(run: str, count: int, folder: Path, *, events: bool) -> float:
-    """Tasks per second of ``handwritten.empty`` drained by ``-c 2``: Celery's own limit."""
-    import redis
-
-    queue = f"bench_hand_{run}_empty_{'ev' if events else 'noev'}"
-    task = _handwritten_app(queue).tasks["handwritten.empty"]
-    for i in range(count):
-        task.apply_async((i,), queue=queue)
-    client = redis.Redis.from_url(REDIS)
-    key = f"bench:empty:{queue}"
-    worker = _celery_worker(_worker_env(queue), events, folder / f"empty-{queue}.log")
-    try:
-        deadline = time.monotonic() + 300
-        while int(client.get(f"{key}:count") or 0) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the empty tasks did not all run")
-            time.sleep(0.05)
-        first, last = (float(client.get(f"{key}:{end}") or 0) for end in ("first", "last"))
-        return (count - 1) / (last - first)
-    finally:
-        stop(worker)
-        client.delete(*(f"{key}:{end}" for end in ("first", "last", "count")))
+    baselines = [SEED, FAIR] + ([INPROCESS] if not tls else [])
+    return f"**{title}**\n\n" + result.markdown(
+        targets=targets, ratios_to=baselines, cpu_ratios_to=baselines
+    )
 
 
 def _toml(table: dict[str, Any], prefix: str = "") -> str:
@@ -301,81 +506,70 @@ def _toml(table: dict[str, Any], prefix: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
-def cleanup(run: str) -> None:
+def cleanup(queues: list[str], key_prefix: str | None) -> None:
     import redis
 
     with kombu.Connection(AMQP) as conn:
-        names = [f"bench_tn_{run}", f"bench_hand_{run}"]
-        names += [f"bench_hand_{run}_empty_{ev}" for ev in ("ev", "noev")]
-        for tls, events, pipelining in COMBINATIONS:
-            tag = _tag(run, tls, events, pipelining)
-            names += [f"bench_tn_{tag}", f"bench_hand_{tag}"]
-        for name in names + [f"{name}.dead" for name in names]:
+        for name in queues + [f"{name}.dead" for name in queues]:
             channel = conn.channel()
             try:
                 channel.queue_delete(name)
                 channel.exchange_delete(name)
             except Exception:
                 continue
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=f"bench:{run}*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i : i + 500])
+    if key_prefix:
+        client = redis.Redis.from_url(REDIS)
+        keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+
+
+def _flags(choice: str) -> list[bool]:
+    return {"on": [True], "off": [False], "both": [False, True]}[choice]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=2000, help="calls per run (caller's cost)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--emails", type=int, default=1000, help="emails per throughput run")
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="calls per round (caller's cost)")
+    parser.add_argument("--emails", type=int, default=1000, help="emails per throughput round")
+    parser.add_argument(
+        "--only", choices=("caller", "throughput"), help="run one of the two comparisons"
+    )
+    both = ("on", "off", "both")
+    parser.add_argument("--events", choices=both, default="on", help="task events of the workers")
+    parser.add_argument("--tls", choices=both, default="both", help="STARTTLS to the sink")
+    parser.add_argument(
+        "--pipelining", choices=both, default="both", help="the sink offers PIPELINING"
+    )
     args = parser.parse_args()
     run = uuid.uuid4().hex[:8]
+    caller = f"{run}_caller"
     try:
-        cost = caller_cost(run, args.n, args.repeats)
-        with tempfile.TemporaryDirectory(prefix="bench-celery-") as folder:
-            rates = {
-                (tls, events, pipelining): throughput(
-                    run, args.emails, Path(folder), tls=tls, events=events, pipelining=pipelining
-                )
-                for tls, events, pipelining in COMBINATIONS
-            }
-            limits = {
-                events: ceiling(run, args.emails * 2, Path(folder), events=events)
-                for events in (True, False)
-            }
+        if args.only in (None, "caller"):
+            publish("celery-caller", caller_cost(caller, args.n, args.rounds), write=args.write)
+        if args.only in (None, "throughput"):
+            tables = []
+            events = _flags(args.events)[::-1]
+            with tempfile.TemporaryDirectory(prefix="bench-celery-") as folder:
+                for pipelining in _flags(args.pipelining):
+                    for tls in _flags(args.tls):
+                        for ev in events:
+                            tables.append(
+                                throughput(
+                                    run,
+                                    args.emails,
+                                    args.rounds,
+                                    Path(folder),
+                                    tls=tls,
+                                    pipelining=pipelining,
+                                    events=ev,
+                                )
+                            )
+            publish("celery-throughput", "\n".join(tables), write=args.write)
     finally:
-        cleanup(run)
-
-    base = cost["hand-written `task.delay()`, Celery defaults"]
-    confirmed = cost["hand-written `task.delay()`, Celery confirm_publish"]
-    print(f"Caller's cost, n={args.n} x {args.repeats} (median), same RabbitMQ\n")
-    print("| what | µs per call | vs `delay()` defaults | vs `delay()` with confirms |")
-    print("|---|---:|---:|---:|")
-    for name, seconds in cost.items():
-        ratios = f"{seconds / base:.2f}x | {seconds / confirmed:.2f}x"
-        print(f"| {name} | {seconds * 1e6:.0f} | {ratios} |")
-    print(f"\nThroughput, {args.emails} emails, worker with 2 processes, loopback SMTP\n")
-    print(
-        "| SMTP | server offers PIPELINING | task events "
-        "| hand-written, connection per message | `tenant-notify worker` | ratio |"
-    )
-    print("|---|---|---|---:|---:|---:|")
-    for (tls, events, pipelining), rate in rates.items():
-        smtp, on = ("STARTTLS" if tls else "plain"), ("on" if events else "off")
-        hand, ours = rate["hand-written"], rate["library"]
-        print(
-            f"| {smtp} | {'yes' if pipelining else 'no'} | {on} | {hand:.0f}/s | {ours:.0f}/s "
-            f"| {ours / hand:.2f}x |"
-        )
-    print(f"\nCelery's ceiling: {args.emails * 2} empty tasks, same worker shape\n")
-    print("| task events | tasks/s | vs hand-written, plain | vs `tenant-notify worker`, plain |")
-    print("|---|---:|---:|---:|")
-    for events, limit in limits.items():
-        plain = rates[(False, events, False)]
-        print(
-            f"| {'on' if events else 'off'} | {limit:.0f}/s | "
-            f"{limit / plain['hand-written']:.2f}x | {limit / plain['library']:.2f}x |"
-        )
+        cleanup([f"bench_tn_{caller}_async", f"bench_tn_{caller}_sync"], f"bench:{caller}")
+        cleanup([f"bench_hand_{caller}_delay", f"bench_hand_{caller}_confirmed"], None)
+        cleanup([f"bench_raw_{caller}", f"bench_raw_{caller}_confirms"], None)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,39 @@
 """Provider throughput against hand-written baselines, into servers on loopback.
 
-Run: ``python bench/bench_providers.py`` (needs the ``test`` extra: aiosmtpd, httpx). Prints
-Markdown tables for docs/benchmarks.md. Every figure is measured in the same run, one message at a
-time from one thread, against a server running in a separate process (so the client's figures
-are not shared with the server's interpreter lock):
+Run: ``python bench/bench_providers.py`` (or ``nox -s bench``; needs the ``test`` and
+``bench`` extras; STARTTLS rows need the ``openssl`` command). Writes the
+``providers-smtp`` and ``providers-http`` sections of docs/benchmarks.md
+(``--no-write``: print only). Options: ``--no-tls``, ``--threads 1,4``, ``-n``,
+``--rounds``.
 
-SMTP, into an aiosmtpd server that accepts everything:
+Every sender delivers the same two-part order confirmation (about 1.5 KB) from 1 or
+4 threads to a server running in a process of its own (so it does not share the
+sender's interpreter lock); the variants of one table run in interleaved rounds.
 
-* ``SmtpProvider.send(message)``: builds the MIME message (Message-ID, Date, encodings) and
-  sends it over the connection it keeps open per thread.
-* (a) ``smtplib``, a new connection per message (connect, EHLO, MAIL, RCPT, DATA, QUIT),
-  sending bytes built beforehand: what a naive relay client does.
-* (b) ``smtplib`` over one held connection, sending the same bytes built beforehand: the floor.
+SMTP, into an aiosmtpd server that accepts everything (with STARTTLS required in
+the STARTTLS tables), once as aiosmtpd is (no PIPELINING) and once offering
+PIPELINING (RFC 2920), as Postfix, Exim and Exchange do:
 
-SendGrid, into a minimal HTTP/1.1 keep-alive server that answers 202 like /v3/mail/send:
+* ``SmtpProvider.send(message)``: builds the MIME message (Message-ID, Date,
+  encodings) and sends it over the connection it keeps open per thread,
+  pipelining MAIL, RCPT and DATA when the server offers it;
+* (a) ``smtplib``, a new connection per message (connect, EHLO, [STARTTLS, EHLO],
+  MAIL, RCPT, DATA, QUIT), sending bytes built beforehand: what a naive relay
+  client does;
+* (b) ``smtplib`` over one held connection per thread, sending the same bytes built
+  beforehand: the floor (smtplib never pipelines).
 
-* ``SendGridProvider.send(message)``: builds the JSON body, posts it, reads X-Message-Id.
-* raw ``httpx``: one keep-alive ``httpx.Client`` posting the identical body bytes, built beforehand.
+HTTP (SendGrid), into a minimal HTTP/1.1 keep-alive server answering 202 like
+``/v3/mail/send``:
+
+* ``SendGridProvider.send(message)``: builds the JSON body, posts it, reads
+  X-Message-Id;
+* raw ``httpx``: one keep-alive ``httpx.Client`` posting the identical body bytes,
+  built beforehand.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import multiprocessing
@@ -29,7 +41,6 @@ import shutil
 import smtplib
 import socket
 import ssl
-import statistics
 import sys
 import tempfile
 import threading
@@ -41,6 +52,17 @@ from typing import Any
 
 import httpx
 import structlog
+from _harness import (
+    Comparison,
+    Result,
+    Sample,
+    Target,
+    TreeCpu,
+    Variant,
+    arguments,
+    cpu_seconds,
+    publish,
+)
 
 from tenant_notify._mime import build_mime, mime_bytes
 from tenant_notify.models import Address, EmailMessage
@@ -70,10 +92,20 @@ def message(n: int) -> EmailMessage:
 # --- servers (each in its own process) ------------------------------------------------
 
 
-def _smtp_server(port_out: Any, stop: Any, cert: str | None = None, key: str | None = None) -> None:
+def _smtp_server(
+    port_out: Any, stop: Any, cert: str | None, key: str | None, pipelining: bool
+) -> None:
     from aiosmtpd.controller import Controller
 
     class Accept:
+        async def handle_EHLO(
+            self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+        ) -> list[str]:
+            session.host_name = hostname
+            if pipelining:
+                responses.insert(-1, "250-PIPELINING")
+            return responses
+
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             return "250 2.0.0 OK"
 
@@ -144,6 +176,8 @@ class Server:
         self._process = ctx.Process(target=target, args=(send, self._stop, *args), daemon=True)
         self._process.start()
         self.port: int = receive.recv()
+        assert self._process.pid is not None
+        self.cpu = TreeCpu([self._process.pid], children=False)
 
     def close(self) -> None:
         self._stop.set()
@@ -153,65 +187,60 @@ class Server:
 # --- measuring -------------------------------------------------------------------------
 
 
-class Runner:
-    """Calls ``fn(i)`` for i in range(n) from ``threads`` long-lived threads; returns
-    messages per second. The threads outlive the runs, so per-thread connections
-    (the provider's, or a held smtplib one) are opened once, in the warm-up."""
+class Threads:
+    """``threads`` long-lived sending threads. They outlive the rounds, so per-thread
+    connections (the provider's, or a held smtplib one) are opened once, in the
+    harness's warm-up round."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, server: Server) -> None:
         self.threads = threads
+        self.server = server
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="bench")
 
-    def warm_up(self, fn: Callable[[int], object]) -> None:
-        barrier = threading.Barrier(self.threads)
+    def variant(self, fn: Callable[[int], object], n: int) -> Callable[[int], Sample]:
+        """A harness round: ``fn(i)`` for i in range(n), shared out over the threads."""
 
-        def once() -> None:
-            barrier.wait()  # every pool thread takes exactly one
-            fn(-1)
-
-        for future in [self.pool.submit(once) for _ in range(self.threads)]:
-            future.result()
-
-    def rate(self, fn: Callable[[int], object], n: int) -> float:
         def chunk(start: int) -> None:
             for i in range(start, n, self.threads):
                 fn(i)
 
-        began = time.perf_counter()
-        for future in [self.pool.submit(chunk, k) for k in range(self.threads)]:
-            future.result()
-        return n / (time.perf_counter() - began)
+        def run(round_no: int) -> Sample:
+            wall, cpu, server = time.perf_counter(), cpu_seconds(), self.server.cpu.seconds()
+            for future in [self.pool.submit(chunk, k) for k in range(self.threads)]:
+                future.result()
+            return Sample(
+                ops=n,
+                wall=time.perf_counter() - wall,
+                cpu={"sender": cpu_seconds() - cpu, "server": self.server.cpu.seconds() - server},
+            )
 
-    def compare(
-        self, variants: dict[str, tuple[Callable[[int], object], int]], repeats: int
-    ) -> dict[str, float]:
-        """Median messages/s per variant, the runs interleaved so that every variant
-        sees the same machine state."""
-        for fn, _ in variants.values():
-            self.warm_up(fn)
-        runs: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(repeats):
-            for name, (fn, n) in variants.items():
-                runs[name].append(self.rate(fn, n))
-        return {name: statistics.median(values) for name, values in runs.items()}
+        return run
 
     def close(self) -> None:
         self.pool.shutdown()
 
 
-PROVIDER = "SmtpProvider (connection kept per thread)"
-PER_MESSAGE = "(a) smtplib, a new connection per message"
-HELD = "(b) smtplib, one held connection per thread, same bytes (floor)"
-SENDGRID = "SendGridProvider"
-RAW_HTTPX = "raw httpx, one keep-alive client, same bodies"
+SCOPES = {
+    "sender": "the sending process, every thread (the system under test)",
+    "server": "the loopback server's process (not the system under test)",
+}
+PROVIDER = "`SmtpProvider` (connection kept per thread)"
+PER_MESSAGE = "(a) smtplib, a new connection per message, bytes built beforehand"
+HELD = "(b) smtplib, one held connection per thread, the same bytes (floor)"
+SENDGRID = "`SendGridProvider`"
+RAW_HTTPX = "raw httpx, one keep-alive client, the same bodies built beforehand"
 
 
-def bench_smtp(n: int, repeats: int, threads: int, tls_dir: Path | None) -> dict[str, float]:
+def bench_smtp(
+    n: int, rounds: int, threads: int, tls_dir: Path | None, pipelining: bool
+) -> tuple[str, Result]:
     cert = key = None
     if tls_dir is not None:
         cert, key = make_self_signed_cert(tls_dir)
-    server = Server(_smtp_server, str(cert) if cert else None, str(key) if key else None)
-    runner = Runner(threads)
+    server = Server(
+        _smtp_server, str(cert) if cert else None, str(key) if key else None, pipelining
+    )
+    runner = Threads(threads, server)
     held: list[smtplib.SMTP] = []
     tls = ssl.create_default_context(cafile=str(cert)) if cert else None
     try:
@@ -247,16 +276,36 @@ def bench_smtp(n: int, repeats: int, threads: int, tls_dir: Path | None) -> dict
                 held.append(conn)
             return conn.sendmail("orders@acme.test", ["jane@example.com"], raw[i])
 
-        results = runner.compare(
-            {
-                PROVIDER: (via_provider, n),
-                PER_MESSAGE: (per_message, n // 4),
-                HELD: (one_connection, n),
-            },
-            repeats,
+        guarantee = "accepted by the server when the call returns"
+        title = (
+            f"{'STARTTLS' if cert else 'plain'} SMTP, {threads} thread{'s' * (threads > 1)}, "
+            f"server {'offers' if pipelining else 'does not offer'} PIPELINING"
         )
+        result = Comparison(
+            title,
+            [
+                Variant(PROVIDER, runner.variant(via_provider, n), guarantee=guarantee),
+                Variant(
+                    PER_MESSAGE,
+                    runner.variant(per_message, n // 4),
+                    guarantee=guarantee,
+                    baseline=True,
+                    short="(a)",
+                ),
+                Variant(
+                    HELD,
+                    runner.variant(one_connection, n),
+                    guarantee=guarantee,
+                    baseline=True,
+                    short="(b)",
+                ),
+            ],
+            rounds=rounds,
+            cpu_scopes=SCOPES,
+            warmup=True,
+        ).run()
         provider.close()
-        return results
+        return title, result
     finally:
         for conn in held:
             conn.quit()
@@ -264,9 +313,9 @@ def bench_smtp(n: int, repeats: int, threads: int, tls_dir: Path | None) -> dict
         server.close()
 
 
-def bench_sendgrid(n: int, repeats: int, threads: int) -> dict[str, float]:
+def bench_sendgrid(n: int, rounds: int, threads: int) -> tuple[str, Result]:
     server = Server(_http_server)
-    runner = Runner(threads)
+    runner = Threads(threads, server)
     base_url = f"http://127.0.0.1:{server.port}"
     try:
         messages = [message(i) for i in range(n)]
@@ -291,19 +340,35 @@ def bench_sendgrid(n: int, repeats: int, threads: int) -> dict[str, float]:
             assert response.status_code == 202
             return response.headers.get("x-message-id")
 
-        results = runner.compare({SENDGRID: (via_provider, n), RAW_HTTPX: (raw_httpx, n)}, repeats)
+        guarantee = "accepted by the API (202) when the call returns"
+        title = f"SendGrid over HTTP, {threads} thread{'s' * (threads > 1)}"
+        result = Comparison(
+            title,
+            [
+                Variant(SENDGRID, runner.variant(via_provider, n), guarantee=guarantee),
+                Variant(
+                    RAW_HTTPX,
+                    runner.variant(raw_httpx, n),
+                    guarantee=guarantee,
+                    baseline=True,
+                    short="raw httpx",
+                ),
+            ],
+            rounds=rounds,
+            cpu_scopes=SCOPES,
+            warmup=True,
+        ).run()
         client.close()
         provider.close()
-        return results
+        return title, result
     finally:
         runner.close()
         server.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=2000, help="messages per run")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="messages per round ((a): n/4)")
     parser.add_argument("--threads", default="1,4", help="sending threads, comma-separated")
     parser.add_argument("--no-tls", dest="tls", action="store_false", help="skip the STARTTLS runs")
     args = parser.parse_args()
@@ -311,26 +376,34 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     thread_counts = [int(t) for t in args.threads.split(",")]
 
-    print(f"n={args.n} messages per run ((a): n/4), {args.repeats} interleaved runs, median\n")
-    print("| SMTP | sender | threads | messages/s | vs (a) | vs (b) |")
-    print("|---|---|---:|---:|---:|---:|")
+    smtp_tables = []
+    targets = [
+        Target(
+            "earlier target: at least 2x a connection per message",
+            PROVIDER,
+            PER_MESSAGE,
+            at_least=2.0,
+        ),
+        Target(
+            "earlier target: at least 0.8x the held-connection floor", PROVIDER, HELD, at_least=0.8
+        ),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         tls_modes = [None, Path(tmp)] if args.tls and shutil.which("openssl") else [None]
-        for tls_dir in tls_modes:
-            for threads in thread_counts:
-                smtp = bench_smtp(args.n, args.repeats, threads, tls_dir)
-                for name, value in smtp.items():
-                    print(
-                        f"| {'STARTTLS' if tls_dir else 'plain'} | {name} | {threads} "
-                        f"| {value:,.0f} | {value / smtp[PER_MESSAGE]:.2f}x "
-                        f"| {value / smtp[HELD]:.2f}x |"
-                    )
-    print("\n| sender | threads | messages/s | vs raw httpx |")
-    print("|---|---:|---:|---:|")
+        for pipelining in (False, True):
+            for tls_dir in tls_modes:
+                for threads in thread_counts:
+                    title, result = bench_smtp(args.n, args.rounds, threads, tls_dir, pipelining)
+                    smtp_tables.append(f"**{title}**\n\n" + result.markdown(targets=targets))
+    publish("providers-smtp", "\n".join(smtp_tables), write=args.write)
+    http_tables = []
     for threads in thread_counts:
-        sendgrid = bench_sendgrid(args.n, args.repeats, threads)
-        for name, value in sendgrid.items():
-            print(f"| {name} | {threads} | {value:,.0f} | {value / sendgrid[RAW_HTTPX]:.2f}x |")
+        title, result = bench_sendgrid(args.n, args.rounds, threads)
+        target = Target(
+            "earlier target: at least 0.8x raw httpx", SENDGRID, RAW_HTTPX, at_least=0.8
+        )
+        http_tables.append(f"**{title}**\n\n" + result.markdown(targets=[target]))
+    publish("providers-http", "\n".join(http_tables), write=args.write)
 
 
 if __name__ == "__main__":
