@@ -7,6 +7,7 @@ folded within 78 characters, and free of parser defects.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.message
 import email.policy
@@ -16,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from tenant_notify._mime import _fast_wire_bytes, _Unusual, build_mime, mime_bytes, wire_bytes
+from tenant_notify._mime import (
+    _base64_size,
+    _fast_wire_bytes,
+    _Unusual,
+    build_mime,
+    mime_bytes,
+    wire_bytes,
+)
 from tenant_notify.errors import HeaderInjectionError, NotifyError, ValidationError
 from tenant_notify.models import Address, EmailMessage
 
@@ -253,3 +261,8 @@ def test_cc_is_written_the_same_both_ways_and_bcc_never(recipients) -> None:
     assert compare(message), "cc stays on the fast path"
     fast, _ = wire_bytes(message, message_id=MESSAGE_ID)
     assert b"hidden@example.com" not in fast and b"Bcc" not in fast
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 56, 57, 58, 113, 114, 115, 1000, 4096])
+def test_base64_size_is_what_encodebytes_writes(size: int) -> None:
+    assert _base64_size(size) == len(base64.encodebytes(b"x" * size))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -158,16 +161,19 @@ def test_unknown_path_and_foreign_host(server):
     assert get(server.url, headers={"Host": f"localhost:{server.server_address[1]}"})[0] == 200
 
 
-def test_the_cli_serves_the_preview(tmp_path):
+@contextlib.contextmanager
+def cli_preview(tmp_path: Path, tenant_extra: str = "") -> Iterator[str]:
+    """``tenant-notify preview`` in a process of its own; yields its URL."""
     config = tmp_path / "notify.toml"
     config.write_text(
         'transport = "eager"\n[email]\nprovider = "memory"\n[sms]\nprovider = "memory"\n'
         '[tenants.acme]\nname = "Acme Shop"\nemail_from = "orders@acme.test"\n'
-        f'branding = {{ primary_color = "{ACME_COLOR}" }}\n',
+        f'branding = {{ primary_color = "{ACME_COLOR}" }}\n' + tenant_extra,
         encoding="utf-8",
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("TENANT_NOTIFY_CONFIG_FILE", None)
+    env.pop("TENANT_NOTIFY_TEMPLATES__AUTO_RELOAD", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "tenant_notify.cli", "preview", "--config", str(config), "--port=0"],
         cwd=tmp_path,
@@ -181,10 +187,27 @@ def test_the_cli_serves_the_preview(tmp_path):
         assert line.startswith("tenant-notify preview on http://127.0.0.1:"), line + (
             process.stderr.read() if process.poll() is not None and process.stderr else ""
         )
-        url = line.split(" on ", 1)[1].split()[0]
-        status, body, _ = get(url + "preview?tenant=acme&kind=welcome")
-        assert status == 200
-        assert "Welcome to Acme Shop" in body and ACME_COLOR in body
+        yield line.split(" on ", 1)[1].split()[0]
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+def test_the_cli_serves_the_preview(tmp_path):
+    with cli_preview(tmp_path) as url:
+        status, body, _ = get(url + "preview?tenant=acme&kind=welcome")
+        assert status == 200
+        assert "Welcome to Acme Shop" in body and ACME_COLOR in body
+
+
+def test_the_cli_preview_shows_an_edited_template_without_a_restart(tmp_path):
+    # auto_reload is off by default (production); the preview is for editing.
+    subject = tmp_path / "tenant" / "welcome" / "subject.txt"
+    subject.parent.mkdir(parents=True)
+    subject.write_text("First draft for {{ user_name }}", encoding="utf-8")
+    with cli_preview(tmp_path, f"templates_dir = {json.dumps(str(subject.parents[1]))}\n") as url:
+        assert "First draft for" in get(url + "preview?tenant=acme&kind=welcome")[1]
+        subject.write_text("Second draft for {{ user_name }}", encoding="utf-8")
+        later = time.time() + 10
+        os.utime(subject, (later, later))
+        assert "Second draft for" in get(url + "preview?tenant=acme&kind=welcome")[1]

@@ -319,13 +319,14 @@ def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
     (the transfer encoding chosen as :func:`_body_cte` does)."""
     raw = body.encode("utf-8")
     lines = raw.splitlines()
-    if not _NOT_7BIT.search(body) and all(len(line) <= _MAX_LINE for line in lines):
+    # Line lengths first: a long line settles it without scanning every character.
+    if max(map(len, lines), default=0) <= _MAX_LINE and not _NOT_7BIT.search(body):
         cte = "7bit"
         payload = b"\r\n".join(lines) + b"\r\n"
     else:
         normal = b"\n".join(lines) + b"\n"
         qp = binascii.b2a_qp(raw, istext=True)
-        if len(base64.encodebytes(raw)) < len(qp):
+        if _base64_size(len(raw)) < len(qp):
             cte = "base64"
             payload = base64.encodebytes(b"\r\n".join(lines) + b"\r\n").replace(b"\n", b"\r\n")
         else:
@@ -347,6 +348,13 @@ def _address_list_atoms(addresses: tuple[Address, ...], field: str) -> list[str]
             atoms[-1] += ","
         atoms.extend(_address_atoms(addr, f"{field}[{i}]"))
     return atoms
+
+
+def _base64_size(size: int) -> int:
+    """``len(base64.encodebytes(data))`` for ``size`` bytes of data, without encoding it:
+    every 57 bytes become a line of 76 characters and a newline."""
+    lines, rest = divmod(size, 57)
+    return lines * 77 + (4 * -(-rest // 3) + 1 if rest else 0)
 
 
 def _address_atoms(address: Address, field: str) -> list[str]:

@@ -110,6 +110,8 @@ class ProviderPool:
     def __init__(self, defaults: Mapping[Channel, Mapping[str, Any]]) -> None:
         self._defaults = dict(defaults)
         self._specs: dict[tuple[str, Channel, Hashable], _Spec] = {}
+        # (tenant id, channel) -> (the Tenant object, its spec); one entry per tenant.
+        self._by_tenant: dict[tuple[str, Channel], tuple[Tenant, _Spec]] = {}
         self._instances: dict[Hashable, Provider] = {}
         self._lock = threading.Lock()
 
@@ -215,6 +217,13 @@ class ProviderPool:
         return provider
 
     def _spec(self, tenant: Tenant | None, channel: Channel) -> _Spec:
+        # Every delivery asks twice (names, then the provider): answer from the
+        # tenant it was built for while the resolver hands out the same object.
+        # Tenants are frozen, so the same object has the same tables.
+        if tenant is not None:
+            built = self._by_tenant.get((tenant.id, channel))
+            if built is not None and built[0] is tenant:
+                return built[1]
         override = getattr(tenant, channel.value) if tenant is not None else None
         table = merge_tables(self._defaults[channel], override)
         # Tables are small; their frozen form is a cheap key for the validated spec.
@@ -223,6 +232,8 @@ class ProviderPool:
         if spec is None:
             key = f"tenants.{tenant.id}.{channel.value}" if override and tenant else channel.value
             spec = self._specs[memo_key] = self._validate(table, channel, key)
+        if tenant is not None:
+            self._by_tenant[tenant.id, channel] = (tenant, spec)
         return spec
 
     def _validate(self, table: Mapping[str, Any], channel: Channel, key: str) -> _Spec:

@@ -31,8 +31,57 @@ _ALPHANUMERIC_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 MAX_SMS_CHARS = 1600  # what Twilio accepts in one message (it splits into segments)
 
 
+# The address every send of an order confirmation or a welcome carries is plain:
+# an ASCII dot-atom local part and an ASCII host name with a dot and a top level
+# ending in a letter. For that form email-validator's answer is known without
+# running its full pipeline (quote-aware splitting, UTS-46 remapping, IDNA, the
+# special-use and globally-deliverable rules), which costs about as much as the
+# rest of a send in the caller's thread: the address is valid, and its normal
+# form is the domain in lower case (and, like email-validator, a case-insensitive
+# mailbox name such as Info@ in lower case). Anything else, or anything near a
+# rule (a length limit, "--" in a label, a reserved name), goes through
+# email-validator in full. tests/test_validation.py checks that both agree.
+_PLAIN_EMAIL = re.compile(
+    r"(?P<local>[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+    r"@(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+)
+_MAX_EMAIL_LENGTH = 254  # RFC 5321 4.5.3.1.3, as email-validator counts it
+_MAX_DOMAIN_LENGTH = 253
+# test_environment=True below: *.test is allowed.
+_RESERVED_DOMAINS = tuple(d for d in email_validator.SPECIAL_USE_DOMAIN_NAMES if d != "test")
+try:
+    from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+
+    _CASE_INSENSITIVE = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
+except ImportError:  # pragma: no cover - an email-validator that does not lower-case them
+    _CASE_INSENSITIVE = frozenset()
+
+
+def _plain_email(address: str) -> str | None:
+    """The normal form of a plain address, or None to ask email-validator."""
+    match = _PLAIN_EMAIL.fullmatch(address)
+    if match is None or len(address) > _MAX_EMAIL_LENGTH:
+        return None
+    local, domain = match.group("local", "domain")
+    domain = domain.lower()
+    if (
+        len(domain) > _MAX_DOMAIN_LENGTH
+        or "--" in domain  # R-LDH labels and Punycode: email-validator's rules
+        or not domain[-1].isalpha()
+        or any(domain == d or domain.endswith("." + d) for d in _RESERVED_DOMAINS)
+    ):
+        return None
+    if local.lower() in _CASE_INSENSITIVE:
+        local = local.lower()
+    return f"{local}@{domain}"
+
+
 @functools.lru_cache(maxsize=8192)
 def _normalize_email(address: str) -> str:
+    plain = _plain_email(address)
+    if plain is not None:
+        return plain
     info = email_validator.validate_email(
         address,
         check_deliverability=False,

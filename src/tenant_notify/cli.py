@@ -435,8 +435,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from .preview import make_server
 
+    settings = _settings(args)
+    if "auto_reload" not in settings.templates.model_fields_set:
+        # A preview is for editing templates: show each edit on reload, unless
+        # the settings say otherwise.
+        templates = settings.templates.model_copy(update={"auto_reload": True})
+        settings = settings.model_copy(update={"templates": templates})
     with (
-        _notifier(args, transport="eager") as notify,
+        Notifier(settings, transport="eager") as notify,
         make_server(notify, host=args.host, port=args.port) as server,
     ):
         print(f"tenant-notify preview on {server.url} (Ctrl-C to stop)", flush=True)

@@ -93,7 +93,9 @@ class TemplateSettings(_Section):
 
     max_output_chars: int = Field(default=262_144, ge=1024)
     render_timeout: float = Field(default=2.0, gt=0)
-    auto_reload: bool = True
+    # Off: production templates do not change under a running process, and
+    # noticing edits costs stat calls on every render. Development turns it on.
+    auto_reload: bool = False
 
 
 class IdempotencySettings(_Section):

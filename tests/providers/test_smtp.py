@@ -322,8 +322,62 @@ def test_pipelining_sends_the_envelope_and_data_in_one_write(
     assert received[1].rcpt_tos == ("jane@example.com", "joe@example.com")
 
 
-def test_a_leading_dot_survives_a_pipelined_send(smtp_server_factory: ServerFactory) -> None:
-    server = smtp_server_factory(pipelining=True)
+def test_without_pipelining_each_command_waits_for_its_reply(
+    smtp_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smtplib
+
+    server = smtp_server_factory()
+    writes: list[str | bytes] = []
+    send = smtplib.SMTP.send
+
+    def recording_send(self: smtplib.SMTP, data: str | bytes) -> None:
+        writes.append(data)
+        send(self, data)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", recording_send)
+    with SmtpProvider(host=server.host, port=server.port, timeout=5) as provider:
+        provider.send(make_email(1))  # connects and says EHLO
+        writes.clear()
+        provider.send(make_email(2, to=(Address("jane@example.com"), Address("joe@example.com"))))
+    mail, *rest = writes[:5]
+    assert isinstance(mail, str) and mail.startswith("MAIL FROM:<orders@acme.test> SIZE=")
+    assert rest[:3] == [
+        "RCPT TO:<jane@example.com>\r\n",
+        "RCPT TO:<joe@example.com>\r\n",
+        "DATA\r\n",
+    ]
+    assert isinstance(rest[3], bytes) and rest[3].endswith(b"\r\n.\r\n")
+    assert server.wait_for(2)[1].rcpt_tos == ("jane@example.com", "joe@example.com")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"a\r\nb\r\n",
+        b".starts\r\n.\r\n..\r\nend",
+        b"no newline at the end",
+        b"\r\n.\r\n",
+        b"bare\n.lf\n",
+        b"",
+    ],
+)
+def test_dot_stuffing_matches_smtplib(raw: bytes) -> None:
+    import smtplib
+
+    from tenant_notify.providers.smtp import _smtp_data
+
+    expected = smtplib._quote_periods(raw)  # type: ignore[attr-defined]
+    if expected[-2:] != b"\r\n":
+        expected += b"\r\n"
+    assert _smtp_data(raw) == expected + b".\r\n"
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_leading_dot_survives_a_send(
+    smtp_server_factory: ServerFactory, pipelining: bool
+) -> None:
+    server = smtp_server_factory(pipelining=pipelining)
     with SmtpProvider(host=server.host, port=server.port, timeout=5) as provider:
         provider.send(make_email(1, text=".hidden?\n..two dots\n.\nend\n"))
     [received] = server.wait_for(1)

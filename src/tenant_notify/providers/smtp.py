@@ -6,11 +6,15 @@ connection before use. When a reused connection turns out to be dead (the server
 closed it while idle), the provider reconnects once and sends again, which is
 safe as long as the message data had not gone out yet.
 
-When the server offers PIPELINING (RFC 2920; Postfix, Exim, Exchange and the big
-providers' submission servers do), MAIL, every RCPT and DATA go out in one write
-and the message follows the 354: two exchanges with the server per message
-instead of three plus one per recipient. Replies are checked exactly as
-``smtplib.SMTP.sendmail`` checks them, so errors map the same either way.
+The provider speaks MAIL, RCPT and DATA itself, over ``smtplib``'s connection and
+reply reader: the envelope addresses were validated and put in ASCII form before,
+so they are not parsed again as ``smtplib.SMTP.sendmail`` would, and the message
+is dot-stuffed with a byte replacement. When the server offers PIPELINING (RFC
+2920; Postfix, Exim, Exchange and the big providers' submission servers do),
+MAIL, every RCPT and DATA go out in one write and the message follows the 354:
+two exchanges with the server per message instead of three plus one per
+recipient. Replies are checked exactly as ``sendmail`` checks them, so errors map
+the same either way.
 
 Error mapping (every error carries ``provider="smtp"``, the notification and
 tenant ids, and the server's reply as ``"<code> <text>"`` when there is one):
@@ -51,7 +55,6 @@ from __future__ import annotations
 import base64
 import functools
 import os
-import re
 import smtplib
 import socket
 import ssl as _ssl
@@ -141,19 +144,10 @@ class _TrackingMixin(smtplib.SMTP):
         self._host = host
         return super().connect(host, port, source_address)
 
-    def data(self, msg: Any) -> tuple[int, bytes]:
-        self._in_data = True
-        try:
-            reply = super().data(msg)
-        finally:
-            self._in_data = False
-        self.last_reply = reply
-        return reply
-
     def send(self, s: Any) -> None:
         super().send(s)
-        # smtplib sends commands as str and the dot-terminated message as one
-        # bytes object; once that is in the socket, the server may accept it.
+        # Commands go out as str and the dot-terminated message as one bytes
+        # object; once that is in the socket, the server may accept it.
         if self._in_data and isinstance(s, bytes | bytearray):
             self.data_sent = True
 
@@ -162,13 +156,30 @@ class _Connection(_TrackingMixin):
     pass
 
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
+def _smtp_data(raw: bytes) -> bytes:
+    """``raw`` as it goes after DATA: dot-stuffed (RFC 5321 4.5.2), CRLF, ``.`` CRLF.
+
+    What ``smtplib.SMTP.data`` sends, with a plain byte replacement instead of
+    smtplib's regular expression (which costs ten times as much per message).
+    """
+    body = raw.replace(b"\n.", b"\n..")
+    if body.startswith(b"."):
+        body = b"." + body
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
 
 
-def _pipelined_sendmail(
+def _transaction(
     conn: _TrackingMixin, sender: str, recipients: Sequence[str], raw: bytes
 ) -> dict[str, tuple[int, bytes]]:
-    """What ``conn.sendmail`` does, with MAIL, RCPT and DATA pipelined (RFC 2920).
+    """What ``conn.sendmail`` does, without re-parsing the addresses.
+
+    ``sender`` and ``recipients`` are envelope addresses the library has already
+    validated and put in ASCII form (:func:`~tenant_notify._mime.envelope_address`),
+    so they go into MAIL and RCPT as they are, where ``sendmail`` would parse each
+    again with ``email.utils.parseaddr``. When the server offers PIPELINING (RFC
+    2920), MAIL, every RCPT and DATA go out in one write.
 
     Returns the refused recipients and raises the exceptions ``sendmail`` raises,
     in the same cases, so :meth:`SmtpProvider._map_error` treats both alike.
@@ -177,7 +188,14 @@ def _pipelined_sendmail(
     commands = [f"MAIL FROM:<{sender}>{size}\r\n"]
     commands += [f"RCPT TO:<{rcpt}>\r\n" for rcpt in recipients]
     commands.append("DATA\r\n")
-    conn.send("".join(commands))
+    pipelined = conn.has_extn("pipelining")
+    if pipelined:
+        conn.send("".join(commands))
+
+    def exchange(index: int) -> tuple[int, bytes]:
+        if not pipelined:
+            conn.send(commands[index])
+        return conn.getreply()
 
     def give_up(code: int | None = None) -> None:
         # As sendmail does: 421 means the server is closing; else reset.
@@ -187,19 +205,22 @@ def _pipelined_sendmail(
             with suppress(smtplib.SMTPServerDisconnected):
                 conn.rset()
 
-    mail = conn.getreply()
-    if mail[0] == 421:
-        give_up(421)
+    mail = exchange(0)
+    if mail[0] == 421 or (mail[0] != 250 and not pipelined):
+        give_up(mail[0])
         raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
     refused: dict[str, tuple[int, bytes]] = {}
-    for rcpt in recipients:
-        reply = conn.getreply()
+    for index, rcpt in enumerate(recipients, 1):
+        reply = exchange(index)
         if reply[0] not in (250, 251):
             refused[rcpt] = reply
         if reply[0] == 421:
             give_up(421)
             raise smtplib.SMTPRecipientsRefused(refused)
-    data = conn.getreply()
+    if not pipelined and len(refused) == len(recipients):
+        give_up()
+        raise smtplib.SMTPRecipientsRefused(refused)
+    data = exchange(len(commands) - 1)
     nothing_to_send = mail[0] != 250 or len(refused) == len(recipients)
     if data[0] == 354 and nothing_to_send:
         # The server opened a message that has no one to go to: end it empty.
@@ -214,12 +235,9 @@ def _pipelined_sendmail(
     if data[0] != 354:
         give_up(data[0])
         raise smtplib.SMTPDataError(*data)
-    body = _LEADING_DOT.sub(b"..", raw)
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
     conn._in_data = True
     try:
-        conn.send(body + b".\r\n")
+        conn.send(_smtp_data(raw))
         reply = conn.last_reply = conn.getreply()
     finally:
         conn._in_data = False
@@ -397,10 +415,7 @@ class SmtpProvider(Provider):
     ) -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes] | None]:
         conn.data_sent = False
         conn.last_reply = None
-        if conn.has_extn("pipelining"):
-            refused = _pipelined_sendmail(conn, sender, recipients, raw)
-        else:
-            refused = conn.sendmail(sender, list(recipients), raw)
+        refused = _transaction(conn, sender, recipients, raw)
         return refused, conn.last_reply
 
     @staticmethod
