@@ -1,4 +1,4 @@
-"""Loopback fakes of the SendGrid and Twilio APIs, checked against the published schemas.
+"""Loopback fakes of the SendGrid, Twilio and Postmark APIs, checked against the published schemas.
 
 Usage::
 
@@ -23,6 +23,11 @@ One real HTTP/1.1 server (stdlib ``ThreadingHTTPServer``, keep-alive) on
   ``MessagingServiceSid``; ``Body``, ``MediaUrl`` or ``ContentSid``); answers
   ``201`` with a message resource (validated against the spec's 201 schema), or
   Twilio's error body.
+* ``POST /email`` (Postmark): checks ``X-Postmark-Server-Token`` against
+  :attr:`FakeProviderAPI.postmark_tokens`, the ``Accept`` header and the JSON body
+  against ``postmark_email.json`` (plus the documented limits its prose adds: 50
+  recipients per field, base64 attachment content, the 10 MB payload); answers
+  ``200`` with a ``MessageID``, or Postmark's ``{"ErrorCode", "Message"}``.
 
 Every request is recorded (:attr:`FakeProviderAPI.requests`) with the schema
 violations found in it (:attr:`FakeProviderAPI.schema_errors`). Replies can be
@@ -44,6 +49,7 @@ import re
 import secrets
 import socket
 import threading
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,6 +66,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "closed_port",
+    "postmark_error",
     "sendgrid_error",
     "twilio_error",
 ]
@@ -68,6 +75,7 @@ SPECS_DIR = Path(__file__).resolve().parent / "specs"
 """The vendored schema extracts, one JSON file per provider endpoint."""
 SENDGRID_SPEC = "sendgrid_mail_send.json"
 TWILIO_SPEC = "twilio_create_message.json"
+POSTMARK_SPEC = "postmark_email.json"
 _TWILIO_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
 
 
@@ -162,6 +170,15 @@ def twilio_error(
     )
 
 
+def postmark_error(status: int, code: int, message: str) -> Reply:
+    """A Postmark error reply: ``{"ErrorCode", "Message"}``."""
+    return Reply(
+        status=status,
+        body={"ErrorCode": code, "Message": message},
+        headers={"Content-Type": "application/json"},
+    )
+
+
 # --- what was received -----------------------------------------------------------------
 
 
@@ -170,7 +187,7 @@ class RecordedRequest:
     """One request the fake received.
 
     Attributes:
-        api: ``"sendgrid"``, ``"twilio"`` or ``"unknown"``.
+        api: ``"sendgrid"``, ``"twilio"``, ``"postmark"`` or ``"unknown"``.
         method, path: As sent.
         headers: Header names lower-cased.
         body: Raw body.
@@ -218,8 +235,14 @@ class FakeProviderAPI:
         self._twilio_resource = _validator(
             _nullable(twilio["responses"]["201"]["content"]["application/json"]["schema"])
         )
+        postmark = json.loads((specs_dir / POSTMARK_SPEC).read_text(encoding="utf-8"))
+        self._postmark_body = _validator(postmark["request_body_schema"])
+        self._postmark_ok = _validator(postmark["responses"]["200"]["schema"])
+        self._postmark_error_reply = _validator(postmark["responses"]["error"]["schema"])
+        self._postmark_max_payload = int(postmark["endpoint"]["max_payload_bytes"])
         self.sendgrid_keys: set[str] = set()
         self.twilio_credentials: dict[tuple[str, str], str] = {}
+        self.postmark_tokens: set[str] = set()
         self.host = "127.0.0.1"
         self.port = 0
         self._lock = threading.Lock()
@@ -321,6 +344,8 @@ class FakeProviderAPI:
             request, ok_reply = self._sendgrid(path, headers, body)
         elif method == "POST" and match:
             request, ok_reply = self._twilio(match.group(1), path, headers, body)
+        elif method == "POST" and path == "/email":
+            request, ok_reply = self._postmark(path, headers, body)
         else:
             self._record(RecordedRequest("unknown", method, path, headers, body))
             return Reply(404, {"errors": [{"message": "not found", "field": None}]})
@@ -408,6 +433,58 @@ class FakeProviderAPI:
         problems = _problems(self._twilio_resource, resource)
         assert not problems, f"the fake's own message resource breaks the spec: {problems}"
         return request, Reply(201, resource, {"Content-Type": "application/json"})
+
+    def _postmark(
+        self, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[RecordedRequest, Reply]:
+        errors: list[str] = []
+        for name in ("content-type", "accept"):
+            if headers.get(name, "").split(";")[0].strip() != "application/json":
+                errors.append(f"{name}: {headers.get(name)!r} is not application/json")
+        data: Any = None
+        try:
+            data = json.loads(body)
+        except ValueError as err:
+            errors.append(f"<body>: not JSON ({err})")
+        else:
+            errors.extend(_problems(self._postmark_body, data))
+        if isinstance(data, dict):
+            for key in ("To", "Cc", "Bcc"):
+                if isinstance(data.get(key), str) and data[key].count(",") >= 50:
+                    errors.append(f"{key}: more than 50 recipients")
+            for index, item in enumerate(data.get("Attachments") or []):
+                try:
+                    base64.b64decode(item.get("Content", ""), validate=True)
+                except (ValueError, AttributeError):
+                    errors.append(f"Attachments.{index}.Content: not base64")
+        token = headers.get("x-postmark-server-token")
+        request = RecordedRequest(
+            "postmark", "POST", path, headers, body, json=data, credential=token,
+            schema_errors=tuple(errors),
+        )  # fmt: skip
+        if len(body) > self._postmark_max_payload:
+            reply = postmark_error(413, 300, "Payload Too Large")
+        elif token is None or token not in self.postmark_tokens:
+            reply = postmark_error(401, 10, "Request does not contain a valid Server token.")
+        elif errors:
+            reply = postmark_error(422, 300, f"Invalid email request: {errors[0]}")
+        else:
+            reply = Reply(
+                200,
+                {
+                    "To": data["To"],
+                    "SubmittedAt": "2026-12-01T10:00:00.0000000-05:00",
+                    "MessageID": str(uuid.uuid4()),
+                    "ErrorCode": 0,
+                    "Message": "OK",
+                },
+                {"Content-Type": "application/json"},
+            )
+            assert not _problems(self._postmark_ok, reply.body)
+        if reply.status >= 400:
+            problems = _problems(self._postmark_error_reply, reply.body)
+            assert not problems, f"the fake's own error reply breaks the spec: {problems}"
+        return request, reply
 
     def _form_instance(self, form: dict[str, list[str]], errors: list[str]) -> dict[str, Any]:
         """The form as the JSON instance the schema describes (types from the schema)."""

@@ -1,4 +1,4 @@
-"""Fixtures for provider tests: real SMTP servers and fake HTTP APIs on loopback."""
+"""Fixtures for provider tests: real SMTP servers, fake HTTP APIs and moto on loopback."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.http_fakes import FakeProviderAPI
+from tests.moto_server import MotoServer
 from tests.smtp_server import LoopbackSMTPServer, openssl_available
 
 
@@ -53,3 +54,17 @@ def fake_api() -> Iterator[FakeProviderAPI]:
     with FakeProviderAPI() as api:
         yield api
         assert api.schema_errors == []
+
+
+@pytest.fixture(scope="session")
+def moto_session() -> Iterator[MotoServer]:
+    """One moto server (``python -m moto.server``) on loopback for the session."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def aws(moto_session: MotoServer) -> Iterator[MotoServer]:
+    """The moto server, emptied before the test."""
+    moto_session.reset()
+    return moto_session

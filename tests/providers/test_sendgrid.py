@@ -342,7 +342,7 @@ def test_direct_construction_errors_do_not_show_the_key() -> None:
 def test_without_httpx_the_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(sys.modules):
         if name.startswith("tenant_notify.providers.") and name.split(".")[-1] in {
-            "_http",
+            "http",
             "sendgrid",
             "twilio",
         }:

@@ -29,7 +29,7 @@ Reply                                          Raised
 400 naming only recipient fields               ``PermanentDeliveryError``,
 (``personalizations.0.to.0.email``)            ``recipient_error`` (no failover)
 400, 401, 403, 404, 413, other 4xx             ``PermanentDeliveryError``
-connect failure, read timeout, ...             see :mod:`tenant_notify.providers._http`
+connect failure, read timeout, ...             see :mod:`tenant_notify.providers.http`
 =============================================  =========================================
 """
 
@@ -50,12 +50,19 @@ from ..errors import (
     DeliveryError,
     InvalidRecipientError,
     PermanentDeliveryError,
-    TransientDeliveryError,
     ValidationError,
 )
-from ..models import Address, Attachment, Channel, DeliveryResult, EmailMessage, Feature
-from ._http import ErrorContext, HttpConfig, HttpProvider, config_error, retry_after
+from ..models import Address, Attachment, Channel, EmailMessage, Feature, Message
 from .base import Capabilities, ProviderConfig
+from .http import (
+    ErrorContext,
+    ErrorDetails,
+    HeaderAuth,
+    HttpConfig,
+    HttpProvider,
+    HttpRequest,
+    config_error,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -83,7 +90,7 @@ class SendGridConfig(HttpConfig):
         ip_pool: Name of the IP pool to send from, if any.
         sandbox_mode: Ask SendGrid to validate the request without sending.
         connect_timeout, read_timeout, max_connections, verify_tls: see
-            :class:`~tenant_notify.providers._http.HttpConfig`.
+            :class:`~tenant_notify.providers.http.HttpConfig`.
     """
 
     api_key: SecretStr
@@ -113,6 +120,10 @@ class SendGridProvider(HttpProvider):
 
     name: ClassVar[str] = "sendgrid"
     service: ClassVar[str] = "SendGrid"
+    credentials_refused: ClassVar[str] = (
+        "the API key or the sender was refused (check the key's Mail Send permission and "
+        "the verified sender identity)"
+    )
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL})
     Config: ClassVar[type[ProviderConfig]] = SendGridConfig
     #: SendGrid takes 10 categories (one is the kind) and 30 MB per message.
@@ -137,10 +148,10 @@ class SendGridProvider(HttpProvider):
 
     # --- hooks -------------------------------------------------------------------------
 
-    def _auth_header(self) -> str:
-        return f"Bearer {self.config.api_key.get_secret_value()}"
+    def auth(self) -> httpx.Auth:
+        return HeaderAuth("Authorization", f"Bearer {self.config.api_key.get_secret_value()}")
 
-    def _secrets(self) -> Iterable[str]:
+    def secrets(self) -> Iterable[str]:
         return (self.config.api_key.get_secret_value(),)
 
     # --- sending -----------------------------------------------------------------------
@@ -202,67 +213,37 @@ class SendGridProvider(HttpProvider):
         payload = self.build_payload(message)
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    def send_email(self, message: EmailMessage) -> DeliveryResult:
-        context: ErrorContext = {
-            "provider": self.name,
-            "notification_id": message.notification_id or None,
-            "tenant_id": message.tenant_id or None,
-        }
-        response = self._post(SEND_PATH, self.build_body(message), "application/json", context)
-        return DeliveryResult(
-            provider=self.name,
-            provider_message_id=response.headers.get("x-message-id") or None,
-            detail={"status_code": response.status_code},
-        )
+    def build_request(self, message: Message) -> HttpRequest:
+        assert isinstance(message, EmailMessage)  # the base checked the channel
+        return HttpRequest(SEND_PATH, self.build_body(message))
+
+    def message_id(self, response: httpx.Response) -> str | None:
+        return response.headers.get("x-message-id") or None
 
     # --- errors ------------------------------------------------------------------------
 
-    def _refused(self, response: httpx.Response, context: ErrorContext) -> DeliveryError:
-        status = response.status_code
+    def error_details(self, response: httpx.Response) -> ErrorDetails:
         errors = _error_entries(response)
-        if errors:
-            quoted = "; ".join(
-                f"{e['field']}: {e['message']}" if e.get("field") else str(e["message"])
-                for e in errors
-            )
-            reply = f"{status} {self._scrub(' '.join(quoted.split()))}"
-        else:
-            reply = f"{status} {self._reply_text(response) or response.reason_phrase}".strip()
-        if status == 429:
-            return TransientDeliveryError(
-                "SendGrid rate limit reached",
-                provider_response=reply,
-                retry_after=retry_after(response.headers),
-                **context,
-            )
-        if status == 408 or status >= 500:
-            return TransientDeliveryError(
-                f"SendGrid answered {status}",
-                provider_response=reply,
-                retry_after=retry_after(response.headers),
-                **context,
-            )
-        if status in (401, 403):
-            return PermanentDeliveryError(
-                "SendGrid refused the API key or the sender "
-                "(check the key's Mail Send permission and the verified sender identity)",
-                provider_response=reply,
-                **context,
-            )
-        if status == 413:
-            return PermanentDeliveryError(
-                "the message is too large for SendGrid", provider_response=reply, **context
-            )
-        fields = [str(e.get("field") or "") for e in errors]
-        recipient = bool(fields) and all(_RECIPIENT_FIELD.match(f) for f in fields)
-        return PermanentDeliveryError(
-            "SendGrid refused the recipient"
-            if recipient
-            else f"SendGrid refused the request ({status})",
-            provider_response=reply,
-            recipient_error=recipient,
-            **context,
+        if not errors:
+            return super().error_details(response)
+        text = "; ".join(
+            f"{e['field']}: {e['message']}" if e.get("field") else str(e["message"]) for e in errors
         )
+        fields = [str(e.get("field") or "") for e in errors]
+        recipient = all(_RECIPIENT_FIELD.match(f) for f in fields)
+        return ErrorDetails(text, code="recipient" if recipient else None)
+
+    def classify_error(
+        self, response: httpx.Response, details: ErrorDetails, reply: str, context: ErrorContext
+    ) -> DeliveryError | None:
+        if 400 <= response.status_code < 500 and details.code == "recipient":
+            return PermanentDeliveryError(
+                "SendGrid refused the recipient",
+                provider_response=reply,
+                recipient_error=True,
+                **context,
+            )
+        return None
 
 
 def _address(address: Address, field: str) -> dict[str, str]:

@@ -32,7 +32,7 @@ number)                                      provider must not be asked
 code 21408 (region not enabled for the       ``PermanentDeliveryError``; may fail over:
 account)                                     it is this account's setting
 401 (code 20003), other 4xx                  ``PermanentDeliveryError``
-connect failure, read timeout, ...           see :mod:`tenant_notify.providers._http`
+connect failure, read timeout, ...           see :mod:`tenant_notify.providers.http`
 ===========================================  ==========================================
 
 A read timeout after the request went out is an ``AmbiguousDeliveryError``:
@@ -51,9 +51,18 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ..errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from ..models import Channel, DeliveryResult, SmsMessage
-from ._http import ErrorContext, HttpConfig, HttpProvider, config_error, retry_after
+from ..models import Channel, DeliveryResult, Message, SmsMessage
 from .base import ProviderConfig
+from .http import (
+    ErrorContext,
+    ErrorDetails,
+    HttpConfig,
+    HttpProvider,
+    HttpRequest,
+    config_error,
+    json_object,
+    retry_after,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -88,7 +97,7 @@ class TwilioConfig(HttpConfig):
             :func:`tenant_notify.webhooks.apply_twilio_callback`).
         base_url: ``https://api.twilio.com``, or a test server.
         connect_timeout, read_timeout, max_connections, verify_tls: see
-            :class:`~tenant_notify.providers._http.HttpConfig`.
+            :class:`~tenant_notify.providers.http.HttpConfig`.
     """
 
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
@@ -139,6 +148,9 @@ class TwilioProvider(HttpProvider):
 
     name: ClassVar[str] = "twilio"
     service: ClassVar[str] = "Twilio"
+    credentials_refused: ClassVar[str] = (
+        "the credentials were refused (account SID and auth token or API key)"
+    )
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.SMS})
     Config: ClassVar[type[ProviderConfig]] = TwilioConfig
 
@@ -160,11 +172,12 @@ class TwilioProvider(HttpProvider):
         assert cfg.auth_token is not None
         return cfg.account_sid, cfg.auth_token.get_secret_value()
 
-    def _auth_header(self) -> str:
-        user, secret = self._credentials()
-        return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+    def auth(self) -> httpx.Auth:
+        import httpx  # present: the base imported it
 
-    def _secrets(self) -> Iterable[str]:
+        return httpx.BasicAuth(*self._credentials())
+
+    def secrets(self) -> Iterable[str]:
         user, secret = self._credentials()
         return (secret, base64.b64encode(f"{user}:{secret}".encode()).decode("ascii"))
 
@@ -181,15 +194,13 @@ class TwilioProvider(HttpProvider):
             form["StatusCallback"] = self.config.status_callback
         return form
 
-    def send_sms(self, message: SmsMessage) -> DeliveryResult:
-        context: ErrorContext = {
-            "provider": self.name,
-            "notification_id": message.notification_id or None,
-            "tenant_id": message.tenant_id or None,
-        }
+    def build_request(self, message: Message) -> HttpRequest:
+        assert isinstance(message, SmsMessage)  # the base checked the channel
         body = urlencode(self.build_form(message)).encode("ascii")
-        response = self._post(self._path, body, "application/x-www-form-urlencoded", context)
-        resource = _json_object(response)
+        return HttpRequest(self._path, body, "application/x-www-form-urlencoded")
+
+    def parse_result(self, response: httpx.Response, message: Message) -> DeliveryResult:
+        resource = json_object(response)
         sid = resource.get("sid")
         detail: dict[str, Any] = {"status_code": response.status_code}
         for key in ("status", "num_segments", "messaging_service_sid"):
@@ -203,36 +214,29 @@ class TwilioProvider(HttpProvider):
 
     # --- errors ------------------------------------------------------------------------
 
-    def _refused(self, response: httpx.Response, context: ErrorContext) -> DeliveryError:
-        status = response.status_code
-        data = _json_object(response)
+    def error_details(self, response: httpx.Response) -> ErrorDetails:
+        data = json_object(response)
         code = data.get("code") if isinstance(data.get("code"), int) else None
         message = data.get("message") if isinstance(data.get("message"), str) else None
-        if code is not None or message:
-            parts = [str(status)]
-            if code is not None:
-                parts.append(f"code {code}:")
-            parts.append(" ".join((message or "").split()))
-            if isinstance(data.get("more_info"), str):
-                parts.append(f"({data['more_info']})")
-            reply = self._scrub(" ".join(p for p in parts if p))
-        else:
-            reply = f"{status} {self._reply_text(response) or response.reason_phrase}".strip()
-        what = _TWILIO_NAMES.get(code or 0)
-        if status == 429 or code in RATE_LIMIT_CODES:
+        if code is None and not message:
+            return super().error_details(response)
+        parts = [f"code {code}:" if code is not None else "", " ".join((message or "").split())]
+        if isinstance(data.get("more_info"), str):
+            parts.append(f"({data['more_info']})")
+        return ErrorDetails(" ".join(p for p in parts if p), code=code)
+
+    def classify_error(
+        self, response: httpx.Response, details: ErrorDetails, reply: str, context: ErrorContext
+    ) -> DeliveryError | None:
+        code = details.code if isinstance(details.code, int) else None
+        if code in RATE_LIMIT_CODES:
             return TransientDeliveryError(
                 "Twilio rate limit reached",
                 provider_response=reply,
                 retry_after=retry_after(response.headers),
                 **context,
             )
-        if status >= 500:
-            return TransientDeliveryError(
-                f"Twilio answered {status}",
-                provider_response=reply,
-                retry_after=retry_after(response.headers),
-                **context,
-            )
+        what = _TWILIO_NAMES.get(code or 0)
         if code in RECIPIENT_ERROR_CODES:
             return PermanentDeliveryError(
                 f"Twilio refused the recipient: {what}",
@@ -240,24 +244,8 @@ class TwilioProvider(HttpProvider):
                 recipient_error=True,
                 **context,
             )
-        if status == 401:
+        if what and 400 <= response.status_code < 500 and response.status_code not in (401, 429):
             return PermanentDeliveryError(
-                "Twilio refused the credentials (account SID and auth token or API key)",
-                provider_response=reply,
-                **context,
+                f"Twilio refused the message: {what}", provider_response=reply, **context
             )
-        return PermanentDeliveryError(
-            f"Twilio refused the message: {what}"
-            if what
-            else f"Twilio refused the message ({status})",
-            provider_response=reply,
-            **context,
-        )
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None

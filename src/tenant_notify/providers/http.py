@@ -1,21 +1,42 @@
-"""The pipeline shared by the HTTP API providers (``sendgrid``, ``twilio``).
+"""The pipeline every HTTP API provider runs (``sendgrid``, ``twilio``, ``ses``, ``sns``,
+``postmark``): build the request, authenticate it, post it, classify the reply, parse
+the result.
 
-:class:`HttpProvider` owns what every REST adapter needs and should not get
-wrong twice: one pooled, keep-alive ``httpx.Client`` per provider instance
-(created on first use, shared by all threads, replaced after a fork), connect and
-read timeouts, the translation of every ``httpx`` failure into the library's
-error tree, rate-limit headers, and scrubbing credentials out of anything quoted.
+:class:`HttpProvider` owns what every REST adapter needs and should not get wrong
+twice: one pooled, keep-alive ``httpx.Client`` per provider instance (created on
+first use, shared by all threads, replaced after a fork), connect and read
+timeouts, authentication per request (an ``httpx.Auth``, so a signature over each
+request, AWS SigV4, fits as well as a fixed token), the translation of every
+``httpx`` failure into the library's error tree, the status-code ladder, rate-limit
+headers, and scrubbing credentials out of anything quoted.
 
-Subclasses fill narrow hooks and must not override ``send``, ``send_email``,
-``send_sms`` (when they do not serve that channel) or :meth:`HttpProvider._post`:
+Subclasses fill these hooks and nothing else (they must not override ``send``,
+``send_email``, ``send_sms`` or :meth:`HttpProvider.deliver`):
 
-* ``_auth_header()`` (must): the value of the ``Authorization`` header.
-* ``_secrets()`` (must): every secret string, to be scrubbed from error text.
-* ``_refused(response, context)`` (must): the :class:`DeliveryError` for a
-  non-success reply; :meth:`HttpProvider._reply_text` and :func:`retry_after`
-  help.
-* ``send_email`` / ``send_sms`` (must, for the channels served): build the request
-  body, call :meth:`HttpProvider._post`, turn the reply into a ``DeliveryResult``.
+* :meth:`~HttpProvider.build_request` (must): the :class:`HttpRequest` for a message.
+* :meth:`~HttpProvider.auth` (must): the ``httpx.Auth`` that authenticates each request.
+* :meth:`~HttpProvider.secrets` (must): every secret string, scrubbed from error text.
+* :meth:`~HttpProvider.parse_result` (may): the ``DeliveryResult`` of a 2xx reply;
+  by default the provider message id from :meth:`~HttpProvider.message_id`.
+* :meth:`~HttpProvider.error_details` (may): the provider's error code and text from
+  an error reply; by default none, and the reply's body as text.
+* :meth:`~HttpProvider.classify_error` (may): the ``DeliveryError`` for the
+  provider's own error codes; return None to fall through to the ladder.
+
+The ladder, for replies ``classify_error`` leaves alone (every error carries the
+provider, the notification and tenant ids, and the reply as ``provider_response``):
+
+==========================  ===================================================
+Reply                       Raised
+==========================  ===================================================
+2xx                         accepted: :meth:`~HttpProvider.parse_result`
+429                         ``TransientDeliveryError``, ``retry_after`` from
+                            ``Retry-After`` or ``X-RateLimit-Reset``
+408, 5xx                    ``TransientDeliveryError`` (``retry_after`` likewise)
+401, 403                    ``PermanentDeliveryError``: the credentials were refused
+413                         ``PermanentDeliveryError``: the message is too large
+other 4xx, 1xx, 3xx         ``PermanentDeliveryError``
+==========================  ===================================================
 
 Transport failures map like this (``AmbiguousDeliveryError`` is never retried by
 the default policy and never fails over, because the provider may have the
@@ -45,8 +66,9 @@ import ssl
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
-from typing import ClassVar, TypedDict
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypedDict
 from urllib.parse import urlsplit
 
 import pydantic
@@ -61,6 +83,7 @@ from ..errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from ..models import DeliveryResult, EmailMessage, Message, SmsMessage
 from .base import Provider, ProviderConfig
 
 try:
@@ -68,7 +91,17 @@ try:
 except ModuleNotFoundError as err:  # pragma: no cover - exercised with httpx hidden
     raise MissingDependencyError("httpx", "http") from err
 
-__all__ = ["ErrorContext", "HttpConfig", "HttpProvider", "config_error", "retry_after"]
+__all__ = [
+    "ErrorContext",
+    "ErrorDetails",
+    "HeaderAuth",
+    "HttpConfig",
+    "HttpProvider",
+    "HttpRequest",
+    "config_error",
+    "json_object",
+    "retry_after",
+]
 
 #: How much of a provider's reply is quoted in an error, at most.
 MAX_QUOTED_CHARS = 2000
@@ -76,9 +109,57 @@ USER_AGENT = f"tenant-notify/{__version__} httpx/{httpx.__version__}"
 
 
 class ErrorContext(TypedDict):
+    """The context every DeliveryError of one send carries."""
+
     provider: str
     notification_id: str | None
     tenant_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """What :meth:`HttpProvider.build_request` returns: one POST.
+
+    Attributes:
+        path: Under ``base_url`` (``"/v3/mail/send"``).
+        content: The body bytes, exactly as they go out (and are signed).
+        content_type: Its ``Content-Type``.
+        headers: Any further request headers.
+    """
+
+    path: str
+    content: bytes
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetails:
+    """What a provider's error reply says, from :meth:`HttpProvider.error_details`.
+
+    Attributes:
+        text: The provider's own message(s), one line (scrubbed by the base).
+        code: The provider's error code (Twilio ``21211``, AWS ``Throttling``), if any.
+    """
+
+    text: str
+    code: str | int | None = None
+
+
+class HeaderAuth(httpx.Auth):
+    """Authenticate each request with one header (``Authorization: Bearer ...``,
+    ``X-Postmark-Server-Token: ...``). The value never appears in a repr."""
+
+    def __init__(self, name: str, value: str) -> None:
+        self._name = name
+        self._value = value
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers[self._name] = self._value
+        yield request
+
+    def __repr__(self) -> str:
+        return f"<HeaderAuth {self._name}: ***>"
 
 
 class HttpConfig(ProviderConfig):
@@ -116,13 +197,16 @@ class HttpConfig(ProviderConfig):
 class HttpProvider(Provider, ABC):
     """Base of the providers that speak a REST API over one pooled httpx client.
 
-    Subclasses must fill the three hooks below; the client, timeouts, error
-    translation of transport failures and secret scrubbing are done here.
+    Subclasses fill the hooks (see the module docstring); the client, timeouts,
+    authentication, the reply ladder, error translation and secret scrubbing are
+    done here.
     """
 
     Config: ClassVar[type[ProviderConfig]] = HttpConfig
     #: Shown in error messages ("SendGrid", "Twilio").
     service: ClassVar[str] = ""
+    #: What a 401 or 403 means for this provider, for the error message.
+    credentials_refused: ClassVar[str] = "the credentials were refused"
 
     def __init__(self, config: HttpConfig) -> None:
         self._http_config = config
@@ -133,16 +217,64 @@ class HttpProvider(Provider, ABC):
     # --- hooks ---------------------------------------------------------------------
 
     @abstractmethod
-    def _auth_header(self) -> str:
-        """The ``Authorization`` header value."""
+    def build_request(self, message: Message) -> HttpRequest:
+        """The request that sends ``message``.
+
+        Raises:
+            ValidationError: the message cannot be sent by this provider (it
+                propagates; nothing is posted).
+        """
 
     @abstractmethod
-    def _secrets(self) -> Iterable[str]:
+    def auth(self) -> httpx.Auth:
+        """What authenticates each request (called once per client)."""
+
+    @abstractmethod
+    def secrets(self) -> Iterable[str]:
         """Every secret value, to scrub from any text quoted in an error."""
 
-    @abstractmethod
-    def _refused(self, response: httpx.Response, context: ErrorContext) -> DeliveryError:
-        """The library error for a reply that did not accept the message."""
+    def message_id(self, response: httpx.Response) -> str | None:
+        """The provider's id of an accepted message, from its reply (default: none)."""
+        return None
+
+    def parse_result(self, response: httpx.Response, message: Message) -> DeliveryResult:
+        """The result of a 2xx reply (default: :meth:`message_id` and the status code)."""
+        return DeliveryResult(
+            provider=self.name,
+            provider_message_id=self.message_id(response),
+            detail={"status_code": response.status_code},
+        )
+
+    def error_details(self, response: httpx.Response) -> ErrorDetails:
+        """The provider's error code and message in an error reply (default: the
+        body as text, no code)."""
+        return ErrorDetails(self._reply_text(response) or response.reason_phrase)
+
+    def classify_error(
+        self, response: httpx.Response, details: ErrorDetails, reply: str, context: ErrorContext
+    ) -> DeliveryError | None:
+        """The error for a reply the provider's own codes decide, or None for the
+        ladder. ``reply`` is the scrubbed ``provider_response`` to attach."""
+        return None
+
+    # --- the pipeline ------------------------------------------------------------------
+
+    def send_email(self, message: EmailMessage) -> DeliveryResult:
+        return self.deliver(message)
+
+    def send_sms(self, message: SmsMessage) -> DeliveryResult:
+        return self.deliver(message)
+
+    def deliver(self, message: Message) -> DeliveryResult:
+        """Build, authenticate and post the request; classify the reply."""
+        context: ErrorContext = {
+            "provider": self.name,
+            "notification_id": message.notification_id or None,
+            "tenant_id": message.tenant_id or None,
+        }
+        request = self.build_request(message)
+        response = self._post(request, context)
+        return self.parse_result(response, message)
 
     # --- the client ------------------------------------------------------------------
 
@@ -164,11 +296,8 @@ class HttpProvider(Provider, ABC):
         cfg = self._http_config
         return httpx.Client(
             base_url=cfg.base_url,
-            headers={
-                "Authorization": self._auth_header(),
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-            },
+            auth=self.auth(),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             timeout=httpx.Timeout(
                 connect=cfg.connect_timeout,
                 read=cfg.read_timeout,
@@ -195,19 +324,52 @@ class HttpProvider(Provider, ABC):
 
     # --- one request -------------------------------------------------------------------
 
-    def _post(
-        self, path: str, content: bytes, content_type: str, context: ErrorContext
-    ) -> httpx.Response:
-        """POST ``content`` to ``path``; return a 2xx response or raise a DeliveryError."""
+    def _post(self, request: HttpRequest, context: ErrorContext) -> httpx.Response:
+        """POST ``request``; return a 2xx response or raise a DeliveryError."""
+        headers = {"Content-Type": request.content_type, **request.headers}
         try:
-            response = self._http().post(
-                path, content=content, headers={"Content-Type": content_type}
-            )
+            response = self._http().post(request.path, content=request.content, headers=headers)
         except httpx.HTTPError as err:
             raise self._map_transport_error(err, context) from err
         if response.is_success:
             return response
         raise self._refused(response, context)
+
+    def _refused(self, response: httpx.Response, context: ErrorContext) -> DeliveryError:
+        status = response.status_code
+        details = self.error_details(response)
+        reply = self._scrub(f"{status} {' '.join(details.text.split())}".strip())
+        specific = self.classify_error(response, details, reply, context)
+        if specific is not None:
+            return specific
+        service = self.service
+        if status == 429:
+            return TransientDeliveryError(
+                f"{service} rate limit reached",
+                provider_response=reply,
+                retry_after=retry_after(response.headers),
+                **context,
+            )
+        if status == 408 or status >= 500:
+            return TransientDeliveryError(
+                f"{service} answered {status}",
+                provider_response=reply,
+                retry_after=retry_after(response.headers),
+                **context,
+            )
+        if status in (401, 403):
+            return PermanentDeliveryError(
+                f"{service} refused the request: {self.credentials_refused}",
+                provider_response=reply,
+                **context,
+            )
+        if status == 413:
+            return PermanentDeliveryError(
+                f"the message is too large for {service}", provider_response=reply, **context
+            )
+        return PermanentDeliveryError(
+            f"{service} refused the request ({status})", provider_response=reply, **context
+        )
 
     def _map_transport_error(self, err: httpx.HTTPError, context: ErrorContext) -> DeliveryError:
         where = self._http_config.base_url
@@ -253,7 +415,7 @@ class HttpProvider(Provider, ABC):
 
     def _scrub(self, text: str) -> str:
         """``text`` with every secret of this provider replaced by ``***``."""
-        for secret in sorted((s for s in self._secrets() if s), key=len, reverse=True):
+        for secret in sorted((s for s in self.secrets() if s), key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
 
@@ -302,6 +464,15 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     if not waits:
         return None
     return max(0.0, max(waits))
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The reply's JSON object, or {} when it is not one."""
+    try:
+        data = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _cert_failure(err: BaseException) -> bool:
