@@ -128,7 +128,7 @@ def test_render_each_part(config, capsys):
     assert main([*args, "--part", "subject"]) == 0
     assert "A-1" in capsys.readouterr().out
     assert main([*args, "--part", "text"]) == 0
-    assert "12,50 €" in capsys.readouterr().out
+    assert "12,50\u00a0€" in capsys.readouterr().out
     assert main([*args, "--part", "html", "--locale", "en"]) == 0
     html = capsys.readouterr().out
     assert html.lstrip().startswith("<!DOCTYPE html>") and "€12.50" in html

@@ -6,6 +6,8 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from babel import Locale
+from babel.numbers import format_currency
 
 from tenant_notify import DeliveryState, Notifier
 from tenant_notify.errors import (
@@ -67,6 +69,31 @@ def test_tenant_locale_selects_german_templates(notify):
     [email] = notify.outbox.emails
     assert "99,99" in email.text
     assert "Bestellung" in email.subject
+
+
+@pytest.mark.parametrize(
+    ("locale", "currency"),
+    [
+        ("fr", "EUR"),
+        ("es", "EUR"),
+        ("nl", "EUR"),
+        ("pl", "PLN"),
+        ("sv", "SEK"),
+        ("de-CH", "CHF"),
+        ("en-IN", "INR"),
+    ],
+)
+def test_an_order_total_reads_as_babel_formats_it_in_the_tenants_locale(tenants, locale, currency):
+    tenants["acme"]["locale"] = locale
+    with make_notifier(tenants=tenants) as notify:
+        notify.send_order_confirmation(
+            **{**ORDER, "order_total": Decimal("1234567.5"), "currency": currency}
+        )
+        [email] = notify.outbox.emails
+    total = format_currency(
+        Decimal("1234567.50"), currency, locale=Locale.parse(locale.replace("-", "_"))
+    )
+    assert total in email.text and total in email.html
 
 
 def test_locale_argument_overrides_the_tenant(notify):

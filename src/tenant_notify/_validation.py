@@ -15,7 +15,7 @@ from typing import Any
 import email_validator
 import phonenumbers
 
-from ._currencies import MINOR_UNITS
+from ._currencies import is_active_currency
 from ._headers import check_header_value
 from .errors import (
     InvalidAmountError,
@@ -157,10 +157,13 @@ def subtag_case(region: str) -> str:
 
 
 def check_currency(value: object, field: str = "currency") -> str:
-    """Return the upper-case ISO 4217 code or raise :class:`InvalidCurrencyError`."""
-    code = value.strip().upper() if isinstance(value, str) else None
-    if code not in MINOR_UNITS:
-        raise InvalidCurrencyError(f"{value!r} is not an ISO 4217 currency code", field=field)
+    """Return the upper-case ISO 4217 code of a currency in use, or raise
+    :class:`InvalidCurrencyError` (Babel's CLDR data decides which are in use)."""
+    code = value.strip().upper() if isinstance(value, str) else ""
+    if not is_active_currency(code):
+        raise InvalidCurrencyError(
+            f"{value!r} is not the ISO 4217 code of a currency in use", field=field
+        )
     return code
 
 

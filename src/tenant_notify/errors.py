@@ -13,7 +13,7 @@ chained with ``raise ... from err``.
     │   └── UnsupportedChannelError     a provider asked for a channel it does not serve
     ├── ValidationError                 (also ValueError) bad input to a send; nothing queued
     │   ├── InvalidRecipientError       email address or E.164 phone number
-    │   ├── InvalidCurrencyError        not an ISO 4217 code
+    │   ├── InvalidCurrencyError        not the ISO 4217 code of a currency in use
     │   ├── InvalidAmountError          negative, non-numeric or non-finite amount
     │   ├── HeaderInjectionError        CR/LF/NUL (or an encoded word hiding one) in a header
     │   ├── InvalidContextError         context value that cannot travel to a worker
@@ -211,7 +211,7 @@ class InvalidRecipientError(ValidationError):
 
 
 class InvalidCurrencyError(ValidationError):
-    """A currency that is not an active ISO 4217 code."""
+    """A currency that is not the ISO 4217 code of a currency in use (per Babel's CLDR data)."""
 
 
 class InvalidAmountError(ValidationError):

@@ -104,12 +104,12 @@ def test_order_confirmation_german(renderer: TemplateRenderer, order: dict[str, 
 
     assert email.subject == "Bestätigung Ihrer Bestellung A-1001 – Acme Shop"  # noqa: RUF001
     assert "vielen Dank für Ihre Bestellung bei Acme Shop" in email.text
-    assert "Gesamtbetrag: 99,99 $" in email.text
+    assert "Gesamtbetrag: 99,99\u00a0$" in email.text  # as Babel writes it for de
     assert "Fragen? Schreiben Sie uns an help@acme.test" in email.text
     assert email.html is not None
     assert '<html lang="de">' in email.html
     assert "Vielen Dank für Ihre Bestellung" in email.html
-    assert "99,99 $" in email.html
+    assert "99,99\u00a0$" in email.html
     assert "Fragen? Schreiben Sie uns an" in email.html
     assert "Questions?" not in email.html
     sms = renderer.render_sms("order_confirmation", order, templates_dir=None, locale="de")
@@ -134,7 +134,7 @@ def test_order_confirmation_items_table(renderer: TemplateRenderer, order: dict[
     assert ">$21.00</td>" in email.html
     assert 'href="https://acme.test/orders/A-1001"' in email.html
     german = renderer.render_email("order_confirmation", order, locale="de")
-    assert "- Blue mug: 2 x 10,50 $ = 21,00 $" in german.text
+    assert "- Blue mug: 2 x 10,50\u00a0$ = 21,00\u00a0$" in german.text
     assert german.html is not None
     assert ">Einzelpreis</th>" in german.html
 

@@ -36,9 +36,11 @@ templates pin their layout that way, so a ``_layout.html`` of a tenant or of the
 host app never changes them.
 
 Templates see the context the caller passes plus ``locale``. Filters on top of
-Jinja's own: ``money`` (``{{ total|money(currency) }}``, see :func:`format_money`)
-and ``css_color`` (``{{ color|css_color('#1f2937') }}`` passes a hex colour or a
-colour name and replaces anything else by the default). ``.html`` parts are
+Jinja's own: ``money`` (``{{ total|money(currency) }}``, see :func:`format_money`),
+``number``, ``date`` and ``datetime`` (Babel's formatting for the ``locale``
+variable, see :mod:`tenant_notify.templates._filters`) and ``css_color``
+(``{{ color|css_color('#1f2937') }}`` passes a hex colour or a colour name and
+replaces anything else by the default). ``.html`` parts are
 autoescaped, ``.txt`` parts are not. Undefined variables are errors
 (``StrictUndefined``); use ``x|default(...)`` or ``x is defined`` for optional ones.
 Blocks are trimmed (``trim_blocks`` and ``lstrip_blocks``), so a line holding only
@@ -50,9 +52,10 @@ Tenant templates are untrusted: they run in a hardened Jinja2 sandbox with
 output-size and time limits. What it defends against, and what it does not, is
 described in :mod:`tenant_notify.templates._sandbox`.
 
-Money formatting
-----------------
-See :func:`format_money` and :mod:`tenant_notify.templates._filters`.
+Money, number and date formatting
+---------------------------------
+Babel's, in every locale it knows: see :func:`format_money` and
+:mod:`tenant_notify.templates._filters`.
 """
 
 from ._filters import format_money

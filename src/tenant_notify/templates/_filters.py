@@ -1,31 +1,37 @@
-"""The library's own template filters: ``money`` (and :func:`format_money`) and ``css_color``.
+"""The library's own template filters: ``money``, ``number``, ``date``, ``datetime``, ``css_color``.
 
-Money formatting
-----------------
-:func:`format_money` (and the ``money`` filter, which reads the ``locale``
-template variable) rounds half up to the currency's minor units (JPY 0, BHD 3).
-The sign is the currency's symbol when it has a non-alphabetic one (``$``, ``€``,
-``£``, ``¥``, ...), otherwise the ISO code. German (``de``) puts it after the
-number with a space and uses ``.`` for thousands and ``,`` for decimals:
-``1.234,50 €``, ``99,99 $``, ``10,00 CHF``. Every other language uses the English
-form: the symbol right before the number (``$1,234.50``), or the code and a space
-(``CHF 10.00``).
+Locale-aware formatting
+-----------------------
+Every formatting filter reads the ``locale`` template variable (the notification's
+locale) and formats as Babel does for it, in every locale Babel's CLDR data knows
+(a locale it does not know formats as its language, then as English):
+
+* ``{{ total|money(currency) }}``: :func:`format_money`, Babel's
+  ``format_currency``: ``1 234 567,50 €`` in ``fr``, ``€ 1.234.567,50`` in ``nl``,
+  ``€12,34,567.50`` in ``en-IN``. Rounded half up to the currency's minor units
+  (CLDR's: JPY 0, BHD 3).
+* ``{{ count|number }}``: Babel's ``format_decimal`` (``1.234,5`` in ``de``).
+* ``{{ when|date }}`` and ``{{ when|datetime }}``: Babel's ``format_date`` and
+  ``format_datetime``; the optional argument is ``"short"``, ``"medium"`` (the
+  default), ``"long"``, ``"full"`` or a CLDR pattern. An aware datetime is shown
+  in its own time zone.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 import jinja2
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal
 from jinja2.runtime import Context
 
-from .._currencies import MINOR_UNITS, SYMBOLS
+from .._currencies import is_active_currency, minor_units
 from ..errors import InvalidAmountError, InvalidCurrencyError
-from ._locale import locale_folders
-
-_DE_SEPARATORS = str.maketrans(",.", ".,")
+from ._locale import babel_locale
 
 
 def _to_decimal(amount: object) -> Decimal:
@@ -55,55 +61,89 @@ def _to_decimal(amount: object) -> Decimal:
 def format_money(
     amount: Decimal | int | str | float, currency: str, locale: str | None = "en"
 ) -> str:
-    """Format an amount of money for people to read.
+    """Format an amount of money for people to read, as Babel's ``format_currency`` does.
 
-    Rounds half up to the currency's minor units. German puts the sign after the
-    number (``1.234,50 €``); every other language gets the English form
-    (``$1,234.50``, ``CHF 10.00``). See the module docstring for the full rule.
+    Rounds half up to the currency's minor units (Babel's CLDR data: JPY 0, BHD 3).
 
     Args:
         amount: The amount, as a Decimal, an int, a numeric string or a float.
-        currency: An ISO 4217 code (case-insensitive).
-        locale: A locale such as ``"en"``, ``"de"`` or ``"de-AT"``; anything
-            unrecognised formats as English.
+        currency: An ISO 4217 code (case-insensitive) of a currency in use.
+        locale: A locale such as ``"en"``, ``"fr"`` or ``"de-CH"``; one Babel does
+            not know formats as its language, then as English.
 
     Returns:
-        The formatted amount, e.g. ``"$99.99"`` or ``"99,99 $"``.
+        The formatted amount, e.g. ``"$99.99"`` (``en``) or ``"99,99 $US"`` (``fr``).
 
     Raises:
-        InvalidCurrencyError: ``currency`` is not an ISO 4217 code.
+        InvalidCurrencyError: ``currency`` is not the code of a currency in use.
         InvalidAmountError: ``amount`` is not a finite number, or too large to format.
     """
     code = currency.strip().upper() if isinstance(currency, str) else ""
-    minor = MINOR_UNITS.get(code)
-    if minor is None:
+    if not is_active_currency(code):
         raise InvalidCurrencyError(
-            f"{currency!r} is not an ISO 4217 currency code", field="currency"
+            f"{currency!r} is not the ISO 4217 code of a currency in use", field="currency"
         )
     value = _to_decimal(amount)
+    # Rounded here, half up as money is, to the digits Babel will show (it would
+    # round half to even); a negative amount that rounds to zero shows as zero.
     with localcontext() as ctx:
         ctx.prec = 60
         try:
-            value = value.quantize(Decimal(1).scaleb(-minor), rounding=ROUND_HALF_UP)
+            value = value.quantize(Decimal(1).scaleb(-minor_units(code)), ROUND_HALF_UP)
         except InvalidOperation as err:
             raise InvalidAmountError("is too large to format", field="amount") from err
-    sign = "-" if value < 0 else ""
-    number = f"{abs(value):,.{minor}f}"
-    symbol = SYMBOLS.get(code, "")
-    # "CHF", "kr", "zł": letters read better as the ISO code.
-    mark = symbol if symbol and not symbol.isalpha() else ""
-    dirs = locale_folders(locale) if isinstance(locale, str) else ()
-    if dirs and dirs[-1] == "de":
-        return f"{sign}{number.translate(_DE_SEPARATORS)} {mark or code}"
-    if mark:
-        return f"{sign}{mark}{number}"
-    return f"{sign}{code} {number}"
+    if value.is_zero():
+        value = value.copy_abs()
+    return str(format_currency(value, code, locale=babel_locale(locale)))
+
+
+def _context_locale(context: Context) -> str | None:
+    locale = context.get("locale")
+    return locale if isinstance(locale, str) else None
 
 
 @jinja2.pass_context
 def money_filter(context: Context, amount: Any, currency: Any) -> str:
-    locale = context.get("locale")
-    return format_money(amount, currency, locale if isinstance(locale, str) else None)
+    return format_money(amount, currency, _context_locale(context))
+
+
+@jinja2.pass_context
+def number_filter(context: Context, value: Any) -> str:
+    number = value if isinstance(value, int | float | Decimal) else _to_decimal(value)
+    return str(format_decimal(number, locale=babel_locale(_context_locale(context))))
+
+
+def _when(value: Any, wanted: type) -> Any:
+    if isinstance(value, str):
+        try:
+            value = (dt.datetime if wanted is dt.datetime else dt.date).fromisoformat(value)
+        except ValueError:
+            raise jinja2.TemplateRuntimeError(f"{value!r} is not an ISO 8601 date") from None
+    if not isinstance(value, dt.date):
+        raise jinja2.TemplateRuntimeError(f"{type(value).__name__} is not a date or datetime")
+    return value
+
+
+@jinja2.pass_context
+def date_filter(context: Context, value: Any, format: str = "medium") -> str:
+    when = _when(value, dt.date)
+    day = when.date() if isinstance(when, dt.datetime) else when
+    return str(format_date(day, format=format, locale=babel_locale(_context_locale(context))))
+
+
+@jinja2.pass_context
+def datetime_filter(context: Context, value: Any, format: str = "medium") -> str:
+    when = _when(value, dt.datetime)
+    if not isinstance(when, dt.datetime):
+        when = dt.datetime.combine(when, dt.time())
+    return str(
+        format_datetime(
+            when,
+            format=format,
+            tzinfo=when.tzinfo,
+            locale=babel_locale(_context_locale(context)),
+        )
+    )
 
 
 _CSS_COLOR = re.compile(r"#(?:[0-9a-fA-F]{3,4}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})|[a-zA-Z]{3,20}")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import functools
 
+import babel
+
 from .._validation import LOCALE_PATTERN, subtag_case
+
+#: What formats a locale Babel does not know (``xx``), nor its language.
+FALLBACK_LOCALE = "en"
 
 
 @functools.lru_cache(maxsize=256)
@@ -19,3 +24,18 @@ def locale_folders(locale: str) -> tuple[str, ...]:
         return ()
     lang, region = match.group(1).lower(), match.group(2)
     return (f"{lang}_{subtag_case(region)}", lang) if region else (lang,)
+
+
+@functools.lru_cache(maxsize=256)
+def babel_locale(locale: str | None) -> babel.Locale:
+    """The Babel locale that formats for ``locale`` (``de-CH``, ``en_IN``, ``sr-Latn``).
+
+    The most specific one Babel knows: ``de-XY`` formats as ``de``, and a locale
+    Babel knows nothing of (or None) as English.
+    """
+    for candidate in locale_folders(locale) if isinstance(locale, str) else ():
+        try:
+            return babel.Locale.parse(candidate)
+        except (babel.UnknownLocaleError, ValueError):
+            continue
+    return babel.Locale.parse(FALLBACK_LOCALE)

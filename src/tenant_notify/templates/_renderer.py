@@ -43,6 +43,9 @@ from ._sandbox import BUDGET, Budget, LimitExceeded, SandboxEnvironment, check_d
 
 __all__ = ["EMAIL_PARTS", "SMS_PART", "RenderedEmail", "TemplateRenderer"]
 
+# No-break, narrow no-break and figure spaces -> a plain space (see render_sms).
+_PLAIN_SPACES = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2007": " "})
+
 #: The parts of an email kind: subject and text body are required, HTML is optional.
 EMAIL_PARTS: tuple[str, str, str] = ("subject.txt", "body.txt", "body.html")
 #: The one part of an SMS kind.
@@ -252,15 +255,18 @@ class TemplateRenderer:
         templates_dir: Path | None = None,
         locale: str = "en",
     ) -> str:
-        """Render the ``sms.txt`` part of a kind, stripped.
+        """Render the ``sms.txt`` part of a kind, stripped, with plain spaces.
+
+        Babel writes no-break spaces into numbers and amounts (``1 234,50 €``);
+        none is in the GSM 03.38 alphabet, so one would turn the whole SMS into
+        UCS-2: 70 characters a segment instead of 160.
 
         Raises:
             TemplateNotFoundError, TemplateRenderError, TemplateSecurityError,
             TemplateLimitError: As for :meth:`render`.
         """
-        return self.render(
-            kind, SMS_PART, context, templates_dir=templates_dir, locale=locale
-        ).strip()
+        text = self.render(kind, SMS_PART, context, templates_dir=templates_dir, locale=locale)
+        return text.translate(_PLAIN_SPACES).strip()
 
     def clear_cache(self) -> None:
         """Forget compiled templates and lookup answers (after moving template folders)."""

@@ -79,7 +79,13 @@ from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 from jinja2.utils import generate_lorem_ipsum
 from markupsafe import Markup, escape
 
-from ._filters import css_color_filter, money_filter
+from ._filters import (
+    css_color_filter,
+    date_filter,
+    datetime_filter,
+    money_filter,
+    number_filter,
+)
 
 _MAX_EXPONENT = 100
 # About 4,900 decimal digits: past CPython's default int-to-str limit anyway.
@@ -401,6 +407,9 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
         self.globals["range"] = _template_range
         self.globals["lipsum"] = self._lipsum
         self.filters["money"] = money_filter
+        self.filters["number"] = number_filter
+        self.filters["date"] = date_filter
+        self.filters["datetime"] = datetime_filter
         self.filters["css_color"] = css_color_filter
         self.filters["join"] = self._guarded_join(self.filters["join"])
         checks: dict[str, _FilterCheck] = {
