@@ -248,8 +248,16 @@ def test_the_workers_log_records_keep_their_levels(notify, server, worker):
         user_email="level@example.com", user_name="Lev", tenant_id=sorted(TENANTS)[0]
     )
     assert receipt.wait(timeout=30).state == "sent"
-    lines = [line for line in worker.log().splitlines() if f"notification_id={receipt.id}" in line]
-    [sent] = [line for line in lines if "notification_sent" in line]
+    # The status is saved before the record is written: give the line a moment.
+    deadline = time.monotonic() + 10
+    while True:
+        lines = worker.log().splitlines()
+        found = [line for line in lines if f"notification_id={receipt.id}" in line]
+        found = [line for line in found if "notification_sent" in line]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    [sent] = found
     # Celery's format: "[time: LEVEL/process] message"; stdout redirected there would be WARNING.
     assert ": INFO/" in sent and "notification_sent tenant_id=" in sent
     assert "to=l***@example.com" in sent and "level@example.com" not in worker.log()
