@@ -19,10 +19,11 @@ from tenant_notify.models import Channel, DeliveryState, DeliveryStatus
 from tenant_notify.testing import TestNotifier, make_notifier
 from tenant_notify.webhooks import twilio_signature
 from tests.conftest import TENANTS
-from tests.test_webhooks import Signer
+from tests.webhooks.support import Signer
 
 TWILIO_TOKEN = "acme-twilio-token"
 SMS_SID = "SM" + "a" * 32
+POSTMARK_CREDENTIALS = "postmark:hook-secret"
 
 
 def current_tenant(x_tenant: str = Header()) -> str:
@@ -47,7 +48,11 @@ def signer() -> Signer:
 
 @pytest.fixture
 def client(notify: TestNotifier, signer: Signer) -> Iterator[TestClient]:
-    secrets = {("acme", "sendgrid"): signer.public_key, ("acme", "twilio"): TWILIO_TOKEN}
+    secrets = {
+        ("acme", "sendgrid"): signer.public_key,
+        ("acme", "twilio"): TWILIO_TOKEN,
+        ("acme", "postmark"): POSTMARK_CREDENTIALS,
+    }
     app = FastAPI()
     app.include_router(
         make_router(
@@ -358,3 +363,29 @@ def test_without_fastapi_the_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "fastapi", None)
     with pytest.raises(MissingDependencyError, match=r"tenant-notify\[fastapi\]"):
         importlib.import_module("tenant_notify.contrib.fastapi")
+
+
+def test_every_provider_of_the_table_is_mounted(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for provider in ("sendgrid", "twilio", "ses", "postmark"):
+        assert f"/api/notifications/webhooks/{provider}/{{tenant_id}}" in paths
+
+
+def test_postmark_webhook_through_the_router(client: TestClient, notify: TestNotifier) -> None:
+    receipt = notify.send_email(
+        to_email="jane@example.com", subject="s", body="b", tenant_id="acme"
+    )
+    status = notify.status(receipt.id)
+    notify.status_store.save(status.evolve(provider="postmark"))
+    event = {
+        "RecordType": "Delivery",
+        "MessageID": "x",
+        "Metadata": {"notification_id": receipt.id},
+    }
+    url = "/api/notifications/webhooks/postmark/acme"
+    assert client.post(url, json=event).status_code == 403
+    reply = client.post(url, json=event, auth=tuple(POSTMARK_CREDENTIALS.split(":")))
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"events": 1, "applied": 1}
+    assert notify.status(receipt.id).state == "delivered"
+    assert client.post("/api/notifications/webhooks/ses/acme", json={}).status_code == 404

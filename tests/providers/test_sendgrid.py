@@ -465,7 +465,7 @@ def test_ambiguous_timeout_is_not_retried_by_default(api: FakeProviderAPI) -> No
 
 
 def test_a_delivery_event_moves_the_status_to_delivered(api: FakeProviderAPI) -> None:
-    from tests.test_webhooks import Signer
+    from tests.webhooks.support import Signer
 
     signer = Signer()
     with Notifier.from_settings(settings(api, "eager")) as notify:

@@ -24,9 +24,10 @@ The router serves:
   "body"}`` with the caller's tenant identity and answers 202 ``{"task_id": ...}``.
 * ``GET /notifications/tasks/{task_id}``: the status of one of the caller's tenant's
   notifications; 404 for an unknown id and for another tenant's id alike.
-* ``POST /notifications/webhooks/sendgrid/{tenant_id}`` and
-  ``POST /notifications/webhooks/twilio/{tenant_id}``: delivery events (see
-  :mod:`tenant_notify.webhooks`), only when ``webhook_secrets`` is given.
+* ``POST /notifications/webhooks/{provider}/{tenant_id}`` for every provider of
+  :data:`tenant_notify.webhooks.RECEIVERS` (``sendgrid``, ``twilio``, ``ses``,
+  ``postmark``): delivery events (see :mod:`tenant_notify.webhooks`), only when
+  ``webhook_secrets`` is given.
 
 Importing this module without FastAPI installed raises
 :class:`~tenant_notify.errors.MissingDependencyError` naming the extra.
@@ -35,7 +36,6 @@ Importing this module without FastAPI installed raises
 import datetime as dt
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
@@ -53,7 +53,7 @@ from ..errors import (
 )
 from ..models import Channel, DeliveryState
 from ..notifier import Notifier
-from ..webhooks import TWILIO_SIGNATURE_HEADER, apply_sendgrid_events, apply_twilio_callback
+from ..webhooks import RECEIVERS, DeliveryEvent, Receiver, WebhookRequest
 
 try:
     from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
@@ -73,10 +73,13 @@ __all__ = [
 
 _Applied = TypeVar("_Applied")
 
-#: The providers whose delivery events the router receives.
-WebhookProvider = Literal["sendgrid", "twilio"]
-#: ``(tenant_id, provider) -> secret``: the SendGrid verification key or the Twilio
-#: auth token of that tenant's account, or None when the tenant has none (404).
+#: The providers whose delivery events the router receives (the keys of
+#: :data:`tenant_notify.webhooks.RECEIVERS`).
+WebhookProvider = Literal["postmark", "sendgrid", "ses", "twilio"]
+#: ``(tenant_id, provider) -> secret`` of that tenant's account, or None when the
+#: tenant has none (404): the SendGrid verification key, the Twilio auth token, the
+#: SNS topic ARN(s) of the SES events (comma-separated), the Postmark webhook's
+#: ``"user:password"``.
 WebhookSecrets = Callable[[str, str], str | SecretStr | None]
 
 # Ids in paths, no longer than check_identifier accepts.
@@ -188,9 +191,9 @@ def make_router(
             id (a ``str``). Sends use that tenant's identity; status reads see
             only that tenant's notifications.
         webhook_secrets: ``(tenant_id, provider) -> secret`` for the webhook
-            endpoints: the SendGrid verification key or the Twilio auth token of
-            the tenant's account, or None (the endpoint answers 404). Without it
-            the webhook endpoints are not mounted. Called in a worker thread.
+            endpoints (see :data:`WebhookSecrets`), or None (the endpoint answers
+            404). Without it the webhook endpoints are not mounted. Called in a
+            worker thread.
         webhook_url: ``request -> URL`` giving the public URL Twilio called, when
             a proxy makes it differ from ``str(request.url)`` (the default).
         tags: OpenAPI tags of the routes (default ``["notifications"]``).
@@ -299,40 +302,30 @@ def _add_webhooks(
         except WebhookPayloadError as err:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, err.message) from err
 
-    @router.post(
-        "/notifications/webhooks/sendgrid/{tenant_id}",
-        response_model=WebhookResult,
-        summary="SendGrid signed Event Webhook",
-        responses=responses,
-    )
-    async def sendgrid_events(tenant_id: _PathId, request: Request) -> WebhookResult:
-        key = await secret_for(tenant_id, "sendgrid")
-        body = await request.body()  # the raw bytes: the signature covers them exactly
-        events = await verified(
-            apply_sendgrid_events, notifier, body, request.headers, key, tenant_id=tenant_id
-        )
-        return WebhookResult(events=len(events), applied=sum(e.applied for e in events))
+    def route(provider: str, receive: Receiver) -> None:
+        async def receive_events(tenant_id: _PathId, request: Request) -> WebhookResult:
+            secret = await secret_for(tenant_id, provider)
+            plain = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+            webhook = WebhookRequest(
+                # The raw bytes: signatures cover them exactly.
+                body=await request.body(),
+                headers=request.headers,
+                url=public_url(request) if public_url is not None else str(request.url),
+            )
+            events: list[DeliveryEvent] = await verified(
+                receive, notifier, webhook, plain, tenant_id=tenant_id
+            )
+            return WebhookResult(events=len(events), applied=sum(e.applied for e in events))
 
-    @router.post(
-        "/notifications/webhooks/twilio/{tenant_id}",
-        response_model=WebhookResult,
-        summary="Twilio status callback",
-        responses=responses,
-    )
-    async def twilio_callback(tenant_id: _PathId, request: Request) -> WebhookResult:
-        token = await secret_for(tenant_id, "twilio")
-        body = await request.body()
-        # Parsed here rather than with request.form(): no python-multipart needed. A body
-        # that is not UTF-8 is not Twilio's, and fails the signature check below.
-        params = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-        url = public_url(request) if public_url is not None else str(request.url)
-        event = await verified(
-            apply_twilio_callback,
-            notifier,
-            url,
-            params,
-            request.headers.get(TWILIO_SIGNATURE_HEADER),
-            token,
-            tenant_id=tenant_id,
+        router.add_api_route(
+            f"/notifications/webhooks/{provider}/{{tenant_id}}",
+            receive_events,
+            methods=["POST"],
+            response_model=WebhookResult,
+            summary=f"{provider} delivery events",
+            responses=responses,
+            name=f"{provider}_webhook",
         )
-        return WebhookResult(events=1, applied=int(event.applied))
+
+    for provider, receive in RECEIVERS.items():
+        route(provider, receive)

@@ -40,36 +40,66 @@ it wins; a late or repeated ``delivered`` never undoes a bounce. Applying the
 same event twice changes nothing the second time, which is what makes replayed
 Twilio callbacks (they carry no timestamp) harmless.
 
-One module per provider: :mod:`.sendgrid`, :mod:`.twilio`; what they share (the
-event, and applying it to a status) is in :mod:`.base`.
+* :func:`apply_ses_events` with the raw body of a request SNS posts for an SES
+  configuration set's events: the SNS signature is verified (X.509, certificates
+  only from SNS's hosts), subscriptions confirmed, events matched by SES's
+  ``MessageId``. See :mod:`.ses` and :mod:`.sns`.
+* :func:`apply_postmark_event` with the raw body and headers of a Postmark webhook
+  (basic-auth credentials in the webhook URL), matched by the ``notification_id``
+  in its ``Metadata``.
+
+One module per provider: :mod:`.sendgrid`, :mod:`.twilio`, :mod:`.ses` (with the
+SNS envelope in :mod:`.sns`), :mod:`.postmark`; what they share (the event, and
+applying it to a status) is in :mod:`.base`. Each has a ``receive_<provider>``
+function of one shape, listed in :data:`RECEIVERS`, which is what
+:mod:`tenant_notify.contrib.fastapi` mounts.
 """
 
-from .base import DEFAULT_TOLERANCE, DeliveryEvent, apply_event
+from .base import DEFAULT_TOLERANCE, DeliveryEvent, Receiver, WebhookRequest, apply_event
+from .postmark import apply_postmark_event, parse_postmark_event, receive_postmark
 from .sendgrid import (
     SENDGRID_SIGNATURE_HEADER,
     SENDGRID_TIMESTAMP_HEADER,
     apply_sendgrid_events,
     parse_sendgrid_events,
+    receive_sendgrid,
     verify_sendgrid_signature,
 )
+from .ses import apply_ses_events, parse_ses_event, receive_ses
 from .twilio import (
     TWILIO_SIGNATURE_HEADER,
     apply_twilio_callback,
     parse_twilio_callback,
+    receive_twilio,
     twilio_signature,
     verify_twilio_signature,
 )
 
+#: Every provider's webhook receiver, by provider name: one table for the routers.
+RECEIVERS: dict[str, Receiver] = {
+    "postmark": receive_postmark,
+    "sendgrid": receive_sendgrid,
+    "ses": receive_ses,
+    "twilio": receive_twilio,
+}
+
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "RECEIVERS",
     "SENDGRID_SIGNATURE_HEADER",
     "SENDGRID_TIMESTAMP_HEADER",
     "TWILIO_SIGNATURE_HEADER",
     "DeliveryEvent",
+    "Receiver",
+    "WebhookRequest",
     "apply_event",
+    "apply_postmark_event",
     "apply_sendgrid_events",
+    "apply_ses_events",
     "apply_twilio_callback",
+    "parse_postmark_event",
     "parse_sendgrid_events",
+    "parse_ses_event",
     "parse_twilio_callback",
     "twilio_signature",
     "verify_sendgrid_signature",

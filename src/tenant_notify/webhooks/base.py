@@ -9,7 +9,7 @@ place that decides whether an event moves a status (the table in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,6 +25,8 @@ __all__ = [
     "EVENT_ERROR_TYPE",
     "MAX_BODY",
     "DeliveryEvent",
+    "Receiver",
+    "WebhookRequest",
     "apply_event",
     "crypto",
     "epoch",
@@ -70,6 +72,28 @@ class DeliveryEvent:
     reason: str | None = None
     occurred_at: dt.datetime | None = None
     applied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """A webhook request as a web framework received it, for the ``receive_*``
+    functions every provider module has (what :mod:`tenant_notify.contrib.fastapi`
+    mounts, one route per provider).
+
+    Attributes:
+        body: The raw body, byte for byte.
+        headers: The request headers (any case).
+        url: The full URL the provider called (scheme, host, path, query).
+    """
+
+    body: bytes
+    headers: Mapping[str, str]
+    url: str
+
+
+#: ``receive(target, request, secret, *, tenant_id=None) -> events``: one provider's
+#: webhook, verified with its secret (key, token, topic ARN, credentials) and applied.
+Receiver = Callable[..., list[DeliveryEvent]]
 
 
 # --- applying events -----------------------------------------------------------------

@@ -23,6 +23,7 @@ from .base import (
     DEFAULT_TOLERANCE,
     MAX_BODY,
     DeliveryEvent,
+    WebhookRequest,
     apply_event,
     crypto,
     epoch,
@@ -40,6 +41,7 @@ __all__ = [
     "SENDGRID_TIMESTAMP_HEADER",
     "apply_sendgrid_events",
     "parse_sendgrid_events",
+    "receive_sendgrid",
     "verify_sendgrid_signature",
 ]
 
@@ -223,3 +225,16 @@ def apply_sendgrid_events(
     return [
         apply_event(notifier, event, tenant_id=tenant_id) for event in parse_sendgrid_events(body)
     ]
+
+
+def receive_sendgrid(
+    notifier: Notifier | StatusStore,
+    request: WebhookRequest,
+    secret: str | SecretStr,
+    *,
+    tenant_id: str | None = None,
+) -> list[DeliveryEvent]:
+    """The router's entry: ``secret`` is the webhook's verification key."""
+    return apply_sendgrid_events(
+        notifier, request.body, request.headers, secret, tenant_id=tenant_id
+    )

@@ -10,14 +10,14 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
 from ..errors import WebhookPayloadError, WebhookVerificationError
 from ..models import DeliveryState
 from ..stores import StatusStore
-from .base import DeliveryEvent, apply_event, reason_text
+from .base import DeliveryEvent, WebhookRequest, apply_event, find_header, reason_text
 
 if TYPE_CHECKING:
     from ..notifier import Notifier
@@ -27,6 +27,7 @@ __all__ = [
     "Params",
     "apply_twilio_callback",
     "parse_twilio_callback",
+    "receive_twilio",
     "twilio_signature",
     "verify_twilio_signature",
 ]
@@ -182,3 +183,19 @@ def apply_twilio_callback(
     """
     verify_twilio_signature(url, params, signature, auth_token)
     return apply_event(notifier, parse_twilio_callback(params), tenant_id=tenant_id)
+
+
+def receive_twilio(
+    notifier: Notifier | StatusStore,
+    request: WebhookRequest,
+    secret: str | SecretStr,
+    *,
+    tenant_id: str | None = None,
+) -> list[DeliveryEvent]:
+    """The router's entry: ``secret`` is the sending account's auth token."""
+    # A body that is not UTF-8 is not Twilio's, and fails the signature check.
+    params = parse_qsl(request.body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    signature = find_header(request.headers, TWILIO_SIGNATURE_HEADER)
+    return [
+        apply_twilio_callback(notifier, request.url, params, signature, secret, tenant_id=tenant_id)
+    ]
