@@ -266,3 +266,32 @@ def test_cc_is_written_the_same_both_ways_and_bcc_never(recipients) -> None:
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 56, 57, 58, 113, 114, 115, 1000, 4096])
 def test_base64_size_is_what_encodebytes_writes(size: int) -> None:
     assert _base64_size(size) == len(base64.encodebytes(b"x" * size))
+
+
+def _bodies(count: int) -> list[str]:
+    rng = random.Random(1201)
+    alphabet = ["a", "b", " ", "\t", "=", ".", "é", "ü", "\u2013", "☕", "\n"]
+    bodies = []
+    for _ in range(count):
+        # The share of non-ASCII text moves the choice between quoted-printable
+        # and base64 through its tie; line lengths cross 76 and 78.
+        weights = [rng.random() for _ in alphabet]
+        size = rng.choice([1, 10, 77, 78, 79, 200, 1500])
+        body = "".join(rng.choices(alphabet, weights, k=size))
+        bodies.append(rng.choice([body, body + "\n", body.replace("\n", "\r\n"), body + " "]))
+    return bodies
+
+
+def test_text_parts_choose_the_encoding_body_cte_chooses() -> None:
+    from tenant_notify._mime import _body_cte, _text_part
+
+    for body in _bodies(4000):
+        if not body.strip():
+            continue
+        headers, payload = _text_part(body, "plain")
+        assert headers[1] == f"Content-Transfer-Encoding: {_body_cte(body)}", repr(body)
+        part = email.message_from_bytes(
+            b"\r\n".join(h.encode() for h in headers) + b"\r\n\r\n" + payload
+        )
+        lines = body.splitlines()
+        assert part.get_payload(decode=True).decode().splitlines() == lines

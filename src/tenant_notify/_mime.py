@@ -325,14 +325,19 @@ def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
         payload = b"\r\n".join(lines) + b"\r\n"
     else:
         normal = b"\n".join(lines) + b"\n"
-        qp = binascii.b2a_qp(raw, istext=True)
-        if _base64_size(len(raw)) < len(qp):
+        qp = binascii.b2a_qp(normal, istext=True)
+        b64_size = _base64_size(len(raw))
+        # The choice is made on the body as given; its line endings change the
+        # quoted-printable size by a few bytes at most (the last line's end),
+        # so the body is encoded a second time only when the sizes are close.
+        qp_size = len(qp)
+        if normal != raw and (b"\r" in raw or abs(b64_size - qp_size) <= _QP_SLACK):
+            qp_size = len(binascii.b2a_qp(raw, istext=True))
+        if b64_size < qp_size:
             cte = "base64"
             payload = base64.encodebytes(b"\r\n".join(lines) + b"\r\n").replace(b"\n", b"\r\n")
         else:
             cte = "quoted-printable"
-            if normal != raw:
-                qp = binascii.b2a_qp(normal, istext=True)
             payload = qp.replace(b"\n", b"\r\n")
     headers = [
         f'Content-Type: text/{subtype}; charset="utf-8"',
@@ -348,6 +353,10 @@ def _address_list_atoms(addresses: tuple[Address, ...], field: str) -> list[str]
             atoms[-1] += ","
         atoms.extend(_address_atoms(addr, f"{field}[{i}]"))
     return atoms
+
+
+#: More than the quoted-printable sizes of a body with and without a final newline differ.
+_QP_SLACK = 16
 
 
 def _base64_size(size: int) -> int:

@@ -48,8 +48,10 @@ _PLAIN_EMAIL = re.compile(
 )
 _MAX_EMAIL_LENGTH = 254  # RFC 5321 4.5.3.1.3, as email-validator counts it
 _MAX_DOMAIN_LENGTH = 253
-# test_environment=True below: *.test is allowed.
-_RESERVED_DOMAINS = tuple(d for d in email_validator.SPECIAL_USE_DOMAIN_NAMES if d != "test")
+# test_environment=True below: *.test is allowed. They are top-level names today,
+# so the last label tells; a dotted entry in a later email-validator is matched whole.
+_RESERVED_DOMAINS = frozenset(d for d in email_validator.SPECIAL_USE_DOMAIN_NAMES if d != "test")
+_RESERVED_DOTTED = tuple(d for d in _RESERVED_DOMAINS if "." in d)
 try:
     from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
@@ -69,7 +71,8 @@ def _plain_email(address: str) -> str | None:
         len(domain) > _MAX_DOMAIN_LENGTH
         or "--" in domain  # R-LDH labels and Punycode: email-validator's rules
         or not domain[-1].isalpha()
-        or any(domain == d or domain.endswith("." + d) for d in _RESERVED_DOMAINS)
+        or domain.rpartition(".")[2] in _RESERVED_DOMAINS
+        or any(domain == d or domain.endswith("." + d) for d in _RESERVED_DOTTED)
     ):
         return None
     if local.lower() in _CASE_INSENSITIVE:
