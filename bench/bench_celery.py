@@ -536,7 +536,9 @@ def main() -> None:
         "--only", choices=("caller", "throughput"), help="run one of the two comparisons"
     )
     both = ("on", "off", "both")
-    parser.add_argument("--events", choices=both, default="on", help="task events of the workers")
+    parser.add_argument(
+        "--events", choices=both, default="off", help="task events of the workers (default: off)"
+    )
     parser.add_argument("--tls", choices=both, default="both", help="STARTTLS to the sink")
     parser.add_argument(
         "--pipelining", choices=both, default="both", help="the sink offers PIPELINING"
