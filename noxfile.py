@@ -1,4 +1,5 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typing``, ``nox -s bench``."""
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typing``, ``nox -s bench``,
+``nox -s timing``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ def tests(session: nox.Session) -> None:
     """The whole test suite (integration tests included where the services run)."""
     session.install(".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def timing(session: nox.Session) -> None:
+    """The timing tests (wall-clock figures; run them on a quiet machine)."""
+    session.install(".[test]")
+    session.run("pytest", "-m", "timing", *session.posargs)
 
 
 @nox.session
@@ -53,3 +61,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/bench_providers.py", *session.posargs)
     # Needs RabbitMQ and Redis on loopback, like the integration tests.
     session.run("python", "bench/bench_celery.py", *session.posargs)
+    session.run("python", "bench/bench_async.py", *session.posargs)

@@ -4,9 +4,11 @@
   ``Authorization: Bearer <token>`` (the token ``POST /api/v1/users`` returns).
   Each tenant has one seeded admin, token ``<tenant>-admin-token``.
 * ``POST /api/v1/users`` registers a user and sends the welcome email,
-  ``POST /api/v1/orders`` places an order and sends the order confirmation:
-  both only after the database transaction commits (``after_commit``), so an
-  order rolled back for lack of stock sends nothing.
+  ``POST /api/v1/orders`` places an order and sends the order confirmation.
+  The endpoints are ``async def``: the database work runs in a thread, the send
+  is checked inside the transaction (``notify.build``) and submitted once it has
+  committed (``await notify.asubmit``), so an order rolled back for lack of
+  stock sends nothing and the event loop never waits for the broker.
 * tenant-notify's router is mounted under ``/api/v1``: an admin-only test email
   and notification status.
 
@@ -25,14 +27,14 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint, create_engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from tenant_notify import Notifier
+from tenant_notify import Notification, Notifier
 from tenant_notify.contrib.fastapi import make_router
-from tenant_notify.contrib.sqlalchemy import after_commit
 
 HERE = Path(__file__).resolve().parent
 
@@ -175,7 +177,7 @@ def create_app(notifier: Notifier | None = None, database_url: str | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         if owns_notifier:
-            notify.close()  # lets queued emails go out before the process exits
+            await notify.aclose()  # lets queued emails go out before the process exits
         engine.dispose()
 
     def current_tenant(x_tenant: Annotated[str, Header()]) -> str:
@@ -206,78 +208,96 @@ def create_app(notifier: Notifier | None = None, database_url: str | None = None
 
     app = FastAPI(title="tenant-notify shop example", lifespan=lifespan)
 
+    # The database work of each endpoint, in a thread (SQLAlchemy's sessions block). Each
+    # checks its notification inside the transaction (a bad address fails the request
+    # here) and returns it once the transaction has committed, for the endpoint to submit.
+
+    def create_user(data: UserIn, tenant_id: str) -> tuple[UserOut, Notification]:
+        with sessions.begin() as session:
+            user = User(
+                tenant_id=tenant_id,
+                email=data.email,
+                name=data.name,
+                token=secrets.token_urlsafe(24),
+            )
+            session.add(user)
+            session.flush()
+            welcome = notify.build(
+                notify.send_welcome_email,
+                user_email=user.email,
+                user_name=user.name,
+                tenant_id=tenant_id,
+            )
+        return UserOut(id=user.id, email=user.email, token=user.token), welcome
+
+    def create_order(data: OrderIn, user: User) -> tuple[OrderOut, Notification]:
+        currency = TENANTS[user.tenant_id]["currency"]
+        with sessions.begin() as session:
+            order = Order(tenant_id=user.tenant_id, user_id=user.id)
+            session.add(order)
+            session.flush()
+            items, taken = [], []
+            for line in data.lines:
+                product = session.scalar(
+                    select(Product).where(
+                        Product.tenant_id == user.tenant_id, Product.sku == line.sku
+                    )
+                )
+                if product is None:
+                    raise HTTPException(422, f"no product {line.sku!r}")
+                session.add(
+                    OrderLine(
+                        order_id=order.id,
+                        product_id=product.id,
+                        quantity=line.quantity,
+                        unit_price_cents=product.price_cents,
+                    )
+                )
+                taken.append((product, line.quantity))
+                order.total_cents += line.quantity * product.price_cents
+                items.append(
+                    {
+                        "name": product.name,
+                        "quantity": line.quantity,
+                        "unit_price": str(_money(product.price_cents)),
+                    }
+                )
+            total = _money(order.total_cents)
+            confirmation = notify.build(
+                notify.send_order_confirmation,
+                order_id=order.id,
+                customer_email=user.email,
+                customer_name=user.name,
+                order_total=total,
+                currency=currency,
+                items=items,
+                tenant_id=user.tenant_id,
+            )
+            # Stock is taken last: running out rolls the whole order back, and the
+            # confirmation built above is never submitted.
+            for product, quantity in taken:
+                if product.stock < quantity:
+                    raise OutOfStockError(product.sku)
+                product.stock -= quantity
+        return OrderOut(id=order.id, total=total, currency=currency), confirmation
+
     @app.post("/api/v1/users", status_code=201)
-    def register(data: UserIn, tenant_id: TenantDep) -> UserOut:
+    async def register(data: UserIn, tenant_id: TenantDep) -> UserOut:
         try:
-            with sessions.begin() as session:
-                user = User(
-                    tenant_id=tenant_id,
-                    email=data.email,
-                    name=data.name,
-                    token=secrets.token_urlsafe(24),
-                )
-                session.add(user)
-                session.flush()
-                after_commit(session, notify).send_welcome_email(
-                    user_email=user.email, user_name=user.name, tenant_id=tenant_id
-                )
+            user, welcome = await run_in_threadpool(create_user, data, tenant_id)
         except IntegrityError:
             raise HTTPException(409, "that email is already registered") from None
-        return UserOut(id=user.id, email=user.email, token=user.token)
+        await notify.asubmit(welcome)  # committed: now it may go
+        return user
 
     @app.post("/api/v1/orders", status_code=201)
-    def place_order(data: OrderIn, user: UserDep) -> OrderOut:
-        currency = TENANTS[user.tenant_id]["currency"]
+    async def place_order(data: OrderIn, user: UserDep) -> OrderOut:
         try:
-            with sessions.begin() as session:
-                order = Order(tenant_id=user.tenant_id, user_id=user.id)
-                session.add(order)
-                session.flush()
-                items, taken = [], []
-                for line in data.lines:
-                    product = session.scalar(
-                        select(Product).where(
-                            Product.tenant_id == user.tenant_id, Product.sku == line.sku
-                        )
-                    )
-                    if product is None:
-                        raise HTTPException(422, f"no product {line.sku!r}")
-                    session.add(
-                        OrderLine(
-                            order_id=order.id,
-                            product_id=product.id,
-                            quantity=line.quantity,
-                            unit_price_cents=product.price_cents,
-                        )
-                    )
-                    taken.append((product, line.quantity))
-                    order.total_cents += line.quantity * product.price_cents
-                    items.append(
-                        {
-                            "name": product.name,
-                            "quantity": line.quantity,
-                            "unit_price": str(_money(product.price_cents)),
-                        }
-                    )
-                total = _money(order.total_cents)
-                after_commit(session, notify).send_order_confirmation(
-                    order_id=order.id,
-                    customer_email=user.email,
-                    customer_name=user.name,
-                    order_total=total,
-                    currency=currency,
-                    items=items,
-                    tenant_id=user.tenant_id,
-                )
-                # Stock is taken last: running out rolls the whole order back, and the
-                # confirmation requested above is dropped with it.
-                for product, quantity in taken:
-                    if product.stock < quantity:
-                        raise OutOfStockError(product.sku)
-                    product.stock -= quantity
+            order, confirmation = await run_in_threadpool(create_order, data, user)
         except OutOfStockError as err:
             raise HTTPException(409, f"out of stock: {err}") from None
-        return OrderOut(id=order.id, total=total, currency=currency)
+        await notify.asubmit(confirmation)
+        return order
 
     app.include_router(
         make_router(notify, admin_dependency=require_admin, tenant_dependency=user_tenant),

@@ -22,7 +22,7 @@ import mimetypes
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -911,7 +911,16 @@ class Receipt:
             receipt points at the earlier notification instead of a new one.
     """
 
-    __slots__ = ("_get_status", "_wait", "duplicate", "id", "kind", "tenant_id")
+    __slots__ = (
+        "_aget_status",
+        "_await",
+        "_get_status",
+        "_wait",
+        "duplicate",
+        "id",
+        "kind",
+        "tenant_id",
+    )
 
     def __init__(
         self,
@@ -922,6 +931,8 @@ class Receipt:
         duplicate: bool = False,
         get_status: Callable[[str], DeliveryStatus],
         wait: Callable[[str, float | None], DeliveryStatus],
+        aget_status: Callable[[str], Awaitable[DeliveryStatus]] | None = None,
+        await_: Callable[[str, float | None], Awaitable[DeliveryStatus]] | None = None,
     ) -> None:
         self.id = id
         self.tenant_id = tenant_id
@@ -929,6 +940,8 @@ class Receipt:
         self.duplicate = duplicate
         self._get_status = get_status
         self._wait = wait
+        self._aget_status = aget_status
+        self._await = await_
 
     def status(self) -> DeliveryStatus:
         """The current status of the notification."""
@@ -941,6 +954,23 @@ class Receipt:
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
         return self._wait(self.id, timeout)
+
+    async def astatus(self) -> DeliveryStatus:
+        """The current status, read without blocking the event loop."""
+        if self._aget_status is None:
+            raise TypeError("this receipt was made without its coroutine twins")
+        return await self._aget_status(self.id)
+
+    async def await_(self, timeout: float | None = 30.0) -> DeliveryStatus:
+        """Wait, without blocking the event loop, until the notification is sent or
+        failed, and return its status (the coroutine twin of :meth:`wait`).
+
+        Raises:
+            WaitTimeoutError: ``timeout`` seconds passed first.
+        """
+        if self._await is None:
+            raise TypeError("this receipt was made without its coroutine twins")
+        return await self._await(self.id, timeout)
 
     def __repr__(self) -> str:
         dup = ", duplicate=True" if self.duplicate else ""

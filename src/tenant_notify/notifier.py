@@ -9,14 +9,17 @@ returns a :class:`~tenant_notify.models.Receipt`. Bad input raises a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import functools
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any, ParamSpec, Self
+from typing import Any, Concatenate, ParamSpec, Self
 
+from ._offload import Offload
 from ._registry import resolve_name
 from ._validation import (
     MAX_SMS_CHARS,
@@ -72,13 +75,51 @@ _BUILDING: ContextVar[tuple[Notifier, list[Notification]] | None] = ContextVar(
 )
 
 
+#: Threads of a notifier's pool for the coroutine twins' blocking part (the enqueue,
+#: a status read): at most this many at a time; more coroutines wait their turn.
+#: Few on purpose: each is one more thread the event loop shares the GIL with, and
+#: four keep up with 1,000 sends a second on the celery transport (bench/bench_async.py).
+ASYNC_THREADS = 4
+
+
+def _timed_out(status: DeliveryStatus, timeout: float | None) -> WaitTimeoutError:
+    return WaitTimeoutError(
+        f"still {status.state.value} after {timeout}s",
+        tenant_id=status.tenant_id,
+        notification_id=status.id,
+    )
+
+
+def _coroutine_twin(
+    send: Callable[Concatenate[Notifier, _P], Receipt],
+) -> Callable[Concatenate[Notifier, _P], Coroutine[Any, Any, Receipt]]:
+    """``asend_x``: the checks of ``send_x`` (through build) in the loop, the enqueue off it."""
+
+    @functools.wraps(send)
+    async def twin(self: Notifier, /, *args: _P.args, **kwargs: _P.kwargs) -> Receipt:
+        # Looked up on the instance, so a subclass's own send_x is the one run.
+        notification = self.build(getattr(self, send.__name__), *args, **kwargs)
+        return await self.asubmit(notification)
+
+    twin.__name__ = twin.__qualname__ = f"a{send.__name__}"
+    twin.__doc__ = (
+        f"The coroutine twin of :meth:`{send.__name__}`: the same arguments, checks,\n"
+        "errors and receipt. The send is checked in the event loop, before anything\n"
+        "is queued; the enqueue (the status store, the broker) runs on the\n"
+        "notifier's small pool of threads, so the loop never waits for the network."
+    )
+    return twin
+
+
 class Notifier:
     """Sends tenants' notifications through the configured transport.
 
     Build it with :meth:`from_settings` or :meth:`from_env`. Every send method is
     keyword-only, accepts ``idempotency_key=`` and returns a :class:`Receipt`.
     It is thread-safe; close it (or use it as a context manager) on shutdown so
-    the in-process transport drains.
+    the in-process transport drains. Every send and read has a coroutine twin for
+    asyncio hosts (``await notify.asend_order_confirmation(...)``, ``asend``,
+    ``asubmit``, ``astatus``, ``await receipt.await_()``, ``aclose``; ``async with``).
 
     Args:
         settings: Validated settings.
@@ -134,6 +175,7 @@ class Notifier:
             if isinstance(factory, Transport)
             else factory.from_settings(self.dispatcher, self.settings)
         )
+        self._offload = Offload(ASYNC_THREADS, "tenant-notify-async")
         self._closed = False
 
     # --- construction --------------------------------------------------------------
@@ -411,6 +453,8 @@ class Notifier:
             duplicate=duplicate,
             get_status=self.status,
             wait=self.wait,
+            aget_status=self.astatus,
+            await_=self.await_,
         )
 
     # --- the built-in kinds --------------------------------------------------------
@@ -660,12 +704,61 @@ class Notifier:
                 f"no status for notification {notification_id!r}", notification_id=notification_id
             )
         if not status.is_final:
-            raise WaitTimeoutError(
-                f"still {status.state.value} after {timeout}s",
-                tenant_id=status.tenant_id,
-                notification_id=notification_id,
-            )
+            raise _timed_out(status, timeout)
         return status
+
+    # --- coroutine twins -------------------------------------------------------------
+    #
+    # Each checks a send in the event loop exactly as its blocking twin does (it
+    # *is* the blocking method, run through build()), then hands the enqueue, the
+    # only part that waits for the status store and the broker, to the notifier's
+    # small pool of threads (see tenant_notify._offload).
+
+    asend = _coroutine_twin(send)
+    asend_order_confirmation = _coroutine_twin(send_order_confirmation)
+    asend_welcome_email = _coroutine_twin(send_welcome_email)
+    asend_email = _coroutine_twin(send_email)
+    asend_sms = _coroutine_twin(send_sms)
+
+    async def asubmit(self, notification: Notification) -> Receipt:
+        """The coroutine twin of :meth:`submit`: queue a notification from :meth:`build`.
+
+        Raises:
+            EnqueueError: the transport could not accept it.
+        """
+        self._check_open(notification.tenant_id)
+        return await self._offload.run(self.submit, notification)
+
+    async def astatus(self, notification_id: str) -> DeliveryStatus:
+        """The coroutine twin of :meth:`status`.
+
+        Raises:
+            UnknownNotificationError: the id is unknown (or its status expired).
+        """
+        return await self._offload.run(self.status, notification_id)
+
+    async def await_(self, notification_id: str, timeout: float | None = 30.0) -> DeliveryStatus:
+        """The coroutine twin of :meth:`wait`: until the notification is sent or failed.
+
+        Reads the status every few milliseconds at first, then every 200 ms, so a
+        waiting coroutine holds no thread.
+
+        Raises:
+            UnknownNotificationError: the id is unknown.
+            WaitTimeoutError: still pending after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = 0.005
+        while True:
+            status = await self.astatus(notification_id)
+            if status.is_final:
+                return status
+            remaining = pause if deadline is None else min(pause, deadline - loop.time())
+            if remaining <= 0:
+                raise _timed_out(status, timeout)
+            await asyncio.sleep(remaining)
+            pause = min(pause * 2, 0.2)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -675,6 +768,8 @@ class Notifier:
             return
         self._closed = True
         try:
+            # Coroutines' enqueues still running finish first, so the drain includes them.
+            self._offload.shutdown()
             self.transport.close(timeout)
         finally:
             self.events.close()
@@ -682,11 +777,21 @@ class Notifier:
             self.status_store.close()
             self.idempotency_store.close()
 
+    async def aclose(self, timeout: float | None = None) -> None:
+        """The coroutine twin of :meth:`close` (which runs in a thread meanwhile)."""
+        await asyncio.to_thread(self.close, timeout)
+
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<Notifier transport={self.transport.name!r}>"

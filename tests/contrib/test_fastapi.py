@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Iterator
@@ -128,10 +129,10 @@ def test_a_library_validation_error_on_send_is_422(
     # The request model runs the same checks; anything the send still refuses is 422 too.
     from tenant_notify.errors import InvalidRecipientError
 
-    def refuse(**kwargs: Any) -> Any:
+    async def refuse(**kwargs: Any) -> Any:
         raise InvalidRecipientError("refused by the notifier", field="to_email")
 
-    monkeypatch.setattr(notify, "send_email", refuse)
+    monkeypatch.setattr(notify, "asend_email", refuse)
     reply = client.post("/api/notifications/test/email", json=EMAIL, headers=ADMIN)
     assert reply.status_code == 422
     assert reply.json()["detail"] == [
@@ -389,3 +390,18 @@ def test_postmark_webhook_through_the_router(client: TestClient, notify: TestNot
     assert reply.json() == {"events": 1, "applied": 1}
     assert notify.status(receipt.id).state == "delivered"
     assert client.post("/api/notifications/webhooks/ses/acme", json={}).status_code == 404
+
+
+def test_every_endpoint_is_a_coroutine(notify: TestNotifier) -> None:
+    # FastAPI runs a plain `def` endpoint in its thread pool; these run in the loop
+    # and use the notifier's coroutine twins, which keep the loop from waiting.
+    router = make_router(
+        notify,
+        admin_dependency=require_admin,
+        tenant_dependency=current_tenant,
+        webhook_secrets=lambda tenant_id, provider: None,
+    )
+    endpoints = {route.path: route.endpoint for route in router.routes}  # type: ignore[attr-defined]
+    assert {"/notifications/test/email", "/notifications/tasks/{task_id}"} <= endpoints.keys()
+    assert len(endpoints) > 2  # the webhook receivers too
+    assert all(inspect.iscoroutinefunction(endpoint) for endpoint in endpoints.values())

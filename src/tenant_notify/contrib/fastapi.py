@@ -29,6 +29,11 @@ The router serves:
   ``postmark``): delivery events (see :mod:`tenant_notify.webhooks`), only when
   ``webhook_secrets`` is given.
 
+Every endpoint is ``async def``: sends and status reads go through the notifier's
+coroutine twins (``asend_email``, ``astatus``), so the event loop never waits for
+the status store or the broker; webhook secrets and webhook handling run in
+Starlette's thread pool.
+
 Importing this module without FastAPI installed raises
 :class:`~tenant_notify.errors.MissingDependencyError` naming the extra.
 """
@@ -213,12 +218,12 @@ def make_router(
         summary="Send a test email (admins only)",
         responses={403: {"description": "Not an administrator"}},
     )
-    def send_test_email(
+    async def send_test_email(
         payload: SendTestEmailRequest,
         tenant_id: Annotated[str, Depends(tenant_dependency)],
     ) -> TaskAccepted:
         try:
-            receipt = notifier.send_email(
+            receipt = await notifier.asend_email(
                 to_email=payload.to_email,
                 subject=payload.subject,
                 body=payload.body,
@@ -243,11 +248,11 @@ def make_router(
         summary="The status of a notification",
         responses={404: {"description": "No such notification for this tenant"}},
     )
-    def get_task_status(
+    async def get_task_status(
         task_id: _PathId, tenant_id: Annotated[str, Depends(tenant_dependency)]
     ) -> TaskStatus:
         try:
-            current = notifier.status(task_id)
+            current = await notifier.astatus(task_id)
         except UnknownNotificationError:
             current = None
         except EnqueueError as err:  # StoreUnavailableError

@@ -1,0 +1,222 @@
+"""The coroutine twins on the celery transport: event-loop lag at 1,000 sends a second.
+
+Run: ``python bench/bench_async.py`` (RabbitMQ and Redis on loopback, as the
+integration tests). Writes the ``async`` section of docs/benchmarks.md
+(``--no-write``: print only).
+
+Every variant sends the same emails from one event loop, paced at ``--rate`` a
+second, on the celery transport (real RabbitMQ with publisher confirms, real
+Redis), while a loop-lag monitor runs (tests/loop_lag.py: a thread posts a
+callback into the loop every millisecond; its lag is how much later the loop ran
+it):
+
+* **tenant-notify, asend_email**: the coroutine twin: checks in the loop, the
+  enqueue on the notifier's bounded pool of threads;
+* **send_email in the coroutine**: the blocking method called from the loop,
+  what a host without the twins would write (baseline: the lag the twins remove);
+* **asyncio.to_thread(send_email)**: the blocking method on asyncio's default
+  executor, the usual hand-written offload (baseline);
+* **idle loop**: the monitor alone, nothing sent: the machine's own noise floor,
+  measured in the same rounds (other processes take the cores too).
+
+Rounds interleave the variants; each round builds a fresh notifier on queues and
+a key prefix of its own, warms up, then measures. The rate table is the
+harness's; the lag table gives, per variant, the median over rounds of each
+round's median, 99th percentile and maximum lag, with their ranges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from _harness import Comparison, Sample, Variant, arguments, cpu_seconds, publish
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.loop_lag import LoopLag
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+REDIS = "redis://127.0.0.1:6379/15"
+TENANTS = {
+    "acme": {"name": "Acme Shop", "email_from": "orders@acme.test"},
+    "globex": {"name": "Globex Café", "email_from": "hello@globex.test", "locale": "de"},
+}
+WARM_UP = 50
+
+LAGS: dict[str, list[LoopLag]] = {}
+
+
+def settings(tag: str) -> dict[str, Any]:
+    return {
+        "transport": "celery",
+        "email": {"provider": "console"},
+        "tenants": TENANTS,
+        "celery": {
+            "broker_url": AMQP,
+            "result_backend": REDIS,
+            "queue": f"bench_async_{tag}",
+            "dead_letter_queue": f"bench_async_{tag}.dead",
+        },
+        "redis": {"url": REDIS, "key_prefix": f"bench_async:{tag}:"},
+    }
+
+
+def cleanup(table: dict[str, Any]) -> None:
+    import kombu
+    import redis
+
+    with kombu.Connection(AMQP) as conn:
+        for name in (table["celery"]["queue"], table["celery"]["dead_letter_queue"]):
+            channel = conn.channel()
+            for delete in (channel.queue_delete, channel.exchange_delete):
+                try:
+                    delete(name)
+                except Exception:
+                    channel = conn.channel()
+    client = redis.Redis.from_url(REDIS)
+    keys = list(client.scan_iter(match=table["redis"]["key_prefix"] + "*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    client.close()
+
+
+Send = Callable[[Any, int], Awaitable[Any]]
+
+
+def email(i: int) -> dict[str, Any]:
+    return {
+        "to_email": f"customer{i}@example.com",
+        "subject": f"Your order {i}",
+        "body": "Thank you for your order.",
+        "tenant_id": ("acme", "globex")[i % 2],
+    }
+
+
+async def twin(notify: Any, i: int) -> Any:
+    return await notify.asend_email(**email(i))
+
+
+async def blocking(notify: Any, i: int) -> Any:
+    return notify.send_email(**email(i))
+
+
+async def to_thread(notify: Any, i: int) -> Any:
+    return await asyncio.to_thread(lambda: notify.send_email(**email(i)))
+
+
+def variant(name: str, send: Send | None, count: int, rate: float) -> Callable[[int], Sample]:
+    def run(round_no: int) -> Sample:
+        from tenant_notify import Notifier
+
+        async def main() -> Sample:
+            if send is None:  # the idle loop
+                started, cpu = time.perf_counter(), cpu_seconds()
+                async with LoopLag() as lag:
+                    await asyncio.sleep(count / rate)
+                LAGS.setdefault(name, []).append(lag)
+                return Sample(ops=count, wall=time.perf_counter() - started,
+                              cpu={"process": cpu_seconds() - cpu})  # fmt: skip
+            table = settings(f"{uuid.uuid4().hex[:8]}")
+            try:
+                async with Notifier.from_settings(table) as notify:
+                    await asyncio.gather(*(send(notify, -1 - i) for i in range(WARM_UP)))
+                    loop = asyncio.get_running_loop()
+                    tasks = []
+                    started, cpu = time.perf_counter(), cpu_seconds()
+                    async with LoopLag() as lag:
+                        begin = loop.time()
+                        for i in range(count):
+                            due = begin + i / rate
+                            if due > loop.time():
+                                await asyncio.sleep(due - loop.time())
+                            tasks.append(asyncio.create_task(send(notify, i)))
+                        receipts = await asyncio.gather(*tasks)
+                    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+                    if len({r.id for r in receipts}) != count:
+                        raise RuntimeError(f"{name}: {len(receipts)} receipts for {count}")
+                    notify.transport.flush(10)
+            finally:
+                cleanup(table)
+            LAGS.setdefault(name, []).append(lag)
+            return Sample(ops=count, wall=wall, cpu={"process": cpu})
+
+        return asyncio.run(main())
+
+    return run
+
+
+def ms(value: float) -> str:
+    return f"{value * 1e3:.3f}"
+
+
+def lag_table(rate: float) -> str:
+    rows = [
+        f"Event-loop lag while sending at {rate:,.0f}/s (ms; median over rounds "
+        "[range], each round's figure over ~1 sample per ms):",
+        "",
+        "| Variant | median lag | p99 lag | max lag | samples per round |",
+        "|---|---|---|---|---|",
+    ]
+    for name, lags in LAGS.items():
+        cells = []
+        for figure in (
+            [lag.median for lag in lags],
+            [lag.quantile(0.99) for lag in lags],
+            [lag.max for lag in lags],
+        ):
+            cells.append(f"{ms(statistics.median(figure))} [{ms(min(figure))}-{ms(max(figure))}]")
+        samples = statistics.median(lag.samples for lag in lags)
+        rows.append(f"| {name} | {' | '.join(cells)} | {samples:.0f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=1000.0, help="sends a second")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds sent per round")
+    args = parser.parse_args()
+    count = int(args.rate * args.seconds)
+    result = Comparison(
+        f"asyncio sends on celery at {args.rate:,.0f}/s",
+        [
+            Variant(
+                "tenant-notify, asend_email",
+                variant("tenant-notify, asend_email", twin, count, args.rate),
+                guarantee="checked in the loop, queued with confirms; the loop never waits",
+            ),
+            Variant(
+                "send_email in the coroutine",
+                variant("send_email in the coroutine", blocking, count, args.rate),
+                guarantee="the same send, with the loop waiting for Redis and the broker",
+                baseline=True,
+            ),
+            Variant(
+                "asyncio.to_thread(send_email)",
+                variant("asyncio.to_thread(send_email)", to_thread, count, args.rate),
+                guarantee="the same send on asyncio's default executor",
+                baseline=True,
+            ),
+            Variant(
+                "idle loop (noise floor)",
+                variant("idle loop (noise floor)", None, count, args.rate),
+                guarantee="nothing sent",
+                baseline=True,
+            ),
+        ],
+        rounds=args.rounds,
+        metric="rate",
+        unit="email",
+        cpu_scopes={"process": "the sending process, every thread (the system under test)"},
+    ).run()
+    publish("async", result.markdown() + "\n\n" + lag_table(args.rate), write=args.write)
+
+
+if __name__ == "__main__":
+    main()

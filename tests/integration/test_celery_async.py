@@ -1,0 +1,84 @@
+"""The coroutine twins on the celery transport: 1,000 sends a second from one event
+loop, real RabbitMQ and Redis, and the loop never waits for either."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tenant_notify import Notifier
+from tests.integration.conftest import AMQP_URL, _cleanup, settings_table
+from tests.loop_lag import LoopLag
+
+# Wall-clock figures: run with `pytest -m timing` (or `nox -s timing`) on a quiet machine;
+# bench/bench_async.py measures the same against baselines and the machine's noise floor.
+pytestmark = [pytest.mark.integration, pytest.mark.timing]
+
+RATE = 1000  # sends a second
+SECONDS = 5
+
+
+@pytest.fixture
+def settings(run_id: str) -> Iterator[dict[str, Any]]:
+    # A queue of its own, with no worker: what arrives there is what was sent.
+    table = settings_table(f"{run_id}_lag", 9)
+    yield table
+    _cleanup(table)
+
+
+def queued(queue: str) -> int:
+    import kombu
+
+    with kombu.Connection(AMQP_URL, connect_timeout=2) as conn:
+        return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
+
+
+async def send_at_rate(notify: Notifier, count: int) -> tuple[list[Any], float]:
+    loop = asyncio.get_running_loop()
+    tenants = sorted(notify.settings.tenants)
+    started = loop.time()
+    tasks = []
+    for i in range(count):
+        due = started + i / RATE
+        if due > loop.time():
+            await asyncio.sleep(due - loop.time())
+        send = notify.asend_email(
+            to_email=f"lag{i}@example.com",
+            subject=f"Loop lag {i}",
+            body="Sent from a coroutine.",
+            tenant_id=tenants[i % len(tenants)],
+        )
+        tasks.append(asyncio.create_task(send))
+    receipts = await asyncio.gather(*tasks)
+    return receipts, loop.time() - started
+
+
+def test_a_thousand_sends_a_second_never_block_the_loop(settings):
+    count = RATE * SECONDS
+
+    async def main() -> tuple[list[Any], float, LoopLag]:
+        async with Notifier.from_settings(settings) as notify:
+            await notify.asend_email(  # connections opened before measuring
+                to_email="warm@example.com", subject="Warm up", body="x", tenant_id="acme"
+            )
+            async with LoopLag() as lag:
+                receipts, elapsed = await send_at_rate(notify, count)
+            assert notify.transport.flush(10)
+        return receipts, elapsed, lag
+
+    receipts, elapsed, lag = asyncio.run(main())
+    assert len({r.id for r in receipts}) == count
+    assert queued(settings["celery"]["queue"]) == count + 1
+    rate = count / elapsed
+    print(
+        f"\n{count} sends in {elapsed:.2f}s ({rate:.0f}/s); loop lag over {lag.samples} "
+        f"samples: median {lag.median * 1e3:.3f} ms, p99 {lag.quantile(0.99) * 1e3:.3f} ms, "
+        f"max {lag.max * 1e3:.3f} ms"
+    )
+    assert rate >= 0.95 * RATE
+    assert lag.samples >= SECONDS * 500
+    assert lag.median < 0.0002
+    assert lag.max < 0.005
