@@ -35,7 +35,15 @@ def babel_locale(locale: str | None) -> babel.Locale:
     """
     for candidate in locale_folders(locale) if isinstance(locale, str) else ():
         try:
-            return babel.Locale.parse(candidate)
+            found = babel.Locale.parse(candidate)
         except (babel.UnknownLocaleError, ValueError):
             continue
-    return babel.Locale.parse(FALLBACK_LOCALE)
+        return _loaded(found)
+    return _loaded(babel.Locale.parse(FALLBACK_LOCALE))
+
+
+def _loaded(locale: babel.Locale) -> babel.Locale:
+    # Babel reads a locale's CLDR data on first use; read it now, so that a
+    # render calling this first (outside its time limit) never pays for it inside.
+    _ = locale.number_symbols
+    return locale

@@ -38,7 +38,7 @@ from ._loader import (
     is_safe_name,
     make_source,
 )
-from ._locale import locale_folders
+from ._locale import babel_locale, locale_folders
 from ._sandbox import BUDGET, Budget, LimitExceeded, SandboxEnvironment, check_deadline
 
 __all__ = ["EMAIL_PARTS", "SMS_PART", "RenderedEmail", "TemplateRenderer"]
@@ -213,6 +213,7 @@ class TemplateRenderer:
             TemplateLimitError: Output over ``max_output_chars``, or over time.
         """
         resolved = self._lookup(kind, part, context, templates_dir, locale, required=True)
+        babel_locale(context.get("locale", locale))  # its data read outside the time limit
         with self._budget():
             return self._render_resolved(resolved, context, locale)
 
@@ -238,6 +239,7 @@ class TemplateRenderer:
         subject_t = self._lookup(kind, "subject.txt", context, templates_dir, locale, required=True)
         text_t = self._lookup(kind, "body.txt", context, templates_dir, locale, required=True)
         html_t = self._lookup(kind, "body.html", context, templates_dir, locale, required=False)
+        babel_locale(context.get("locale", locale))  # its data read outside the time limit
         with self._budget():
             subject = self._render_resolved(subject_t, context, locale)
             text = self._render_resolved(text_t, context, locale)
