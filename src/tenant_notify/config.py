@@ -233,6 +233,8 @@ class CallbackSettings(_Section):
     """Lifecycle callbacks to each tenant's URL (``[tenants.X.callbacks]``).
 
     Attributes:
+        enabled: Send callbacks. Default: when some ``[tenants.X.callbacks]``
+            table is set (with your own tenant resolver, set it to true).
         states: The transitions that are called back.
         max_attempts: Attempts per callback before it is dead-lettered.
         initial_delay: Seconds before the second attempt; doubled after each.
@@ -246,6 +248,7 @@ class CallbackSettings(_Section):
             memory only (``LifecycleEvents.dead_letters``) and logs them.
     """
 
+    enabled: bool | None = None
     states: tuple[str, ...] = ("queued", "sent", "failed", "delivered", "bounced")
     max_attempts: int = Field(default=5, ge=1, le=50)
     initial_delay: float = Field(default=1.0, ge=0)

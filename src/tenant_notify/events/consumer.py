@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +45,8 @@ from ..errors import (
     UnknownTenantError,
     ValidationError,
 )
-from ..log import get_logger, mask_recipient
+from ..log import get_logger
+from ._mask import mask_text as _mask_text
 from .envelope import Event, parse_event
 from .rules import EventRules
 
@@ -115,33 +115,6 @@ class ConsumerStats:
     duplicates: int = 0
     dead_lettered: int = 0
     requeued: int = 0
-
-
-# An address, or a number in E.164 form: what a reason may quote of a recipient.
-_RECIPIENTISH = re.compile(r"[^\s'\"(),;<>]+@[^\s'\"(),;<>]+|\+\d{6,15}")
-
-
-def _mask_text(text: str, event: Event | None) -> str:
-    """``text`` with every address or number in it masked, and the event's own
-    string values that look like one (they may be quoted in an error)."""
-    if event is not None:
-        # Values of the event that were refused as recipients need not look
-        # like one ("not an address" is why they were refused).
-        for value in set(_strings(event.data)):
-            if len(value) > 3 and value in text:
-                text = text.replace(value, mask_recipient(value))
-    return _RECIPIENTISH.sub(lambda m: mask_recipient(m.group(0)), text)
-
-
-def _strings(node: Any) -> Iterable[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict):
-        for value in node.values():
-            yield from _strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _strings(value)
 
 
 class EventConsumer:

@@ -30,18 +30,28 @@ class EventPublisher:
 
     Args:
         url: Broker URL (may hold a password: never shown).
-        exchange: The topic exchange (declared durable).
+        exchange: The topic exchange (declared durable); ``""`` for the
+            default exchange, where the routing key is a queue's name.
         timeout: Seconds to wait for a connection and a confirm.
         mandatory: Refuse messages no queue is bound for.
+        queue: A durable queue to declare on connecting (a dead-letter queue
+            published to through the default exchange).
     """
 
     def __init__(
-        self, url: str, exchange: str, *, timeout: float = 5.0, mandatory: bool = True
+        self,
+        url: str,
+        exchange: str,
+        *,
+        timeout: float = 5.0,
+        mandatory: bool = True,
+        queue: str | None = None,
     ) -> None:
         self._url = url
         self.exchange_name = exchange
         self.timeout = timeout
         self.mandatory = mandatory
+        self.queue_name = queue
         self._lock = threading.Lock()
         self._conn: Any = None
         self._producer: Any = None
@@ -57,9 +67,14 @@ class EventPublisher:
             )
             try:
                 conn.ensure_connection(max_retries=1)
-                exchange = kombu.Exchange(self.exchange_name, type="topic", durable=True)
                 channel = conn.channel()
-                exchange(channel).declare()
+                if self.exchange_name:
+                    exchange = kombu.Exchange(self.exchange_name, type="topic", durable=True)
+                    exchange(channel).declare()
+                else:
+                    exchange = kombu.Exchange("")
+                if self.queue_name:
+                    kombu.Queue(self.queue_name, durable=True)(channel).declare()
                 self._producer = kombu.Producer(
                     channel, exchange=exchange, on_return=self._on_return
                 )
