@@ -170,7 +170,9 @@ def plain_kombu(run: str, count: int) -> Sample:
         with kombu.Consumer(channel, [queue], on_message=on_message, prefetch_count=64):
             while seen < count:
                 conn.drain_events(timeout=10)
-    return Sample(ops=count, wall=time.perf_counter() - started, cpu={"process": cpu_seconds() - cpu})
+    return Sample(
+        ops=count, wall=time.perf_counter() - started, cpu={"process": cpu_seconds() - cpu}
+    )
 
 
 def library(run: str, count: int, transport: str, confirms: str = "async") -> Sample:
@@ -208,12 +210,12 @@ def cleanup(run: str) -> None:
         ):
             try:
                 conn.channel().queue_delete(name)
-            except Exception:  # noqa: S112 - not declared in this run
+            except Exception:
                 continue
         for name in (table["events"]["exchange"], table["celery"]["queue"]):
             try:
                 conn.channel().exchange_delete(name)
-            except Exception:  # noqa: S112
+            except Exception:
                 continue
     client = redis.Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter(match=f"tn_bench:{run}:*", count=1000))
@@ -235,14 +237,28 @@ def main() -> None:
     # The first round of the first variant pays for the first connections and the
     # schema's compilation: its events are published and consumed like the rest.
     variants = [
-        Variant(BASELINE, lambda r: plain_kombu(run, count), baseline=True, short="kombu",
-                guarantee="decoded, acked; nothing done"),
-        Variant(CELERY, lambda r: library(run, count, "celery"),
-                guarantee="task written to the broker, confirm collected in the background"),
-        Variant(CELERY_SYNC, lambda r: library(run, count, "celery", "sync"),
-                guarantee="task confirmed by the broker before the event's ack"),
-        Variant(INPROCESS, lambda r: library(run, count, "inprocess"),
-                guarantee="queued in this process's memory"),
+        Variant(
+            BASELINE,
+            lambda r: plain_kombu(run, count),
+            baseline=True,
+            short="kombu",
+            guarantee="decoded, acked; nothing done",
+        ),
+        Variant(
+            CELERY,
+            lambda r: library(run, count, "celery"),
+            guarantee="task written to the broker, confirm collected in the background",
+        ),
+        Variant(
+            CELERY_SYNC,
+            lambda r: library(run, count, "celery", "sync"),
+            guarantee="task confirmed by the broker before the event's ack",
+        ),
+        Variant(
+            INPROCESS,
+            lambda r: library(run, count, "inprocess"),
+            guarantee="queued in this process's memory",
+        ),
     ]
     try:
         result = Comparison(

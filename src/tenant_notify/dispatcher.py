@@ -46,6 +46,7 @@ from .models import (
     SmsMessage,
     utcnow,
 )
+from .observers import NullObserver, StatusObserver, notify_observer
 from .retry import RetryPolicy
 from .stores import ClaimState, IdempotencyStore, StatusStore
 from .templates import TemplateRenderer
@@ -82,6 +83,8 @@ class Dispatcher:
         mask_recipients: Mask recipients in log lines.
         metrics: Told the outcome and duration of every attempt (see
             :mod:`tenant_notify.metrics`); records nothing by default.
+        observer: Told of every status this dispatcher records (see
+            :mod:`tenant_notify.observers`); by default nobody is.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Dispatcher:
         delivery_lease: float = 300.0,
         mask_recipients: bool = True,
         metrics: MetricsRecorder | None = None,
+        observer: StatusObserver | None = None,
     ) -> None:
         self.tenants = tenants
         self.renderer = renderer
@@ -109,6 +113,7 @@ class Dispatcher:
         self._mask = mask_recipient if mask_recipients else str
         self._log = get_logger()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
+        self.observer: StatusObserver = observer if observer is not None else NullObserver()
 
     @classmethod
     def from_settings(
@@ -119,8 +124,19 @@ class Dispatcher:
         status_store: StatusStore,
         idempotency_store: IdempotencyStore,
         metrics: MetricsRecorder | None = None,
+        observer: StatusObserver | None = None,
     ) -> Dispatcher:
-        """Build a dispatcher (renderer, provider pool, policy) from settings."""
+        """Build a dispatcher (renderer, provider pool, policy) from settings.
+
+        Without ``observer``, the lifecycle events ``[events]`` asks for
+        (callbacks, the lifecycle exchange, alerts), if any.
+        """
+        if observer is None:
+            from .events.lifecycle import LifecycleEvents
+
+            observer = LifecycleEvents.from_settings(
+                settings, tenants, registry=getattr(metrics, "registry", None)
+            )
         return cls(
             tenants=tenants,
             renderer=TemplateRenderer(
@@ -137,6 +153,7 @@ class Dispatcher:
             delivery_lease=settings.idempotency.lease,
             mask_recipients=settings.mask_recipients,
             metrics=metrics,
+            observer=observer,
         )
 
     def check_providers(self) -> None:
@@ -188,7 +205,7 @@ class Dispatcher:
             DeliveryStatus.queued(notification) if attempt == 1 else self._current(notification)
         )
         status = current.evolve(state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None)
-        self.status_store.save(status)
+        self._record(status)
         started = time.perf_counter()
         tried: list[str] = []  # provider names, as they are tried
         provider_name: str | None = None
@@ -226,7 +243,7 @@ class Dispatcher:
             error=None,
             error_type=None,
         )
-        self.status_store.save(status)
+        self._record(status)
         log.info(
             "notification_sent",
             provider=result.provider,
@@ -235,6 +252,11 @@ class Dispatcher:
         )
         self._observe(notification, result.provider, DeliveryState.SENT, started, log)
         return Outcome(status)
+
+    def _record(self, status: DeliveryStatus) -> None:
+        """Save ``status`` and tell the observer."""
+        self.status_store.save(status)
+        notify_observer(self.observer, status)
 
     def _observe(
         self,
@@ -317,7 +339,7 @@ class Dispatcher:
                 error_type=type(error).__name__,
                 next_attempt_at=utcnow() + dt.timedelta(seconds=retry_in),
             )
-            self.status_store.save(status)
+            self._record(status)
             log.warning(
                 "delivery_retry_scheduled",
                 provider=provider_name,
@@ -339,7 +361,7 @@ class Dispatcher:
             error_type=type(error).__name__,
             next_attempt_at=None,
         )
-        self.status_store.save(status)
+        self._record(status)
         log.error(
             "delivery_failed",
             provider=provider_name,
@@ -358,7 +380,7 @@ class Dispatcher:
             error_type="EnqueueError",
             next_attempt_at=None,
         )
-        self.status_store.save(status)
+        self._record(status)
         self._log.error(
             "delivery_abandoned",
             tenant_id=notification.tenant_id,
@@ -419,6 +441,9 @@ class Dispatcher:
         return notification.options.apply(message) if notification.options else message
 
     def close(self) -> None:
-        """Close every provider and the renderer."""
-        self.providers.close()
-        self.renderer.close()
+        """Close every provider and the renderer; let the observer finish."""
+        try:
+            self.observer.close()
+        finally:
+            self.providers.close()
+            self.renderer.close()

@@ -57,6 +57,7 @@ from .models import (
     encode_context,
     new_notification_id,
 )
+from .observers import notify_observer
 from .stores import IdempotencyStore, MemoryIdempotencyStore, MemoryStatusStore, StatusStore
 from .tenants import StaticTenantResolver, Tenant, TenantResolver
 from .transports import TRANSPORT_ALIASES, TRANSPORT_EXTRAS, Transport
@@ -412,8 +413,9 @@ class Notifier:
                     kind=first_kind,
                 )
                 return self._receipt(earlier, tenant_id, first_kind, duplicate=True)
+        queued = DeliveryStatus.queued(notification)
         try:
-            self.status_store.save(DeliveryStatus.queued(notification))
+            self.status_store.save(queued)
             self.transport.submit(notification)
         except BaseException:
             # Not queued: forget it entirely, so the caller can simply try again.
@@ -424,6 +426,8 @@ class Notifier:
                 with contextlib.suppress(NotifyError):
                     self.idempotency_store.forget(reservation)
             raise
+        # Only once it is queued: a callback must not announce what never was.
+        notify_observer(self.dispatcher.observer, queued)
         return self._receipt(notification.id, tenant_id, kind)
 
     def _check_sendable(self, tenant: Tenant, kind: str, channel: Channel, locale: str) -> None:

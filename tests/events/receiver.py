@@ -57,9 +57,7 @@ class CallbackReceiver:
                 except standardwebhooks.webhooks.WebhookVerificationError as err:
                     verified, error = False, str(err)
                 with receiver._changed:
-                    status, extra = (
-                        receiver._answers.popleft() if receiver._answers else (204, {})
-                    )
+                    status, extra = receiver._answers.popleft() if receiver._answers else (204, {})
                     if not verified:
                         status = 400
                     receiver.requests.append(

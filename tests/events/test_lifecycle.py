@@ -164,8 +164,214 @@ def test_a_secret_that_is_not_whsec_base64_fails_at_build_without_showing_it() -
 
     with pytest.raises(ConfigurationError) as caught:
         Notifier.from_settings(
-            {"tenants": {"a": {"name": "A", "callbacks": {"url": "https://x.example/h",
-                                                           "secret": "whsec_!!!"}}}}
+            {
+                "tenants": {
+                    "a": {
+                        "name": "A",
+                        "callbacks": {"url": "https://x.example/h", "secret": "whsec_!!!"},
+                    }
+                }
+            }
         )
     assert "whsec_ followed by a base64 key" in str(caught.value)
     assert "!!!" not in str(caught.value)
+
+
+# --- through a Notifier: every status change it records --------------------------------
+
+
+def notifier_with(url: str, **events: Any) -> Notifier:
+    return Notifier.from_settings(
+        {
+            "transport": "eager",
+            "email": {
+                "provider": "tenant_notify.testing:ScriptedProvider",
+                "script": ["transient"],
+                "outbox": "lifecycle",
+            },
+            "retry": {"initial_delay": 0, "jitter": 0},
+            "tenants": {
+                "acme": {
+                    "name": "Acme Shop",
+                    "email_from": "orders@acme.test",
+                    "callbacks": {"url": url, "secret": SECRET},
+                }
+            },
+            "events": {"callbacks": {"initial_delay": 0.05}, **events},
+        }
+    )
+
+
+def test_a_notification_calls_back_queued_retrying_and_sent(receiver: CallbackReceiver) -> None:
+    with notifier_with(
+        receiver.url, callbacks={"initial_delay": 0.05, "states": ["queued", "retrying", "sent"]}
+    ) as notify:
+        receipt = notify.send_welcome_email(
+            user_email="jane@example.com", user_name="Jane", tenant_id="acme"
+        )
+        callbacks = receiver.wait_for(3)
+    assert all(c.verified for c in callbacks), [c.error for c in callbacks]
+    assert sorted(c.type for c in callbacks) == [
+        "notification.queued",
+        "notification.retrying",
+        "notification.sent",
+    ]
+    assert {c.payload["data"]["notification_id"] for c in callbacks} == {receipt.id}
+    assert "jane" not in b"".join(c.body for c in callbacks).decode()
+
+
+def test_a_bounce_applied_from_a_provider_webhook_is_called_back(
+    receiver: CallbackReceiver,
+) -> None:
+    from tenant_notify.webhooks import DeliveryEvent, apply_event
+
+    with notifier_with(receiver.url) as notify:
+        receipt = notify.send_welcome_email(
+            user_email="jane@example.com", user_name="Jane", tenant_id="acme"
+        )
+        receiver.wait_for(2)  # queued, sent
+        event = DeliveryEvent(
+            provider="scripted",
+            event="bounce",
+            state=DeliveryState.BOUNCED,
+            notification_id=receipt.id,
+            reason="550 mailbox unavailable",
+        )
+        assert apply_event(notify, event).applied
+        callbacks = receiver.wait_for(3)
+    bounced = [c for c in callbacks if c.type == "notification.bounced"]
+    assert len(bounced) == 1 and bounced[0].verified
+    assert bounced[0].payload["data"]["error"] == "scripted bounce: 550 mailbox unavailable"
+
+
+def test_the_failure_rate_alert_is_a_log_line_a_metric_and_a_callback(
+    receiver: CallbackReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    import prometheus_client
+
+    registry = prometheus_client.CollectorRegistry()
+    settings = {
+        "transport": "eager",
+        "email": {
+            "provider": "tenant_notify.testing:ScriptedProvider",
+            "then": "permanent",
+            "outbox": "lifecycle",
+        },
+        "tenants": {
+            "acme": {
+                "name": "Acme",
+                "email_from": "orders@acme.test",
+                "callbacks": {"url": receiver.url, "secret": SECRET, "states": ["sent"]},
+            }
+        },
+        "events": {"alerts": {"enabled": True, "failure_rate": 0.5, "min_outcomes": 4}},
+    }
+    with Notifier.from_settings(settings, metrics=registry) as notify:
+        for i in range(6):
+            notify.send_email(to_email=f"c{i}@example.com", subject="s", body="b", tenant_id="acme")
+        [alert] = receiver.wait_for(1)
+    assert alert.verified and alert.type == "alert.failure_rate"
+    data = alert.payload["data"]
+    assert (data["tenant_id"], data["channel"], data["outcomes"], data["failed"]) == (
+        "acme",
+        "email",
+        4,
+        4,
+    )
+    assert (
+        registry.get_sample_value(
+            "tenant_notify_failure_rate_alerts_total", {"tenant_id": "acme", "channel": "email"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "tenant_notify_failure_rate_alert_active", {"tenant_id": "acme", "channel": "email"}
+        )
+        == 1
+    )
+    assert "failure_rate_alert" in caplog.text
+    assert len(receiver.requests) == 1  # once, not on every failure after the threshold
+
+
+# --- on the broker: the lifecycle exchange and the callbacks' dead-letter queue -----------
+
+
+@pytest.mark.integration
+def test_lifecycle_events_go_to_the_exchange_with_state_routing_keys(
+    services: None, receiver: CallbackReceiver
+) -> None:
+    import uuid
+
+    import kombu
+
+    from tests.integration.conftest import AMQP_URL
+
+    run = uuid.uuid4().hex[:10]
+    exchange_name, queue_name = f"tn_lc_{run}", f"tn_lc_{run}.sink"
+    with kombu.Connection(AMQP_URL) as conn:
+        exchange = kombu.Exchange(exchange_name, type="topic", durable=True)
+        queue = kombu.Queue(queue_name, exchange, routing_key="notification.*", auto_delete=True)(
+            conn.channel()
+        )
+        queue.declare()
+        try:
+            with notifier_with(
+                receiver.url, broker_url=AMQP_URL, lifecycle_exchange=exchange_name
+            ) as notify:
+                receipt = notify.send_welcome_email(
+                    user_email="jane@example.com", user_name="Jane", tenant_id="acme"
+                )
+                receiver.wait_for(2)  # queued, sent (retrying is not in the default states)
+            deadline = time.monotonic() + 10
+            got: list[Any] = []
+            while len(got) < 2 and time.monotonic() < deadline:
+                message = queue.get(no_ack=True)
+                if message is None:
+                    time.sleep(0.05)
+                else:
+                    got.append(message)
+        finally:
+            conn.channel().exchange_delete(exchange_name)
+    keys = sorted(m.delivery_info["routing_key"] for m in got)
+    assert keys == ["notification.queued", "notification.sent"]
+    sent = json.loads(next(m.body for m in got if m.delivery_info["routing_key"].endswith("sent")))
+    assert sent["type"] == "tenant_notify.notification.sent"
+    assert sent["tenantid"] == "acme" and sent["data"]["notification_id"] == receipt.id
+    # The same id as the callback's webhook-id: one event, two ways out.
+    assert sent["id"] in {c.headers["webhook-id"] for c in receiver.requests}
+
+
+@pytest.mark.integration
+def test_a_dead_callback_goes_to_the_dead_letter_queue_with_its_reason(
+    services: None, receiver: CallbackReceiver
+) -> None:
+    import uuid
+
+    import kombu
+
+    from tests.integration.conftest import AMQP_URL
+
+    dead_queue = f"tn_lc_{uuid.uuid4().hex[:10]}.callbacks.dead"
+    receiver.fail_next(400, times=5)
+    try:
+        with notifier_with(
+            receiver.url, broker_url=AMQP_URL, callbacks={"dead_letter_queue": dead_queue}
+        ) as notify:
+            notify.send_welcome_email(
+                user_email="jane@example.com", user_name="Jane", tenant_id="acme"
+            )
+            receiver.wait_for(2)
+            assert notify.dispatcher.observer.drain(5)  # type: ignore[attr-defined]
+        with kombu.Connection(AMQP_URL) as conn:
+            queue = kombu.Queue(dead_queue, durable=True)(conn.channel())
+            letters = [queue.get(no_ack=True) for _ in range(2)]
+    finally:
+        with kombu.Connection(AMQP_URL) as conn:
+            conn.channel().queue_delete(dead_queue)
+    assert all(letter is not None for letter in letters)
+    reasons = {letter.headers["x-tenant-notify-reason"] for letter in letters}
+    assert reasons == {"HTTP 400"}
+    types = sorted(json.loads(letter.body)["type"] for letter in letters)
+    assert types == ["notification.queued", "notification.sent"]
+    assert {letter.headers["x-tenant-notify-tenant"] for letter in letters} == {"acme"}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import MissingDependencyError
 from ..models import DeliveryState, DeliveryStatus
+from ..observers import notify_observer
 from ..stores import StatusStore
 
 if TYPE_CHECKING:
@@ -159,7 +160,12 @@ def apply_event(
         changes["error_type"] = EVENT_ERROR_TYPE
     if status.provider_message_id is None and event.provider_message_id:
         changes["provider_message_id"] = event.provider_message_id
-    store.save(status.evolve(state=event.state, next_attempt_at=None, **changes))
+    moved = status.evolve(state=event.state, next_attempt_at=None, **changes)
+    store.save(moved)
+    # A Notifier's lifecycle events (callbacks) hear of it; a bare store has none.
+    dispatcher = getattr(target, "dispatcher", None)
+    if dispatcher is not None:
+        notify_observer(dispatcher.observer, moved)
     return replace(event, applied=True)
 
 
