@@ -40,9 +40,7 @@ def exposed() -> tuple[set[str], set[str]]:
     }
     with Notifier.from_settings(settings, metrics=registry) as notify:
         for i in range(8):
-            notify.send_email(
-                to_email=f"c{i}@example.com", subject="s", body="b", tenant_id="acme"
-            )
+            notify.send_email(to_email=f"c{i}@example.com", subject="s", body="b", tenant_id="acme")
     names, labels = set(), set()
     for family in registry.collect():
         for sample in family.samples:
