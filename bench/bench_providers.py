@@ -23,13 +23,17 @@ PIPELINING (RFC 2920), as Postfix, Exim and Exchange do:
 * (b) ``smtplib`` over one held connection per thread, sending the same bytes built
   beforehand: the floor (smtplib never pipelines).
 
-HTTP (SendGrid), into a minimal HTTP/1.1 keep-alive server answering 202 like
-``/v3/mail/send``:
+HTTP (SendGrid, Postmark, SES, SNS), into a minimal HTTP/1.1 keep-alive server
+answering each API's success reply (SendGrid's 202 with X-Message-Id, Postmark's
+and SES's JSON with the message id, SNS's ``PublishResponse`` XML):
 
-* ``SendGridProvider.send(message)``: builds the JSON body, posts it, reads
-  X-Message-Id;
+* ``<Provider>.send(message)``: builds the body, authenticates the request, posts
+  it, classifies the reply, reads the message id;
 * raw ``httpx``: one keep-alive ``httpx.Client`` posting the identical body bytes,
-  built beforehand.
+  built beforehand, with the same credentials, and reading the same message id.
+  For SES and SNS that client signs each request with the same SigV4 signer
+  (botocore's): any client of AWS must, so what the ratio measures is what the
+  provider adds on top of a hand-written client, not the cost of signing.
 """
 
 from __future__ import annotations
@@ -65,9 +69,13 @@ from _harness import (
 )
 
 from tenant_notify._mime import build_mime, mime_bytes
-from tenant_notify.models import Address, EmailMessage
+from tenant_notify.models import Address, EmailMessage, Message, SmsMessage
+from tenant_notify.providers.http import HttpProvider
+from tenant_notify.providers.postmark import PostmarkProvider
 from tenant_notify.providers.sendgrid import SendGridProvider
+from tenant_notify.providers.ses import SesProvider
 from tenant_notify.providers.smtp import SmtpProvider
+from tenant_notify.providers.sns import SnsProvider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.smtp_server import make_self_signed_cert
@@ -149,12 +157,38 @@ class _HttpProtocol(asyncio.Protocol):
             end = head_end + 4 + length
             if len(self.buffer) < end:
                 return
+            path = head.split(" ", 2)[1]
             self.buffer = self.buffer[end:]
             self.count += 1
-            self.transport.write(
-                b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n"
-                b"X-Message-Id: bench" + str(self.count).encode() + b"\r\n\r\n"
-            )
+            self.transport.write(_reply(path, str(self.count).encode()))
+
+
+def _reply(path: str, n: bytes) -> bytes:
+    """Each API's success reply."""
+    if path == "/v3/mail/send":  # SendGrid
+        return (
+            b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nX-Message-Id: bench" + n + b"\r\n\r\n"
+        )
+    if path == "/email":  # Postmark
+        body = (
+            b'{"To":"jane@example.com","SubmittedAt":"2026-12-01T10:00:00Z","MessageID":"pm-'
+            + n
+            + b'","ErrorCode":0,"Message":"OK"}'
+        )
+        kind = b"application/json"
+    elif path == "/v2/email/outbound-emails":  # SES
+        body, kind = b'{"MessageId":"ses-' + n + b'"}', b"application/json"
+    else:  # SNS Publish
+        body = (
+            b'<PublishResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/"><PublishResult>'
+            b"<MessageId>sns-" + n + b"</MessageId></PublishResult><ResponseMetadata><RequestId>r"
+            b"</RequestId></ResponseMetadata></PublishResponse>"
+        )
+        kind = b"text/xml"
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\nContent-Length: "
+        + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
 
 
 def _http_server(port_out: Any, stop: Any) -> None:
@@ -227,7 +261,6 @@ SCOPES = {
 PROVIDER = "`SmtpProvider` (connection kept per thread)"
 PER_MESSAGE = "(a) smtplib, a new connection per message, bytes built beforehand"
 HELD = "(b) smtplib, one held connection per thread, the same bytes (floor)"
-SENDGRID = "`SendGridProvider`"
 RAW_HTTPX = "raw httpx, one keep-alive client, the same bodies built beforehand"
 
 
@@ -313,17 +346,54 @@ def bench_smtp(
         server.close()
 
 
-def bench_sendgrid(n: int, rounds: int, threads: int) -> tuple[str, Result]:
+def sms(n: int) -> SmsMessage:
+    return SmsMessage(
+        from_number="+15005550006",
+        to="+447700900123",
+        body=f"Acme Shop: your order A-{n} has shipped.",
+        notification_id=f"n-{n}",
+        tenant_id="acme",
+        kind="sms",
+    )
+
+
+AWS = {"region": "eu-west-1", "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+       "secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}  # fmt: skip
+
+
+def http_provider(name: str, base_url: str) -> HttpProvider:
+    if name == "sendgrid":
+        return SendGridProvider(api_key=API_KEY, base_url=base_url)
+    if name == "postmark":
+        return PostmarkProvider(server_token="pm-bench-token", base_url=base_url)
+    if name == "ses":
+        return SesProvider(endpoint_url=base_url, **AWS)
+    return SnsProvider(endpoint_url=base_url, **AWS)
+
+
+def _message_id(name: str, response: httpx.Response) -> str | None:
+    """What a hand-written client reads from the reply."""
+    if name == "sendgrid":
+        return response.headers.get("x-message-id")
+    if name == "postmark":
+        return str(response.json()["MessageID"])
+    if name == "ses":
+        return str(response.json()["MessageId"])
+    return response.text.partition("<MessageId>")[2].partition("</MessageId>")[0]
+
+
+def bench_http(name: str, n: int, rounds: int, threads: int) -> tuple[str, Result]:
     server = Server(_http_server)
     runner = Threads(threads, server)
     base_url = f"http://127.0.0.1:{server.port}"
     try:
-        messages = [message(i) for i in range(n)]
-        provider = SendGridProvider(api_key=API_KEY, base_url=base_url)
-        bodies = [provider.build_body(m) for m in messages]
+        messages: list[Message] = [sms(i) if name == "sns" else message(i) for i in range(n)]
+        provider = http_provider(name, base_url)
+        requests = [provider.build_request(m) for m in messages]
         client = httpx.Client(
             base_url=base_url,
-            headers={"Authorization": f"Bearer {API_KEY}"},
+            # The same credentials, the same way: a header, basic auth, or SigV4.
+            auth=provider.auth(),
             timeout=httpx.Timeout(20.0, connect=5.0),
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
         )
@@ -332,20 +402,22 @@ def bench_sendgrid(n: int, rounds: int, threads: int) -> tuple[str, Result]:
             return provider.send(messages[i])
 
         def raw_httpx(i: int) -> object:
+            request = requests[i]
             response = client.post(
-                "/v3/mail/send",
-                content=bodies[i],
-                headers={"Content-Type": "application/json"},
+                request.path,
+                content=request.content,
+                headers={"Content-Type": request.content_type},
             )
-            assert response.status_code == 202
-            return response.headers.get("x-message-id")
+            assert response.is_success
+            return _message_id(name, response)
 
-        guarantee = "accepted by the API (202) when the call returns"
-        title = f"SendGrid over HTTP, {threads} thread{'s' * (threads > 1)}"
+        guarantee = "accepted by the API when the call returns"
+        title = f"{provider.service} over HTTP, {threads} thread{'s' * (threads > 1)}"
+        label = f"`{type(provider).__name__}`"
         result = Comparison(
             title,
             [
-                Variant(SENDGRID, runner.variant(via_provider, n), guarantee=guarantee),
+                Variant(label, runner.variant(via_provider, n), guarantee=guarantee),
                 Variant(
                     RAW_HTTPX,
                     runner.variant(raw_httpx, n),
@@ -371,6 +443,10 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2000, help="messages per round ((a): n/4)")
     parser.add_argument("--threads", default="1,4", help="sending threads, comma-separated")
     parser.add_argument("--no-tls", dest="tls", action="store_false", help="skip the STARTTLS runs")
+    parser.add_argument("--no-smtp", dest="smtp", action="store_false", help="skip the SMTP runs")
+    parser.add_argument(
+        "--http", default="sendgrid,postmark,ses,sns", help="HTTP providers, comma-separated"
+    )
     args = parser.parse_args()
     # As in production: debug lines (smtp_connected) filtered out.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
@@ -390,19 +466,20 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         tls_modes = [None, Path(tmp)] if args.tls and shutil.which("openssl") else [None]
-        for pipelining in (False, True):
+        for pipelining in (False, True) if args.smtp else ():
             for tls_dir in tls_modes:
                 for threads in thread_counts:
                     title, result = bench_smtp(args.n, args.rounds, threads, tls_dir, pipelining)
                     smtp_tables.append(f"**{title}**\n\n" + result.markdown(targets=targets))
-    publish("providers-smtp", "\n".join(smtp_tables), write=args.write)
+    if smtp_tables:
+        publish("providers-smtp", "\n".join(smtp_tables), write=args.write)
     http_tables = []
-    for threads in thread_counts:
-        title, result = bench_sendgrid(args.n, args.rounds, threads)
-        target = Target(
-            "earlier target: at least 0.8x raw httpx", SENDGRID, RAW_HTTPX, at_least=0.8
-        )
-        http_tables.append(f"**{title}**\n\n" + result.markdown(targets=[target]))
+    for name in args.http.split(","):
+        for threads in thread_counts:
+            title, result = bench_http(name, args.n, args.rounds, threads)
+            label = f"`{type(http_provider(name, 'http://127.0.0.1')).__name__}`"
+            target = Target("target: at least 0.8x raw httpx", label, RAW_HTTPX, at_least=0.8)
+            http_tables.append(f"**{title}**\n\n" + result.markdown(targets=[target]))
     publish("providers-http", "\n".join(http_tables), write=args.write)
 
 

@@ -239,3 +239,20 @@ def _options(**options: Any) -> EmailOptions:
     built = EmailOptions.build(**options)
     assert built is not None
     return built
+
+
+def test_without_botocore_the_extra_is_named_when_the_notifier_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from tenant_notify.errors import MissingDependencyError
+
+    for name in ("tenant_notify.providers._aws", "tenant_notify.providers.ses"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "botocore", None)
+    table = {"provider": "ses", "region": REGION, "access_key_id": ACCESS_KEY,
+             "secret_access_key": SECRET_KEY}  # fmt: skip
+    with pytest.raises(MissingDependencyError) as info:
+        Notifier.from_settings({"email": table})
+    assert info.value.extra == "aws" and info.value.key == "email.provider"

@@ -13,6 +13,7 @@ when the first Amazon provider builds its client, never by ``import tenant_notif
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Generator, Iterable
 from typing import Any, ClassVar
@@ -24,6 +25,19 @@ from ..errors import MissingDependencyError
 from .http import HttpConfig
 
 __all__ = ["THROTTLING_CODES", "AwsConfig", "SigV4Auth"]
+
+
+# Fail when the notifier is built (this module is imported then), naming the extra;
+# botocore itself is imported only when a client is built.
+def _botocore_missing() -> bool:
+    try:
+        return importlib.util.find_spec("botocore") is None
+    except ValueError:  # hidden in sys.modules (tests do that)
+        return True
+
+
+if _botocore_missing():
+    raise MissingDependencyError("botocore", "aws")
 
 #: The error codes botocore's standard retry mode treats as throttling.
 THROTTLING_CODES = frozenset(
