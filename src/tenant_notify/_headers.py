@@ -9,6 +9,7 @@ before bytes leave the process.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from email.header import decode_header
 
 from .errors import HeaderInjectionError, ValidationError
@@ -16,10 +17,15 @@ from .errors import HeaderInjectionError, ValidationError
 __all__ = [
     "FIELD_NAME",
     "MAX_HEADER_CHARS",
+    "NOTIFICATION_ID_HEADER",
     "RESERVED_HEADERS",
     "check_extra_header",
     "check_header_value",
+    "outgoing_headers",
 ]
+
+#: The header every message carries its notification id in.
+NOTIFICATION_ID_HEADER = "X-Tenant-Notify-Id"
 
 #: RFC 5322 field name: printable US-ASCII except the colon.
 FIELD_NAME = re.compile(r"[!-9;-~]+")
@@ -122,3 +128,20 @@ def check_extra_header(
         raise ValidationError(f"is longer than {MAX_HEADER_CHARS} characters", field=field)
     check_header_value(value, field)
     return field
+
+
+def outgoing_headers(
+    headers: Mapping[str, str], notification_id: str, *, reserved: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """A message's extra headers, each checked again (:func:`check_extra_header`),
+    then :data:`NOTIFICATION_ID_HEADER` when there is a notification id: the headers
+    an HTTP provider hands its API."""
+    checked = []
+    for name, value in headers.items():
+        check_extra_header(name, value, reserved=reserved)
+        checked.append((name, value))
+    if notification_id:
+        checked.append(
+            (NOTIFICATION_ID_HEADER, check_header_value(notification_id, "notification_id"))
+        )
+    return checked

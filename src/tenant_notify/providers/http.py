@@ -10,8 +10,10 @@ request, AWS SigV4, fits as well as a fixed token), the translation of every
 ``httpx`` failure into the library's error tree, the status-code ladder, rate-limit
 headers, and scrubbing credentials out of anything quoted.
 
-Subclasses fill these hooks and nothing else (they must not override ``send``,
-``send_email``, ``send_sms`` or :meth:`HttpProvider.deliver`):
+Subclasses set ``Config`` (an :class:`HttpConfig` subclass: ``__init__`` validates
+the keyword settings against it into ``self.config``) and fill these hooks, and
+nothing else (they must not override ``send``, ``send_email``, ``send_sms`` or
+:meth:`HttpProvider.deliver`):
 
 * :meth:`~HttpProvider.build_request` (must): the :class:`HttpRequest` for a message.
 * :meth:`~HttpProvider.auth` (must): the ``httpx.Auth`` that authenticates each request.
@@ -208,7 +210,23 @@ class HttpProvider(Provider, ABC):
     #: What a 401 or 403 means for this provider, for the error message.
     credentials_refused: ClassVar[str] = "the credentials were refused"
 
-    def __init__(self, config: HttpConfig) -> None:
+    #: The validated settings (an instance of the subclass's ``Config``).
+    config: HttpConfig
+
+    def __init__(self, **settings: Any) -> None:
+        """Validate ``settings`` against ``Config``.
+
+        Raises:
+            ConfigurationError: naming the setting at fault, without its value
+                (which may be a key or a token).
+        """
+        config_class = type(self).Config
+        assert issubclass(config_class, HttpConfig)
+        try:
+            config = config_class.model_validate(settings)
+        except pydantic.ValidationError as err:
+            raise config_error(err, self.name) from None
+        self.config = config
         self._http_config = config
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()

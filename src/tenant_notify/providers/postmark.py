@@ -43,10 +43,9 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import pydantic
 from pydantic import Field, SecretStr, field_validator
 
-from .._headers import check_extra_header, check_header_value
+from .._headers import check_header_value, outgoing_headers
 from .._mime import envelope_address
 from ..errors import (
     DeliveryError,
@@ -64,7 +63,6 @@ from .http import (
     HttpConfig,
     HttpProvider,
     HttpRequest,
-    config_error,
     json_object,
 )
 
@@ -128,13 +126,10 @@ class PostmarkProvider(HttpProvider):
         features=frozenset(Feature), max_message_bytes=10 * 1024 * 1024, max_tags=1, max_metadata=8
     )
 
+    config: PostmarkConfig
+
     def __init__(self, *, server_token: SecretStr | str, **options: Any) -> None:
-        try:
-            config = PostmarkConfig(server_token=server_token, **options)
-        except pydantic.ValidationError as err:
-            raise config_error(err, self.name) from None
-        self.config = config
-        super().__init__(config)
+        super().__init__(server_token=server_token, **options)
 
     @classmethod
     def check_options(cls, options: EmailOptions) -> None:
@@ -186,13 +181,10 @@ class PostmarkProvider(HttpProvider):
         tag = message.tags[0] if message.tags else message.kind
         if tag:
             payload["Tag"] = tag[:1000]
-        headers = []
-        for name, value in message.headers.items():
-            check_extra_header(name, value)
-            headers.append({"Name": name, "Value": value})
-        if message.notification_id:
-            value = check_header_value(message.notification_id, "notification_id")
-            headers.append({"Name": "X-Tenant-Notify-Id", "Value": value})
+        headers = [
+            {"Name": name, "Value": value}
+            for name, value in outgoing_headers(message.headers, message.notification_id)
+        ]
         if headers:
             payload["Headers"] = headers
         metadata = dict(message.metadata)

@@ -41,10 +41,9 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import pydantic
 from pydantic import Field, SecretStr, field_validator
 
-from .._headers import check_extra_header, check_header_value
+from .._headers import check_header_value, outgoing_headers
 from .._mime import envelope_address
 from ..errors import (
     DeliveryError,
@@ -61,7 +60,6 @@ from .http import (
     HttpConfig,
     HttpProvider,
     HttpRequest,
-    config_error,
 )
 
 if TYPE_CHECKING:
@@ -133,13 +131,11 @@ class SendGridProvider(HttpProvider):
         max_tags=9,
     )
 
+    config: SendGridConfig
+
     def __init__(self, *, api_key: SecretStr | str, **options: Any) -> None:
-        try:
-            config = SendGridConfig(api_key=api_key, **options)
-        except pydantic.ValidationError as err:
-            raise config_error(err, self.name) from None
-        self.config = config
-        super().__init__(config)
+        super().__init__(api_key=api_key, **options)
+        config = self.config
         self._settings_extra: dict[str, Any] = {}
         if config.ip_pool is not None:
             self._settings_extra["ip_pool_name"] = config.ip_pool
@@ -200,7 +196,9 @@ class SendGridProvider(HttpProvider):
             custom_args["notification_id"] = message.notification_id
         if custom_args:
             payload["custom_args"] = custom_args
-        headers = _headers(message)
+        headers = dict(
+            outgoing_headers(message.headers, message.notification_id, reserved=_SENDGRID_RESERVED)
+        )
         if headers:
             payload["headers"] = headers
         if message.attachments:
@@ -263,18 +261,6 @@ def _attachment(attachment: Attachment) -> dict[str, str]:
     if attachment.content_id:
         entry["content_id"] = attachment.content_id
     return entry
-
-
-def _headers(message: EmailMessage) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in message.headers.items():
-        check_extra_header(name, value, reserved=_SENDGRID_RESERVED)
-        headers[name] = value
-    if message.notification_id:
-        headers["X-Tenant-Notify-Id"] = check_header_value(
-            message.notification_id, "notification_id"
-        )
-    return headers
 
 
 def _error_entries(response: httpx.Response) -> list[dict[str, Any]]:

@@ -50,10 +50,9 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import httpx
-import pydantic
 from pydantic import Field
 
-from .._headers import check_extra_header, check_header_value
+from .._headers import check_header_value, outgoing_headers
 from .._mime import envelope_address, wire_bytes
 from ..errors import (
     DeliveryError,
@@ -71,7 +70,6 @@ from .http import (
     ErrorDetails,
     HttpProvider,
     HttpRequest,
-    config_error,
     json_object,
     retry_after,
 )
@@ -122,13 +120,10 @@ class SesProvider(HttpProvider):
         features=frozenset(Feature) - {Feature.TAGS}, max_message_bytes=40 * 1000 * 1000
     )
 
+    config: SesConfig
+
     def __init__(self, *, region: str, **options: Any) -> None:
-        try:
-            config = SesConfig(region=region, **options)
-        except pydantic.ValidationError as err:
-            raise config_error(err, self.name) from None
-        self.config = config
-        super().__init__(config)
+        super().__init__(region=region, **options)
 
     @classmethod
     def check_options(cls, options: EmailOptions) -> None:
@@ -258,13 +253,10 @@ def _simple(message: EmailMessage) -> dict[str, Any]:
         "Subject": {"Data": check_header_value(message.subject, "subject"), "Charset": "UTF-8"},
         "Body": body,
     }
-    headers = []
-    for name, value in message.headers.items():
-        check_extra_header(name, value)
-        headers.append({"Name": name, "Value": value})
-    if message.notification_id:
-        value = check_header_value(message.notification_id, "notification_id")
-        headers.append({"Name": "X-Tenant-Notify-Id", "Value": value})
+    headers = [
+        {"Name": name, "Value": value}
+        for name, value in outgoing_headers(message.headers, message.notification_id)
+    ]
     if headers:
         simple["Headers"] = headers
     return simple

@@ -45,14 +45,13 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlencode
 
 import httpx
-import pydantic
 from pydantic import field_validator
 
 from ..errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from ..models import Channel, Message, SmsMessage
 from ._aws import THROTTLING_CODES, AwsConfig, SigV4Auth
 from .base import ProviderConfig
-from .http import ErrorContext, ErrorDetails, HttpProvider, HttpRequest, config_error, retry_after
+from .http import ErrorContext, ErrorDetails, HttpProvider, HttpRequest, retry_after
 
 __all__ = ["SnsConfig", "SnsProvider"]
 
@@ -104,13 +103,10 @@ class SnsProvider(HttpProvider):
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.SMS})
     Config: ClassVar[type[ProviderConfig]] = SnsConfig
 
+    config: SnsConfig
+
     def __init__(self, *, region: str, **options: Any) -> None:
-        try:
-            config = SnsConfig(region=region, **options)
-        except pydantic.ValidationError as err:
-            raise config_error(err, self.name) from None
-        self.config = config
-        super().__init__(config)
+        super().__init__(region=region, **options)
 
     # --- hooks -------------------------------------------------------------------------
 

@@ -47,7 +47,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlencode, urlsplit
 
-import pydantic
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ..errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
@@ -59,7 +58,6 @@ from .http import (
     HttpConfig,
     HttpProvider,
     HttpRequest,
-    config_error,
     json_object,
     retry_after,
 )
@@ -154,14 +152,11 @@ class TwilioProvider(HttpProvider):
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.SMS})
     Config: ClassVar[type[ProviderConfig]] = TwilioConfig
 
+    config: TwilioConfig
+
     def __init__(self, *, account_sid: str, **options: Any) -> None:
-        try:
-            config = TwilioConfig(account_sid=account_sid, **options)
-        except pydantic.ValidationError as err:
-            raise config_error(err, self.name) from None
-        self.config = config
-        super().__init__(config)
-        self._path = f"/2010-04-01/Accounts/{quote(config.account_sid)}/Messages.json"
+        super().__init__(account_sid=account_sid, **options)
+        self._path = f"/2010-04-01/Accounts/{quote(account_sid)}/Messages.json"
 
     # --- hooks -------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "crypto",
     "epoch",
     "find_header",
+    "iso_time",
     "reason_text",
 ]
 
@@ -200,6 +201,16 @@ def epoch(value: Any) -> dt.datetime | None:
         except (OverflowError, OSError, ValueError):
             return None
     return None
+
+
+def iso_time(value: Any) -> dt.datetime | None:
+    """An ISO 8601 timestamp (``2026-12-01T10:00:00Z``) as a datetime; None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def reason_text(value: Any) -> str | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import hmac
 import json
 from collections.abc import Mapping
@@ -36,7 +35,15 @@ from pydantic import SecretStr
 from ..errors import WebhookPayloadError, WebhookVerificationError
 from ..models import DeliveryState
 from ..stores import StatusStore
-from .base import MAX_BODY, DeliveryEvent, WebhookRequest, apply_event, find_header, reason_text
+from .base import (
+    MAX_BODY,
+    DeliveryEvent,
+    WebhookRequest,
+    apply_event,
+    find_header,
+    iso_time,
+    reason_text,
+)
 
 if TYPE_CHECKING:
     from ..notifier import Notifier
@@ -79,15 +86,6 @@ def verify_postmark_auth(headers: Mapping[str, str], credentials: str | SecretSt
         ) from None
     if not hmac.compare_digest(given, expected.encode("utf-8")):
         raise WebhookVerificationError("the credentials do not match", provider="postmark")
-
-
-def _when(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def parse_postmark_event(body: bytes | str) -> DeliveryEvent:
@@ -133,7 +131,7 @@ def parse_postmark_event(body: bytes | str) -> DeliveryEvent:
         provider_message_id=message_id if isinstance(message_id, str) and message_id else None,
         tenant_id=tenant_id if isinstance(tenant_id, str) else None,
         reason=reason if state is not DeliveryState.DELIVERED else None,
-        occurred_at=_when(data.get("DeliveredAt") or data.get("BouncedAt")),
+        occurred_at=iso_time(data.get("DeliveredAt") or data.get("BouncedAt")),
     )
 
 

@@ -32,22 +32,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import WebhookPayloadError
 from ..models import DeliveryState
 from ..stores import StatusStore
-from .base import DeliveryEvent, WebhookRequest, apply_event, reason_text
+from .base import DeliveryEvent, WebhookRequest, apply_event, iso_time, reason_text
 from .sns import Fetch, confirm_subscription, parse_sns_message, verify_sns_message
 
 if TYPE_CHECKING:
     from ..notifier import Notifier
 
 __all__ = ["apply_ses_events", "parse_ses_event", "receive_ses"]
-
-
-def _when(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def parse_ses_event(message: str) -> DeliveryEvent:
@@ -95,7 +86,7 @@ def parse_ses_event(message: str) -> DeliveryEvent:
         state=state,
         provider_message_id=message_id if isinstance(message_id, str) and message_id else None,
         reason=reason,
-        occurred_at=_when(details.get("timestamp") or mail.get("timestamp")),
+        occurred_at=iso_time(details.get("timestamp") or mail.get("timestamp")),
     )
 
 
