@@ -118,7 +118,9 @@ def order(i: int, run: str, tenant_id: str) -> dict[str, Any]:
     return {
         "order_id": f"{run}-{i}",
         "customer_email": f"customer{i}@example.com",
-        "order_total": Decimal("99.99"),
+        # Totals differ from order to order, as they do in a shop (no formatting cache
+        # sees the same amount twice in a row).
+        "order_total": Decimal(f"{10 + i % 990}.{i % 97:02d}") if i >= 0 else Decimal("99.99"),
         "currency": "USD",
         "tenant_id": tenant_id,
     }
