@@ -142,3 +142,25 @@ def test_a_bad_option_is_a_configuration_error() -> None:
         resolve_metrics("yes")
     assert isinstance(resolve_metrics(False), NullMetrics)
     assert isinstance(resolve_metrics(prometheus_client.CollectorRegistry()), PrometheusMetrics)
+
+
+def test_template_caches_are_exported_with_hits_misses_and_size(tenants: dict[str, Any]) -> None:
+    registry = prometheus_client.CollectorRegistry()
+    with make_notifier(tenants=tenants, metrics=registry, templates={"cache_size": 7}) as notify:
+        stats = notify.dispatcher.renderer.cache_stats
+        before = stats()["templates"]
+        for address in ("a@example.com", "b@example.com", "c@example.com"):
+            welcome(notify, address)
+        after = stats()["templates"]
+        templates = {"cache": "templates"}
+        # Three welcome emails: compiled once, then found in the cache.
+        assert after.misses > before.misses and after.hits > before.hits
+        assert (
+            sample(registry, "tenant_notify_template_cache_hits_total", **templates) == after.hits
+        )
+        assert sample(registry, "tenant_notify_template_cache_misses_total", **templates) == (
+            after.misses
+        )
+        assert sample(registry, "tenant_notify_template_cache_entries", **templates) == after.size
+        assert sample(registry, "tenant_notify_template_cache_max_entries", **templates) == 7
+        assert sample(registry, "tenant_notify_template_cache_max_entries", cache="lookups") == 28

@@ -30,6 +30,7 @@ from pydantic_settings import (
 
 from ._validation import normalize_locale
 from .errors import ConfigurationError, MissingDependencyError
+from .templates._loader import check_apart
 from .tenants import Tenant, protect_secrets
 
 __all__ = [
@@ -89,13 +90,25 @@ class RetrySettings(_Section):
 
 
 class TemplateSettings(_Section):
-    """Limits on rendering tenant templates (which are untrusted input)."""
+    """Limits on rendering tenant templates (which are untrusted input).
+
+    Attributes:
+        max_output_chars: Most characters one rendered part may have; also the
+            largest value a template may build, and (times 8) the work one part
+            may do. See ``docs/templates.md``.
+        render_timeout: Seconds one render call (a part, or all parts of an
+            email) may take.
+        auto_reload: Notice edited template files without a restart.
+        cache_size: Compiled templates kept in memory (least recently used
+            dropped first); lookup answers are kept for 4 x as many.
+    """
 
     max_output_chars: int = Field(default=262_144, ge=1024)
     render_timeout: float = Field(default=2.0, gt=0)
     # Off: production templates do not change under a running process, and
     # noticing edits costs stat calls on every render. Development turns it on.
     auto_reload: bool = False
+    cache_size: int = Field(default=2000, ge=1)
 
 
 class IdempotencySettings(_Section):
@@ -419,6 +432,19 @@ class Settings(BaseModel):
         for tenant_id, tenant in self.tenants.items():
             if "locale" not in tenant.model_fields_set:
                 self.tenants[tenant_id] = tenant.model_copy(update={"locale": self.default_locale})
+        return self
+
+    @model_validator(mode="after")
+    def _template_folders_apart(self) -> Settings:
+        folders = {
+            f"tenants.{tenant_id}.templates_dir": tenant.templates_dir
+            for tenant_id, tenant in self.tenants.items()
+            if tenant.templates_dir is not None
+        }
+        if self.templates_dir is not None:
+            folders["templates_dir"] = self.templates_dir
+        # Raises ConfigurationError itself, naming the key (pydantic passes it on).
+        check_apart(folders)
         return self
 
 

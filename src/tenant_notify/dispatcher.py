@@ -114,6 +114,10 @@ class Dispatcher:
         self._log = get_logger()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
         self.observer: StatusObserver = observer if observer is not None else NullObserver()
+        # A recorder that can also export the template caches (Prometheus) is given them.
+        watch = getattr(self.metrics, "watch_template_caches", None)
+        if watch is not None:
+            watch(renderer)
 
     @classmethod
     def from_settings(
@@ -144,6 +148,7 @@ class Dispatcher:
                 max_output_chars=settings.templates.max_output_chars,
                 render_timeout=settings.templates.render_timeout,
                 auto_reload=settings.templates.auto_reload,
+                cache_size=settings.templates.cache_size,
             ),
             providers=ProviderPool.from_settings(settings),
             status_store=status_store,

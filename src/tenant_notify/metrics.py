@@ -19,6 +19,15 @@ those would make one time series per address or per customer.
 * ``tenant_notify_delivery_attempts_total``: a counter.
 * ``tenant_notify_delivery_duration_seconds``: a histogram of how long the
   attempt took (render, send, failover included).
+
+The template renderer's caches are exported too, read when Prometheus scrapes
+(nothing is counted on the delivery path for them), labelled ``cache``
+(``templates``, ``lookups``, ``kinds``; see
+:meth:`~tenant_notify.templates.TemplateRenderer.cache_stats`) and summed over
+the notifiers of the process: ``tenant_notify_template_cache_hits_total``,
+``tenant_notify_template_cache_misses_total`` (counters),
+``tenant_notify_template_cache_entries`` and
+``tenant_notify_template_cache_max_entries`` (gauges).
 """
 
 from __future__ import annotations
@@ -31,6 +40,10 @@ from .errors import ConfigurationError
 
 __all__ = [
     "ATTEMPTS",
+    "CACHE_ENTRIES",
+    "CACHE_HITS",
+    "CACHE_MAX_ENTRIES",
+    "CACHE_MISSES",
     "DURATION",
     "LABELS",
     "MetricsRecorder",
@@ -42,6 +55,10 @@ __all__ = [
 ATTEMPTS: Final = "tenant_notify_delivery_attempts"
 DURATION: Final = "tenant_notify_delivery_duration_seconds"
 LABELS: Final = ("kind", "channel", "provider", "outcome")
+CACHE_HITS: Final = "tenant_notify_template_cache_hits"
+CACHE_MISSES: Final = "tenant_notify_template_cache_misses"
+CACHE_ENTRIES: Final = "tenant_notify_template_cache_entries"
+CACHE_MAX_ENTRIES: Final = "tenant_notify_template_cache_max_entries"
 # Provider calls: a few milliseconds (memory, a local relay) to a minute (a slow API's timeout).
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -107,6 +124,9 @@ class PrometheusMetrics:
             buckets=BUCKETS,
         )
 
+        self._caches = _TemplateCacheCollector()
+        registry.register(self._caches)
+
     def observe_attempt(
         self, *, kind: str, channel: str, provider: str, outcome: str, seconds: float
     ) -> None:
@@ -114,8 +134,50 @@ class PrometheusMetrics:
         self.attempts.labels(*labels).inc()
         self.duration.labels(*labels).observe(seconds)
 
+    def watch_template_caches(self, renderer: Any) -> None:
+        """Export ``renderer.cache_stats()`` with the others, for as long as it lives."""
+        self._caches.renderers.add(renderer)
+
     def __repr__(self) -> str:
         return f"PrometheusMetrics(registry={self.registry!r})"
+
+
+class _TemplateCacheCollector:
+    """A prometheus-client collector: the caches of the watched renderers, at scrape time."""
+
+    def __init__(self) -> None:
+        self.renderers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def describe(self) -> list[Any]:
+        return []  # collect() then runs at scrape time only, not on registration
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        families: dict[str, Any] = {
+            "hits": CounterMetricFamily(
+                CACHE_HITS, "Template cache lookups that found an entry.", labels=["cache"]
+            ),
+            "misses": CounterMetricFamily(
+                CACHE_MISSES, "Template cache lookups that did not.", labels=["cache"]
+            ),
+            "size": GaugeMetricFamily(
+                CACHE_ENTRIES, "Entries in a template cache.", labels=["cache"]
+            ),
+            "max_size": GaugeMetricFamily(
+                CACHE_MAX_ENTRIES, "Most entries a template cache holds.", labels=["cache"]
+            ),
+        }
+        totals: dict[str, dict[str, int]] = {}
+        for renderer in list(self.renderers):
+            for cache, stats in renderer.cache_stats().items():
+                sums = totals.setdefault(cache, dict.fromkeys(families, 0))
+                for field in families:
+                    sums[field] += getattr(stats, field)
+        for cache, sums in sorted(totals.items()):
+            for field, family in families.items():
+                family.add_metric([cache], sums[field])
+        return list(families.values())
 
 
 def _import_prometheus() -> Any:

@@ -140,11 +140,14 @@ class Worker:
         log_dir: Path,
         run_id: str,
         extra_env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.config_file = config_file
         self.log_dir = log_dir
         self.run_id = run_id
         self.extra_env = extra_env or {}
+        # A command the worker runs under (["prlimit", "--as=...", "--"]), if any.
+        self.wrapper = wrapper or []
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -162,7 +165,8 @@ class Worker:
         env.pop("CELERY_BROKER_URL", None)
         env.pop("CELERY_RESULT_BACKEND", None)
         env.update(self.extra_env)
-        command = [sys.executable, "-m", "celery", "-A", "tenant_notify.celery_app", "worker"]
+        command = [*self.wrapper, sys.executable, "-m", "celery", "-A", "tenant_notify.celery_app"]
+        command += ["worker"]
         command += ["--concurrency", "2", "--loglevel", "INFO", "--without-mingle"]
         command += ["--without-gossip", "--hostname", f"tn-it-{self.run_id}-{self.starts}@%h"]
         with self.log_file.open("wb") as log:

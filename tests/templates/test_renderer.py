@@ -425,14 +425,14 @@ def test_check_kind_is_cached(
     renderer: TemplateRenderer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     lookups = 0
-    original = _loader.ChainLoader.find
+    original = _renderer.find
 
-    def counting_find(self: Any, source: Any, pieces: Any) -> Any:
+    def counting_find(source: Any, pieces: Any) -> Any:
         nonlocal lookups
         lookups += 1
-        return original(self, source, pieces)
+        return original(source, pieces)
 
-    monkeypatch.setattr(_loader.ChainLoader, "find", counting_find)
+    monkeypatch.setattr(_renderer, "find", counting_find)
 
     renderer.check_kind("welcome", Channel.EMAIL, templates_dir=tmp_path, locale="de")
     first = lookups

@@ -28,18 +28,25 @@ from ..errors import (
     TemplateSecurityError,
 )
 from ..models import Channel
+from ._cache import CacheStats, LRUCache
+from ._limits import BUDGET, UNLIMITED, WORK_FACTOR, Budget, LimitExceeded
 from ._loader import (
     APP,
     BUILTIN,
     BUILTIN_DIR,
+    CURRENT_CHAIN,
     LABELS,
     TENANT,
+    Chain,
     ChainLoader,
+    check_apart,
+    display_name,
+    find,
     is_safe_name,
     make_source,
 )
 from ._locale import babel_locale, locale_folders
-from ._sandbox import BUDGET, Budget, LimitExceeded, SandboxEnvironment, check_deadline
+from ._sandbox import SandboxEnvironment
 
 __all__ = ["EMAIL_PARTS", "SMS_PART", "RenderedEmail", "TemplateRenderer"]
 
@@ -59,7 +66,8 @@ _REQUIRED_PARTS: dict[Channel, tuple[str, ...]] = {
 # Without auto_reload nothing on disk is expected to change, so a "no such kind"
 # answer is kept; with it, a kind a tenant adds shows up after this many seconds.
 _NEGATIVE_TTL = 2.0
-_MAX_CACHE_ENTRIES = 10_000
+#: Lookup answers (where a part was found, whether a kind exists) kept per compiled template.
+LOOKUPS_PER_TEMPLATE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +101,8 @@ _KIND_OK = _KindAnswer()
 
 
 class _Resolved(NamedTuple):
-    env: SandboxEnvironment[ChainLoader]
-    name: str  # "label:relpath", what the environment loads
+    chain: Chain
+    name: str  # "<chain>|label:relpath", what the environment loads
     display: str  # relpath, what errors show
     path: str  # the file it was found in
 
@@ -102,9 +110,11 @@ class _Resolved(NamedTuple):
 class TemplateRenderer:
     """Finds and renders notification templates for tenants.
 
-    One renderer serves every tenant: it keeps a sandboxed Jinja2 environment (and
-    its compiled-template cache) per template source chain, that is per tenant
-    ``templates_dir``. It is safe to share between threads.
+    One renderer serves every tenant, with one sandboxed Jinja2 environment: the
+    built-in and application templates are compiled once for all tenants, a
+    tenant's own templates once for that tenant. Compiled templates and lookup
+    answers are kept in LRU caches of a bounded size (:meth:`cache_stats`). It is
+    safe to share between threads.
 
     Args:
         app_templates_dir: The host application's template folder, searched after
@@ -115,6 +125,9 @@ class TemplateRenderer:
         auto_reload: Notice edited template files without a restart (a few
             ``stat`` calls per render). Turn off when templates never change while
             the process runs.
+        cache_size: Most compiled templates kept (the least recently used are
+            dropped and compiled again when next needed); lookup answers are kept
+            for ``4 x cache_size`` (tenant, kind, part, locale) combinations.
 
     Raises:
         ConfigurationError: A limit is not positive, or ``app_templates_dir`` is
@@ -128,11 +141,14 @@ class TemplateRenderer:
         max_output_chars: int = 262_144,
         render_timeout: float = 2.0,
         auto_reload: bool = True,
+        cache_size: int = 2000,
     ) -> None:
         if max_output_chars <= 0:
             raise ConfigurationError("must be positive", key="templates.max_output_chars")
         if render_timeout <= 0:
             raise ConfigurationError("must be positive", key="templates.render_timeout")
+        if cache_size <= 0:
+            raise ConfigurationError("must be positive", key="templates.cache_size")
         if app_templates_dir is not None:
             app_templates_dir = Path(app_templates_dir)
             if not app_templates_dir.is_dir():
@@ -144,11 +160,24 @@ class TemplateRenderer:
         self.max_output_chars = max_output_chars
         self.render_timeout = render_timeout
         self.auto_reload = auto_reload
-        self._envs: dict[Path | None, SandboxEnvironment[ChainLoader]] = {}
-        self._envs_lock = threading.Lock()
-        self._kinds: dict[tuple[Path | None, str, str, str], _KindAnswer] = {}
+        shared = [make_source(BUILTIN, BUILTIN_DIR)]
+        if app_templates_dir is not None:
+            shared.insert(0, make_source(APP, app_templates_dir))
+        lookups = cache_size * LOOKUPS_PER_TEMPLATE
+        self._loader = ChainLoader(shared, auto_reload=auto_reload, cache_size=lookups)
+        self._env = SandboxEnvironment(
+            self._loader,
+            max_output_chars=max_output_chars,
+            auto_reload=auto_reload,
+            cache_size=cache_size,
+        )
+        self._chains: LRUCache[Path | None, Chain] = LRUCache(cache_size)
+        self._chains_lock = threading.Lock()
+        self._kinds: LRUCache[tuple[Path | None, str, str, str], _KindAnswer] = LRUCache(lookups)
         # (templates_dir, kind, part, locale) -> (where the part was found, expiry or None)
-        self._resolved: dict[tuple[Path | None, str, str, str], tuple[_Resolved, float | None]] = {}
+        self._resolved: LRUCache[
+            tuple[Path | None, str, str, str], tuple[_Resolved, float | None]
+        ] = LRUCache(lookups)
 
     # -- public API
 
@@ -184,9 +213,9 @@ class TemplateRenderer:
             if resolved is None:
                 message, template = self._not_found_message(kind, part, locale, tried)
                 expires = time.monotonic() + _NEGATIVE_TTL if self.auto_reload else None
-                self._remember(key, _KindAnswer((message, template), expires))
+                self._kinds[key] = _KindAnswer((message, template), expires)
                 raise TemplateNotFoundError(message, template=template)
-        self._remember(key, _KIND_OK)
+        self._kinds[key] = _KIND_OK
 
     def render(
         self,
@@ -272,10 +301,23 @@ class TemplateRenderer:
 
     def clear_cache(self) -> None:
         """Forget compiled templates and lookup answers (after moving template folders)."""
-        with self._envs_lock:
-            self._envs.clear()
+        self._env.cache.clear()
+        self._chains.clear()
         self._kinds.clear()
         self._resolved.clear()
+
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """Hits, misses, size and bound of each cache, by name.
+
+        ``templates``: compiled templates; ``lookups``: where each part of a kind
+        was found, per tenant and locale; ``kinds``: whether a kind has the parts
+        a channel needs, per tenant and locale.
+        """
+        return {
+            "templates": self._env.cache.stats(),
+            "lookups": self._resolved.stats(),
+            "kinds": self._kinds.stats(),
+        }
 
     def close(self) -> None:
         """Release the caches. The renderer still works afterwards, starting cold."""
@@ -289,12 +331,6 @@ class TemplateRenderer:
 
     # -- lookup
 
-    def _remember(self, key: tuple[Path | None, str, str, str], answer: _KindAnswer) -> None:
-        # Keys come from callers (locale strings, tenant dirs); stay bounded.
-        if len(self._kinds) >= _MAX_CACHE_ENTRIES:
-            self._kinds.clear()
-        self._kinds[key] = answer
-
     @staticmethod
     def _check_name(name: str, what: str) -> None:
         if not is_safe_name(name):
@@ -304,42 +340,41 @@ class TemplateRenderer:
                 template=name if isinstance(name, str) else None,
             )
 
-    def _env(self, templates_dir: Path | None) -> SandboxEnvironment[ChainLoader]:
-        env = self._envs.get(templates_dir)
-        if env is not None:
-            return env
-        with self._envs_lock:
-            env = self._envs.get(templates_dir)
-            if env is None:
-                sources = []
+    def _chain(self, templates_dir: Path | None) -> Chain:
+        chain = self._chains.get(templates_dir)
+        if chain is not None:
+            return chain
+        with self._chains_lock:
+            chain = self._chains.get(templates_dir)
+            if chain is None:
+                tenant = None
                 if templates_dir is not None:
-                    sources.append(make_source(TENANT, templates_dir))
-                if self.app_templates_dir is not None:
-                    sources.append(make_source(APP, self.app_templates_dir))
-                sources.append(make_source(BUILTIN, BUILTIN_DIR))
-                env = SandboxEnvironment(
-                    ChainLoader(sources),
-                    max_output_chars=self.max_output_chars,
-                    auto_reload=self.auto_reload,
-                )
-                self._envs[templates_dir] = env
-        return env
+                    self._check_not_nested(templates_dir)
+                    tenant = make_source(TENANT, templates_dir)
+                chain = self._chains[templates_dir] = self._loader.new_chain(tenant)
+        return chain
+
+    def _check_not_nested(self, templates_dir: Path) -> None:
+        if self.app_templates_dir is not None:
+            check_apart(
+                {"templates_dir": self.app_templates_dir, "tenant templates_dir": templates_dir}
+            )
 
     def _resolve(
         self, templates_dir: Path | None, kind: str, part: str, locale: str
     ) -> tuple[_Resolved | None, list[str]]:
         """Find the first source and locale folder holding ``kind/part``."""
-        env = self._env(templates_dir)
+        chain = self._chain(templates_dir)
         dirs = locale_folders(locale) if isinstance(locale, str) else ()
         relpaths = [f"{d}/{kind}/{part}" for d in dirs] + [f"{kind}/{part}"]
         tried: list[str] = []
-        for source in env.chain_loader.sources:
+        for source in chain.sources:
             for relpath in relpaths:
-                name = f"{source.label}:{relpath}"
-                path = env.chain_loader.find(source, relpath.split("/"))
+                path = find(source, relpath.split("/"))
                 if path is not None:
-                    return _Resolved(env, name, relpath, str(path)), tried
-                tried.append(name)
+                    name = chain.name(source, relpath)
+                    return _Resolved(chain, name, relpath, str(path)), tried
+                tried.append(f"{source.label}:{relpath}")
         return None, tried
 
     def _resolve_cached(
@@ -358,8 +393,6 @@ class TemplateRenderer:
         resolved, tried = self._resolve(templates_dir, kind, part, locale)
         if resolved is None:
             return resolved, tried  # the error message lists what was tried
-        if len(self._resolved) >= _MAX_CACHE_ENTRIES:
-            self._resolved.clear()
         expires = time.monotonic() + _NEGATIVE_TTL if self.auto_reload else None
         self._resolved[key] = (resolved, expires)
         return resolved, tried
@@ -378,10 +411,10 @@ class TemplateRenderer:
 
     @contextmanager
     def _budget(self) -> Iterator[None]:
-        if BUDGET.get() is not None:
+        if BUDGET.get() is not UNLIMITED:
             yield  # an outer render call already set the clock
             return
-        budget = Budget(time.monotonic() + self.render_timeout, self.render_timeout)
+        budget = Budget(self.render_timeout, self.max_output_chars * WORK_FACTOR)
         token = BUDGET.set(budget)
         try:
             yield
@@ -432,30 +465,38 @@ class TemplateRenderer:
     def _render_resolved(self, resolved: _Resolved, context: Mapping[str, Any], locale: str) -> str:
         variables = dict(context)
         variables.setdefault("locale", locale)
+        token = CURRENT_CHAIN.set(resolved.chain)
         try:
             return self._generate(resolved, variables)
         except TemplateError:
             raise
         except Exception as err:
             raise _translate(err, resolved, _tenant_id(context)) from err
+        finally:
+            CURRENT_CHAIN.reset(token)
 
     def _generate(self, resolved: _Resolved, variables: dict[str, Any]) -> str:
-        template = resolved.env.get_template(resolved.name)
+        budget = BUDGET.get()
+        budget.start_part()
+        template = self._env.get_template(resolved.name)
         cap = self.max_output_chars
         chunks: list[str] = []
         size = 0
         stream = cast(Generator[str, None, None], template.generate(variables))
         try:
+            # No clock here: whatever can repeat (loops, calls, captured output)
+            # looks at it, and between two of those a template emits at most
+            # what its source holds.
             for chunk in stream:
                 size += len(chunk)
                 if size > cap:
                     raise LimitExceeded(
                         f"the rendered output is over the limit of {cap:,} characters"
                     )
-                check_deadline()
                 chunks.append(chunk)
         finally:
             stream.close()
+        budget.spend(size)
         return "".join(chunks)
 
 
@@ -473,25 +514,28 @@ _SOURCE_NAMES = {TENANT: "tenant", APP: "app", BUILTIN: "built-in"}
 
 def _locate(err: BaseException, resolved: _Resolved) -> tuple[str, str, int | None]:
     """The innermost template (name, source label, line) in ``err``'s traceback."""
-    origins = resolved.env.chain_loader.origins
     found: tuple[str, str, int | None] | None = None
     tb = err.__traceback__
     while tb is not None:
-        origin = origins.get(tb.tb_frame.f_code.co_filename)
+        origin = resolved.chain.where(tb.tb_frame.f_code.co_filename)
         if origin is not None:
             found = (origin[0], origin[1], tb.tb_lineno)
         tb = tb.tb_next
     if found is not None:
         return found
-    return resolved.display, resolved.name.partition(":")[0], None
+    return resolved.display, _label(resolved.name), None
+
+
+def _label(name: str) -> str:
+    return display_name(name).partition(":")[0]
 
 
 def _translate(err: Exception, resolved: _Resolved, tenant_id: str | None) -> TemplateError:
     """Turn an exception raised while loading or rendering into a TemplateError."""
     if isinstance(err, jinja2.TemplateSyntaxError):
-        label, sep, name = (err.name or "").partition(":")
+        label, sep, name = display_name(err.name or "").partition(":")
         if not sep or label not in LABELS:
-            label, name = resolved.name.partition(":")[0], err.name or resolved.display
+            label, name = _label(resolved.name), display_name(err.name or resolved.display)
         where: tuple[str, str, int | None] = (name, label, err.lineno)
         detail = f"syntax error: {err.message}"
     else:
@@ -504,9 +548,14 @@ def _translate(err: Exception, resolved: _Resolved, tenant_id: str | None) -> Te
                 tenant_id=tenant_id,
             )
         if isinstance(err, jinja2.TemplateNotFound):
-            detail = f"includes {err.name!r}, which no template source has"
+            missing = display_name(str(err.name or ""))
+            detail = f"includes {missing!r}, which no template source has"
         elif isinstance(err, LimitExceeded | SecurityError | jinja2.UndefinedError):
             detail = str(err)
+        elif isinstance(err, RecursionError):
+            detail = "nested too deeply (a macro, include, import or extends that calls itself?)"
+        elif isinstance(err, MemoryError):
+            detail = "out of memory"
         else:
             detail = f"{type(err).__name__}: {err}"
     name, label, line = where
@@ -517,7 +566,7 @@ def _translate(err: Exception, resolved: _Resolved, tenant_id: str | None) -> Te
         origin += f", rendering {resolved.display}"
     message = f"{name}: {detail} ({origin})"
     cls: type[TemplateError]
-    if isinstance(err, LimitExceeded | MemoryError):
+    if isinstance(err, LimitExceeded | MemoryError | RecursionError):
         cls = TemplateLimitError
     elif isinstance(err, SecurityError):
         cls = TemplateSecurityError

@@ -1,84 +1,87 @@
 """The hardened Jinja2 sandbox that tenant templates run in.
 
-This module holds the environment and its limits; finding templates and
-turning failures into :class:`~tenant_notify.errors.TemplateError` is done by
-:mod:`tenant_notify.templates._renderer`, which starts the clock for each render
-(:data:`BUDGET`) and catches :class:`LimitExceeded`.
+This module holds the environment; what one render may spend and the arithmetic
+of the limits are in :mod:`tenant_notify.templates._limits`. Finding templates
+and turning failures into :class:`~tenant_notify.errors.TemplateError` is done by
+:mod:`tenant_notify.templates._renderer`, which sets the budget of each render
+call and catches :class:`~tenant_notify.templates._limits.LimitExceeded`.
 
 Untrusted templates
 -------------------
 Tenant templates are untrusted. They run in Jinja's
 ``ImmutableSandboxedEnvironment`` (no access to ``_``-prefixed attributes or
 Python internals, no mutation of lists and dicts); a violation raises
-:class:`~tenant_notify.errors.TemplateSecurityError`. On top of the sandbox each
-render is limited in output size (``max_output_chars``, per part) and in time
-(``render_timeout``, per call of
-:meth:`~tenant_notify.templates.TemplateRenderer.render`,
-:meth:`~tenant_notify.templates.TemplateRenderer.render_email` or
-:meth:`~tenant_notify.templates.TemplateRenderer.render_sms`);
-exceeding either raises :class:`~tenant_notify.errors.TemplateLimitError`.
+:class:`~tenant_notify.errors.TemplateSecurityError`. On top of the sandbox every
+render is bounded, whatever the template does:
 
-What the limits cover:
+* **Output**: what a part emits is counted chunk by chunk and stops at
+  ``max_output_chars``.
+* **Work**: every character a template writes, emitted or captured (macros,
+  ``caller()``, ``{% set %}`` and ``{% filter %}`` blocks, ``self.block()`` and
+  ``super()``, the body of an imported template), every character of a string
+  and every item of a list or dict it builds (with a filter, a method, an
+  operator, ``~`` or a literal) counts towards ``8 x max_output_chars`` per part.
+  Memory is bounded by that.
+* **Values**: no value a template builds may print as more than
+  ``max_output_chars`` characters, shared references counted each time (a list
+  holding one list ten times weighs ten times as much), nor nest deeper than 64.
+  So every single operation Python does on a value (``str()``, ``|tojson``,
+  ``==``, ``hash()``) works on a bounded input. Values that would be too large
+  are refused *before* they are built where the size can be known: ``*``,
+  ``**``, ``+``, ``%``, ``str.format``, ``~``, ``{{ ... }}``, the filters
+  ``replace``, ``join``, ``center``, ``indent``, ``wordwrap``, ``format``,
+  ``batch``, ``slice``, ``tojson`` and ``urlize``, the string methods ``center``,
+  ``ljust``, ``rjust``, ``zfill``, ``expandtabs``, ``replace``, ``join`` and
+  ``translate``, and ``lipsum()``; the results of every other filter and call
+  are measured as they come back.
+* **Operations slow on a bounded input** are refused or done another way:
+  ``sum`` of lists (quadratic in C) is done in linear time; ``strip``/``trim``
+  take at most 256 characters to strip; ``encode``/``decode`` only the UTF and
+  Latin-1 codecs; ``int`` of a Decimal with over 4,300 digits is refused;
+  ``wordwrap`` and ``pprint`` (pure Python) take at most ``max_output_chars / 4``.
+* **Time**: the clock is checked whenever work is counted, at every call a
+  template makes (macros and ``caller()`` included), every iteration of every
+  loop and every step of ``range()`` (which keeps the sandbox's limit of 100,000
+  items). As no step is large, a render stops soon after ``render_timeout``.
+* **Recursion** (a macro or an include calling itself) ends at Python's
+  recursion limit, as a :class:`~tenant_notify.errors.TemplateLimitError`.
+* **No state between renders**: an imported template is rendered afresh for
+  each render (Jinja keeps it otherwise), so a ``namespace()`` or ``cycler()``
+  it holds cannot carry one recipient's data into the next email.
+* Template sources larger than 1 MiB are refused by the loader
+  (:mod:`tenant_notify.templates._loader`).
 
-* Output is produced with ``Template.generate()`` and counted chunk by chunk;
-  rendering stops at the first chunk past the cap, before the whole text exists.
-* The clock is checked at every output chunk, at every function or method call
-  made by the template (macros and ``caller()`` included), at every iteration of
-  every ``{% for %}`` loop, and at every step of ``range()`` (which yields lazily
-  and keeps the sandbox's limit of 100,000 items).
-* Values are refused *before* they are built when they would be larger than the
-  output cap (measured as the characters they would print as): ``*`` (string and
-  list repetition, big integer products), ``**`` (exponents over 100 or huge
-  integer results), ``+`` on strings and lists, ``%`` and ``str.format`` (field
-  widths are summed; nested ``{:{}}`` widths and ``%*d`` are refused), ``~``
-  operands, each ``{{ ... }}`` value, the filters ``replace``, ``join``,
-  ``center``, ``indent``, ``wordwrap``, ``format``, ``batch``, ``slice``,
-  ``tojson`` (indent at most 16) and ``urlize`` (``target``/``rel`` at most 256
-  characters), the string methods ``center``, ``ljust``, ``rjust``, ``zfill``,
-  ``expandtabs``, ``replace``, ``join`` and ``translate``, and ``lipsum()``.
-* Template sources larger than 1 MiB are refused (by the loader, in
-  :mod:`tenant_notify.templates._loader`).
+What the limits do not cover:
 
-What they do not cover:
-
-* A single operation implemented in C or in Jinja's Python that is slow on an
-  input within the cap (sorting 100,000 items, a regular expression in
-  ``urlize``) runs to its end before the clock is looked at again.
 * Compiling a template is not timed (sources are capped at 1 MiB instead), and
   compiled templates are cached, so this cost is paid once per template version.
 * Functions and objects the *host* puts in the context are trusted: their cost
-  and output are theirs. Values measured by an estimate (numbers, nested
-  containers) may print somewhat longer than estimated; the output counter then
-  still stops the render.
-* The limits are cooperative: they raise inside the rendering thread, they do
-  not preempt it. Run delivery on workers (as the transports do) if a stuck
-  render must not block the caller.
+  and output are theirs.
+* The limits are cooperative: they raise inside the rendering thread, between
+  steps of the template, they do not preempt it.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import re
-import string
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
-from decimal import Decimal
-from itertools import islice
-from typing import Any, Generic, TypeVar, overload
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any
 
 import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.environment import TemplateModule
 from jinja2.filters import make_attrgetter
+from jinja2.lexer import Token, TokenStream
 from jinja2.nodes import EvalContext
-from jinja2.runtime import Context
-from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
+from jinja2.runtime import Context, Macro
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import generate_lorem_ipsum
-from markupsafe import Markup, escape
+from markupsafe import escape
 
+from ._cache import LRUCache
 from ._filters import (
     css_color_filter,
     date_filter,
@@ -86,313 +89,176 @@ from ._filters import (
     money_filter,
     number_filter,
 )
+from ._limits import (
+    BUDGET,
+    LimitExceeded,
+    check_brace_format,
+    check_deadline,
+    check_int_conversion,
+    check_multiply,
+    check_percent_format,
+    check_power,
+    check_strip_chars,
+    guard_str_method,
+    refuse_over,
+    replace_bound,
+    size_of_result,
+    template_range,
+    weight,
+)
+from ._loader import ChainLoader
 
-_MAX_EXPONENT = 100
-# About 4,900 decimal digits: past CPython's default int-to-str limit anyway.
-_MAX_INT_BITS = 16_384
-# A float printed with "%f" can take over 300 digits; every format field may.
-_FIELD_ALLOWANCE = 330
+#: Most tokens one template file may hold (the largest built-in one has 250).
+MAX_TOKENS = 5_000
+#: Most characters of Python one template file may compile to (the largest
+#: built-in one compiles to about 20,000).
+MAX_CODE_CHARS = 131_072
 _MAX_TOJSON_INDENT = 16
 _MAX_URLIZE_EXTRA = 256
 
-
-# --- limits ---------------------------------------------------------------------------
-
-
-class LimitExceeded(Exception):
-    """Raised inside a render; becomes TemplateLimitError at the boundary."""
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    deadline: float
-    timeout: float
+# Filters whose result is their input, a part of it, a number or a short string
+# of their own: nothing to measure.
+_UNMEASURED_FILTERS = frozenset(
+    {
+        "abs", "attr", "count", "css_color", "d", "default", "first", "float", "last",
+        "length", "max", "min", "money", "random", "round",
+    }
+)  # fmt: skip
 
 
-BUDGET: ContextVar[Budget | None] = ContextVar("tenant_notify_render_budget", default=None)
+# --- compiled code ----------------------------------------------------------------------
 
 
-def check_deadline() -> None:
-    budget = BUDGET.get()
-    if budget is not None and time.monotonic() > budget.deadline:
-        raise LimitExceeded(f"rendering took longer than the {budget.timeout:g} s time limit")
-
-
-def _refuse_over(size: int, cap: int, what: str) -> None:
-    if size > cap:
-        raise LimitExceeded(f"{what} would produce about {size:,} characters; the limit is {cap:,}")
-
-
-def _decimal_width(value: Decimal) -> int:
-    _sign, digits, exponent = value.as_tuple()
-    if not isinstance(exponent, int):
-        return 4
-    # "f" formatting writes out every zero an exponent stands for.
-    return len(digits) + abs(exponent) + 2
-
-
-def _weight(value: object, limit: int) -> int:
-    """Estimate how many characters ``value`` prints as; stop counting past ``limit``.
-
-    Every element of a container counts at least one, so the walk itself never
-    takes more than ``limit`` steps.
-    """
-    total = 0
-    stack: list[object] = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str | bytes):
-            total += len(item) or 1
-        elif isinstance(item, bool) or item is None:
-            total += 1
-        elif isinstance(item, int):
-            total += item.bit_length() // 3 + 1
-        elif isinstance(item, float):
-            total += 24
-        elif isinstance(item, Decimal):
-            total += _decimal_width(item)
-        elif isinstance(item, list | tuple | set | frozenset):
-            total += 1
-            stack.extend(islice(item, max(limit - total, 0) + 1))
-        elif isinstance(item, Mapping):
-            total += 1
-            room = max(limit - total, 0) + 1
-            for key, val in islice(item.items(), room):
-                stack.append(key)
-                stack.append(val)
-        elif isinstance(item, range | _GuardedRange):
-            total += 2 * len(item)
-        else:
-            total += 1
-        if total > limit:
-            break
-    return total
-
-
-def _max_weight(values: Sequence[object], cap: int) -> int:
-    return max((_weight(value, cap) for value in values), default=0)
-
-
-# printf-style conversion: %[(key)][flags][width][.precision][length]type
-_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.)", re.S)
-_DIGITS = re.compile(r"\d+")
-
-
-def _sum_widths(runs: Sequence[str], what: str, cap: int) -> int:
-    total = 0
-    for run in runs:
-        # Checked before int(): a long run is a huge width, and int() refuses
-        # more than a few thousand digits anyway.
-        if len(run) > len(str(cap)):
-            raise LimitExceeded(f"{what} asks for a field width of {len(run)} digits")
-        total += int(run)
-    return total
-
-
-def _check_percent_format(fmt: str, args: object, cap: int, what: str = "'%' formatting") -> None:
-    fields = 0
-    runs: list[str] = []
-    for match in _PERCENT_SPEC.finditer(fmt):
-        width, precision, conversion = match.groups()
-        if conversion == "%":
-            continue
-        if width == "*" or precision == "*":
-            raise LimitExceeded(f"{what} with '*' widths is not allowed in templates")
-        fields += 1
-        runs.extend(run for run in (width, precision) if run)
-    if isinstance(args, tuple):
-        values: Sequence[object] = args
-    elif isinstance(args, Mapping):
-        values = list(args.values())
-    else:
-        values = (args,)
-    widths = _sum_widths(runs, what, cap)
-    _refuse_over(
-        len(fmt) + widths + fields * (_max_weight(values, cap) + _FIELD_ALLOWANCE), cap, what
-    )
-
-
-def _check_brace_format(fmt: str, values: Sequence[object], cap: int) -> None:
-    fields = 0
-    runs: list[str] = []
-    try:
-        parsed = list(string.Formatter().parse(fmt))
-    except ValueError:
-        return  # str.format raises the same error itself
-    for _literal, field_name, spec, _conversion in parsed:
-        if field_name is None:
-            continue
-        fields += 1
-        if spec and "{" in spec:
-            raise LimitExceeded("nested format fields ('{:{}}') are not allowed in templates")
-        if spec:
-            runs.extend(_DIGITS.findall(spec))
-    widths = _sum_widths(runs, "str.format", cap)
-    bound = len(fmt) + widths + fields * (_max_weight(values, cap) + _FIELD_ALLOWANCE)
-    _refuse_over(bound, cap, "str.format")
-
-
-def _replace_bound(target: Any, old: Any, new: Any, count: Any) -> int:
-    try:
-        hits = target.count(old) if len(old) else len(target) + 1
-    except TypeError:
-        return 0  # the real call raises the same TypeError
-    if isinstance(count, int) and count >= 0:
-        hits = min(hits, count)
-    return int(len(target) + hits * max(len(new) - len(old), 0))
-
-
-def _check_power(base: Any, exponent: Any) -> None:
-    if isinstance(exponent, int | float | Decimal) and abs(exponent) > _MAX_EXPONENT:  # type: ignore[operator]
-        raise LimitExceeded(f"exponent {exponent} is larger than {_MAX_EXPONENT}")
-    if (
-        isinstance(base, int)
-        and isinstance(exponent, int)
-        and exponent > 0
-        and base.bit_length() * exponent > _MAX_INT_BITS
-    ):
-        raise LimitExceeded(f"'**' would build an integer of over {_MAX_INT_BITS} bits")
-
-
-def _check_multiply(left: Any, right: Any, cap: int) -> None:
-    for seq, times in ((left, right), (right, left)):
-        if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
-            if times > 0:
-                per_copy = _weight(seq, cap // times + 1)
-                _refuse_over(per_copy * times, cap, "'*'")
-            return
-    if (
-        isinstance(left, int)
-        and isinstance(right, int)
-        and left.bit_length() + right.bit_length() > _MAX_INT_BITS
-    ):
-        raise LimitExceeded(f"'*' would build an integer of over {_MAX_INT_BITS} bits")
-
-
-_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
-
-
-def _guard_str_method(
-    name: str, target: str | bytes, args: tuple[Any, ...], cap: int
-) -> tuple[Any, ...]:
-    """Refuse a string method call whose result would pass ``cap``.
-
-    Returns the arguments to call with (``join`` gets its iterable as a list,
-    measured once).
-    """
-    what = f"str.{name}"
-    if name in _WIDTH_METHODS and args and isinstance(args[0], int):
-        _refuse_over(args[0], cap, what)
-    elif name == "expandtabs":
-        size = args[0] if args else 8
-        tab: Any = "\t" if isinstance(target, str) else b"\t"
-        if isinstance(size, int):
-            _refuse_over(len(target) + target.count(tab) * size, cap, what)
-    elif name == "replace" and len(args) >= 2:
-        bound = _replace_bound(target, args[0], args[1], args[2] if len(args) > 2 else -1)
-        _refuse_over(bound * (6 if isinstance(target, Markup) else 1), cap, what)
-    elif name == "join" and args:
-        items = list(args[0])
-        bound = sum(_weight(item, cap) for item in items)
-        bound += max(len(items) - 1, 0) * len(target)
-        _refuse_over(bound * (6 if isinstance(target, Markup) else 1), cap, what)
-        return (items, *args[1:])
-    elif name == "translate" and args and isinstance(args[0], Mapping):
-        longest = max((_weight(v, cap) for v in args[0].values() if v is not None), default=1)
-        _refuse_over(len(target) * longest, cap, what)
-    return args
-
-
-class _GuardedRange(Sequence[int]):
-    """``range()`` for templates: lazy, at most MAX_RANGE items, clock checked per step."""
-
-    __slots__ = ("_range",)
-
-    def __init__(self, rng: range) -> None:
-        self._range = rng
-
-    def __iter__(self) -> Iterator[int]:
-        for value in self._range:
-            check_deadline()
-            yield value
-
-    def __reversed__(self) -> Iterator[int]:
-        for value in reversed(self._range):
-            check_deadline()
-            yield value
-
-    def __len__(self) -> int:
-        return len(self._range)
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._range
-
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-    @overload
-    def __getitem__(self, index: slice) -> _GuardedRange: ...
-    def __getitem__(self, index: int | slice) -> int | _GuardedRange:
-        if isinstance(index, slice):
-            return _GuardedRange(self._range[index])
-        return self._range[index]
-
-    def __repr__(self) -> str:
-        return repr(self._range)
-
-
-def _template_range(*args: int) -> _GuardedRange:
-    rng = range(*args)
-    try:
-        size = len(rng)
-    except OverflowError:
-        size = MAX_RANGE + 1
-    if size > MAX_RANGE:
-        raise LimitExceeded(f"range() of more than {MAX_RANGE:,} items is not allowed")
-    return _GuardedRange(rng)
-
-
-# --- environment ----------------------------------------------------------------------
-
-
-def _guard_node(name: str, node: nodes.Node) -> nodes.Expr:
+def _guard_node(name: str, *args: nodes.Expr, lineno: int) -> nodes.Expr:
     return nodes.Call(
-        nodes.EnvironmentAttribute(name, lineno=node.lineno),
-        [node],
-        [],
-        None,
-        None,
-        lineno=node.lineno,
+        nodes.EnvironmentAttribute(name, lineno=lineno), list(args), [], None, None, lineno=lineno
     )
 
 
 class _GuardedCodeGenerator(CodeGenerator):
-    """Compiles loops and ``~`` with calls into the environment's limits."""
+    """Compiles templates with calls into the environment's limits.
+
+    Loops iterate through ``tn_iterate`` (the clock), every capture buffer
+    (macros, call, set and filter blocks) is a :class:`CountingBuffer`, ``~``
+    goes through ``tn_concat`` and list, tuple and dict literals through
+    ``tn_container``.
+    """
+
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.tn_buffer()")
 
     def visit_For(self, node: nodes.For, frame: Frame) -> None:
         guarded = copy.copy(node)
-        guarded.iter = _guard_node("tn_iterate", node.iter)
+        guarded.iter = _guard_node("tn_iterate", node.iter, lineno=node.lineno)  # type: ignore[arg-type]
         super().visit_For(guarded, frame)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        parts = [_guard_node("tn_check_size", part) for part in node.nodes]
-        super().visit_Concat(nodes.Concat(parts, lineno=node.lineno), frame)
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            join = "markup_join"
+        else:
+            join = "str_join"
+        self.write(f"environment.tn_concat({join}, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+    def _container(self, visit: Callable[[Any, Frame], None], node: Any, frame: Frame) -> None:
+        self.write("environment.tn_container(")
+        visit(node, frame)
+        self.write(")")
+
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self._container(super().visit_List, node, frame)
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self._container(super().visit_Dict, node, frame)
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx == "load":
+            self._container(super().visit_Tuple, node, frame)
+        else:  # an assignment target: {% set a, b = ... %}
+            super().visit_Tuple(node, frame)
+
+
+class CountingBuffer(list[str]):
+    """A capture buffer that charges the render's budget for what is written to it."""
+
+    __slots__ = ("_spend",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._spend = BUDGET.get().spend
+
+    def append(self, chunk: str) -> None:
+        self._spend(len(chunk))
+        super().append(chunk)
+
+    def extend(self, chunks: Iterable[str]) -> None:
+        chunks = tuple(chunks)
+        self._spend(sum(map(len, chunks)))
+        super().extend(chunks)
+
+
+def _counted(stream: Iterable[str]) -> CountingBuffer:
+    buffer = CountingBuffer()
+    for chunk in stream:
+        buffer.append(chunk)
+    return buffer
+
+
+class SandboxTemplate(jinja2.Template):
+    """A template whose imports are rendered afresh, and counted, every time.
+
+    Jinja keeps the module of a template imported without context for the life
+    of the compiled template, so a ``namespace()`` set up in it would carry data
+    from one render (one recipient) into the next. The module's body is
+    collected through a :class:`CountingBuffer`, so it counts as work.
+    """
+
+    def make_module(
+        self,
+        vars: dict[str, Any] | None = None,
+        shared: bool = False,
+        locals: Mapping[str, Any] | None = None,
+    ) -> TemplateModule:
+        context = self.new_context(vars, shared, locals)
+        return TemplateModule(self, context, _counted(self.root_render_func(context)))
+
+    def _get_default_module(self, ctx: Context | None = None) -> TemplateModule:
+        if ctx is not None:
+            keys = ctx.globals_keys - self.globals.keys()
+            if keys:
+                return self.make_module({key: ctx.parent[key] for key in keys})
+        return self.make_module()
 
 
 _FilterCheck = Callable[..., Any]
-_L = TypeVar("_L", bound=jinja2.BaseLoader)
 
 
-class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
-    """The immutable sandbox plus the size and time limits described in the module.
+class SandboxEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus the limits described in the module.
 
     ``chain_loader`` is the loader it was made with, typed as such (``loader``
-    is only a ``BaseLoader | None`` to Jinja).
+    is only a ``BaseLoader | None`` to Jinja); names of included, extended and
+    imported templates go through its :meth:`~ChainLoader.resolve`.
     """
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     code_generator_class = _GuardedCodeGenerator
+    template_class = SandboxTemplate
 
-    def __init__(self, loader: _L, *, max_output_chars: int, auto_reload: bool) -> None:
+    def __init__(
+        self,
+        loader: ChainLoader,
+        *,
+        max_output_chars: int,
+        auto_reload: bool,
+        cache_size: int = 400,
+    ) -> None:
         self.max_output_chars = max_output_chars
         super().__init__(
             loader=loader,
@@ -403,8 +269,10 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
             lstrip_blocks=True,
             finalize=self.tn_check_size,
         )
-        self.chain_loader: _L = loader
-        self.globals["range"] = _template_range
+        self.chain_loader = loader
+        # Jinja only calls get(), [key] = value and clear() on its cache.
+        self.cache: LRUCache[Any, jinja2.Template] = LRUCache(cache_size)  # type: ignore[assignment]
+        self.globals["range"] = template_range
         self.globals["lipsum"] = self._lipsum
         self.filters["money"] = money_filter
         self.filters["number"] = number_filter
@@ -412,45 +280,95 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
         self.filters["datetime"] = datetime_filter
         self.filters["css_color"] = css_color_filter
         self.filters["join"] = self._guarded_join(self.filters["join"])
+        self.filters["sum"] = self._linear_sum
+        self.filters["wordwrap"] = self._guarded_wordwrap(self.filters["wordwrap"])
         checks: dict[str, _FilterCheck] = {
             "replace": self._check_replace_filter,
             "center": self._check_center_filter,
             "indent": self._check_indent_filter,
-            "wordwrap": self._check_wordwrap_filter,
             "format": self._check_format_filter,
             "batch": self._check_batch_filter,
             "slice": self._check_batch_filter,
             "tojson": self._check_tojson_filter,
             "urlize": self._check_urlize_filter,
+            "trim": self._check_trim_filter,
+            "int": self._check_int_filter,
+            "pprint": self._check_pprint_filter,
         }
         for name, check in checks.items():
             self.filters[name] = _guarded_filter(self.filters[name], check)
+        _measure_filters(self.filters, self.max_output_chars)
+
+    def _tokenize(
+        self, source: str, name: str | None, filename: str | None = None, state: str | None = None
+    ) -> TokenStream:
+        # Compiling is timed (the parser pulls tokens one by one) and bounded:
+        # what the parser, the code generator and Python's compile() take grows
+        # with the number of tokens, by up to a millisecond for a hundred.
+        stream = super()._tokenize(source, name, filename, state)
+        return TokenStream(_counted_tokens(stream), name, filename)
+
+    def _generate(
+        self,
+        source: nodes.Template,
+        name: str | None,
+        filename: str | None,
+        defer_init: bool = False,
+    ) -> str:
+        # Python's compile() of the generated code is one C call: bound its input.
+        code = super()._generate(source, name, filename, defer_init)
+        if len(code) > MAX_CODE_CHARS:
+            raise LimitExceeded(
+                f"the template compiles to {len(code):,} characters of Python; the limit is "
+                f"{MAX_CODE_CHARS:,} (fewer macros, blocks or expressions)"
+            )
+        check_deadline()
+        return code
+
+    def join_path(self, template: str, parent: str) -> str:
+        # {% include %}, {% extends %} and {% import %} names: in the current chain.
+        return self.chain_loader.resolve(template)
 
     # -- hooks Jinja calls from compiled templates
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        check_deadline()
+        budget = BUDGET.get()
+        budget.check_deadline()
         target = getattr(obj, "__self__", None)
         if isinstance(target, str | bytes):
-            args = _guard_str_method(
-                getattr(obj, "__name__", ""), target, args, self.max_output_chars
+            args = guard_str_method(
+                getattr(obj, "__name__", ""), target, args, kwargs, self.max_output_chars
             )
-        return super().call(context, obj, *args, **kwargs)
+        result = super().call(context, obj, *args, **kwargs)
+        size = size_of_result(result, self.max_output_chars)
+        if type(obj) is not Macro:  # a macro's output was counted as it was written
+            budget.spend(size)
+        return result
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         cap = self.max_output_chars
         if operator == "*":
-            _check_multiply(left, right, cap)
+            check_multiply(left, right, cap)
         elif operator == "**":
-            _check_power(left, right)
+            check_power(left, right)
         elif operator == "+":
             if isinstance(left, str | bytes | list | tuple) and isinstance(
                 right, str | bytes | list | tuple
             ):
-                _refuse_over(_weight(left, cap) + _weight(right, cap), cap, "'+'")
+                refuse_over(weight(left, cap) + weight(right, cap), cap, "'+'")
         elif operator == "%" and isinstance(left, str):
-            _check_percent_format(left, right, cap)
-        return super().call_binop(context, operator, left, right)
+            check_percent_format(left, right, cap)
+        result = super().call_binop(context, operator, left, right)
+        size = size_of_result(result, cap)
+        if size:
+            BUDGET.get().spend(size)
+        return result
+
+    def getitem(self, obj: Any, argument: str | Any) -> Any:
+        result = super().getitem(obj, argument)
+        if type(argument) is slice:
+            BUDGET.get().spend(size_of_result(result, self.max_output_chars))
+        return result
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapper = super().wrap_str_format(value)
@@ -465,34 +383,50 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
             values: list[Any] = [*args, *kwargs.values()]
             if is_format_map and len(args) == 1 and isinstance(args[0], Mapping):
                 values = list(args[0].values())
-            _check_brace_format(fmt, values, cap)
+            check_brace_format(fmt, values, cap)
             return sandboxed(*args, **kwargs)
 
         return functools.update_wrapper(guarded, wrapper)
 
+    def concat(self, chunks: Iterable[str]) -> str:
+        """Join captured output; what was not captured in a CountingBuffer
+        (a block called as ``self.name()`` or ``super()``) is counted here."""
+        if type(chunks) is not CountingBuffer:
+            chunks = _counted(chunks)
+        return "".join(chunks)
+
+    def tn_buffer(self) -> CountingBuffer:
+        return CountingBuffer()
+
     def tn_iterate(self, iterable: Any) -> Iterator[Any]:
+        budget = BUDGET.get()
         for item in iterable:
-            check_deadline()
+            budget.check_deadline()
             yield item
 
+    def tn_concat(self, join: Callable[[Iterable[Any]], str], values: tuple[Any, ...]) -> str:
+        cap = self.max_output_chars
+        refuse_over(sum(weight(value, cap) for value in values), cap, "'~'")
+        result = join(values)
+        BUDGET.get().spend(len(result))
+        return result
+
+    def tn_container(self, value: Any) -> Any:
+        BUDGET.get().spend(size_of_result(value, self.max_output_chars))
+        return value
+
     def tn_check_size(self, value: Any) -> Any:
-        _refuse_over(_weight(value, self.max_output_chars), self.max_output_chars, "a value")
+        # finalize: every {{ ... }} value, before it is converted to text.
+        cap = self.max_output_chars
+        refuse_over(len(value) if type(value) is str else weight(value, cap), cap, "a value")
         return value
 
     def _lipsum(self, n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
         # About 12 characters per word, with markup.
-        _refuse_over(int(n) * int(max) * 12, self.max_output_chars, "lipsum()")
+        refuse_over(int(n) * int(max) * 12, self.max_output_chars, "lipsum()")
         return generate_lorem_ipsum(n=n, html=html, min=min, max=max)
 
-    # -- checks for filters that can make much more text than they are given
-
-    def _check_replace_filter(
-        self, autoescape: bool, s: Any, old: Any, new: Any, count: Any = None
-    ) -> Any:
-        text, old_s, new_s = (str(escape(x)) if autoescape else str(x) for x in (s, old, new))
-        bound = _replace_bound(text, old_s, new_s, count)
-        _refuse_over(bound, self.max_output_chars, "the replace filter")
-        return s
+    # -- filters done another way
 
     def _guarded_join(self, original: Callable[..., str]) -> Callable[..., str]:
         cap = self.max_output_chars
@@ -503,16 +437,70 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
             if attribute is not None:
                 getter = make_attrgetter(self, attribute)
                 items = [getter(item) for item in items]
-            bound = sum(_weight(item, cap) for item in items)
+            bound = sum(weight(item, cap) for item in items)
             bound += max(len(items) - 1, 0) * len(str(d))
-            _refuse_over(bound * (6 if eval_ctx.autoescape else 1), cap, "the join filter")
+            refuse_over(bound * (6 if eval_ctx.autoescape else 1), cap, "the join filter")
             return original(eval_ctx, items, d)
 
         return join
 
+    def _linear_sum(self, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+        # sum() of lists copies the running total at every step: quadratic, in C.
+        items = list(iterable)
+        if attribute is not None:
+            getter = make_attrgetter(self, attribute)
+            items = [getter(item) for item in items]
+        if isinstance(start, list | tuple) and all(isinstance(x, list | tuple) for x in items):
+            cap = self.max_output_chars
+            refuse_over(weight(start, cap) + sum(weight(x, cap) for x in items), cap, "sum")
+            return type(start)(itertools.chain(start, *items))
+        return sum(items, start)
+
+    def _guarded_wordwrap(self, original: Callable[..., str]) -> Callable[..., str]:
+        # textwrap is pure Python and slow on long lines; the filter wraps each
+        # line on its own, so wrap line by line with the clock checked between.
+        limit = self.max_output_chars // 4
+
+        @jinja2.pass_environment
+        def wordwrap(
+            environment: jinja2.Environment,
+            s: str,
+            width: int = 79,
+            break_long_words: bool = True,
+            wrapstring: str | None = None,
+            break_on_hyphens: bool = True,
+        ) -> str:
+            text = str(s)
+            joint = wrapstring if wrapstring is not None else environment.newline_sequence
+            per_line = width if isinstance(width, int) and width > 0 else 1
+            lines = 2 * len(text) // per_line + text.count("\n") + 2
+            refuse_over(
+                len(text) + lines * len(joint), self.max_output_chars, "the wordwrap filter"
+            )
+            wrapped = []
+            for line in text.splitlines():
+                check_deadline()
+                refuse_over(len(line), limit, "the wordwrap filter (one line)")
+                wrapped.append(
+                    original(environment, line, width, break_long_words, joint, break_on_hyphens)
+                )
+            return joint.join(wrapped)
+
+        return wordwrap
+
+    # -- checks for filters that can make much more text than they are given
+
+    def _check_replace_filter(
+        self, autoescape: bool, s: Any, old: Any, new: Any, count: Any = None
+    ) -> Any:
+        text, old_s, new_s = (str(escape(x)) if autoescape else str(x) for x in (s, old, new))
+        bound = replace_bound(text, old_s, new_s, count)
+        refuse_over(bound, self.max_output_chars, "the replace filter")
+        return s
+
     def _check_center_filter(self, autoescape: bool, value: Any, width: Any = 80) -> Any:
         if isinstance(width, int):
-            _refuse_over(width, self.max_output_chars, "the center filter")
+            refuse_over(width, self.max_output_chars, "the center filter")
         return value
 
     def _check_indent_filter(
@@ -521,31 +509,11 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
         text = str(s)
         step = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
         bound = len(text) + (text.count("\n") + 1) * step
-        _refuse_over(bound, self.max_output_chars, "the indent filter")
-        return s
-
-    def _check_wordwrap_filter(
-        self,
-        autoescape: bool,
-        s: Any,
-        width: Any = 79,
-        break_long_words: Any = True,
-        wrapstring: Any = None,
-        break_on_hyphens: Any = True,
-    ) -> Any:
-        text = str(s)
-        joint = len(wrapstring) if isinstance(wrapstring, str) else 2
-        # A wrapped line and the one after it hold more than `width` characters
-        # between them, so there are at most about 2 * len / width lines.
-        per_line = width if isinstance(width, int) and width > 0 else 1
-        lines = 2 * len(text) // per_line + text.count("\n") + 2
-        _refuse_over(len(text) + lines * joint, self.max_output_chars, "the wordwrap filter")
+        refuse_over(bound, self.max_output_chars, "the indent filter")
         return s
 
     def _check_format_filter(self, autoescape: bool, value: Any, *args: Any, **kwargs: Any) -> Any:
-        _check_percent_format(
-            str(value), kwargs or args, self.max_output_chars, "the format filter"
-        )
+        check_percent_format(str(value), kwargs or args, self.max_output_chars, "the format filter")
         return value
 
     def _check_batch_filter(
@@ -553,15 +521,24 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
     ) -> Any:
         cap = self.max_output_chars
         if isinstance(count, int):
-            _refuse_over(count, cap, "the batch/slice filter")
+            refuse_over(count, cap, "the batch/slice filter")
             if fill_with is not None:
-                _refuse_over(count * _weight(fill_with, cap), cap, "the batch/slice filter")
+                refuse_over(count * weight(fill_with, cap), cap, "the batch/slice filter")
         return value
 
     def _check_tojson_filter(self, autoescape: bool, value: Any, indent: Any = None) -> Any:
         step = len(indent) if isinstance(indent, str) else indent if isinstance(indent, int) else 0
         if step > _MAX_TOJSON_INDENT:
             raise LimitExceeded(f"tojson indent is limited to {_MAX_TOJSON_INDENT}")
+        if step:
+            # Every item goes on a line of its own, indented by its depth.
+            cap = self.max_output_chars
+            refuse_over(_indented_size(value, step, cap), cap, "the tojson filter")
+        return value
+
+    def _check_pprint_filter(self, autoescape: bool, value: Any) -> Any:
+        # pprint is pure Python, and indents nested values.
+        refuse_over(weight(value, self.max_output_chars), self.max_output_chars // 4, "pprint")
         return value
 
     def _check_urlize_filter(
@@ -574,13 +551,56 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment, Generic[_L]):
         rel: Any = None,
         extra_schemes: Any = None,
     ) -> Any:
-        extra = sum(_weight(x, _MAX_URLIZE_EXTRA) for x in (target, rel, extra_schemes) if x)
+        extra = sum(weight(x, _MAX_URLIZE_EXTRA) for x in (target, rel, extra_schemes) if x)
         if extra > _MAX_URLIZE_EXTRA:
             raise LimitExceeded(
                 f"urlize target, rel and extra_schemes are limited to "
                 f"{_MAX_URLIZE_EXTRA} characters"
             )
         return value
+
+    def _check_trim_filter(self, autoescape: bool, value: Any, chars: Any = None) -> Any:
+        check_strip_chars(chars, "the trim filter")
+        return value
+
+    def _check_int_filter(
+        self, autoescape: bool, value: Any, default: Any = 0, base: Any = 10
+    ) -> Any:
+        check_int_conversion(value)
+        return value
+
+
+def _indented_size(value: Any, step: int, cap: int) -> int:
+    """About how long ``json.dumps(value, indent=step)`` is, counting up to ``cap``."""
+    total = weight(value, cap)
+    level: list[Any] = [value]
+    depth = 0
+    while level and total <= cap:
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, Mapping):
+                below.extend(item.values())
+            elif isinstance(item, list | tuple):
+                below.extend(item)
+            else:
+                continue
+            total += (len(item) + 1) * (depth + 1) * step
+            if total > cap:
+                break
+        depth += 1
+        level = below
+    return total
+
+
+def _counted_tokens(stream: TokenStream) -> Iterator[Token]:
+    budget = BUDGET.get()
+    for count, token in enumerate(stream, 1):
+        if count > MAX_TOKENS:
+            raise LimitExceeded(
+                f"the template has more than {MAX_TOKENS:,} tokens (tags, expressions, text runs)"
+            )
+        budget.check_deadline()
+        yield token
 
 
 def _autoescape(name: str | None) -> bool:
@@ -609,3 +629,27 @@ def _guarded_filter(original: Callable[..., Any], check: _FilterCheck) -> Callab
         return original(value, *rest, **kwargs)
 
     return guarded
+
+
+def _measure_filters(filters: MutableMapping[str, Callable[..., Any]], cap: int) -> None:
+    """Make every filter that can build a new value charge the budget for it.
+
+    Filters are also called by other filters (``map``, ``select``), which reach
+    them through this table, so those calls are measured too.
+    """
+    for name, original in list(filters.items()):
+        if name in _UNMEASURED_FILTERS:
+            continue
+        filters[name] = _measured(original, cap)
+
+
+def _measured(original: Callable[..., Any], cap: int) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        budget = BUDGET.get()
+        budget.check_deadline()
+        result = original(*args, **kwargs)
+        budget.spend(size_of_result(result, cap))
+        return result
+
+    return measured
