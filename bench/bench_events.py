@@ -227,11 +227,9 @@ def main() -> None:
     parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000, help="events per round and variant")
     args = parser.parse_args()
-    import structlog
+    import logging
 
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(40), cache_logger_on_first_use=True
-    )
+    logging.getLogger("tenant_notify").setLevel(logging.ERROR)
     run = uuid.uuid4().hex[:8]
     count = args.events
     # The first round of the first variant pays for the first connections and the

@@ -155,9 +155,11 @@ class CelerySettings(_Section):
         publish_timeout: Seconds a send keeps retrying an unreachable broker
             before it raises EnqueueError.
         pool_limit: Broker connections a process keeps for sending.
-        send_events: Workers send task events (``celery events``, Flower). Off by
-            default, as in Celery: publishing three events per task is a large
-            share of a worker's CPU, and Flower switches them on while it watches.
+        send_events: Workers send task events (``celery events``, Flower), and
+            every send a ``task-sent`` event, so Flower shows a notification from
+            the moment it is queued. Off by default, as in Celery: publishing three
+            events per task is a large share of a worker's CPU, and Flower
+            switches the workers' on while it watches (not the senders').
     """
 
     broker_url: str = Field(

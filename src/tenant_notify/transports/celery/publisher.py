@@ -6,12 +6,19 @@ until the broker confirms it; a background thread reads the confirms, writes
 again on a new connection what a broken connection left unconfirmed, and gives up
 on (reports through ``on_lost``) what cannot be confirmed within
 ``publish_timeout``. A send can also wait for its own confirm (``sync``).
+
+With ``[celery] send_events`` on, every task message is followed by Celery's
+``task-sent`` event on the ``celeryev`` exchange (what ``task_send_sent_event``
+makes ``apply_async`` do), so Flower and ``celery events`` show a notification
+from the moment it is queued, not only once a worker has received it.
 """
 
 from __future__ import annotations
 
 import atexit
 import datetime as dt
+import itertools
+import json
 import os
 import select
 import socket
@@ -27,9 +34,28 @@ from ...config import CelerySettings
 from ...errors import EnqueueError
 from ...log import get_logger
 from ...models import Notification
-from .message import build_message, kombu_module, process_origin, queue_for
+from .message import TASK_NAME, build_message, kombu_module, process_origin, queue_for
 
 __all__ = ["Publisher"]
+
+# Celery's event exchange, and how its EventDispatcher names a process that is
+# not a worker (celery.utils.nodenames.anon_nodename).
+_EVENT_EXCHANGE = "celeryev"
+_CLOCK = itertools.count(1)
+_hostnames: dict[int, str] = {}
+
+
+def _event_hostname() -> str:
+    pid = os.getpid()  # a forked worker is another process
+    name = _hostnames.get(pid)
+    if name is None:
+        name = _hostnames[pid] = f"gen{pid}@{socket.gethostname()}"
+    return name
+
+
+def _utcoffset() -> int:
+    # As celery.utils.time.utcoffset: hours west of UTC.
+    return (time.altzone if time.daylight else time.timezone) // 3600
 
 
 @dataclass(slots=True)
@@ -61,6 +87,9 @@ class _Link:
         self.next_tag = 1
         self.unconfirmed: dict[int, _Pending] = {}
         self.redo: list[_Pending] = []
+        # Task-sent events go on a channel of their own: on the confirming one
+        # they would take delivery tags the task messages are counted by.
+        self.events_channel: Any = None
 
     @property
     def connected(self) -> bool:
@@ -86,10 +115,17 @@ class _Link:
                 channel.confirm_select()
                 channel.events["basic_ack"].add(self._on_ack)
                 channel.events["basic_nack"].add(self._on_nack)
+            events_channel = None
+            if p.settings.send_events:
+                events_channel = conn.channel()
+                events_channel.exchange_declare(
+                    _EVENT_EXCHANGE, "topic", durable=True, auto_delete=False
+                )
         except BaseException:
             _quietly(conn.release)
             raise
         self.conn, self.channel, self.confirming = conn, channel, confirming
+        self.events_channel = events_channel
         self.next_tag = 1
         again = [self.unconfirmed[tag] for tag in sorted(self.unconfirmed)] + self.redo
         self.unconfirmed, self.redo = {}, []
@@ -110,12 +146,55 @@ class _Link:
             {"correlation_id": pending.notification.id, "delivery_mode": 2},
         )
         self.channel.basic_publish(message, exchange=pending.queue, routing_key=pending.queue)
+        if self.events_channel is not None:
+            self._task_sent(pending)
         if not self.confirming:
             return 0
         tag = self.next_tag
         self.next_tag += 1
         self.unconfirmed[tag] = pending
         return tag
+
+    def _task_sent(self, pending: _Pending) -> None:
+        """Publish Celery's ``task-sent`` event for ``pending`` (transient, unconfirmed)."""
+        headers = pending.headers
+        hostname = _event_hostname()
+        event = {
+            "hostname": hostname,
+            "utcoffset": _utcoffset(),
+            "pid": os.getpid(),
+            "clock": next(_CLOCK),
+            "type": "task-sent",
+            "timestamp": time.time(),
+            "uuid": headers["id"],
+            "root_id": headers["root_id"],
+            "parent_id": headers["parent_id"],
+            "name": TASK_NAME,
+            "args": headers["argsrepr"],
+            "kwargs": headers["kwargsrepr"],
+            "retries": headers["retries"],
+            "eta": headers["eta"],
+            "expires": headers["expires"],
+            "queue": pending.queue,
+            "exchange": pending.queue,
+            "routing_key": pending.queue,
+        }
+        message = self.events_channel.prepare_message(
+            json.dumps(event).encode("utf-8"),
+            None,
+            "application/json",
+            "utf-8",
+            {"hostname": hostname},
+            {"delivery_mode": 1},
+        )
+        try:
+            self.events_channel.basic_publish(
+                message, exchange=_EVENT_EXCHANGE, routing_key="task.sent"
+            )
+        except Exception as err:
+            # A monitoring event must not fail (or repeat) the send; a broken
+            # connection shows on the next write.
+            get_logger().debug("task_sent_event_failed", error=f"{type(err).__name__}: {err}")
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
         if multiple:
