@@ -162,9 +162,29 @@ def _add_attachments(msg: email.message.EmailMessage, message: EmailMessage) -> 
             )
 
 
+#: policy.SMTP, except that headers added raw (set_raw: the URL lists) are not refolded.
+_WIRE_POLICY = email.policy.SMTP.clone(refold_source="none")
+
+
 def mime_bytes(msg: email.message.EmailMessage) -> bytes:
     """Serialise ``msg`` for the wire: CRLF line endings, 7-bit clean."""
-    return msg.as_bytes(policy=email.policy.SMTP)
+    return msg.as_bytes(policy=_WIRE_POLICY)
+
+
+#: Headers whose value is a list of ``<URL>`` entries (RFC 2369, RFC 8058).
+URL_LIST_HEADERS = frozenset({"list-unsubscribe", "list-help", "list-subscribe", "list-archive"})
+
+
+def _url_list(name: str, value: str) -> str | None:
+    """A URL-list header's value folded only between its entries (a URL is never
+    broken or encoded), or None when ``name`` is no such header or the value is
+    not plain ASCII (then it is written as any other header)."""
+    if name.lower() not in URL_LIST_HEADERS or not value.isascii() or not value.isprintable():
+        return None
+    entries = [entry.strip() for entry in re.split(r"(?<=>)\s*,\s*(?=<)", value)]
+    if len(name) + 2 + len(value) <= _MAX_LINE:
+        return ", ".join(entries)
+    return ",\r\n ".join(entries)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -200,6 +220,12 @@ def _message_id(message_id: str | None, from_addr: Address) -> str:
 
 def _add_extra_header(msg: email.message.EmailMessage, name: str, value: str) -> None:
     field = check_extra_header(name, value)
+    url_list = _url_list(name, value)
+    if url_list is not None:
+        # Written as it is (mime_bytes does not refold raw headers): the email
+        # package would RFC 2047-encode a long URL, which no client can follow.
+        msg.set_raw(name, url_list)
+        return
     try:
         msg[name] = value
     except (ValueError, TypeError) as err:
@@ -288,6 +314,10 @@ def _fast_wire_bytes(message: EmailMessage, message_id: str | None) -> tuple[byt
         lines.append(_fold("X-Tenant-Notify-Id", _unstructured(notification_id)))
     for name, value in message.headers.items():
         check_extra_header(name, value)
+        url_list = _url_list(name, value)
+        if url_list is not None:
+            lines.append(f"{name}: {url_list}")
+            continue
         if name.lower() in _STRUCTURED or len(name) > 60:
             raise _Unusual
         lines.append(_fold(name, _unstructured(value)))

@@ -28,7 +28,7 @@ import pydantic
 from ._registry import resolve_name
 from .config import Settings, validation_error
 from .errors import ConfigurationError, NotifyError, UnsupportedChannelError, ValidationError
-from .models import Channel, EmailOptions
+from .models import Channel, EmailOptions, Feature
 from .providers import PROVIDER_ALIASES, PROVIDER_EXTRAS
 from .providers.base import Provider, ProviderConfig
 from .tenants import Tenant
@@ -131,6 +131,18 @@ class ProviderPool:
 
     def provider_name(self, tenant: Tenant | None, channel: Channel) -> str:
         return self._spec(tenant, channel).name
+
+    def provider_config(self, tenant: Tenant | None, channel: Channel) -> ProviderConfig | None:
+        """The validated settings of the channel's own provider for ``tenant`` (None for a
+        provider given as an instance)."""
+        return self._spec(tenant, channel).config
+
+    def tracking(self, tenant: Tenant | None, channel: Channel) -> frozenset[Feature]:
+        """The tracking the channel's own provider does itself for ``tenant``
+        (:meth:`Provider.tracks <tenant_notify.providers.Provider.tracks>`)."""
+        spec = self._spec(tenant, channel)
+        config = spec.config if spec.instance is None else getattr(spec.instance, "config", None)
+        return spec.provider_class.tracks(config if isinstance(config, ProviderConfig) else None)
 
     def provider_names(self, tenant: Tenant | None, channel: Channel) -> tuple[str, ...]:
         """The names of the providers serving ``tenant`` (None: the global tables) on

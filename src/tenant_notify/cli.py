@@ -7,13 +7,17 @@ for the ``celery`` transport and ``replay`` puts dead-lettered notifications bac
 on its queue; ``preview`` serves a local page of every kind as each tenant's
 recipients would see it; ``events consume`` turns domain events from RabbitMQ into
 notifications and ``events schemas`` lists, exports, validates and generates their
-schemas. Commands other than ``demo`` read settings from
+schemas; ``suppress list|add|remove`` edits a tenant's suppression list, ``resume``
+lifts a sender-fault pause and ``check-domain`` looks up a tenant's SPF, DKIM and
+DMARC records (:mod:`tenant_notify.reputation.commands`). Commands other than
+``demo`` read settings from
 ``--config FILE`` or the ``TENANT_NOTIFY_*`` environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -37,6 +41,8 @@ from .errors import ConfigurationError, NotifyError, WaitTimeoutError
 from .log import LOGGER_NAME, mask_url
 from .models import Channel, Notification, new_notification_id
 from .notifier import Notifier
+from .reputation import Reputation
+from .reputation.commands import add_commands, reputation_summary
 from .tenants import Tenant
 
 _T = TypeVar("_T")
@@ -366,6 +372,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 f"sms={_chain(problems, pool, tenant, Channel.SMS)} "
                 f"from={tenant.sender or '-'} sms_from={tenant.sms_from or '-'}"
             )
+        print(reputation_summary(settings))
+        reputation = Reputation(settings)
+
+        for tenant in tenants:
+            problems.probe(functools.partial(reputation.check_tenant, tenant, pool))
     finally:
         pool.close()
     if events is not None:
@@ -780,6 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_dir(generate)
     generate.set_defaults(func=cmd_events_schemas_generate)
+
+    add_commands(commands, with_config, _notifier, _table)
     return parser
 
 

@@ -13,13 +13,15 @@ Notifier is built, so a misspelt key fails then, naming it.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -35,11 +37,14 @@ from .tenants import Tenant, protect_secrets
 
 __all__ = [
     "AlertSettings",
+    "BreakerSettings",
     "CallbackSettings",
     "CelerySettings",
     "EventRule",
     "EventsSettings",
     "IdempotencySettings",
+    "KindSettings",
+    "LinkSettings",
     "RedisSettings",
     "RetrySettings",
     "Settings",
@@ -276,7 +281,18 @@ class CallbackSettings(_Section):
     @field_validator("states")
     @classmethod
     def _check_states(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        known = {"queued", "sending", "retrying", "sent", "failed", "delivered", "bounced"}
+        known = {
+            "queued",
+            "sending",
+            "retrying",
+            "sent",
+            "failed",
+            "delivered",
+            "bounced",
+            "suppressed",
+            "opened",
+            "clicked",
+        }
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown state(s) {unknown}; choose from {sorted(known)}")
@@ -348,6 +364,120 @@ class EventsSettings(_Section):
         return self
 
 
+#: The category of kinds that are purely transactional: no unsubscribe headers.
+TRANSACTIONAL = "transactional"
+#: What a category name may be.
+CATEGORY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+class KindSettings(_Section):
+    """One ``[kinds.<kind>]`` table: how the library treats a kind of notification.
+
+    Every kind not listed (the built-in ones included) has the defaults: it is
+    transactional, suppressible, and tracked when its tenant asks.
+
+    Attributes:
+        category: ``"transactional"`` (the default: order confirmations, password
+            resets) or any other name (``"marketing"``, ``"newsletter"``). Emails
+            of other categories carry RFC 8058 one-click ``List-Unsubscribe``
+            headers, and an unsubscribe suppresses the recipient for that
+            category only.
+        suppressible: False sends even to suppressed recipients (legal notices,
+            security alerts), and logs that it did.
+        track_opens: False never tracks opens of this kind, whatever its tenant says.
+        track_clicks: False never rewrites this kind's links (password resets).
+    """
+
+    category: str = Field(default=TRANSACTIONAL, pattern=f"^{CATEGORY.pattern}$")
+    suppressible: bool = True
+    track_opens: bool = True
+    track_clicks: bool = True
+
+    @property
+    def transactional(self) -> bool:
+        return self.category == TRANSACTIONAL
+
+
+_PLAIN_KIND = KindSettings()
+
+
+class LinkSettings(_Section):
+    """``[links]``: the signed URLs the library puts into emails.
+
+    One-click unsubscribe (RFC 8058) and the library's own open and click
+    tracking (for SMTP tenants) point at the routes of
+    :func:`tenant_notify.contrib.fastapi.make_router`; each URL carries a token
+    signed with ``signing_keys`` (itsdangerous) and salted per tenant, so a token
+    of one tenant is worth nothing for another.
+
+    Attributes:
+        base_url: The public URL the router is mounted under
+            (``https://shop.example/api``). HTTPS, except for ``localhost``.
+        signing_keys: Signing keys, newest first: the first signs, every one
+            verifies (rotate by putting a new key in front, and drop the old
+            one once its links may go). Never shown in a repr or a log.
+    """
+
+    base_url: str | None = None
+    signing_keys: tuple[SecretStr, ...] = Field(default=(), repr=False)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if not parts.hostname or not (
+            parts.scheme == "https" or (parts.scheme == "http" and local)
+        ):
+            raise ValueError("must be an https:// URL (http:// only for localhost)")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or a fragment")
+        return value.rstrip("/")
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _check_keys(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(len(key.get_secret_value()) < 16 for key in value):
+            # Not the value itself: a secret stays out of error messages.
+            raise ValueError("every key needs at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_pair(self) -> LinkSettings:
+        if self.base_url is not None and not self.signing_keys:
+            raise ValueError("base_url needs signing_keys to sign the links")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.base_url is not None
+
+
+class BreakerSettings(_Section):
+    """``[breaker]``: pause a tenant's channel when its sending setup is broken.
+
+    Errors that blame the sender (:attr:`DeliveryError.sender_fault
+    <tenant_notify.errors.DeliveryError.sender_fault>`: an unverified sender,
+    SMTP 5.7.x policy and authentication refusals, an invalid From number) are
+    counted per tenant and channel; ``threshold`` of them within ``window``
+    seconds pause that channel of that tenant for ``cooldown`` seconds, or
+    until ``tenant-notify resume``.
+
+    Attributes:
+        enabled: Count sender faults and pause.
+        threshold: Sender faults within ``window`` that pause.
+        window: Seconds the faults are counted over.
+        cooldown: Seconds a pause lasts unless resumed earlier.
+    """
+
+    enabled: bool = True
+    threshold: int = Field(default=5, ge=1, le=10_000)
+    window: float = Field(default=300.0, gt=0)
+    cooldown: float = Field(default=1800.0, gt=0)
+
+
 class Settings(BaseModel):
     """Everything a Notifier is built from.
 
@@ -364,6 +494,10 @@ class Settings(BaseModel):
         celery: The ``celery`` transport.
         redis: Redis for the shared stores (used by the ``celery`` transport).
         events: Domain events in, lifecycle events out, alerts (``docs/events.md``).
+        kinds: ``[kinds.<kind>]`` tables: category, suppressible, tracking
+            (``docs/deliverability.md``).
+        links: Signed unsubscribe and tracking URLs.
+        breaker: The sender-fault breaker.
         mask_recipients: Mask addresses and numbers in log lines (keep on).
         metrics: Record delivery metrics in prometheus-client's default registry
             (extra ``tenant-notify[metrics]``; see :mod:`tenant_notify.metrics`).
@@ -388,6 +522,9 @@ class Settings(BaseModel):
     celery: CelerySettings = Field(default_factory=CelerySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    kinds: dict[str, KindSettings] = Field(default_factory=dict)
+    links: LinkSettings = Field(default_factory=LinkSettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     mask_recipients: bool = True
     metrics: bool = False
 
@@ -422,6 +559,21 @@ class Settings(BaseModel):
                     raise ValueError(f"tenants.{tenant_id}.id differs from its key")
             tables[tenant_id] = table
         return tables
+
+    def kind(self, kind: str) -> KindSettings:
+        """The ``[kinds.<kind>]`` table of ``kind``, or the defaults."""
+        return self.kinds.get(kind, _PLAIN_KIND)
+
+    @model_validator(mode="after")
+    def _check_links_for_kinds(self) -> Settings:
+        # RFC 8058 needs an HTTPS URL in every email of a non-transactional kind.
+        bulk = sorted(name for name, kind in self.kinds.items() if not kind.transactional)
+        if bulk and not self.links.enabled:
+            raise ValueError(
+                f"kinds {bulk} are not transactional, so their emails need one-click "
+                "unsubscribe links: set [links] base_url and signing_keys"
+            )
+        return self
 
     @field_validator("default_locale")
     @classmethod

@@ -47,6 +47,7 @@ from .models import (
     utcnow,
 )
 from .observers import NullObserver, StatusObserver, notify_observer
+from .reputation import Held, Reputation
 from .retry import RetryPolicy
 from .stores import ClaimState, IdempotencyStore, StatusStore
 from .templates import TemplateRenderer
@@ -85,6 +86,9 @@ class Dispatcher:
             :mod:`tenant_notify.metrics`); records nothing by default.
         observer: Told of every status this dispatcher records (see
             :mod:`tenant_notify.observers`); by default nobody is.
+        reputation: Suppression lists, the sender-fault breaker, unsubscribe
+            headers and tracking (:mod:`tenant_notify.reputation`); by default
+            in memory, with every kind transactional.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Dispatcher:
         mask_recipients: bool = True,
         metrics: MetricsRecorder | None = None,
         observer: StatusObserver | None = None,
+        reputation: Reputation | None = None,
     ) -> None:
         self.tenants = tenants
         self.renderer = renderer
@@ -118,6 +123,8 @@ class Dispatcher:
         watch = getattr(self.metrics, "watch_template_caches", None)
         if watch is not None:
             watch(renderer)
+        self.reputation = reputation or Reputation(Settings(), metrics=self.metrics)
+        self.reputation.observer = self.observer
 
     @classmethod
     def from_settings(
@@ -159,6 +166,7 @@ class Dispatcher:
             mask_recipients=settings.mask_recipients,
             metrics=metrics,
             observer=observer,
+            reputation=Reputation.from_settings(settings, status_store, metrics=metrics),
         )
 
     def check_providers(self) -> None:
@@ -212,6 +220,10 @@ class Dispatcher:
         status = current.evolve(state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None)
         self._record(status)
         started = time.perf_counter()
+        # Suppressed recipient or paused channel: settle it without a provider call.
+        held = self.reputation.hold(notification)
+        if held is not None:
+            return self._held(notification, status, held, claim_key, log, started)
         tried: list[str] = []  # provider names, as they are tried
         provider_name: str | None = None
         try:
@@ -219,6 +231,9 @@ class Dispatcher:
             chain = self.providers.chain(tenant, notification.channel, notification.options)
             provider_name = chain[0][1]
             message = self.build_message(notification, tenant)
+            if isinstance(message, EmailMessage):
+                native = self.providers.tracking(tenant, notification.channel)
+                message = self.reputation.decorate(message, notification, tenant, native)
             result = self._send(tenant, notification.channel, chain, message, tried, log)
         except NotifyError as err:
             if isinstance(err, DeliveryError) and err.provider is not None:
@@ -267,7 +282,7 @@ class Dispatcher:
         self,
         notification: Notification,
         provider: str | None,
-        outcome: DeliveryState,
+        outcome: DeliveryState | str,
         started: float,
         log: Any,
     ) -> None:
@@ -276,7 +291,7 @@ class Dispatcher:
                 kind=notification.kind,
                 channel=notification.channel.value,
                 provider=provider or "none",
-                outcome=outcome.value,
+                outcome=str(outcome),
                 seconds=time.perf_counter() - started,
             )
         except Exception:
@@ -322,6 +337,33 @@ class Dispatcher:
                 )
         raise next((err for err in errors if self.retry_policy.is_retryable(err)), errors[-1])
 
+    def _held(
+        self,
+        notification: Notification,
+        status: DeliveryStatus,
+        held: Held,
+        claim_key: str,
+        log: Any,
+        started: float,
+    ) -> Outcome:
+        # Final: a redelivery of this message must not send it either.
+        self.idempotency_store.complete(claim_key, self.idempotency_ttl)
+        status = status.evolve(
+            state=held.state,
+            error=str(held.error),
+            error_type=type(held.error).__name__,
+            next_attempt_at=None,
+        )
+        self._record(status)
+        suppressed = held.state is DeliveryState.SUPPRESSED
+        log.warning(
+            "notification_suppressed" if suppressed else "notification_paused",
+            error=str(held.error),
+            to=self._mask(notification.to),
+        )
+        self._observe(notification, None, held.state if suppressed else "paused", started, log)
+        return Outcome(status)
+
     def _failed(
         self,
         notification: Notification,
@@ -352,6 +394,7 @@ class Dispatcher:
                 retry_in=round(retry_in, 3),
             )
             self._observe(notification, provider_name, DeliveryState.RETRYING, started, log)
+            self._after_failure(notification, error, log)
             return Outcome(status, retry_in=retry_in)
         if isinstance(error, DeliveryError) and not isinstance(error, AmbiguousDeliveryError):
             # Certainly not accepted: a later, deliberate resend may go through.
@@ -375,7 +418,16 @@ class Dispatcher:
             to=self._mask(notification.to),
         )
         self._observe(notification, provider_name, DeliveryState.FAILED, started, log)
+        self._after_failure(notification, error, log)
         return Outcome(status)
+
+    def _after_failure(self, notification: Notification, error: NotifyError, log: Any) -> None:
+        try:
+            self.reputation.after_failure(notification, error)
+        except NotifyError:
+            # The status is recorded; a breaker or a list that cannot be written
+            # must not turn the failure into a redelivery.
+            log.exception("reputation_update_failed")
 
     def abandon(self, notification: Notification, reason: str) -> None:
         """Record that ``notification`` will not be attempted again (shutdown)."""
@@ -452,3 +504,4 @@ class Dispatcher:
         finally:
             self.providers.close()
             self.renderer.close()
+            self.reputation.close()

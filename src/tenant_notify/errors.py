@@ -33,7 +33,10 @@ chained with ``raise ... from err``.
     │   ├── TransientDeliveryError      retryable (SMTP 4xx, connection refused, 429, 5xx)
     │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
     │   └── AmbiguousDeliveryError      may or may not have been accepted (timeout after send)
-    ├── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
+    ├── TenantPausedError               the tenant's channel is paused: its sending setup is broken
+├── InvalidLinkError                (also ValueError) a signed unsubscribe/tracking link that does
+│                                   not verify: answer 404, change nothing
+├── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
     ├── EventError                      a domain event cannot be turned into notifications
     │   ├── InvalidEventError           (also ValidationError) not CloudEvents JSON, fails its
     │   │                               schema, or a rule's path finds nothing
@@ -52,11 +55,19 @@ certainly not accepted, so the next provider of the channel may be tried, unless
 (another provider would be refused the same way, or must not be asked: an opted-out
 number). Never after an :class:`AmbiguousDeliveryError`.
 
+What an error says about the tenant is in the type's attributes as well:
+:attr:`DeliveryError.sender_fault` marks errors that mean the tenant's sending
+setup is wrong (an unverified sender, a DKIM/SPF policy refusal); the sender-fault
+breaker counts them and pauses the tenant's channel (:class:`TenantPausedError`).
+:attr:`DeliveryError.suppress_as` marks errors that put the recipient on the
+tenant's suppression list (a number that replied STOP).
+
 Errors never carry secrets: credentials are not part of any message or attribute.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,17 +83,20 @@ __all__ = [
     "InvalidContextError",
     "InvalidCurrencyError",
     "InvalidEventError",
+    "InvalidLinkError",
     "InvalidRecipientError",
     "MissingDependencyError",
     "NotifyError",
     "PermanentDeliveryError",
     "QueueFullError",
+    "RecipientSuppressedError",
     "StoreUnavailableError",
     "TemplateError",
     "TemplateLimitError",
     "TemplateNotFoundError",
     "TemplateRenderError",
     "TemplateSecurityError",
+    "TenantPausedError",
     "TransientDeliveryError",
     "UnknownBackendError",
     "UnknownNotificationError",
@@ -251,6 +265,27 @@ class UnsupportedFeatureError(ValidationError):
         self.feature = feature
 
 
+class RecipientSuppressedError(ValidationError):
+    """The recipient is on the tenant's suppression list for this channel (a hard
+    bounce, a spam complaint, an unsubscribe, or added by hand). Nothing is queued.
+
+    Raised at the call when the suppression list answers in process (the in-memory
+    store); on shared stores the delivery side checks instead and the notification
+    ends ``suppressed`` without a provider call.
+
+    Attributes:
+        channel: ``"email"`` or ``"sms"``.
+        reason: Why it is suppressed (``hard_bounce``, ``complaint``,
+            ``unsubscribe``, ``manual``).
+    """
+
+    def __init__(self, message: str, *, channel: str, reason: str, **context: str | None) -> None:
+        context.setdefault("field", "to")
+        super().__init__(message, **context)
+        self.channel = channel
+        self.reason = reason
+
+
 # --- lookups -------------------------------------------------------------------------
 
 
@@ -331,6 +366,15 @@ class DeliveryError(NotifyError):
             mailbox, an invalid or opted-out number): another provider would be
             refused too, or must not be asked, so no failover follows. False (the
             default) when the provider does not say; a provider sets it when it knows.
+        sender_fault: True when the tenant's sending setup is what was refused (an
+            unverified sender identity, an invalid From number, a DKIM, SPF or
+            DMARC policy refusal, refused SMTP credentials): the recipient is not
+            to blame and is not suppressed, and the sender-fault breaker counts
+            it. Another provider may still be tried.
+        suppress_as: Set when the refusal means the recipient must not be sent
+            to again (``"unsubscribe"``: the number replied STOP, Twilio 21610;
+            ``"hard_bounce"``): the dispatcher adds it to the tenant's
+            suppression list. None (the default) otherwise.
     """
 
     def __init__(
@@ -340,12 +384,16 @@ class DeliveryError(NotifyError):
         provider_response: str | None = None,
         retry_after: float | None = None,
         recipient_error: bool = False,
+        sender_fault: bool = False,
+        suppress_as: str | None = None,
         **context: str | None,
     ) -> None:
         super().__init__(message, **context)
         self.provider_response = provider_response
         self.retry_after = retry_after
         self.recipient_error = recipient_error
+        self.sender_fault = sender_fault
+        self.suppress_as = suppress_as
 
     @property
     def may_fail_over(self) -> bool:
@@ -374,6 +422,41 @@ class AmbiguousDeliveryError(DeliveryError):
 
     Retrying may deliver twice, so the default retry policy does not retry these.
     """
+
+
+class TenantPausedError(NotifyError):
+    """The tenant's channel is paused by the sender-fault breaker: its recent sends
+    failed in ways that mean its sending setup is wrong (unverified sender, DKIM or
+    SPF refusals), so sending more would only hurt its reputation. Nothing is queued.
+
+    Lifted by ``tenant-notify resume TENANT`` (:meth:`Breaker.resume
+    <tenant_notify.reputation.Breaker.resume>`) or after ``[breaker] cooldown``.
+
+    Attributes:
+        channel: ``"email"`` or ``"sms"``.
+        reason: The error that tripped the breaker, as recorded.
+        until: When the pause ends by itself (UTC), if known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        channel: str,
+        reason: str | None = None,
+        until: dt.datetime | None = None,
+        **context: str | None,
+    ) -> None:
+        super().__init__(message, **context)
+        self.channel = channel
+        self.reason = reason
+        self.until = until
+
+
+class InvalidLinkError(NotifyError, ValueError):
+    """A signed link (one-click unsubscribe, open pixel, click redirect) whose token
+    does not verify for its tenant: forged, tampered with, or signed with a key
+    no longer configured. Nothing is recorded; the router answers 404."""
 
 
 class WaitTimeoutError(NotifyError, TimeoutError):

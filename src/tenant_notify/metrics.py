@@ -13,8 +13,9 @@ prometheus-client is never imported.
 The :class:`~tenant_notify.dispatcher.Dispatcher` reports every delivery attempt
 once, with the labels ``kind``, ``channel``, ``provider`` (the one that took the
 message or whose error ended the attempt; ``"none"`` when none was reached) and
-``outcome`` (``sent``, ``retrying``, ``failed``). Never by recipient or tenant:
-those would make one time series per address or per customer.
+``outcome`` (``sent``, ``retrying``, ``failed``, ``suppressed``, ``paused``).
+Never by recipient or tenant: those would make one time series per address or
+per customer.
 
 * ``tenant_notify_delivery_attempts_total``: a counter.
 * ``tenant_notify_delivery_duration_seconds``: a histogram of how long the
@@ -28,6 +29,18 @@ the notifiers of the process: ``tenant_notify_template_cache_hits_total``,
 ``tenant_notify_template_cache_misses_total`` (counters),
 ``tenant_notify_template_cache_entries`` and
 ``tenant_notify_template_cache_max_entries`` (gauges).
+
+Two counters are by tenant, because what they count is about one tenant's
+reputation and is rare next to deliveries (see ``docs/deliverability.md`` and
+``docs/tracking.md``):
+
+* ``tenant_notify_sender_pauses_total`` (``tenant_id``, ``channel``): the
+  sender-fault breaker paused that tenant's channel.
+* ``tenant_notify_engagement_events_total`` (``tenant_id``, ``kind``, ``event``:
+  ``opened`` or ``clicked``): opens and clicks of tracked emails.
+
+A recipient of one's own needs only ``observe_attempt``; ``observe_pause`` and
+``observe_engagement`` are called when it has them.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import weakref
 from typing import Any, Final, Protocol, runtime_checkable
 
 from .errors import ConfigurationError
+from .log import get_logger
 
 __all__ = [
     "ATTEMPTS",
@@ -45,10 +59,14 @@ __all__ = [
     "CACHE_MAX_ENTRIES",
     "CACHE_MISSES",
     "DURATION",
+    "ENGAGEMENT",
     "LABELS",
+    "PAUSES",
     "MetricsRecorder",
     "NullMetrics",
     "PrometheusMetrics",
+    "observe_engagement",
+    "observe_pause",
     "resolve_metrics",
 ]
 
@@ -59,6 +77,8 @@ CACHE_HITS: Final = "tenant_notify_template_cache_hits"
 CACHE_MISSES: Final = "tenant_notify_template_cache_misses"
 CACHE_ENTRIES: Final = "tenant_notify_template_cache_entries"
 CACHE_MAX_ENTRIES: Final = "tenant_notify_template_cache_max_entries"
+PAUSES: Final = "tenant_notify_sender_pauses"
+ENGAGEMENT: Final = "tenant_notify_engagement_events"
 # Provider calls: a few milliseconds (memory, a local relay) to a minute (a slow API's timeout).
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -126,6 +146,18 @@ class PrometheusMetrics:
 
         self._caches = _TemplateCacheCollector()
         registry.register(self._caches)
+        self.pauses = prometheus_client.Counter(
+            PAUSES,
+            "Pauses of a tenant's channel by the sender-fault breaker.",
+            ("tenant_id", "channel"),
+            registry=registry,
+        )
+        self.engagement = prometheus_client.Counter(
+            ENGAGEMENT,
+            "Opens and clicks of tracked tenant-notify emails.",
+            ("tenant_id", "kind", "event"),
+            registry=registry,
+        )
 
     def observe_attempt(
         self, *, kind: str, channel: str, provider: str, outcome: str, seconds: float
@@ -137,6 +169,12 @@ class PrometheusMetrics:
     def watch_template_caches(self, renderer: Any) -> None:
         """Export ``renderer.cache_stats()`` with the others, for as long as it lives."""
         self._caches.renderers.add(renderer)
+
+    def observe_pause(self, *, tenant_id: str, channel: str) -> None:
+        self.pauses.labels(tenant_id, channel).inc()
+
+    def observe_engagement(self, *, tenant_id: str, kind: str, event: str) -> None:
+        self.engagement.labels(tenant_id, kind, event).inc()
 
     def __repr__(self) -> str:
         return f"PrometheusMetrics(registry={self.registry!r})"
@@ -188,6 +226,27 @@ def _import_prometheus() -> Any:
             "metrics need prometheus-client: pip install 'tenant-notify[metrics]'", key="metrics"
         ) from err
     return prometheus_client
+
+
+def observe_pause(recorder: MetricsRecorder, *, tenant_id: str, channel: str) -> None:
+    """Tell ``recorder`` of a pause, if it counts them; never raises."""
+    _optional(recorder, "observe_pause", tenant_id=tenant_id, channel=channel)
+
+
+def observe_engagement(recorder: MetricsRecorder, *, tenant_id: str, kind: str, event: str) -> None:
+    """Tell ``recorder`` of an open or a click, if it counts them; never raises."""
+    _optional(recorder, "observe_engagement", tenant_id=tenant_id, kind=kind, event=event)
+
+
+def _optional(recorder: object, name: str, **labels: str) -> None:
+    method = getattr(recorder, name, None)
+    if method is None:
+        return
+    try:
+        method(**labels)
+    except Exception:
+        # A broken recorder must not turn what it observes into a failure.
+        get_logger().exception("metrics_failed", metric=name)
 
 
 _NULL: Final = NullMetrics()

@@ -38,11 +38,13 @@ __all__ = [
     "Address",
     "Attachment",
     "Channel",
+    "Click",
     "DeliveryResult",
     "DeliveryState",
     "DeliveryStatus",
     "EmailMessage",
     "EmailOptions",
+    "Engagement",
     "Feature",
     "Notification",
     "Receipt",
@@ -65,6 +67,8 @@ class DeliveryState(enum.StrEnum):
     events (:mod:`tenant_notify.webhooks`) can move a notification on from
     ``sent`` to ``delivered`` (it reached the recipient), ``bounced`` (the
     recipient's side refused it) or ``failed`` (the provider gave up on it).
+    ``suppressed`` ends a notification whose recipient is on the tenant's
+    suppression list: no provider was called.
     """
 
     QUEUED = "queued"
@@ -74,6 +78,7 @@ class DeliveryState(enum.StrEnum):
     DELIVERED = "delivered"
     BOUNCED = "bounced"
     FAILED = "failed"
+    SUPPRESSED = "suppressed"
 
     @property
     def is_final(self) -> bool:
@@ -82,7 +87,13 @@ class DeliveryState(enum.StrEnum):
 
 
 _FINAL_STATES = frozenset(
-    {DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.FAILED}
+    {
+        DeliveryState.SENT,
+        DeliveryState.DELIVERED,
+        DeliveryState.BOUNCED,
+        DeliveryState.FAILED,
+        DeliveryState.SUPPRESSED,
+    }
 )
 
 
@@ -152,6 +163,11 @@ class Feature(enum.StrEnum):
     HEADERS = "headers"
     TAGS = "tags"
     METADATA = "metadata"
+    #: The provider counts opens itself (SendGrid open tracking, Postmark
+    #: TrackOpens). Without it the library adds its own pixel, when ``[links]`` is set.
+    TRACK_OPENS = "track_opens"
+    #: The provider rewrites links itself; else the library does (``[links]``).
+    TRACK_CLICKS = "track_clicks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,6 +770,10 @@ class EmailMessage:
         tags: Labels for the provider's analytics.
         metadata: Key-value pairs the provider keeps with the message.
         attachments: Files, and inline images the HTML refers to by content id.
+        track_opens, track_clicks: Ask the provider to track opens and clicks in
+            its own way (set only for providers that declare
+            :attr:`Feature.TRACK_OPENS` / :attr:`Feature.TRACK_CLICKS`; for the
+            others the library has already added its pixel and links to ``html``).
     """
 
     from_addr: Address
@@ -771,6 +791,8 @@ class EmailMessage:
     tags: tuple[str, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     attachments: tuple[Attachment, ...] = ()
+    track_opens: bool = False
+    track_clicks: bool = False
 
     channel = Channel.EMAIL
 
@@ -809,6 +831,76 @@ class DeliveryResult:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: The clicks an :class:`Engagement` keeps (the first ones); later ones are counted.
+MAX_CLICKS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    """One followed link of a tracked email.
+
+    Attributes:
+        url: The original URL (as it was in the message).
+        at: When it was followed (UTC), per the provider or the library's endpoint.
+    """
+
+    url: str
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """What the recipient did with a tracked email: opens and clicks.
+
+    Engagement is history beside the delivery state (a ``delivered`` email that
+    was opened stays ``delivered``). Opens are an upper bound: mail privacy
+    proxies (Apple Mail Privacy Protection, Gmail's image proxy) fetch images
+    without anyone reading the message (see ``docs/tracking.md``).
+
+    Attributes:
+        opens: How many opens were reported.
+        first_opened_at, last_opened_at: When (UTC), if ever.
+        clicks: The first :data:`MAX_CLICKS` clicks, in order.
+        click_count: Every click reported, including those not kept.
+    """
+
+    opens: int = 0
+    first_opened_at: dt.datetime | None = None
+    last_opened_at: dt.datetime | None = None
+    clicks: tuple[Click, ...] = ()
+    click_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "opens": self.opens,
+            "first_opened_at": _iso(self.first_opened_at),
+            "last_opened_at": _iso(self.last_opened_at),
+            "clicks": [{"url": c.url, "at": c.at.isoformat()} for c in self.clicks],
+            "click_count": self.click_count,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Engagement:
+        return cls(
+            opens=int(data.get("opens") or 0),
+            first_opened_at=_from_iso(data.get("first_opened_at")),
+            last_opened_at=_from_iso(data.get("last_opened_at")),
+            clicks=tuple(
+                Click(url=c["url"], at=dt.datetime.fromisoformat(c["at"]))
+                for c in data.get("clicks") or ()
+            ),
+            click_count=int(data.get("click_count") or 0),
+        )
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _from_iso(value: Any) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryStatus:
     """The status of one notification, as the status store records it.
@@ -826,6 +918,8 @@ class DeliveryStatus:
         error_type: The library error class name of ``error``, or None.
         created_at, updated_at: Timestamps (UTC).
         next_attempt_at: When a retry is due, while ``retrying``.
+        engagement: Opens and clicks of a tracked email, if any were reported
+            (``Notifier.status`` fills it in from the engagement store).
     """
 
     id: str
@@ -841,6 +935,7 @@ class DeliveryStatus:
     created_at: dt.datetime = field(default_factory=utcnow)
     updated_at: dt.datetime = field(default_factory=utcnow)
     next_attempt_at: dt.datetime | None = None
+    engagement: Engagement | None = None
 
     @property
     def is_final(self) -> bool:
@@ -852,7 +947,7 @@ class DeliveryStatus:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "tenant_id": self.tenant_id,
             "kind": self.kind,
@@ -867,6 +962,9 @@ class DeliveryStatus:
             "updated_at": self.updated_at.isoformat(),
             "next_attempt_at": self.next_attempt_at.isoformat() if self.next_attempt_at else None,
         }
+        if self.engagement is not None:
+            data["engagement"] = self.engagement.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DeliveryStatus:
@@ -885,6 +983,7 @@ class DeliveryStatus:
             created_at=dt.datetime.fromisoformat(data["created_at"]),
             updated_at=dt.datetime.fromisoformat(data["updated_at"]),
             next_attempt_at=dt.datetime.fromisoformat(next_at) if next_at else None,
+            engagement=Engagement.from_dict(data["engagement"]) if data.get("engagement") else None,
         )
 
     @classmethod

@@ -16,6 +16,7 @@ import functools
 import os
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Concatenate, ParamSpec, Self
 
@@ -50,6 +51,7 @@ from .models import (
     Address,
     Attachment,
     Channel,
+    DeliveryState,
     DeliveryStatus,
     EmailOptions,
     Notification,
@@ -63,6 +65,9 @@ from .tenants import StaticTenantResolver, Tenant, TenantResolver
 from .transports import TRANSPORT_ALIASES, TRANSPORT_EXTRAS, Transport
 
 __all__ = ["Notifier"]
+
+# States an email can be opened or clicked in.
+_ENGAGEABLE = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.BOUNCED})
 
 # Names the library puts into every template context itself.
 _RESERVED_CONTEXT = frozenset({"tenant", "locale"})
@@ -170,6 +175,12 @@ class Notifier:
         )
         # Fail at build time, naming the key, rather than on the first delivery.
         self.dispatcher.check_providers()
+        #: Suppression lists, the breaker, signed links, engagement (docs/deliverability.md).
+        self.reputation = self.dispatcher.reputation
+        #: ``notify.suppressions.add / remove / list / check``.
+        self.suppressions = self.reputation.suppressions
+        #: ``notify.breaker.resume(tenant_id)``, ``notify.breaker.pauses()``.
+        self.breaker = self.reputation.breaker
         self.events = EventHub(settings)
         self.transport = (
             factory
@@ -267,7 +278,13 @@ class Notifier:
             ValidationError: bad recipient, context, locale or email option
                 (nothing queued).
             UnsupportedFeatureError: the tenant's provider cannot send an option
-                asked for (a ValidationError).
+                asked for, or track as the tenant asks (a ValidationError).
+            RecipientSuppressedError: the recipient is on the tenant's
+                suppression list (a ValidationError; raised here when the list
+                is kept in process, else the status ends ``suppressed``).
+            TenantPausedError: the sender-fault breaker paused the tenant's
+                channel (raised here when its state is kept in process, else
+                the status ends ``failed``).
             UnknownTenantError: no such tenant.
             TemplateNotFoundError: no template for the kind on this channel.
             EnqueueError: the transport could not accept it.
@@ -373,6 +390,7 @@ class Notifier:
             locale = normalize_locale(locale, "locale")
         self._check_sendable(tenant, kind, channel, locale or tenant.locale)
         self.dispatcher.providers.check_options(tenant, channel, options)
+        self.reputation.check_call(tenant, kind, channel, to, self.dispatcher.providers)
         if idempotency_key is not None:
             check_text(idempotency_key, "idempotency_key", max_chars=512)
         return Notification(
@@ -693,7 +711,15 @@ class Notifier:
             raise UnknownNotificationError(
                 f"no status for notification {notification_id!r}", notification_id=notification_id
             )
-        return status
+        return self._with_engagement(status)
+
+    def _with_engagement(self, status: DeliveryStatus) -> DeliveryStatus:
+        # Engagement is kept beside the status (its writers never race the
+        # dispatcher's): only emails that were sent can have any.
+        if status.channel is not Channel.EMAIL or status.state not in _ENGAGEABLE:
+            return status
+        engagement = self.reputation.store.get_engagement(status.id)
+        return status if engagement is None else replace(status, engagement=engagement)
 
     def wait(self, notification_id: str, timeout: float | None = 30.0) -> DeliveryStatus:
         """Block until the notification is sent or failed; return its status.
@@ -709,7 +735,7 @@ class Notifier:
             )
         if not status.is_final:
             raise _timed_out(status, timeout)
-        return status
+        return self._with_engagement(status)
 
     # --- coroutine twins -------------------------------------------------------------
     #

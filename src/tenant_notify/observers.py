@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from .log import get_logger
 from .models import DeliveryStatus
 
-__all__ = ["NullObserver", "StatusObserver", "notify_observer"]
+__all__ = ["NullObserver", "StatusObserver", "notify_engagement", "notify_observer"]
 
 
 @runtime_checkable
@@ -51,6 +51,22 @@ def notify_observer(observer: StatusObserver, status: DeliveryStatus) -> None:
     and so sent twice) because of it."""
     try:
         observer.status_changed(status)
+    except Exception:
+        get_logger().exception(
+            "status_observer_failed", tenant_id=status.tenant_id, notification_id=status.id
+        )
+
+
+def notify_engagement(observer: StatusObserver, status: DeliveryStatus, event: str) -> None:
+    """Tell ``observer`` that ``status``'s email was opened or clicked (``event`` is
+    ``"opened"`` or ``"clicked"``; ``status.engagement`` holds the counts), if it
+    takes such news: an optional ``engagement_recorded(status, event)`` method, since
+    engagement is history beside the state, not a status change. Never raises."""
+    method = getattr(observer, "engagement_recorded", None)
+    if method is None:
+        return
+    try:
+        method(status, event)
     except Exception:
         get_logger().exception(
             "status_observer_failed", tenant_id=status.tenant_id, notification_id=status.id

@@ -27,7 +27,7 @@ __all__ = ["CallbackTarget", "StaticTenantResolver", "Tenant", "TenantResolver"]
 
 # Keys of provider tables whose values are secrets: kept as SecretStr from the
 # moment they are read, so no repr, log or error can show them.
-_SECRET_KEY = re.compile(r"(password|secret|token|api_key)$")
+_SECRET_KEY = re.compile(r"(password|secret|token|api_key|private_key)$")
 
 
 def protect_secrets(table: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -128,6 +128,11 @@ class Tenant(BaseModel):
         email: Provider table merged over the global ``[email]`` table.
         sms: Provider table merged over the global ``[sms]`` table.
         callbacks: Where its lifecycle callbacks go, if anywhere.
+        track_opens: Track opens of its emails (off by default; a kind can
+            turn it off again, see ``[kinds.<kind>]``).
+        track_clicks: Track clicks on the links of its emails (off by default).
+        unsubscribe_mailto: An address that takes unsubscribe requests by mail,
+            added to ``List-Unsubscribe`` beside the one-click URL, if any.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -143,6 +148,9 @@ class Tenant(BaseModel):
     email: dict[str, Any] | None = None
     sms: dict[str, Any] | None = None
     callbacks: CallbackTarget | None = None
+    track_opens: bool = False
+    track_clicks: bool = False
+    unsubscribe_mailto: EmailAddressField = None
 
     @field_validator("name")
     @classmethod

@@ -26,19 +26,32 @@ The router serves:
   notifications; 404 for an unknown id and for another tenant's id alike.
 * ``POST /notifications/webhooks/{provider}/{tenant_id}`` for every provider of
   :data:`tenant_notify.webhooks.RECEIVERS` (``sendgrid``, ``twilio``, ``ses``,
-  ``postmark``): delivery events (see :mod:`tenant_notify.webhooks`), only when
+  ``postmark``), and ``POST /notifications/webhooks/twilio/{tenant_id}/inbound``
+  (:data:`~tenant_notify.webhooks.INBOUND_RECEIVERS`: incoming SMS, STOP and
+  START): delivery events (see :mod:`tenant_notify.webhooks`), only when
   ``webhook_secrets`` is given.
+* When ``[links]`` is set, the routes of the library's signed links
+  (:data:`tenant_notify.reputation.ROUTES`), for recipients rather than users:
+  ``GET /notifications/unsubscribe/{tenant_id}/{token}`` shows a page that asks
+  (and changes nothing: link scanners fetch it), ``POST`` on the same URL
+  unsubscribes (RFC 8058 one-click: 200, no redirect);
+  ``GET /notifications/track/{tenant_id}/open/{token}`` answers a 1x1 GIF and
+  counts an open; ``GET /notifications/track/{tenant_id}/click/{token}`` counts
+  a click and redirects (302) to the link's original URL, and nowhere else. A
+  token that does not verify answers 404 and records nothing.
 
 Every endpoint is ``async def``: sends and status reads go through the notifier's
 coroutine twins (``asend_email``, ``astatus``), so the event loop never waits for
-the status store or the broker; webhook secrets and webhook handling run in
-Starlette's thread pool.
+the status store or the broker; webhook secrets and webhook handling, and the
+signed links' reads and writes of the reputation store, run in Starlette's
+thread pool.
 
 Importing this module without FastAPI installed raises
 :class:`~tenant_notify.errors.MissingDependencyError` naming the extra.
 """
 
 import datetime as dt
+import html
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -49,6 +62,7 @@ from .._validation import check_text, normalize_email
 from ..errors import (
     ConfigurationError,
     EnqueueError,
+    InvalidLinkError,
     MissingDependencyError,
     UnknownNotificationError,
     UnknownTenantError,
@@ -56,17 +70,21 @@ from ..errors import (
     WebhookPayloadError,
     WebhookVerificationError,
 )
-from ..models import Channel, DeliveryState
+from ..models import Channel, DeliveryState, DeliveryStatus, Engagement
 from ..notifier import Notifier
-from ..webhooks import RECEIVERS, DeliveryEvent, Receiver, WebhookRequest
+from ..reputation import ROUTES, ClickLink, OpenLink, SuppressionReason
+from ..webhooks import INBOUND_RECEIVERS, RECEIVERS, DeliveryEvent, Receiver, WebhookRequest
 
 try:
     from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+    from fastapi.responses import HTMLResponse, RedirectResponse, Response
     from starlette.concurrency import run_in_threadpool
 except ModuleNotFoundError as err:  # pragma: no cover - exercised without the extra
     raise MissingDependencyError("fastapi", "fastapi") from err
 
 __all__ = [
+    "ClickOut",
+    "EngagementOut",
     "SendTestEmailRequest",
     "TaskAccepted",
     "TaskStatus",
@@ -139,6 +157,36 @@ class TaskAccepted(BaseModel):
     task_id: str = Field(description="The notification id.")
 
 
+class ClickOut(BaseModel):
+    """One followed link."""
+
+    url: str
+    at: dt.datetime
+
+
+class EngagementOut(BaseModel):
+    """Opens and clicks of a tracked email (opens are an upper bound: mail privacy
+    proxies fetch images unread)."""
+
+    opens: int
+    first_opened_at: dt.datetime | None
+    last_opened_at: dt.datetime | None
+    clicks: list[ClickOut] = Field(description="The first clicks, in order.")
+    click_count: int = Field(description="Every click, including those not listed.")
+
+    @classmethod
+    def of(cls, engagement: Engagement | None) -> "EngagementOut | None":
+        if engagement is None:
+            return None
+        return cls(
+            opens=engagement.opens,
+            first_opened_at=engagement.first_opened_at,
+            last_opened_at=engagement.last_opened_at,
+            clicks=[ClickOut(url=c.url, at=c.at) for c in engagement.clicks],
+            click_count=engagement.click_count,
+        )
+
+
 class TaskStatus(BaseModel):
     """Where a notification is in its life."""
 
@@ -152,6 +200,9 @@ class TaskStatus(BaseModel):
     error: str | None = Field(description="Why the last attempt failed, if it did.")
     created_at: dt.datetime
     updated_at: dt.datetime
+    engagement: EngagementOut | None = Field(
+        default=None, description="Opens and clicks, for a tracked email."
+    )
 
 
 class WebhookResult(BaseModel):
@@ -273,10 +324,13 @@ def make_router(
             error=current.error,
             created_at=current.created_at,
             updated_at=current.updated_at,
+            engagement=EngagementOut.of(current.engagement),
         )
 
     if webhook_secrets is not None:
         _add_webhooks(router, notifier, webhook_secrets, webhook_url)
+    if notifier.reputation.links is not None:
+        _add_links(router, notifier)
     return router
 
 
@@ -307,7 +361,7 @@ def _add_webhooks(
         except WebhookPayloadError as err:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, err.message) from err
 
-    def route(provider: str, receive: Receiver) -> None:
+    def route(provider: str, receive: Receiver, suffix: str = "") -> None:
         async def receive_events(tenant_id: _PathId, request: Request) -> WebhookResult:
             secret = await secret_for(tenant_id, provider)
             plain = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
@@ -323,14 +377,125 @@ def _add_webhooks(
             return WebhookResult(events=len(events), applied=sum(e.applied for e in events))
 
         router.add_api_route(
-            f"/notifications/webhooks/{provider}/{{tenant_id}}",
+            f"/notifications/webhooks/{provider}/{{tenant_id}}{suffix}",
             receive_events,
             methods=["POST"],
             response_model=WebhookResult,
-            summary=f"{provider} delivery events",
+            summary=f"{provider} {'incoming messages' if suffix else 'delivery events'}",
             responses=responses,
-            name=f"{provider}_webhook",
+            name=f"{provider}_{'inbound' if suffix else 'webhook'}",
         )
 
     for provider, receive in RECEIVERS.items():
         route(provider, receive)
+    for provider, receive in INBOUND_RECEIVERS.items():
+        route(provider, receive, "/inbound")
+
+
+# --- the library's signed links ------------------------------------------------------
+
+#: A transparent 1x1 GIF.
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
+_NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title></head>
+<body style="font-family:sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem">
+<h1 style="font-size:1.4rem">{title}</h1><p>{text}</p>{form}</body></html>"""
+
+
+def _page(title: str, text: str, form: str = "") -> str:
+    return _PAGE.format(title=html.escape(title), text=text, form=form)
+
+
+def _add_links(router: APIRouter, notifier: Notifier) -> None:
+    links = notifier.reputation.links
+    assert links is not None
+    not_found: dict[int | str, dict[str, Any]] = {
+        404: {"description": "The link does not verify (nothing was recorded)"}
+    }
+
+    def tenant_name(tenant_id: str) -> str:
+        try:
+            return notifier.tenants.get(tenant_id).name
+        except UnknownTenantError:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such link") from None
+
+    def lifecycle_status(link: OpenLink | ClickLink) -> DeliveryStatus | None:
+        # Read only when someone takes lifecycle events of opens and clicks.
+        if not notifier.reputation.observes_engagement:
+            return None
+        return notifier.status_store.get(link.notification_id)
+
+    def verified(read: Callable[[str, str], _Applied], tenant_id: str, token: str) -> _Applied:
+        try:
+            return read(tenant_id, token)
+        except InvalidLinkError:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such link") from None
+
+    @router.get(
+        ROUTES["unsubscribe"],
+        response_class=HTMLResponse,
+        summary="Unsubscribe page (asks; changes nothing)",
+        responses=not_found,
+    )
+    def unsubscribe_page(tenant_id: _PathId, token: str) -> HTMLResponse:
+        # Link scanners and mail previews fetch GETs: only a POST unsubscribes.
+        link = verified(links.read_unsubscribe, tenant_id, token)
+        name = html.escape(tenant_name(tenant_id))
+        form = (
+            '<form method="post"><button type="submit" style="font-size:1rem;padding:.5rem 1rem">'
+            "Unsubscribe</button></form>"
+        )
+        text = f"Stop {html.escape(link.category)} emails from {name} to this address?"
+        return HTMLResponse(_page("Unsubscribe", text, form), headers=_NO_STORE)
+
+    @router.post(
+        ROUTES["unsubscribe"],
+        response_class=HTMLResponse,
+        summary="One-click unsubscribe (RFC 8058)",
+        responses=not_found,
+    )
+    def unsubscribe(tenant_id: _PathId, token: str) -> HTMLResponse:
+        link = verified(links.read_unsubscribe, tenant_id, token)
+        name = html.escape(tenant_name(tenant_id))
+        notifier.suppressions.add(
+            tenant_id,
+            link.recipient,
+            reason=SuppressionReason.UNSUBSCRIBE,
+            category=link.category,
+            source="list-unsubscribe",
+        )
+        # 200 and no redirect: RFC 8058 senders must not redirect the POST.
+        text = f"You will get no more {html.escape(link.category)} emails from {name}."
+        return HTMLResponse(_page("Unsubscribed", text), headers=_NO_STORE)
+
+    @router.get(
+        ROUTES["open"],
+        response_class=Response,
+        summary="Open pixel of a tracked email",
+        responses=not_found,
+    )
+    def tracked_open(tenant_id: _PathId, token: str) -> Response:
+        link = verified(links.read_open, tenant_id, token)
+        status = notifier.status_store.get(link.notification_id)  # for lifecycle events
+        notifier.reputation.record_open(tenant_id, link.notification_id, link.kind, status=status)
+        return Response(PIXEL, media_type="image/gif", headers=_NO_STORE)
+
+    @router.get(
+        ROUTES["click"],
+        response_class=RedirectResponse,
+        status_code=status.HTTP_302_FOUND,
+        summary="Click redirect of a tracked link",
+        responses=not_found,
+    )
+    def tracked_click(tenant_id: _PathId, token: str) -> RedirectResponse:
+        link = verified(links.read_click, tenant_id, token)
+        notifier.reputation.record_click(
+            tenant_id, link.notification_id, link.kind, link.url, status=lifecycle_status(link)
+        )
+        # Only to the URL the token signs: the router is no open redirect.
+        return RedirectResponse(link.url, status_code=status.HTTP_302_FOUND, headers=_NO_STORE)

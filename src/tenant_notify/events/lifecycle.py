@@ -19,6 +19,10 @@ told of (``queued``, ``sent``, ``failed``, ``delivered``, ``bounced``, ... as
 * publishes it, as a CloudEvent of type ``tenant_notify.notification.<state>``,
   to ``[events] lifecycle_exchange`` with the routing key ``notification.<state>``.
 
+Opens and clicks of tracked emails (engagement, not state changes) go the same
+way as ``notification.opened`` and ``notification.clicked`` when the states list
+them, with the status and its ``engagement`` in the data.
+
 ``status_changed`` only puts the status on a queue: worker threads of this
 object do the rest, so a slow receiver never slows a delivery. Callbacks carry
 no recipient, and errors in them are masked.
@@ -241,6 +245,17 @@ class LifecycleEvents:
                 self._put(("alert.failure_rate", alert))
         if status.state.value in self._states:
             self._put(status)
+
+    def engagement_recorded(self, status: DeliveryStatus, event: str) -> None:
+        """Queue ``notification.opened`` / ``notification.clicked`` for ``status`` (its
+        ``engagement`` in the data), when ``[events.callbacks] states`` lists the
+        event; return at once."""
+        if event not in self._states:
+            return
+        data = _status_data(status)
+        data["event"] = event
+        data["raised_at"] = dt.datetime.now(dt.UTC).isoformat()
+        self._put((f"notification.{event}", data))
 
     def alert(self, data: dict[str, Any]) -> None:
         """Send a ``alert.failure_rate`` lifecycle event for ``data["tenant_id"]``."""

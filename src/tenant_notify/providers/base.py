@@ -10,13 +10,17 @@ Subclasses must:
 
 * set ``name`` (the configuration name) and ``channels`` (what they serve);
 * set ``capabilities`` to the email features and limits they support (the
-  default is none: subject, bodies, one recipient and a reply-to only);
+  default is none: subject, bodies, one recipient and a reply-to only); a provider
+  that declares ``Feature.TRACK_OPENS`` / ``TRACK_CLICKS`` must honour
+  ``EmailMessage.track_opens`` / ``track_clicks`` (and say "off" where the
+  service would track by default);
 * set ``Config`` to a pydantic model of their settings (``provider`` excluded),
   with ``extra="forbid"`` so a misspelt key fails when the notifier is built;
 * implement ``send_email`` and/or ``send_sms`` for the channels they declare;
 * translate every third-party exception into the library's tree (``raise ... from``).
 
-Subclasses may override ``close`` to release connections, and extend
+Subclasses may override ``close`` to release connections, ``tracks`` when
+their tracking depends on a setting, and extend
 ``check_options`` (calling ``super()``) for a rule the declared capabilities cannot
 say, such as the characters a provider allows in metadata. They must not override
 ``send`` (it checks the channel and dispatches) or keep per-tenant state: one
@@ -44,6 +48,9 @@ from ..models import (
 __all__ = ["EVERYTHING", "Capabilities", "Provider", "ProviderConfig"]
 
 
+_TRACKING = frozenset({Feature.TRACK_OPENS, Feature.TRACK_CLICKS})
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """The email features and limits a provider declares.
@@ -64,8 +71,9 @@ class Capabilities:
 
 
 #: Every feature, no limits: for providers that keep or show messages (memory,
-#: file, console) rather than hand them to a service.
-EVERYTHING = Capabilities(features=frozenset(Feature))
+#: file, console) rather than hand them to a service. Tracking is not among them:
+#: the library adds its own pixel and links for these (as it does for SMTP).
+EVERYTHING = Capabilities(features=frozenset(Feature) - _TRACKING)
 
 
 class ProviderConfig(BaseModel):
@@ -81,6 +89,17 @@ class Provider:
     channels: ClassVar[frozenset[Channel]] = frozenset()
     Config: ClassVar[type[ProviderConfig]] = ProviderConfig
     capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    def tracks(cls, config: ProviderConfig | None) -> frozenset[Feature]:
+        """Which of :attr:`Feature.TRACK_OPENS` / :attr:`Feature.TRACK_CLICKS` this
+        provider does itself with ``config`` (its settings; None for an instance
+        given directly). By default what it declares; a provider whose tracking
+        depends on a setting (SES: a configuration set) overrides this.
+
+        The library tracks with its own pixel and links where the provider does not.
+        """
+        return cls.capabilities.features & _TRACKING
 
     @classmethod
     def check_options(cls, options: EmailOptions) -> None:

@@ -35,7 +35,8 @@ Reply                       Raised
 429                         ``TransientDeliveryError``, ``retry_after`` from
                             ``Retry-After`` or ``X-RateLimit-Reset``
 408, 5xx                    ``TransientDeliveryError`` (``retry_after`` likewise)
-401, 403                    ``PermanentDeliveryError``: the credentials were refused
+401, 403                    ``PermanentDeliveryError``: the credentials were refused,
+                            with ``sender_fault`` (the sender-fault breaker counts it)
 413                         ``PermanentDeliveryError``: the message is too large
 other 4xx, 1xx, 3xx         ``PermanentDeliveryError``
 ==========================  ===================================================
@@ -376,9 +377,12 @@ class HttpProvider(Provider, ABC):
                 **context,
             )
         if status in (401, 403):
+            # The tenant's account is what was refused (its key, its unverified sender
+            # identity): a sender fault, counted by the breaker.
             return PermanentDeliveryError(
                 f"{service} refused the request: {self.credentials_refused}",
                 provider_response=reply,
+                sender_fault=True,
                 **context,
             )
         if status == 413:

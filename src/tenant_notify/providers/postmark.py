@@ -207,6 +207,10 @@ class PostmarkProvider(HttpProvider):
                 for a in message.attachments
             ]
         payload["MessageStream"] = self.config.message_stream
+        # Always said, on or off: a server's own defaults may track, and tracking is
+        # the tenant's choice. Links are rewritten in the HTML part only.
+        payload["TrackOpens"] = message.track_opens
+        payload["TrackLinks"] = "HtmlOnly" if message.track_clicks else "None"
         return payload
 
     def build_request(self, message: Message) -> HttpRequest:

@@ -11,9 +11,11 @@ The request body is the one the public API defines: ``from`` (with the tenant's
 display name), ``reply_to``, one ``personalizations`` entry with the recipients,
 ``subject``, ``content`` (``text/plain`` before ``text/html``), ``categories``
 (the notification kind), ``custom_args`` (``tenant_id`` and ``notification_id``,
-which SendGrid copies into every delivery event, see :mod:`tenant_notify.webhooks`)
-and ``headers``. The ``X-Message-Id`` of the 202 reply becomes the status's
-``provider_message_id``.
+which SendGrid copies into every delivery event, see :mod:`tenant_notify.webhooks`),
+``headers`` and ``tracking_settings`` (open and click tracking as the tenant asks,
+off by default and said so on every request: accounts track clicks unless told;
+links in the text part are never rewritten). The ``X-Message-Id`` of the 202 reply
+becomes the status's ``provider_message_id``.
 
 Error mapping (every error carries ``provider="sendgrid"``, the ids, and
 SendGrid's own messages as ``provider_response``; the API key never appears):
@@ -28,7 +30,9 @@ Reply                                          Raised
 408, 5xx                                       ``TransientDeliveryError``
 400 naming only recipient fields               ``PermanentDeliveryError``,
 (``personalizations.0.to.0.email``)            ``recipient_error`` (no failover)
-400, 401, 403, 404, 413, other 4xx             ``PermanentDeliveryError``
+401, 403 (bad key, unverified sender          ``PermanentDeliveryError`` with
+identity)                                      ``sender_fault`` (the breaker counts it)
+400, 404, 413, other 4xx                       ``PermanentDeliveryError``
 connect failure, read timeout, ...             see :mod:`tenant_notify.providers.http`
 =============================================  =========================================
 """
@@ -203,6 +207,12 @@ class SendGridProvider(HttpProvider):
             payload["headers"] = headers
         if message.attachments:
             payload["attachments"] = [_attachment(a) for a in message.attachments]
+        # Always said, on or off: SendGrid accounts track clicks unless told otherwise,
+        # and tracking is the tenant's choice (off by default). Never in the text part.
+        payload["tracking_settings"] = {
+            "click_tracking": {"enable": message.track_clicks, "enable_text": False},
+            "open_tracking": {"enable": message.track_opens},
+        }
         payload.update(self._settings_extra)
         return payload
 

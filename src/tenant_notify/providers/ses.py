@@ -9,6 +9,7 @@ Settings (``[email]`` or a tenant's ``[tenants.X.email]``)::
     secret_access_key = "..."              # kept as a SecretStr
     # session_token = "..."                # temporary (STS) credentials
     # configuration_set = "transactional"  # event publishing (delivery events)
+    # tracking_configuration_set = "tracked"  # for tenants that track opens and clicks
     # endpoint_url = "http://127.0.0.1:5000"   # a test server or a VPC endpoint
 
 A message without attachments goes as SES's ``Simple`` content (subject, text and
@@ -30,11 +31,11 @@ Reply                                          Raised
 200                                            accepted
 429 ``TooManyRequestsException``, any          ``TransientDeliveryError``
 throttling code, 5xx
-``MessageRejected``, ``BadRequestException``,  ``PermanentDeliveryError``
-``NotFoundException`` (configuration set)
+``MessageRejected``, ``BadRequestException``,  ``PermanentDeliveryError``; for an
+``NotFoundException`` (configuration set)      unverified identity with ``sender_fault``
 ``AccountSuspendedException``,                 ``PermanentDeliveryError``: this
 ``SendingPausedException``,                    account's state, so another provider
-``MailFromDomainNotVerifiedException``         may be tried
+``MailFromDomainNotVerifiedException``         may be tried; ``sender_fault``
 403 (signature, credentials)                   ``PermanentDeliveryError``
 connect failure, read timeout, ...             see :mod:`tenant_notify.providers.http`
 =============================================  ========================================
@@ -90,11 +91,16 @@ class SesConfig(AwsConfig):
     Attributes:
         configuration_set: The configuration set to send with (event publishing,
             dedicated IPs), if any.
+        tracking_configuration_set: The configuration set to send tracked emails
+            with instead (one whose event destination publishes ``Open`` and
+            ``Click`` events, with open and click tracking on); without it the
+            library tracks SES emails itself, when ``[links]`` is set.
     """
 
     endpoint_prefix: ClassVar[str] = "email"
 
     configuration_set: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    tracking_configuration_set: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class SesProvider(HttpProvider):
@@ -115,12 +121,20 @@ class SesProvider(HttpProvider):
     )
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.EMAIL})
     Config: ClassVar[type[ProviderConfig]] = SesConfig
-    #: SES v2 takes messages of up to 40 MB; it has no list of tags.
+    #: SES v2 takes messages of up to 40 MB; it has no list of tags. It tracks
+    #: opens and clicks through a configuration set (see :meth:`tracks`).
     capabilities: ClassVar[Capabilities] = Capabilities(
         features=frozenset(Feature) - {Feature.TAGS}, max_message_bytes=40 * 1000 * 1000
     )
 
     config: SesConfig
+
+    @classmethod
+    def tracks(cls, config: ProviderConfig | None) -> frozenset[Feature]:
+        # The configuration set tracks, not the request: only with one for it.
+        if isinstance(config, SesConfig) and config.tracking_configuration_set:
+            return super().tracks(config)
+        return frozenset()
 
     def __init__(self, *, region: str, **options: Any) -> None:
         super().__init__(region=region, **options)
@@ -176,8 +190,12 @@ class SesProvider(HttpProvider):
             payload["Content"] = {"Simple": _simple(message)}
         if message.metadata:
             payload["EmailTags"] = [{"Name": k, "Value": v} for k, v in message.metadata.items()]
-        if self.config.configuration_set is not None:
-            payload["ConfigurationSetName"] = self.config.configuration_set
+        tracked = message.track_opens or message.track_clicks
+        configuration_set = (
+            self.config.tracking_configuration_set if tracked else self.config.configuration_set
+        )
+        if configuration_set is not None:
+            payload["ConfigurationSetName"] = configuration_set
         return payload
 
     def build_request(self, message: Message) -> HttpRequest:
@@ -209,11 +227,20 @@ class SesProvider(HttpProvider):
             return PermanentDeliveryError(
                 "SES refused to send for this account or sender domain",
                 provider_response=reply,
+                sender_fault=True,
                 **context,
             )
         if code == "MessageRejected":
+            # "Email address is not verified. The following identities failed the
+            # check ...": the tenant's sender identity, not the message, is at fault.
+            unverified = "not verified" in details.text.lower()
             return PermanentDeliveryError(
-                "SES rejected the message", provider_response=reply, **context
+                "SES refused the unverified sender identity"
+                if unverified
+                else "SES rejected the message",
+                provider_response=reply,
+                sender_fault=unverified,
+                **context,
             )
         return None
 

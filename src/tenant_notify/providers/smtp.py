@@ -23,12 +23,16 @@ tenant ids, and the server's reply as ``"<code> <text>"`` when there is one):
 What happened                                   Raised (``tenant_notify.errors``)
 ==============================================  =====================================
 reply 4xx (to MAIL, RCPT, DATA, EHLO, ...)      ``TransientDeliveryError``
-reply 5xx                                       ``PermanentDeliveryError``
+reply 5xx                                       ``PermanentDeliveryError``; with
+                                                ``sender_fault`` for a 5.7.x policy
+                                                refusal (``550 5.7.26`` unauthenticated
+                                                mail, ``5.7.1`` relaying denied)
 all recipients refused                          transient if every reply is 4xx,
                                                 else permanent, with ``recipient_error``
                                                 (no failover) unless a 5xx reply is a
                                                 5.7.x policy refusal ("relaying denied")
-authentication refused (535)                    permanent, "authentication failed";
+authentication refused (535)                    permanent, "authentication failed",
+                                                ``sender_fault``;
                                                 a 4xx reply to AUTH (454) is transient
 server lacks STARTTLS / AUTH the settings ask   permanent
 TLS certificate verification failed             permanent (retrying will not fix it)
@@ -48,6 +52,9 @@ delivered the message and is never retried here.
 Credentials never appear in errors, logs or ``repr``: the password is kept as a
 ``SecretStr`` and scrubbed (with its base64 forms) from any server text that is
 quoted in an error.
+
+With ``dkim_selector`` and ``dkim_private_key`` (a tenant's own key) every
+message is DKIM-signed before it goes out (see :mod:`tenant_notify.providers._dkim`).
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ from ..errors import (
 )
 from ..log import get_logger
 from ..models import Channel, DeliveryResult, EmailMessage, Feature
+from ._dkim import DkimSigner
 from .base import Capabilities, Provider, ProviderConfig
 
 __all__ = ["SmtpConfig", "SmtpProvider"]
@@ -103,6 +111,11 @@ class SmtpConfig(ProviderConfig):
             looked up once per process.
         verify_tls: Verify the server certificate and host name.
         ca_file: PEM file of CA certificates to trust instead of the system's.
+        dkim_selector: Sign every message with DKIM under this selector
+            (``<selector>._domainkey.<domain>``); needs ``dkim_private_key``.
+        dkim_private_key: The PEM RSA private key to sign with (a secret).
+        dkim_domain: The signing domain; default: each message's From domain
+            (what DMARC aligns with).
     """
 
     host: str = Field(default="localhost", min_length=1)
@@ -115,9 +128,14 @@ class SmtpConfig(ProviderConfig):
     local_hostname: str | None = None
     verify_tls: bool = True
     ca_file: str | None = None
+    dkim_selector: str | None = None
+    dkim_private_key: SecretStr | None = None
+    dkim_domain: str | None = None
 
     @model_validator(mode="after")
     def _check_combinations(self) -> SmtpConfig:
+        if (self.dkim_selector is None) != (self.dkim_private_key is None):
+            raise ValueError("dkim_selector and dkim_private_key go together")
         if self.starttls and self.ssl:
             raise ValueError(
                 "starttls and ssl exclude each other: use ssl for implicit TLS (port 465) "
@@ -298,6 +316,9 @@ class SmtpProvider(Provider):
         local_hostname: str | None = None,
         verify_tls: bool = True,
         ca_file: str | None = None,
+        dkim_selector: str | None = None,
+        dkim_private_key: SecretStr | str | None = None,
+        dkim_domain: str | None = None,
     ) -> None:
         try:
             self._config = SmtpConfig(
@@ -311,6 +332,9 @@ class SmtpProvider(Provider):
                 local_hostname=local_hostname,
                 verify_tls=verify_tls,
                 ca_file=ca_file,
+                dkim_selector=dkim_selector,
+                dkim_private_key=dkim_private_key,  # pydantic wraps a str in SecretStr
+                dkim_domain=dkim_domain,
             )
         except pydantic.ValidationError as err:
             # Built from the error list without the inputs, which may hold the password.
@@ -323,6 +347,18 @@ class SmtpProvider(Provider):
                 f"invalid SMTP settings: {problems}", key=locations[0] or None, provider=self.name
             ) from None
         self._tls_context = self._make_tls_context() if (starttls or ssl) else None
+        self._dkim: DkimSigner | None = None
+        config = self._config
+        if config.dkim_selector is not None and config.dkim_private_key is not None:
+            try:
+                self._dkim = DkimSigner(
+                    config.dkim_selector,
+                    config.dkim_private_key.get_secret_value(),
+                    config.dkim_domain,
+                )
+            except ConfigurationError as err:
+                err.provider = self.name
+                raise
         self._local = threading.local()
         self._slots: set[_Slot] = set()
         self._registry_lock = threading.Lock()
@@ -352,6 +388,8 @@ class SmtpProvider(Provider):
     def send_email(self, message: EmailMessage) -> DeliveryResult:
         raw, message_id = wire_bytes(message)
         sender = envelope_address(message.from_addr.email, "from_addr.email")
+        if self._dkim is not None:
+            raw = self._dkim.signature(raw, sender.rpartition("@")[2]) + raw
         recipients = [
             envelope_address(addr.email, f"{field}[{i}].email")
             for field, addresses in (("to", message.to), ("cc", message.cc), ("bcc", message.bcc))
@@ -539,6 +577,7 @@ class SmtpProvider(Provider):
             return PermanentDeliveryError(
                 f"SMTP authentication failed at {where}; check the username and password",
                 provider_response=response,
+                sender_fault=True,
                 **context,
             )
         if isinstance(err, smtplib.SMTPRecipientsRefused):
@@ -548,10 +587,12 @@ class SmtpProvider(Provider):
             codes = [code for code, _ in err.recipients.values()]
             transient = bool(codes) and all(400 <= code < 500 for code in codes)
             cls = TransientDeliveryError if transient else PermanentDeliveryError
+            texts = [_enhanced(t) for c, t in err.recipients.values() if 500 <= c < 600]
             return cls(
                 "the SMTP server refused every recipient",
                 provider_response="; ".join(replies) or None,
                 recipient_error=not transient and _recipients_at_fault(err.recipients),
+                sender_fault=any(t.startswith(_POLICY) for t in texts),
                 **context,
             )
         if isinstance(err, smtplib.SMTPConnectError):
@@ -564,7 +605,12 @@ class SmtpProvider(Provider):
             response = self._reply_text(err.smtp_code, err.smtp_error)
             what = _REFUSAL_TEXT.get(type(err), "the SMTP server answered with an error")
             if 500 <= err.smtp_code < 600:
-                return PermanentDeliveryError(what, provider_response=response, **context)
+                # 5.7.x to MAIL or DATA: the receiving side's policy refuses us (DMARC,
+                # 550 5.7.26; an unauthenticated or unauthorised sender, 5.7.1).
+                policy = _enhanced(err.smtp_error).startswith(_POLICY)
+                return PermanentDeliveryError(
+                    what, provider_response=response, sender_fault=policy, **context
+                )
             return TransientDeliveryError(what, provider_response=response, **context)
         if isinstance(err, smtplib.SMTPNotSupportedError):
             return PermanentDeliveryError(
@@ -639,6 +685,17 @@ _REFUSAL_TEXT: dict[type[smtplib.SMTPResponseException], str] = {
     smtplib.SMTPDataError: "the SMTP server refused the message",
     smtplib.SMTPHeloError: "the SMTP server refused EHLO/HELO",
 }
+
+
+#: The enhanced status code class (RFC 3463) of a policy refusal of the sender.
+_POLICY = "5.7."
+
+
+def _enhanced(text: bytes | str) -> str:
+    """The reply text from its enhanced status code on (a space added after it)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    return text.lstrip() + " "
 
 
 def _recipients_at_fault(replies: dict[str, tuple[int, bytes]]) -> bool:

@@ -28,10 +28,13 @@ HTTP 429, or Twilio code 20429               ``TransientDeliveryError`` (``retry
 5xx                                          ``TransientDeliveryError``
 code 21211 (invalid To), 21610 (recipient    ``PermanentDeliveryError`` with
 replied STOP), 21614 (To is not a mobile     ``recipient_error``: no failover, another
-number)                                      provider must not be asked
+number)                                      provider must not be asked; 21610 also
+                                             ``suppress_as="unsubscribe"``
 code 21408 (region not enabled for the       ``PermanentDeliveryError``; may fail over:
 account)                                     it is this account's setting
-401 (code 20003), other 4xx                  ``PermanentDeliveryError``
+code 21212, 21606, 21659, 21660 (invalid     ``PermanentDeliveryError`` with
+From); 401 (code 20003)                      ``sender_fault`` (the breaker counts it)
+other 4xx                                    ``PermanentDeliveryError``
 connect failure, read timeout, ...           see :mod:`tenant_notify.providers.http`
 ===========================================  ==========================================
 
@@ -65,15 +68,24 @@ from .http import (
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["RECIPIENT_ERROR_CODES", "TwilioConfig", "TwilioProvider"]
+__all__ = ["RECIPIENT_ERROR_CODES", "SENDER_FAULT_CODES", "TwilioConfig", "TwilioProvider"]
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 #: Twilio error codes that refuse the recipient itself: no failover after them.
 RECIPIENT_ERROR_CODES = frozenset({21211, 21610, 21614})
 #: Twilio error codes that mean "slow down".
 RATE_LIMIT_CODES = frozenset({20429})
+#: Twilio error codes that blame the tenant's sending setup (the breaker counts them):
+#: an invalid From, a From the account does not own or that cannot send SMS.
+SENDER_FAULT_CODES = frozenset({21212, 21606, 21659, 21660})
+#: The recipient replied STOP: suppress the number.
+OPTED_OUT_CODE = 21610
 _TWILIO_NAMES = {
     21211: "invalid 'To' phone number",
+    21212: "invalid 'From' phone number",
+    21606: "the 'From' number cannot send SMS (or is not the account's)",
+    21659: "'From' is not a Twilio number or short code of the account",
+    21660: "'From' does not belong to the account",
     21408: "permission to send to this region is not enabled on the account",
     21610: "the recipient has opted out (replied STOP)",
     21614: "'To' is not a mobile number",
@@ -237,10 +249,14 @@ class TwilioProvider(HttpProvider):
                 f"Twilio refused the recipient: {what}",
                 provider_response=reply,
                 recipient_error=True,
+                suppress_as="unsubscribe" if code == OPTED_OUT_CODE else None,
                 **context,
             )
         if what and 400 <= response.status_code < 500 and response.status_code not in (401, 429):
             return PermanentDeliveryError(
-                f"Twilio refused the message: {what}", provider_response=reply, **context
+                f"Twilio refused the message: {what}",
+                provider_response=reply,
+                sender_fault=code in SENDER_FAULT_CODES,
+                **context,
             )
         return None

@@ -15,12 +15,23 @@ comes from the provider and turns it into status changes: ``sent`` becomes
   account's auth token). Matched by ``MessageSid``, the status's
   ``provider_message_id``.
 
-Both raise :class:`~tenant_notify.errors.WebhookVerificationError` (answer 403)
+* :func:`apply_twilio_inbound` with the same for an incoming message: a STOP
+  suppresses the number for the tenant, a START lifts it.
+
+Given a Notifier (rather than a bare status store), events also feed the
+tenant's reputation (:mod:`tenant_notify.reputation`): hard bounces, complaints
+and unsubscribes (SendGrid's ``spamreport`` and ``unsubscribe``, Twilio's error
+21610) suppress the recipient; ``open`` and ``click`` events are recorded as the
+notification's engagement (``notify.status(id).engagement``). Each parsed
+:class:`DeliveryEvent` says so in ``feedback`` (a :class:`Feedback`),
+``recipients`` and ``url``.
+
+All raise :class:`~tenant_notify.errors.WebhookVerificationError` (answer 403)
 for a missing or wrong signature, or a SendGrid timestamp outside the tolerance,
 and :class:`~tenant_notify.errors.WebhookPayloadError` (answer 400) for a signed
-body that cannot be read; nothing is changed then. Events that are not about a
-delivery outcome (``processed``, ``open``, Twilio's ``queued``, ...), or that name
-an unknown notification, are returned with ``applied=False``.
+body that cannot be read; nothing is changed then. Events that change nothing
+(``processed``, Twilio's ``queued``, ...), or that name an unknown notification,
+are returned with ``applied=False``.
 
 Which events move a status, and where (the status's current state on the left):
 
@@ -55,7 +66,14 @@ function of one shape, listed in :data:`RECEIVERS`, which is what
 :mod:`tenant_notify.contrib.fastapi` mounts.
 """
 
-from .base import DEFAULT_TOLERANCE, DeliveryEvent, Receiver, WebhookRequest, apply_event
+from .base import (
+    DEFAULT_TOLERANCE,
+    DeliveryEvent,
+    Feedback,
+    Receiver,
+    WebhookRequest,
+    apply_event,
+)
 from .postmark import apply_postmark_event, parse_postmark_event, receive_postmark
 from .sendgrid import (
     SENDGRID_SIGNATURE_HEADER,
@@ -69,8 +87,11 @@ from .ses import apply_ses_events, parse_ses_event, receive_ses
 from .twilio import (
     TWILIO_SIGNATURE_HEADER,
     apply_twilio_callback,
+    apply_twilio_inbound,
     parse_twilio_callback,
+    parse_twilio_inbound,
     receive_twilio,
+    receive_twilio_inbound,
     twilio_signature,
     verify_twilio_signature,
 )
@@ -82,14 +103,20 @@ RECEIVERS: dict[str, Receiver] = {
     "ses": receive_ses,
     "twilio": receive_twilio,
 }
+#: Receivers of what recipients send back (an SMS STOP or START), by provider name:
+#: the routers mount them at ``.../webhooks/<provider>/<tenant>/inbound``, with the
+#: provider's secret. They need a Notifier (they change suppression lists).
+INBOUND_RECEIVERS: dict[str, Receiver] = {"twilio": receive_twilio_inbound}
 
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "INBOUND_RECEIVERS",
     "RECEIVERS",
     "SENDGRID_SIGNATURE_HEADER",
     "SENDGRID_TIMESTAMP_HEADER",
     "TWILIO_SIGNATURE_HEADER",
     "DeliveryEvent",
+    "Feedback",
     "Receiver",
     "WebhookRequest",
     "apply_event",
@@ -97,10 +124,12 @@ __all__ = [
     "apply_sendgrid_events",
     "apply_ses_events",
     "apply_twilio_callback",
+    "apply_twilio_inbound",
     "parse_postmark_event",
     "parse_sendgrid_events",
     "parse_ses_event",
     "parse_twilio_callback",
+    "parse_twilio_inbound",
     "twilio_signature",
     "verify_sendgrid_signature",
     "verify_twilio_signature",

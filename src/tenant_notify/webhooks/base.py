@@ -9,23 +9,27 @@ place that decides whether an event moves a status (the table in
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import MissingDependencyError
-from ..models import DeliveryState, DeliveryStatus
+from ..errors import MissingDependencyError, NotifyError
+from ..log import get_logger
+from ..models import Channel, DeliveryState, DeliveryStatus
 from ..observers import notify_observer
 from ..stores import StatusStore
 
 if TYPE_CHECKING:
     from ..notifier import Notifier
+    from ..reputation import Reputation
 
 __all__ = [
     "DEFAULT_TOLERANCE",
     "EVENT_ERROR_TYPE",
     "MAX_BODY",
     "DeliveryEvent",
+    "Feedback",
     "Receiver",
     "WebhookRequest",
     "apply_event",
@@ -46,6 +50,27 @@ MAX_BODY = 10 * 1024 * 1024
 _OUTCOMES = frozenset({DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.FAILED})
 
 
+class Feedback(enum.StrEnum):
+    """What an event says about the recipient, across providers.
+
+    ``hard_bounce``, ``complaint`` and ``unsubscribe`` put the recipient on the
+    tenant's suppression list; ``resubscribe`` lifts an unsubscribe (an SMS
+    START); ``open`` and ``click`` are engagement, recorded beside the status.
+    ``soft_bounce`` changes nothing beyond the status.
+    """
+
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE = "soft_bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+    RESUBSCRIBE = "resubscribe"
+    OPEN = "open"
+    CLICK = "click"
+
+
+_SUPPRESSING = frozenset({Feedback.HARD_BOUNCE, Feedback.COMPLAINT, Feedback.UNSUBSCRIBE})
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryEvent:
     """One event a provider reported about one message.
@@ -62,7 +87,13 @@ class DeliveryEvent:
         tenant_id: The tenant it names (SendGrid ``custom_args``), if any.
         reason: Why it bounced or failed, in the provider's words.
         occurred_at: When it happened, per the provider, if it said.
-        applied: Whether it changed a status (set by the ``apply_*`` functions).
+        applied: Whether it changed a status, a suppression list or the
+            engagement (set by the ``apply_*`` functions).
+        recipients: The addresses or numbers the event is about (a bounce of an email
+            with cc may name several), if it says.
+        feedback: What it says about the recipient (:class:`Feedback`), if anything.
+        url: The link followed, for a ``click``.
+        channel: The channel of the provider (used when no status is found).
     """
 
     provider: str
@@ -74,6 +105,10 @@ class DeliveryEvent:
     reason: str | None = None
     occurred_at: dt.datetime | None = None
     applied: bool = False
+    recipients: tuple[str, ...] = ()
+    feedback: Feedback | None = None
+    url: str | None = None
+    channel: Channel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,40 +154,71 @@ def _may_move(current: DeliveryStatus, new: DeliveryState) -> bool:
     return True  # sending, retrying, sent
 
 
+def _reputation(target: Notifier | StatusStore) -> Reputation | None:
+    return getattr(target, "reputation", None)
+
+
+def _find(store: StatusStore, event: DeliveryEvent) -> DeliveryStatus | None:
+    if event.notification_id:
+        status = store.get(event.notification_id)
+        return status if status is not None and status.provider == event.provider else None
+    if event.provider_message_id:
+        return store.find_by_provider_message_id(event.provider, event.provider_message_id)
+    return None
+
+
 def apply_event(
     target: Notifier | StatusStore, event: DeliveryEvent, *, tenant_id: str | None = None
 ) -> DeliveryEvent:
-    """Apply one parsed event to the status it belongs to.
+    """Apply one parsed event: to the status it belongs to, and, given a Notifier,
+    to the tenant's suppression list and the notification's engagement.
 
     Args:
-        target: A Notifier (its status store is used) or a status store.
-        event: From :func:`parse_sendgrid_events` or :func:`parse_twilio_callback`.
+        target: A Notifier (its status store and reputation are used) or a status
+            store (statuses only).
+        event: From :func:`parse_sendgrid_events`, :func:`parse_twilio_callback`, ...
         tenant_id: Apply only to this tenant's notifications (pass it when the
             signing key or token belongs to one tenant's own account, so that
-            account cannot speak about another tenant's notifications).
+            account cannot speak about another tenant's notifications). It is
+            also the tenant whose list a bounce or STOP about a notification
+            no longer known is applied to.
 
     Returns:
         ``event`` with ``applied`` set.
     """
-    if event.state not in _OUTCOMES:
+    wanted = event.state in _OUTCOMES or event.feedback is not None
+    if not wanted:
         return event
     store = _store(target)
-    status: DeliveryStatus | None = None
-    if event.notification_id:
-        status = store.get(event.notification_id)
-        if status is not None and status.provider != event.provider:
-            status = None
-    elif event.provider_message_id:
-        status = store.find_by_provider_message_id(event.provider, event.provider_message_id)
-    if status is None:
-        return event
-    if tenant_id is not None and status.tenant_id != tenant_id:
-        return event
-    if event.tenant_id is not None and status.tenant_id != event.tenant_id:
-        return event
+    status = _find(store, event)
+    if status is not None and (
+        (tenant_id is not None and status.tenant_id != tenant_id)
+        or (event.tenant_id is not None and status.tenant_id != event.tenant_id)
+    ):
+        return event  # another tenant's: not this account's to speak about
+    applied = False
+    if status is not None and event.state in _OUTCOMES and _may_move(status, event.state):
+        _move(target, status, event)
+        applied = True
+    reputation = _reputation(target)
+    if event.feedback is not None and reputation is not None:
+        try:
+            applied = _feedback(reputation, event, status, tenant_id) or applied
+        except NotifyError:
+            # The status change stands; the provider will not resend a 2xx'd
+            # event, so say loudly what was lost.
+            get_logger().exception(
+                "webhook_feedback_failed",
+                provider=event.provider,
+                event=event.event,
+                notification_id=status.id if status is not None else None,
+            )
+    return replace(event, applied=True) if applied else event
+
+
+def _move(target: Notifier | StatusStore, status: DeliveryStatus, event: DeliveryEvent) -> None:
+    store = _store(target)
     assert event.state is not None
-    if not _may_move(status, event.state):
-        return event
     if event.state is DeliveryState.DELIVERED:
         changes: dict[str, Any] = {"error": None, "error_type": None}
     else:
@@ -167,7 +233,58 @@ def apply_event(
     dispatcher = getattr(target, "dispatcher", None)
     if dispatcher is not None:
         notify_observer(dispatcher.observer, moved)
-    return replace(event, applied=True)
+
+
+def _feedback(
+    reputation: Reputation,
+    event: DeliveryEvent,
+    status: DeliveryStatus | None,
+    tenant_id: str | None,
+) -> bool:
+    """Suppress, lift or record engagement; whether anything was changed."""
+    from ..reputation import SuppressionReason
+
+    feedback = event.feedback
+    if feedback in (Feedback.OPEN, Feedback.CLICK):
+        if status is None:
+            return False
+        at = event.occurred_at
+        if feedback is Feedback.OPEN:
+            reputation.record_open(status.tenant_id, status.id, status.kind, at, status)
+        elif event.url:
+            reputation.record_click(status.tenant_id, status.id, status.kind, event.url, at, status)
+        else:
+            return False
+        return True
+    owner = status.tenant_id if status is not None else (tenant_id or event.tenant_id)
+    channel = status.channel if status is not None else event.channel
+    if owner is None or channel is None or not event.recipients:
+        return False
+    if feedback is Feedback.RESUBSCRIBE:
+        lifted = sum(
+            reputation.suppressions.remove(
+                owner,
+                recipient,
+                channel=channel,
+                reasons=[SuppressionReason.UNSUBSCRIBE],
+                source=event.provider,
+            )
+            for recipient in event.recipients
+        )
+        return lifted > 0
+    if feedback not in _SUPPRESSING:
+        return False
+    for recipient in event.recipients:
+        reputation.suppress(
+            owner,
+            channel,
+            recipient,
+            SuppressionReason(feedback.value),
+            kind=status.kind if status is not None else None,
+            source=event.provider,
+            detail=event.reason,
+        )
+    return True
 
 
 # --- helpers for the provider modules ----------------------------------------------

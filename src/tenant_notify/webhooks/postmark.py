@@ -19,6 +19,13 @@ SMTPApiError, TemplateRenderingFailed
 ``SpamComplaint``, ``Open``, ``Click``,
 ``SubscriptionChange``
 ======================================================  ============================
+
+Given a Notifier, a ``HardBounce`` or ``BadEmailAddress`` suppresses the address (a
+hard bounce), a ``SpamComplaint`` (or a ``SpamNotification`` bounce) too (a
+complaint), a ``SubscriptionChange`` with ``SuppressSending`` unsubscribes (and
+without, lifts the unsubscribe), and ``Open`` and ``Click`` (with
+``OriginalLink``) are recorded as the notification's engagement
+(:class:`~tenant_notify.webhooks.base.Feedback`).
 """
 
 from __future__ import annotations
@@ -33,11 +40,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from ..errors import WebhookPayloadError, WebhookVerificationError
-from ..models import DeliveryState
+from ..models import Channel, DeliveryState
 from ..stores import StatusStore
 from .base import (
     MAX_BODY,
     DeliveryEvent,
+    Feedback,
     WebhookRequest,
     apply_event,
     find_header,
@@ -62,6 +70,24 @@ _BOUNCED = frozenset(
 _FAILED = frozenset(
     {"SoftBounce", "Transient", "DnsError", "Unknown", "SMTPApiError", "TemplateRenderingFailed"}
 )
+#: Bounce types that say the address is gone for good, or that its owner complained.
+_HARD = frozenset({"HardBounce", "BadEmailAddress"})
+_COMPLAINT = frozenset({"SpamNotification", "SpamComplaint"})
+
+
+def _feedback(record: str, data: dict[str, Any]) -> Feedback | None:
+    if record == "Bounce":
+        kind = data.get("Type")
+        if kind in _HARD:
+            return Feedback.HARD_BOUNCE
+        if kind in _COMPLAINT:
+            return Feedback.COMPLAINT
+        return Feedback.SOFT_BOUNCE if kind in _FAILED else None
+    if record == "SpamComplaint":
+        return Feedback.COMPLAINT
+    if record == "SubscriptionChange":
+        return Feedback.UNSUBSCRIBE if data.get("SuppressSending") else Feedback.RESUBSCRIBE
+    return {"Open": Feedback.OPEN, "Click": Feedback.CLICK}.get(record)
 
 
 def verify_postmark_auth(headers: Mapping[str, str], credentials: str | SecretStr) -> None:
@@ -123,6 +149,9 @@ def parse_postmark_event(body: bytes | str) -> DeliveryEvent:
     notification_id = metadata.get("notification_id")
     tenant_id = metadata.get("tenant_id")
     message_id = data.get("MessageID")
+    feedback = _feedback(record, data)
+    address = data.get("Email") or data.get("Recipient")
+    link = data.get("OriginalLink")
     return DeliveryEvent(
         provider="postmark",
         event=event,
@@ -131,7 +160,16 @@ def parse_postmark_event(body: bytes | str) -> DeliveryEvent:
         provider_message_id=message_id if isinstance(message_id, str) and message_id else None,
         tenant_id=tenant_id if isinstance(tenant_id, str) else None,
         reason=reason if state is not DeliveryState.DELIVERED else None,
-        occurred_at=iso_time(data.get("DeliveredAt") or data.get("BouncedAt")),
+        occurred_at=iso_time(
+            data.get("DeliveredAt")
+            or data.get("BouncedAt")
+            or data.get("ReceivedAt")
+            or data.get("ChangedAt")
+        ),
+        recipients=(address,) if isinstance(address, str) and address else (),
+        feedback=feedback,
+        url=link if feedback is Feedback.CLICK and isinstance(link, str) else None,
+        channel=Channel.EMAIL,
     )
 
 

@@ -2,6 +2,13 @@
 
 Events are matched by the ``notification_id`` the SendGrid provider puts in
 ``custom_args``. Needs ``pip install 'tenant-notify[webhooks]'`` (cryptography).
+
+Besides the status (``delivered``, ``bounce``, ``dropped``), events carry
+:class:`~tenant_notify.webhooks.base.Feedback`: a ``bounce`` is a hard bounce
+(``type: blocked`` a soft one), ``spamreport`` a complaint, ``unsubscribe`` and
+``group_unsubscribe`` unsubscribes, ``group_resubscribe`` lifts one, a ``dropped``
+for a "Bounced/Spam Reporting/Unsubscribed Address" repeats SendGrid's own
+verdict, ``open`` and ``click`` (with its ``url``) are engagement.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from ..errors import WebhookPayloadError, WebhookVerificationError
-from ..models import DeliveryState
+from ..models import Channel, DeliveryState
 from ..stores import StatusStore
 from .base import (
     DEFAULT_TOLERANCE,
     MAX_BODY,
     DeliveryEvent,
+    Feedback,
     WebhookRequest,
     apply_event,
     crypto,
@@ -53,6 +61,30 @@ _SENDGRID_STATES = {
     "bounce": DeliveryState.BOUNCED,
     "dropped": DeliveryState.FAILED,
 }
+_SENDGRID_FEEDBACK = {
+    "spamreport": Feedback.COMPLAINT,
+    "unsubscribe": Feedback.UNSUBSCRIBE,
+    "group_unsubscribe": Feedback.UNSUBSCRIBE,
+    "group_resubscribe": Feedback.RESUBSCRIBE,
+    "open": Feedback.OPEN,
+    "click": Feedback.CLICK,
+}
+#: A drop because SendGrid's own list has the address: the same verdict, ours too.
+_DROPPED_FEEDBACK = {
+    "bounced address": Feedback.HARD_BOUNCE,
+    "spam reporting address": Feedback.COMPLAINT,
+    "unsubscribed address": Feedback.UNSUBSCRIBE,
+}
+
+
+def _feedback(name: str, item: dict[str, object]) -> Feedback | None:
+    if name == "bounce":
+        # "blocked" is the receiving side refusing us for now (reputation, content),
+        # not a mailbox that does not exist.
+        return Feedback.SOFT_BOUNCE if item.get("type") == "blocked" else Feedback.HARD_BOUNCE
+    if name == "dropped":
+        return _DROPPED_FEEDBACK.get(str(item.get("reason") or "").strip().lower())
+    return _SENDGRID_FEEDBACK.get(name)
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,6 +201,8 @@ def parse_sendgrid_events(body: bytes | str) -> list[DeliveryEvent]:
         message_id = item.get("sg_message_id")
         if isinstance(message_id, str):
             message_id = message_id.partition(".")[0] or None
+        feedback = _feedback(name, item)
+        recipient, url = item.get("email"), item.get("url")
         events.append(
             DeliveryEvent(
                 provider="sendgrid",
@@ -179,6 +213,10 @@ def parse_sendgrid_events(body: bytes | str) -> list[DeliveryEvent]:
                 tenant_id=tenant_id if isinstance(tenant_id, str) else None,
                 reason=reason if name in _SENDGRID_STATES and name != "delivered" else None,
                 occurred_at=epoch(item.get("timestamp")),
+                recipients=(recipient,) if isinstance(recipient, str) else (),
+                feedback=feedback,
+                url=url if feedback is Feedback.CLICK and isinstance(url, str) else None,
+                channel=Channel.EMAIL,
             )
         )
     return events

@@ -20,6 +20,12 @@ or Undetermined
 ``Complaint``, ``DeliveryDelay``,      (reported, ``state`` None: not an outcome)
 ``Send``, ``Open``, ``Click``, ...
 =====================================  ========================================
+
+Given a Notifier, a ``Permanent`` bounce suppresses its ``bouncedRecipients`` (a
+hard bounce; ``Transient`` is a soft one), a ``Complaint`` its
+``complainedRecipients``, and ``Open`` and ``Click`` (with ``click.link``) are
+recorded as the notification's engagement
+(:class:`~tenant_notify.webhooks.base.Feedback`).
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WebhookPayloadError
-from ..models import DeliveryState
+from ..models import Channel, DeliveryState
 from ..stores import StatusStore
-from .base import DeliveryEvent, WebhookRequest, apply_event, iso_time, reason_text
+from .base import DeliveryEvent, Feedback, WebhookRequest, apply_event, iso_time, reason_text
 from .sns import Fetch, confirm_subscription, parse_sns_message, verify_sns_message
 
 if TYPE_CHECKING:
@@ -61,6 +67,9 @@ def parse_ses_event(message: str) -> DeliveryEvent:
     state: DeliveryState | None = None
     reason = None
     details: dict[str, Any] = {}
+    feedback: Feedback | None = None
+    recipients: tuple[str, ...] = ()
+    url = None
     if name == "Delivery":
         state = DeliveryState.DELIVERED
         details = data.get("delivery") or {}
@@ -76,6 +85,18 @@ def parse_ses_event(message: str) -> DeliveryEvent:
         reason = reason_text(
             " ".join(str(p) for p in (kind, details.get("bounceSubType"), *diagnostics) if p)
         )
+        feedback = Feedback.SOFT_BOUNCE if kind == "Transient" else Feedback.HARD_BOUNCE
+        recipients = _addresses(details.get("bouncedRecipients"))
+    elif name == "Complaint":
+        details = data.get("complaint") or {}
+        if details.get("complaintFeedbackType") != "not-spam":
+            feedback = Feedback.COMPLAINT
+            recipients = _addresses(details.get("complainedRecipients"))
+    elif name in ("Open", "Click"):
+        details = data.get(name.lower()) or {}
+        feedback = Feedback.OPEN if name == "Open" else Feedback.CLICK
+        link = details.get("link")
+        url = link if feedback is Feedback.CLICK and isinstance(link, str) else None
     elif name in ("Reject", "Rendering Failure"):
         state = DeliveryState.FAILED
         details = data.get("reject") or data.get("failure") or {}
@@ -87,6 +108,19 @@ def parse_ses_event(message: str) -> DeliveryEvent:
         provider_message_id=message_id if isinstance(message_id, str) and message_id else None,
         reason=reason,
         occurred_at=iso_time(details.get("timestamp") or mail.get("timestamp")),
+        recipients=recipients,
+        feedback=feedback,
+        url=url,
+        channel=Channel.EMAIL,
+    )
+
+
+def _addresses(entries: Any) -> tuple[str, ...]:
+    """The ``emailAddress`` of each entry of a bounced/complained recipients list."""
+    return tuple(
+        entry["emailAddress"]
+        for entry in entries or ()
+        if isinstance(entry, dict) and isinstance(entry.get("emailAddress"), str)
     )
 
 

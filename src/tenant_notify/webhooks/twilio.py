@@ -1,6 +1,10 @@
-"""Twilio's status callbacks: HMAC-SHA1 of the URL and parameters, keyed with the auth token.
+"""Twilio's webhooks: HMAC-SHA1 of the URL and parameters, keyed with the auth token.
 
-Callbacks are matched by ``MessageSid``, the status's ``provider_message_id``.
+Status callbacks are matched by ``MessageSid``, the status's ``provider_message_id``;
+one with error 21610 (the recipient had replied STOP) also suppresses the number.
+Incoming messages (the number's "A message comes in" webhook) carry the
+recipients' own STOP and START: :func:`apply_twilio_inbound` suppresses the
+sender of a STOP for the tenant and lifts that with a START.
 """
 
 from __future__ import annotations
@@ -9,25 +13,31 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
 from ..errors import WebhookPayloadError, WebhookVerificationError
-from ..models import DeliveryState
+from ..models import Channel, DeliveryState
 from ..stores import StatusStore
-from .base import DeliveryEvent, WebhookRequest, apply_event, find_header, reason_text
+from .base import DeliveryEvent, Feedback, WebhookRequest, apply_event, find_header, reason_text
 
 if TYPE_CHECKING:
     from ..notifier import Notifier
 
 __all__ = [
+    "OPT_IN_KEYWORDS",
+    "OPT_OUT_KEYWORDS",
     "TWILIO_SIGNATURE_HEADER",
     "Params",
     "apply_twilio_callback",
+    "apply_twilio_inbound",
     "parse_twilio_callback",
+    "parse_twilio_inbound",
     "receive_twilio",
+    "receive_twilio_inbound",
     "twilio_signature",
     "verify_twilio_signature",
 ]
@@ -43,6 +53,15 @@ _TWILIO_STATES = {
 }
 
 Params = Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
+
+#: The error code of a message to a number that replied STOP.
+OPTED_OUT_CODE = "21610"
+#: Twilio's default opt-out and opt-in keywords (a message of just one of them,
+#: any case); with Advanced Opt-Out Twilio says which it was in ``OptOutType``.
+OPT_OUT_KEYWORDS = frozenset(
+    {"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
+)
+OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 
 
 def _pairs(params: Params) -> list[tuple[str, str]]:
@@ -141,17 +160,56 @@ def parse_twilio_callback(params: Params) -> DeliveryEvent:
         )
     state = _TWILIO_STATES.get(status)
     reason = None
+    code = fields.get("ErrorCode")
     if state is not None and state is not DeliveryState.DELIVERED:
-        code = fields.get("ErrorCode")
         message = fields.get("ErrorMessage")
         parts = (f"error {code}" if code else "", message or "")
         reason = reason_text(" ".join(p for p in parts if p))
+    opted_out = state is not None and code == OPTED_OUT_CODE
     return DeliveryEvent(
         provider="twilio",
         event=status,
         state=state,
         provider_message_id=sid,
         reason=reason,
+        recipients=(fields["To"],) if fields.get("To") else (),
+        feedback=Feedback.UNSUBSCRIBE if opted_out else None,
+        channel=Channel.SMS,
+    )
+
+
+def parse_twilio_inbound(params: Params) -> DeliveryEvent:
+    """Turn an incoming message into an event: an unsubscribe for a STOP, a
+    resubscribe for a START, no feedback for anything else.
+
+    Raises:
+        WebhookPayloadError: ``From`` or ``MessageSid`` is missing.
+    """
+    fields: dict[str, str] = {}
+    for key, value in _pairs(params):
+        fields.setdefault(key, value)
+    sender = fields.get("From")
+    sid = fields.get("MessageSid") or fields.get("SmsSid")
+    if not sender or not sid:
+        raise WebhookPayloadError(
+            "an incoming message needs From and MessageSid", provider="twilio"
+        )
+    kind = (fields.get("OptOutType") or "").strip().upper()
+    word = " ".join(fields.get("Body", "").split()).upper()
+    feedback = None
+    if kind == "STOP" or (not kind and word in OPT_OUT_KEYWORDS):
+        feedback = Feedback.UNSUBSCRIBE
+    elif kind == "START" or (not kind and word in OPT_IN_KEYWORDS):
+        feedback = Feedback.RESUBSCRIBE
+    return DeliveryEvent(
+        provider="twilio",
+        event="inbound",
+        state=None,
+        provider_message_id=sid,
+        reason="replied STOP" if feedback is Feedback.UNSUBSCRIBE else None,
+        recipients=(sender,),
+        feedback=feedback,
+        channel=Channel.SMS,
     )
 
 
@@ -198,4 +256,45 @@ def receive_twilio(
     signature = find_header(request.headers, TWILIO_SIGNATURE_HEADER)
     return [
         apply_twilio_callback(notifier, request.url, params, signature, secret, tenant_id=tenant_id)
+    ]
+
+
+def apply_twilio_inbound(
+    notifier: Notifier,
+    url: str,
+    params: Params,
+    signature: str | None,
+    auth_token: str | SecretStr,
+    *,
+    tenant_id: str,
+) -> DeliveryEvent:
+    """Verify an incoming-message webhook and apply a STOP or START to ``tenant_id``'s
+    SMS suppression list (the number that texted is the one suppressed or lifted).
+
+    Returns:
+        The event, with ``applied`` telling whether the list changed.
+
+    Raises:
+        WebhookVerificationError: not provably from Twilio (nothing applied).
+        WebhookPayloadError: signed, but without From or MessageSid.
+    """
+    verify_twilio_signature(url, params, signature, auth_token)
+    # Not matched to a status: an incoming message is nobody's delivery.
+    event = parse_twilio_inbound(params)
+    return apply_event(notifier, replace(event, provider_message_id=None), tenant_id=tenant_id)
+
+
+def receive_twilio_inbound(
+    notifier: Notifier,
+    request: WebhookRequest,
+    secret: str | SecretStr,
+    *,
+    tenant_id: str,
+) -> list[DeliveryEvent]:
+    """The router's entry for incoming messages: ``secret`` is the number's account's
+    auth token."""
+    params = parse_qsl(request.body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    signature = find_header(request.headers, TWILIO_SIGNATURE_HEADER)
+    return [
+        apply_twilio_inbound(notifier, request.url, params, signature, secret, tenant_id=tenant_id)
     ]
