@@ -37,7 +37,7 @@ from typing import Any
 
 from _harness import ROOT, Comparison, Sample, Target, Variant, arguments, publish, run_json
 
-BEFORE = "04ec22c"  # main with the templates package, before the limits of issue 11
+BEFORE = "4939bdb"  # main just before the limits of issue 11 landed
 WINDOW = 1.0  # seconds measured per round
 WARM_UP = 300
 

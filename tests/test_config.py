@@ -219,3 +219,11 @@ def test_a_provider_that_refuses_its_settings_names_the_whole_key(tmp_path):
         with pytest.raises(ConfigurationError) as info:
             notify.dispatcher.providers.get(tenant, Channel.EMAIL)
     assert info.value.key == "email.ca_file"
+
+
+@pytest.mark.parametrize("name", ["Acme\u2028Inc", "Acme\x85", "Acme\x0bInc"])
+def test_tenant_names_with_any_line_break_are_refused(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="line breaks or control characters"):
+        load_settings({"tenants": {"a": {"name": name, "email_from": "x@acme.test"}}})
+    with pytest.raises(ConfigurationError, match="line breaks or control characters"):
+        load_settings({"tenants": {"a": {"name": "A", "email_from": f"{name} <x@acme.test>"}}})

@@ -227,3 +227,40 @@ def test_a_notification_with_options_travels_as_json() -> None:
     assert Notification.from_dict(json.loads(wire)) == notification
     plain = Notification(id="n2", tenant_id="a", kind="k", channel=Channel.SMS, to="+15005550006")
     assert Notification.from_dict(json.loads(json.dumps(plain.to_dict()))) == plain
+
+
+# --- the context encoding --------------------------------------------------------------
+
+
+def test_the_encoding_gives_every_transport_the_same_values() -> None:
+    import enum
+
+    from markupsafe import Markup
+
+    from tenant_notify.models import decode_context, encode_context
+
+    class Size(enum.IntEnum):
+        BIG = 3
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    context = {"size": Size.BIG, "colour": Colour.RED, "html": Markup("<b>x</b>"), "n": [True]}
+    encoded = encode_context(context)
+    # What JSON would make of them on Celery, whatever the transport.
+    assert json.loads(json.dumps(encoded)) == encoded
+    decoded = decode_context(encoded)
+    assert [type(decoded[key]) for key in ("size", "colour", "html")] == [int, str, str]
+    assert decoded["n"] == [True] and type(decoded["n"][0]) is bool
+
+
+def test_the_encoding_names_the_path_of_what_it_refuses() -> None:
+    from tenant_notify.errors import InvalidContextError
+    from tenant_notify.models import encode_context
+
+    with pytest.raises(InvalidContextError) as caught:
+        encode_context({"rows": [{"price": 1}, {"price": float("inf")}]})
+    assert caught.value.field == "rows[1].price"
+    with pytest.raises(InvalidContextError, match="more than a render can work with") as caught:
+        encode_context({"a": "x" * 50, "b": ["y" * 60]}, max_chars=100)
+    assert caught.value.field == "b[0]"

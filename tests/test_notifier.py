@@ -504,3 +504,44 @@ def test_a_status_store_failure_frees_the_idempotency_key(tenants):
     assert not receipt.duplicate
     assert receipt.wait(1).state is DeliveryState.SENT
     notify.close()
+
+
+# --- input that cannot be delivered, on every transport ---------------------------------
+
+from tests.bad_input import BAD_SENDS, GOOD_SENDS  # noqa: E402
+
+
+@pytest.fixture(params=["eager", "inprocess"])
+def any_notify(request, tenants):
+    with make_notifier(tenants=tenants, transport=request.param) as notifier:
+        yield notifier
+
+
+@pytest.mark.parametrize("case", list(BAD_SENDS))
+def test_undeliverable_input_is_refused_at_the_call(any_notify, case):
+    send, error, message = BAD_SENDS[case]
+    with pytest.raises(error, match=message) as caught:
+        send(any_notify)
+    assert type(caught.value) is error  # not a RecursionError, ValueError or a subclass
+    assert any_notify.outbox.messages == []
+    assert len(any_notify.status_store) == 0
+
+
+@pytest.mark.parametrize("case", list(GOOD_SENDS))
+def test_input_at_the_edge_of_the_limits_is_delivered(any_notify, case):
+    receipt = GOOD_SENDS[case](any_notify)
+    assert receipt.wait(timeout=10).state is DeliveryState.SENT
+
+
+def test_a_rendered_subject_with_a_unicode_line_break_fails_the_delivery(tmp_path, tenants):
+    # Where the call cannot know (a context value the template puts in the subject),
+    # the renderer refuses it: the delivery fails, nothing reaches the provider.
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "subject.txt").write_text("{{ s }}")
+    (tmp_path / "k" / "body.txt").write_text("b")
+    tenants = {**tenants, "acme": {**tenants["acme"], "templates_dir": str(tmp_path)}}
+    with make_notifier(tenants=tenants) as notify:
+        receipt = notify.send("k", tenant_id="acme", to="j@example.com", context={"s": "a\u2028b"})
+        status = receipt.wait(timeout=5)
+        assert (status.state, status.error_type) == (DeliveryState.FAILED, "HeaderInjectionError")
+        assert notify.outbox.messages == []

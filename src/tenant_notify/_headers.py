@@ -56,20 +56,33 @@ RESERVED_HEADERS = frozenset(
 
 # An RFC 2047 encoded word: =?charset?Q|B?text?=
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=")
-_FORBIDDEN = ("\r", "\n", "\0")
-_FORBIDDEN_CHAR = re.compile(r"[\r\n\0]")
+# Every character Python, a mail client or a terminal may take for a line break
+# (CR, LF, VT, FF, FS, GS, RS, NEL, U+2028, U+2029) and every other control
+# character (C0, DEL, C1), TAB aside: it is folding white space in a header.
+_CONTROLS = "\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029"
+_FORBIDDEN_DECODED = re.compile(f"[{_CONTROLS}]")
+# In the value itself also lone surrogates, which no encoding can write.
+_FORBIDDEN_CHAR = re.compile(f"[{_CONTROLS}\ud800-\udfff]")
 
 
 def check_header_value(value: str, field: str) -> str:
     """Return ``value`` if it is safe in a header, else raise HeaderInjectionError.
 
-    Refuses CR, LF and NUL, and RFC 2047 encoded words that decode to any of them:
-    CPython's ``email`` package (3.11.7 and others, CVE-2024-6923) decodes such a
-    word when the header is set and can serialise the bare line break, which would
-    let a subject like ``=?UTF-8?Q?=0A?=Bcc: x@evil`` add a header.
+    Refuses every line break (CR and LF, and VT, FF, FS, GS, RS, NEL, U+2028 and
+    U+2029, which ``str.splitlines`` and the ``email`` package also break lines
+    at), every other C0 and C1 control character and DEL (TAB is allowed: it is
+    folding white space), lone surrogates (no encoding can write them), and RFC
+    2047 encoded words that decode to a control character: CPython's ``email``
+    package (3.11.7 and others, CVE-2024-6923) decodes such a word when the header
+    is set and can serialise the bare line break, which would let a subject like
+    ``=?UTF-8?Q?=0A?=Bcc: x@evil`` add a header.
     """
-    if _FORBIDDEN_CHAR.search(value):
-        raise HeaderInjectionError("must not contain CR, LF or NUL characters", field=field)
+    found = _FORBIDDEN_CHAR.search(value)
+    if found is not None:
+        raise HeaderInjectionError(
+            f"must not contain line breaks or control characters (found U+{ord(found[0]):04X})",
+            field=field,
+        )
     if "=?" not in value:
         return value  # no encoded word: the common case, checked without a regex scan
     for word in _ENCODED_WORD.findall(value):
@@ -79,9 +92,12 @@ def check_header_value(value: str, field: str) -> str:
             # A malformed word stays literal text in the header, which is harmless.
             continue
         decoded = "".join(_decode_part(part, charset) for part, charset in parts)
-        if any(char in decoded for char in _FORBIDDEN):
+        found = _FORBIDDEN_DECODED.search(decoded)
+        if found is not None:
             raise HeaderInjectionError(
-                "holds an encoded word that decodes to a line break or NUL", field=field
+                "holds an encoded word that decodes to a line break or control character "
+                f"(U+{ord(found[0]):04X})",
+                field=field,
             )
     return value
 
@@ -105,8 +121,9 @@ def check_extra_header(
     Args:
         name: The header name; an RFC 5322 field name, not one of
             :data:`RESERVED_HEADERS` nor of ``reserved`` (a provider's own).
-        value: The value: a string without CR, LF, NUL or an encoded word hiding
-            one, at most :data:`MAX_HEADER_CHARS` characters.
+        value: The value: a string without line breaks, control characters or an
+            encoded word hiding one (see :func:`check_header_value`), at most
+            :data:`MAX_HEADER_CHARS` characters.
         reserved: Lower-case names a provider refuses besides the library's.
 
     Raises:

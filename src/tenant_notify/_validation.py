@@ -170,8 +170,14 @@ def check_currency(value: object, field: str = "currency") -> str:
     return code
 
 
+#: The largest amount of money a send takes: far over any order (10**15 VND is
+#: 40 billion dollars), and well within what the templates can format.
+MAX_AMOUNT = Decimal(10) ** 15
+
+
 def check_amount(value: object, field: str) -> Decimal:
-    """Return a finite, non-negative Decimal or raise :class:`InvalidAmountError`."""
+    """Return a finite Decimal from 0 to :data:`MAX_AMOUNT`, or raise
+    :class:`InvalidAmountError`."""
     if isinstance(value, bool):
         raise InvalidAmountError(f"{value!r} is not a number", field=field)
     try:
@@ -187,7 +193,17 @@ def check_amount(value: object, field: str) -> Decimal:
         raise InvalidAmountError(f"{value!r} is not a finite number", field=field)
     if amount < 0:
         raise InvalidAmountError(f"{value!r} is negative", field=field)
+    if amount > MAX_AMOUNT:
+        raise InvalidAmountError(f"{value!r} is over the largest amount, 10**15", field=field)
+    # 10**15 with this many decimal places still formats (and travels) in full.
+    if amount.as_tuple().exponent < -MAX_DECIMAL_PLACES:  # type: ignore[operator]
+        raise InvalidAmountError(
+            f"{value!r} has more than {MAX_DECIMAL_PLACES} decimal places", field=field
+        )
     return amount
+
+
+MAX_DECIMAL_PLACES = 30
 
 
 def check_text(value: object, field: str, *, header: bool = False, max_chars: int = 0) -> str:
@@ -204,8 +220,15 @@ def check_text(value: object, field: str, *, header: bool = False, max_chars: in
 def check_identifier(value: object, field: str) -> str:
     """Ids (order ids, tenant ids): a non-empty string or an int, as a string."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > 64:
+            raise ValidationError("is an integer beyond 64 bits; pass it as a string", field=field)
         return str(value)
     return check_text(value, field, header=True, max_chars=256)
+
+
+#: The most of one item an order line may hold: with MAX_AMOUNT, a line total
+#: the templates still format.
+MAX_QUANTITY = 10**9
 
 
 def check_items(items: object, field: str = "items") -> list[dict[str, Any]]:
@@ -220,9 +243,13 @@ def check_items(items: object, field: str = "items") -> list[dict[str, Any]]:
                 "must be a mapping with name, quantity, unit_price", field=where
             )
         quantity = item.get("quantity", 1)
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1:
+        if (
+            not isinstance(quantity, int)
+            or isinstance(quantity, bool)
+            or not 1 <= quantity <= MAX_QUANTITY
+        ):
             raise InvalidContextError(
-                "quantity must be a positive integer", field=f"{where}.quantity"
+                f"quantity must be an integer from 1 to {MAX_QUANTITY:,}", field=f"{where}.quantity"
             )
         line = dict(item)
         line["name"] = check_text(item.get("name"), f"{where}.name", max_chars=500)

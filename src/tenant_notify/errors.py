@@ -14,9 +14,9 @@ chained with ``raise ... from err``.
     ├── ValidationError                 (also ValueError) bad input to a send; nothing queued
     │   ├── InvalidRecipientError       email address or E.164 phone number
     │   ├── InvalidCurrencyError        not the ISO 4217 code of a currency in use
-    │   ├── InvalidAmountError          negative, non-numeric or non-finite amount
-    │   ├── HeaderInjectionError        CR/LF/NUL (or an encoded word hiding one) in a header
-    │   ├── InvalidContextError         context value that cannot travel to a worker
+    │   ├── InvalidAmountError          negative, non-numeric, non-finite or too large amount
+    │   ├── HeaderInjectionError        a line break or control character in a header field
+    │   ├── InvalidContextError         context that cannot travel: type, size, depth, cycle
     │   ├── InvalidAttachmentError      an attachment's name, type, content id or size
     │   └── UnsupportedFeatureError     the tenant's provider cannot send what was asked
     ├── UnknownTenantError              (also LookupError)
@@ -229,20 +229,25 @@ class InvalidCurrencyError(ValidationError):
 
 
 class InvalidAmountError(ValidationError):
-    """An amount that is negative, not a number, or not finite."""
+    """An amount that is negative, not a number, not finite, or over ``10**15``."""
 
 
 class HeaderInjectionError(ValidationError):
-    """A header value (subject, display name) holding CR, LF or NUL.
+    """A header value (subject, display name, header) holding a line break of any
+    kind (CR, LF, VT, FF, FS, GS, RS, NEL, U+2028, U+2029), another C0 or C1
+    control character or DEL (TAB is allowed), or a lone surrogate.
 
-    Also raised for RFC 2047 encoded words that decode to one of those: CPython's
-    ``email`` package decodes them when parsing a header and can write the bare
-    line break back out (CVE-2024-6923), so the library refuses them itself.
+    Also raised for RFC 2047 encoded words that decode to a control character:
+    CPython's ``email`` package decodes them when parsing a header and can write
+    the bare line break back out (CVE-2024-6923), so the library refuses them itself.
     """
 
 
 class InvalidContextError(ValidationError):
-    """A context value that cannot be carried to a worker (not JSON-representable)."""
+    """A context that cannot be carried to a worker or rendered: a value of a type
+    JSON cannot carry, an integer beyond 64 bits, a Decimal too large to format, a
+    string no encoding can write, containers nested deeper than 32 or holding
+    themselves, or more characters in all than a render can work with."""
 
 
 class InvalidAttachmentError(ValidationError):

@@ -621,40 +621,147 @@ def _check_attachments(attachments: object) -> tuple[Attachment, ...]:
 # Context values travel to workers as JSON; these tags carry the types JSON lacks.
 _TAG = "__tn__"
 
+#: Containers in a context may nest this deep (``{"a": [{"b": 1}]}`` is 3).
+MAX_CONTEXT_DEPTH = 32
+#: Integers a context may hold: 64 bits, which every JSON reader takes exactly
+#: (and no more: Python refuses to write an int of over 4,300 digits as JSON).
+MAX_CONTEXT_INT = 2**63 - 1
+#: Decimals a context may hold: up to 10**50, with at most 100 digits and 100
+#: decimal places: what the ``money`` filter and ``%f`` can format.
+MAX_DECIMAL_ADJUSTED = 50
+MAX_DECIMAL_DIGITS = 100
+# Lone surrogates: Python strings may hold them, no encoding can write them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-def _encode_value(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidContextError("is not a finite number", field=path)
-        return value
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise InvalidContextError("is not a finite number", field=path)
-        return {_TAG: "decimal", "v": str(value)}
-    if isinstance(value, dt.datetime):
-        return {_TAG: "datetime", "v": value.isoformat()}
-    if isinstance(value, dt.date):
-        return {_TAG: "date", "v": value.isoformat()}
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, Mapping):
-        encoded = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidContextError("mapping keys must be strings", field=path)
-            if key == _TAG:
-                raise InvalidContextError(f"the key {_TAG!r} is reserved", field=path)
-            encoded[key] = _encode_value(item, f"{path}.{key}")
+
+class _Refused(Exception):
+    """Raised by the encoder; the path to the value is added on the way up."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+
+
+class _Encoder:
+    """Encodes one context, counting its size and watching its depth and cycles."""
+
+    __slots__ = ("active", "left", "max_chars")
+
+    def __init__(self, max_chars: float) -> None:
+        self.max_chars = max_chars
+        self.left = max_chars
+        self.active: set[int] = set()  # ids of the containers being encoded
+
+    def too_large(self) -> _Refused:
+        return _Refused(
+            f"takes the context over {int(self.max_chars):,} characters, more than a render "
+            "can work with (8 x templates.max_output_chars)"
+        )
+
+    def value(self, value: Any, depth: int) -> Any:
+        # The common types first: this runs for every value of every send.
+        kind = type(value)
+        if kind is str:
+            self.left -= len(value) + 1
+            if self.left < 0:
+                raise self.too_large()
+            if not value.isascii() and _SURROGATE.search(value):
+                raise _Refused("holds a lone surrogate, which no encoding can write")
+            return value
+        if kind is dict or kind is list:
+            return self.container(value, depth)
+        if value is None or kind is bool:
+            return value
+        if isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, int):
+            if not -MAX_CONTEXT_INT <= value <= MAX_CONTEXT_INT:
+                raise _Refused("is an integer beyond 64 bits; pass it as a string or Decimal")
+            self.left -= 8
+            return value if kind is int else int(value)  # an IntEnum is an int on Celery
+        if isinstance(value, str):
+            return self.value(str(value), depth)  # Markup, a StrEnum: a str on Celery
+        if isinstance(value, Decimal):
+            text = _check_decimal(value)
+            self.left -= len(text) + 1
+            return {_TAG: "decimal", "v": text}
+        if isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise _Refused("is not a finite number")
+            self.left -= 8
+            return value
+        if isinstance(value, dt.datetime):
+            self.left -= 32
+            return {_TAG: "datetime", "v": value.isoformat()}
+        if isinstance(value, dt.date):
+            self.left -= 10
+            return {_TAG: "date", "v": value.isoformat()}
+        if isinstance(value, uuid.UUID):
+            self.left -= 36
+            return str(value)
+        if isinstance(value, Mapping | list | tuple):
+            return self.container(value, depth)
+        raise _Refused(
+            f"{type(value).__name__} cannot travel to a worker; use str, int, float, bool, "
+            "Decimal, date, datetime, None, or lists and dicts of these"
+        )
+
+    def container(self, value: Mapping[Any, Any] | list[Any] | tuple[Any, ...], depth: int) -> Any:
+        if depth > MAX_CONTEXT_DEPTH:
+            raise _Refused(f"is nested deeper than {MAX_CONTEXT_DEPTH}")
+        key = id(value)
+        if key in self.active:
+            raise _Refused("holds itself (a cycle)")
+        self.left -= len(value) + 1
+        if self.left < 0:
+            raise self.too_large()
+        self.active.add(key)
+        depth += 1
+        if isinstance(value, Mapping):
+            encoded: Any = {}
+            for name, item in value.items():
+                if type(name) is not str:
+                    self.active.discard(key)
+                    raise _Refused("mapping keys must be strings")
+                if name == _TAG:
+                    self.active.discard(key)
+                    raise _Refused(f"the key {_TAG!r} is reserved")
+                self.left -= len(name)
+                try:
+                    encoded[name] = self.value(item, depth)
+                except _Refused as err:
+                    self.active.discard(key)
+                    err.path.append(f".{name}")
+                    raise
+        else:
+            encoded = []
+            for index, item in enumerate(value):
+                try:
+                    encoded.append(self.value(item, depth))
+                except _Refused as err:
+                    self.active.discard(key)
+                    err.path.append(f"[{index}]")
+                    raise
+        self.active.discard(key)
         return encoded
-    if isinstance(value, list | tuple):
-        return [_encode_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    raise InvalidContextError(
-        f"{type(value).__name__} cannot travel to a worker; use str, int, float, bool, "
-        "Decimal, date, datetime, None, or lists and dicts of these",
-        field=path,
-    )
+
+
+def _check_decimal(value: Decimal) -> str:
+    """``str(value)``, or refuse a Decimal the templates could not format."""
+    if not value.is_finite():
+        raise _Refused("is not a finite number")
+    _sign, digits, exponent = value.as_tuple()
+    if (
+        len(digits) > MAX_DECIMAL_DIGITS
+        or len(digits) + int(exponent) - 1 > MAX_DECIMAL_ADJUSTED
+        or -int(exponent) > MAX_DECIMAL_DIGITS
+    ):
+        raise _Refused(
+            f"is too large or too precise to format (at most 10**{MAX_DECIMAL_ADJUSTED}, "
+            f"{MAX_DECIMAL_DIGITS} digits and {MAX_DECIMAL_DIGITS} decimal places)"
+        )
+    return str(value)
 
 
 def _decode_value(value: Any) -> Any:
@@ -672,9 +779,34 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
-def encode_context(context: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``context`` as JSON-ready data, or raise :class:`InvalidContextError`."""
-    return {key: _encode_value(value, key) for key, value in context.items()}
+def encode_context(
+    context: Mapping[str, Any], *, max_chars: float = float("inf")
+) -> dict[str, Any]:
+    """Return ``context`` as JSON-ready data, or raise :class:`InvalidContextError`.
+
+    Args:
+        context: Template fields by name.
+        max_chars: The most characters its strings, keys and numbers may take in
+            all (shared values counted each time they occur): what a render can
+            work with (see ``TemplateRenderer.max_work``).
+
+    Raises:
+        InvalidContextError: naming the field (``items[2].price``): a type JSON
+            cannot carry, an integer beyond 64 bits, a non-finite or huge number,
+            a lone surrogate, containers nested deeper than
+            :data:`MAX_CONTEXT_DEPTH` or holding themselves, or over ``max_chars``.
+    """
+    encoder = _Encoder(max_chars)
+    encoded = {}
+    for key, value in context.items():
+        try:
+            encoded[key] = encoder.value(value, 1)
+            if encoder.left < 0:
+                raise encoder.too_large()
+        except _Refused as err:
+            field = key + "".join(reversed(err.path))
+            raise InvalidContextError(err.message, field=field) from None
+    return encoded
 
 
 def decode_context(data: Mapping[str, Any]) -> dict[str, Any]:

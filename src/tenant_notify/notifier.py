@@ -399,7 +399,8 @@ class Notifier:
             kind=kind,
             channel=channel,
             to=to,
-            context=encode_context(context),
+            # No bigger than a render can work with: it could only fail there.
+            context=encode_context(context, max_chars=self.dispatcher.renderer.max_work),
             idempotency_key=idempotency_key,
             locale=locale,
             options=options,
@@ -605,10 +606,13 @@ class Notifier:
         """
         context: dict[str, Any] = {
             "subject": check_text(subject, "subject", header=True, max_chars=998),
-            "body": check_text(body, "body"),
+            # The email kind renders them whole: over the cap, the delivery would fail.
+            "body": check_text(body, "body", max_chars=self.settings.templates.max_output_chars),
         }
         if html_body is not None:
-            context["html_body"] = check_text(html_body, "html_body")
+            context["html_body"] = check_text(
+                html_body, "html_body", max_chars=self.settings.templates.max_output_chars
+            )
         recipient = normalize_email(to_email, "to_email")
         options = EmailOptions.build(
             to_name=to_name,

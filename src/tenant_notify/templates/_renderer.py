@@ -299,6 +299,12 @@ class TemplateRenderer:
         text = self.render(kind, SMS_PART, context, templates_dir=templates_dir, locale=locale)
         return text.translate(_PLAIN_SPACES).strip()
 
+    @property
+    def max_work(self) -> int:
+        """The work one part may do, in characters (8 x ``max_output_chars``): the
+        most context a render can work with, which sends are checked against."""
+        return self.max_output_chars * WORK_FACTOR
+
     def clear_cache(self) -> None:
         """Forget compiled templates and lookup answers (after moving template folders)."""
         self._env.cache.clear()
@@ -414,7 +420,7 @@ class TemplateRenderer:
         if BUDGET.get() is not UNLIMITED:
             yield  # an outer render call already set the clock
             return
-        budget = Budget(self.render_timeout, self.max_output_chars * WORK_FACTOR)
+        budget = Budget(self.render_timeout, self.max_work)
         token = BUDGET.set(budget)
         try:
             yield
