@@ -43,14 +43,14 @@ def test_index_lists_every_kind_for_every_tenant_and_locale(server):
     assert headers["Content-Type"] == "text/html; charset=utf-8"
     builtin = ["email", "order_confirmation", "sms", "welcome"]
     expected = {
-        # built-in kinds, the app's kind; en and de always, fr from the app's folder
+        # built-in kinds, the app's kind; every shipped catalog's language, and the app's fr
         "acme": [*builtin, "shipping_update"],
         "globex": [*builtin, "shipping_update"],
         "broken": [*builtin, "shipping_update", "hostile", "nosample", "badsample"],
     }
     for tenant, kinds in expected.items():
         for kind in kinds:
-            for locale in ("en", "de", "fr"):
+            for locale in ("en", "de", "es", "fr", "nl"):
                 assert link(tenant=tenant, kind=kind, locale=locale) in body
     assert "Acme Shop" in body and "Globex Café" in body and "Broken Ltd" in body
     assert "_layout" not in body
@@ -82,6 +82,17 @@ def test_locales_use_translations_and_their_sample(server):
     # The app's French welcome subject; its missing HTML falls back to the built-in one.
     french = page(server, tenant="acme", kind="welcome", locale="fr")
     assert "Bienvenue chez Acme Shop" in french
+
+
+@pytest.mark.parametrize(
+    ("locale", "subject"),
+    [
+        ("es", "Confirmación de su pedido A-1001 \u2013 Acme Shop"),
+        ("nl", "Bevestiging van uw bestelling A-1001 \u2013 Acme Shop"),
+    ],
+)
+def test_every_shipped_language_previews_from_its_catalog(server, locale, subject):
+    assert subject in page(server, tenant="acme", kind="order_confirmation", locale=locale)
 
 
 def test_the_tenant_locale_is_the_default(server):

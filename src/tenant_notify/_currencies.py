@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import time
 
 from babel.core import get_global
 from babel.numbers import get_currency_precision, get_territory_currencies
@@ -35,9 +36,22 @@ def _active(today: dt.date) -> frozenset[str]:
     return frozenset(codes - {_NO_CURRENCY})
 
 
+_today: tuple[float, dt.date] = (0.0, dt.date.min)
+
+
+def _current_day() -> dt.date:
+    # date.today() costs more than the set lookup it feeds: ask once a minute.
+    global _today
+    checked, day = _today
+    now = time.monotonic()
+    if now - checked > 60:
+        _today = (now, day := dt.date.today())
+    return day
+
+
 def is_active_currency(code: str) -> bool:
     """True for an upper-case ISO 4217 code some territory uses today (``EUR``, ``XOF``)."""
-    return code in _active(dt.date.today())
+    return code in _active(_current_day())
 
 
 def minor_units(code: str) -> int:

@@ -48,6 +48,7 @@ from .errors import NotifyError, TemplateNotFoundError, UnknownTenantError
 from .log import get_logger
 from .models import Channel, Notification, encode_context, new_notification_id
 from .templates import EMAIL_PARTS, SMS_PART
+from .templates._i18n import catalog_locales
 from .templates._loader import BUILTIN_DIR, is_safe_name
 from .templates._locale import locale_folders
 from .tenants import Tenant
@@ -55,7 +56,8 @@ from .tenants import Tenant
 __all__ = ["PreviewServer", "Previewer", "RenderedPreview", "make_server"]
 
 #: Locales every tenant is previewed in, besides its own and those found in folders.
-DEFAULT_LOCALES: tuple[str, ...] = ("en", "de")
+#: Every language the built-in templates have a catalog for (and English).
+DEFAULT_LOCALES: tuple[str, ...] = catalog_locales()
 SAMPLE_FILE = "sample.json"
 
 _PART_FILES = frozenset({*EMAIL_PARTS, SMS_PART})
@@ -156,7 +158,9 @@ class Previewer:
         return sorted(names)
 
     def locales(self, tenant: Tenant) -> list[str]:
-        """The tenant's locale first, then en, de and every locale folder found."""
+        """The tenant's locale first, then every locale the built-in templates ship
+        (en, de, es, fr, nl) and every locale folder found in the tenant's and the
+        application's templates."""
         others: set[str] = set(DEFAULT_LOCALES)
         for _, root in self._roots(tenant):
             for folder in self._locale_dirs(root):

@@ -89,6 +89,7 @@ from ._filters import (
     money_filter,
     number_filter,
 )
+from ._i18n import install_gettext
 from ._limits import (
     BUDGET,
     LimitExceeded,
@@ -279,6 +280,7 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
         self.filters["date"] = date_filter
         self.filters["datetime"] = datetime_filter
         self.filters["css_color"] = css_color_filter
+        install_gettext(self)
         self.filters["join"] = self._guarded_join(self.filters["join"])
         self.filters["sum"] = self._linear_sum
         self.filters["wordwrap"] = self._guarded_wordwrap(self.filters["wordwrap"])
