@@ -179,3 +179,14 @@ def test_remove_can_keep_entries_of_other_reasons(store: Any) -> None:
 
 def test_reprs_mask_the_recipient() -> None:
     assert "jane@example.com" not in repr(entry())
+
+
+def test_hold_state_answers_pause_and_entries_together(store: Any) -> None:
+    assert store.hold_state("acme", Channel.EMAIL, "jane@example.com") == (None, [])
+    store.add_suppression(entry())
+    now = dt.datetime.now(dt.UTC)
+    pause = Pause("acme", Channel.EMAIL, "550 5.7.26", 5, now, now + dt.timedelta(seconds=60))
+    store.pause(pause)
+    got_pause, entries = store.hold_state("acme", Channel.EMAIL, "JANE@example.com")
+    assert got_pause == pause and [e.reason for e in entries] == [SuppressionReason.HARD_BOUNCE]
+    assert store.hold_state("acme", Channel.SMS, "jane@example.com") == (None, [])

@@ -212,9 +212,17 @@ class Reputation:
             )
 
     def _suppression(
-        self, tenant_id: str, kind: str, channel: Channel, recipient: str
+        self,
+        tenant_id: str,
+        kind: str,
+        channel: Channel,
+        recipient: str,
+        entries: list[Suppression] | None = None,
     ) -> Suppression | None:
-        entries = self.store.get_suppressions(tenant_id, channel, recipient)
+        """The entry that stops a send of ``kind`` (of ``entries``, else looked up),
+        unless the kind is not suppressible (then logged)."""
+        if entries is None:
+            entries = self.store.get_suppressions(tenant_id, channel, recipient)
         entry = first_covering(entries, self.category(kind)) if entries else None
         if entry is not None and not self.kind(kind).suppressible:
             self._log.warning(
@@ -231,13 +239,16 @@ class Reputation:
     # --- the delivery side ---------------------------------------------------------------
 
     def hold(self, notification: Notification) -> Held | None:
-        """Why ``notification`` must not reach a provider now, or None to send it."""
-        pause = self.breaker.paused(notification.tenant_id, notification.channel)
+        """Why ``notification`` must not reach a provider now, or None to send it.
+
+        One question to the store (one round trip on Redis) for both the pause and
+        the recipient's entries.
+        """
+        tenant_id, channel, to = notification.tenant_id, notification.channel, notification.to
+        pause, entries = self.store.hold_state(tenant_id, channel, to)
         if pause is not None:
             return Held(DeliveryState.FAILED, paused_error(pause, notification_id=notification.id))
-        entry = self._suppression(
-            notification.tenant_id, notification.kind, notification.channel, notification.to
-        )
+        entry = self._suppression(tenant_id, notification.kind, channel, to, entries)
         if entry is not None:
             return Held(
                 DeliveryState.SUPPRESSED,

@@ -232,6 +232,26 @@ class RedisReputationStore:
         raw = self._call(lambda: self._redis.get(key))
         return Pause.from_dict(json.loads(str(raw))) if raw else None
 
+    def hold_state(
+        self, tenant_id: str, channel: Channel, recipient: str
+    ) -> tuple[Pause | None, list[Suppression]]:
+        """The pause and the recipient's entries in one round trip (a pipeline): the
+        delivery side asks it for every notification."""
+        pause_key = f"{self._prefix}pause:{self._scope(tenant_id, channel)}"
+        entry_key = self._entry_key(tenant_id, channel, recipient)
+
+        def read() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(pause_key)
+                pipe.hgetall(entry_key)
+                return pipe.execute()
+
+        pause, entries = self._call(read)
+        return (
+            Pause.from_dict(json.loads(str(pause))) if pause else None,
+            _entries(entries.values()),
+        )
+
     def list_pauses(self) -> list[Pause]:
         index = f"{self._prefix}pauses"
         scopes = cast("set[str]", self._call(lambda: self._redis.smembers(index)))

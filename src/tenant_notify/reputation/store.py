@@ -146,7 +146,13 @@ class EngagementStore(Protocol):
 @runtime_checkable
 class ReputationStore(SuppressionStore, PauseStore, EngagementStore, Protocol):
     """All three contracts in one object: what :class:`~tenant_notify.reputation.Reputation`
-    is built on."""
+    is built on, plus the one question the delivery side asks of every notification."""
+
+    def hold_state(
+        self, tenant_id: str, channel: Channel, recipient: str
+    ) -> tuple[Pause | None, list[Suppression]]:
+        """:meth:`get_pause` and :meth:`get_suppressions` together (one round trip on
+        a shared store): what decides whether a delivery may go to a provider."""
 
 
 class MemoryReputationStore:
@@ -238,6 +244,13 @@ class MemoryReputationStore:
         with self._lock:
             pauses = list(self._pauses.values())
         return [p for p in pauses if self.get_pause(p.tenant_id, p.channel) is not None]
+
+    def hold_state(
+        self, tenant_id: str, channel: Channel, recipient: str
+    ) -> tuple[Pause | None, list[Suppression]]:
+        return self.get_pause(tenant_id, channel), self.get_suppressions(
+            tenant_id, channel, recipient
+        )
 
     # --- engagement ----------------------------------------------------------------------
 
