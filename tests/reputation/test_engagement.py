@@ -8,16 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from tenant_notify import Notifier
-from tenant_notify.contrib.fastapi import make_router
 from tenant_notify.errors import UnsupportedFeatureError
 from tenant_notify.models import DeliveryState
-from tests.contrib.test_fastapi import current_tenant
 from tests.http_fakes import FakeProviderAPI
+from tests.reputation.support import router_client
 from tests.webhooks.support import Signer
 
 SG_KEY = "SG.test"
@@ -131,17 +129,7 @@ def notify(api: FakeProviderAPI, registry: CollectorRegistry) -> Iterator[Notifi
 
 @pytest.fixture
 def client(notify: Notifier, signer: Signer) -> Iterator[TestClient]:
-    app = FastAPI()
-    app.include_router(
-        make_router(
-            notify,
-            admin_dependency=lambda: None,
-            tenant_dependency=current_tenant,
-            webhook_secrets=lambda tenant_id, provider: signer.public_key,
-        ),
-        prefix="/api",
-    )
-    with TestClient(app) as test_client:
+    with router_client(notify, {"sendgrid": signer.public_key}) as test_client:
         yield test_client
 
 

@@ -14,18 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from tenant_notify import Notifier
-from tenant_notify.contrib.fastapi import make_router
 from tenant_notify.errors import RecipientSuppressedError
 from tenant_notify.log import capture_logs
 from tenant_notify.models import DeliveryState
 from tenant_notify.reputation import SuppressionReason
 from tenant_notify.webhooks import twilio_signature
-from tests.contrib.test_fastapi import current_tenant
 from tests.http_fakes import FakeProviderAPI, twilio_error
+from tests.reputation.support import router_client
 from tests.webhooks.support import Signer
 
 ACCOUNT = "AC" + "1" * 32
@@ -74,20 +72,8 @@ def notify(api: FakeProviderAPI) -> Iterator[Notifier]:
 
 @pytest.fixture
 def client(notify: Notifier, signer: Signer) -> Iterator[TestClient]:
-    def secrets(tenant_id: str, provider: str) -> str | None:
-        return {"sendgrid": signer.public_key, "twilio": TOKEN}.get(provider)
-
-    app = FastAPI()
-    app.include_router(
-        make_router(
-            notify,
-            admin_dependency=lambda: None,
-            tenant_dependency=current_tenant,
-            webhook_secrets=secrets,
-        ),
-        prefix="/api",
-    )
-    with TestClient(app) as test_client:
+    secrets = {"sendgrid": signer.public_key, "twilio": TOKEN}
+    with router_client(notify, secrets) as test_client:
         yield test_client
 
 

@@ -15,17 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from tenant_notify import Notifier
-from tenant_notify.contrib.fastapi import make_router
 from tenant_notify.errors import RecipientSuppressedError
 from tenant_notify.models import DeliveryState, EmailMessage
 from tenant_notify.providers.ses import SesProvider
-from tests.contrib.test_fastapi import current_tenant
 from tests.http_fakes import FakeProviderAPI
 from tests.moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
+from tests.reputation.support import router_client
 from tests.webhooks.test_ses import TOPIC, FakeSns
 
 PM_TOKEN = "pm-server-token-1"
@@ -67,19 +65,8 @@ def postmark_table(api: FakeProviderAPI) -> dict[str, Any]:
     return {"provider": "postmark", "server_token": PM_TOKEN, "base_url": api.url}
 
 
-def router_client(notify: Notifier) -> TestClient:
-    secrets = {"ses": TOPIC, "postmark": PM_HOOK}
-    app = FastAPI()
-    app.include_router(
-        make_router(
-            notify,
-            admin_dependency=lambda: None,
-            tenant_dependency=current_tenant,
-            webhook_secrets=lambda tenant_id, provider: secrets.get(provider),
-        ),
-        prefix="/api",
-    )
-    return TestClient(app)
+def client_for(notify: Notifier) -> TestClient:
+    return router_client(notify, {"ses": TOPIC, "postmark": PM_HOOK})
 
 
 def send(notify: Notifier, to: str = "jane@example.com") -> Any:
@@ -154,7 +141,7 @@ def test_a_signed_ses_bounce_or_complaint_stops_the_next_send(
     receipt = send(ses_notify)
     message_id = receipt.status().provider_message_id
     assert message_id and sent_count(aws) == 1
-    with router_client(ses_notify) as client:
+    with client_for(ses_notify) as client:
         result = post_ses(client, sns_fetch, {**event, "mail": ses_mail(message_id)})
     assert result == {"events": 1, "applied": 1}
     with pytest.raises(RecipientSuppressedError) as info:
@@ -176,7 +163,7 @@ def test_ses_open_and_click_through_sns_show_up_as_engagement(
         "mail": mail,
         "click": {"timestamp": "2026-12-01T10:06:00Z", "link": "https://acme.test/o/1"},
     }
-    with router_client(ses_notify) as client:
+    with client_for(ses_notify) as client:
         assert post_ses(client, sns_fetch, opened)["applied"] == 1
         assert post_ses(client, sns_fetch, clicked)["applied"] == 1
         task = client.get(f"/api/notifications/tasks/{receipt.id}", headers={"X-Tenant": "acme"})
@@ -290,7 +277,7 @@ def test_a_postmark_bounce_complaint_or_unsubscribe_stops_the_next_send(
     api: FakeProviderAPI, pm_notify: Notifier, kind: str, extra: dict[str, Any], reason: str
 ) -> None:
     send(pm_notify)
-    with router_client(pm_notify) as client:
+    with client_for(pm_notify) as client:
         reply = post_postmark(client, postmark_record(api, kind, **extra))
         assert reply.status_code == 200 and reply.json()["applied"] == 1
         assert (
@@ -308,7 +295,7 @@ def test_postmark_open_and_click_webhooks_show_up_as_engagement(
     receipt = send(pm_notify)
     assert api.requests[-1].json["TrackOpens"] is True
     assert api.requests[-1].json["TrackLinks"] == "HtmlOnly"
-    with router_client(pm_notify) as client:
+    with client_for(pm_notify) as client:
         opened = postmark_record(api, "Open", ReceivedAt="2026-12-01T10:05:00Z")
         clicked = postmark_record(
             api, "Click", ReceivedAt="2026-12-01T10:06:00Z", OriginalLink="https://acme.test/o/1"

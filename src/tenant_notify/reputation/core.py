@@ -268,12 +268,13 @@ class Reputation:
         ``native`` is the tracking the provider does itself (it gets the flags); the
         rest the library does in the HTML part.
         """
-        headers = dict(message.headers)
         category = self.category(notification.kind)
-        caller_set = {name.lower() for name in headers}
-        if category is not None and "list-unsubscribe" not in caller_set:
-            headers.update(self.unsubscribe_headers(tenant, notification.to, category))
         opens, clicks = self.tracking(tenant, notification.kind)
+        if category is None and not opens and not clicks:
+            return message  # transactional and untracked: the common case, untouched
+        headers = message.headers
+        if category is not None and not any(n.lower() == "list-unsubscribe" for n in headers):
+            headers = {**headers, **self.unsubscribe_headers(tenant, notification.to, category)}
         html = message.html
         if html is not None and self.links is not None:
             links = self.links
@@ -361,16 +362,7 @@ class Reputation:
         """Count an open (from the pixel or a provider's event); ``status``, when
         known, goes to the lifecycle observer with the new engagement."""
         engagement = self.store.record_open(notification_id, at or utcnow())
-        observe_engagement(self.metrics, tenant_id=tenant_id, kind=kind, event="opened")
-        self._tell(status, engagement, "opened")
-        self._log.info(
-            "notification_opened",
-            tenant_id=tenant_id,
-            notification_id=notification_id,
-            kind=kind,
-            opens=engagement.opens,
-        )
-        return engagement
+        return self._engaged(engagement, "opened", tenant_id, notification_id, kind, status)
 
     def record_click(
         self,
@@ -383,25 +375,35 @@ class Reputation:
     ) -> Engagement:
         """Count a click on ``url``; ``status`` as for :meth:`record_open`."""
         engagement = self.store.record_click(notification_id, url, at or utcnow())
-        observe_engagement(self.metrics, tenant_id=tenant_id, kind=kind, event="clicked")
-        self._tell(status, engagement, "clicked")
-        self._log.info(
-            "notification_clicked",
-            tenant_id=tenant_id,
-            notification_id=notification_id,
-            kind=kind,
-            clicks=engagement.click_count,
-        )
-        return engagement
+        return self._engaged(engagement, "clicked", tenant_id, notification_id, kind, status)
 
     @property
     def observes_engagement(self) -> bool:
         """Whether the observer takes opens and clicks (``engagement_recorded``)."""
         return getattr(self.observer, "engagement_recorded", None) is not None
 
-    def _tell(self, status: DeliveryStatus | None, engagement: Engagement, event: str) -> None:
+    def _engaged(
+        self,
+        engagement: Engagement,
+        event: str,
+        tenant_id: str,
+        notification_id: str,
+        kind: str,
+        status: DeliveryStatus | None,
+    ) -> Engagement:
+        """Count, log and pass on one open or click that was just recorded."""
+        observe_engagement(self.metrics, tenant_id=tenant_id, kind=kind, event=event)
         if status is not None and self.observer is not None:
             notify_engagement(self.observer, replace(status, engagement=engagement), event)
+        self._log.info(
+            f"notification_{event}",
+            tenant_id=tenant_id,
+            notification_id=notification_id,
+            kind=kind,
+            opens=engagement.opens,
+            clicks=engagement.click_count,
+        )
+        return engagement
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)
