@@ -67,6 +67,7 @@ from _harness import (
     cpu_seconds,
     publish,
     run_json,
+    write_section,
 )
 from handwritten import TENANTS, order
 from smtp_sink import SmtpSink
@@ -593,6 +594,8 @@ def main() -> None:
                                     threads_pool=args.threads_pool,
                                 )
                             )
+                            if args.write:  # table by table: a late failure keeps the rest
+                                write_section("celery-throughput", "\n".join(tables))
             publish("celery-throughput", "\n".join(tables), write=args.write)
     finally:
         cleanup([f"bench_tn_{caller}_async", f"bench_tn_{caller}_sync"], f"bench:{caller}")

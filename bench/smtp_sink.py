@@ -11,9 +11,12 @@ from __future__ import annotations
 import multiprocessing
 import socket
 import ssl
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Counter:
@@ -79,6 +82,8 @@ class SmtpSink:
         self.cert_file: Path | None = None
         tls = ""
         if cert_dir is not None:
+            if str(ROOT) not in sys.path:
+                sys.path.insert(0, str(ROOT))  # for tests.smtp_server
             from tests.smtp_server import make_self_signed_cert
 
             cert, key = make_self_signed_cert(cert_dir)
