@@ -152,6 +152,9 @@ class LoopbackSMTPServer:
         self._quits = 0
         self._auth_failures = 0
         self._scripted: dict[Command, deque[str]] = {c: deque() for c in ("MAIL", "RCPT", "DATA")}
+        #: The reply to a failed AUTH, formatted with the ``login`` and ``password``
+        #: the client sent (a server that echoes them, as some do); None: aiosmtpd's.
+        self.auth_failure_reply: str | None = None
         self._rejected_rcpts: dict[str, str] = {}
         self._data_delays: deque[float] = deque()
 
@@ -377,7 +380,13 @@ class LoopbackSMTPServer:
             return AuthResult(success=True, auth_data=user)
         with self._lock:
             self._auth_failures += 1
-        return AuthResult(success=False, handled=False)
+        reply = self.auth_failure_reply
+        if reply is not None and isinstance(auth_data, LoginPassword):
+            reply = reply.format(
+                login=auth_data.login.decode(errors="replace"),
+                password=auth_data.password.decode(errors="replace"),
+            )
+        return AuthResult(success=False, handled=False, message=reply)
 
     def _record(self, protocol: SMTP, session: Session, envelope: Envelope) -> None:
         raw = envelope.original_content or b""

@@ -227,3 +227,38 @@ def test_tenant_names_with_any_line_break_are_refused(name: str) -> None:
         load_settings({"tenants": {"a": {"name": name, "email_from": "x@acme.test"}}})
     with pytest.raises(ConfigurationError, match="line breaks or control characters"):
         load_settings({"tenants": {"a": {"name": "A", "email_from": f"{name} <x@acme.test>"}}})
+
+
+def test_a_secret_of_any_type_is_a_secret_str() -> None:
+    from pydantic import SecretStr
+
+    settings = load_settings(
+        {
+            "email": {"provider": "smtp", "host": "h", "username": "u", "password": 12345678},
+            "sms": {"provider": "twilio", "account_sid": "AC" + "0" * 32, "auth_token": 4.5},
+        }
+    )
+    assert settings.email["password"] == SecretStr("12345678")
+    assert settings.sms["auth_token"] == SecretStr("4.5")
+    assert "12345678" not in repr(settings) and "12345678" not in str(settings.email)
+
+
+def test_the_secret_key_rule_names_every_secret_field_of_every_provider_and_no_other() -> None:
+    import importlib
+    import pkgutil
+
+    import tenant_notify.providers as providers
+    from tenant_notify.providers.base import Provider
+    from tenant_notify.tenants import _SECRET_KEY
+
+    checked = 0
+    for module in pkgutil.iter_modules(providers.__path__):
+        namespace = vars(importlib.import_module(f"tenant_notify.providers.{module.name}"))
+        for cls in namespace.values():
+            if not (isinstance(cls, type) and issubclass(cls, Provider)):
+                continue
+            for name, field in cls.Config.model_fields.items():
+                secret = "SecretStr" in str(field.annotation)
+                assert bool(_SECRET_KEY.search(name)) == secret, (cls.__name__, name)
+                checked += secret
+    assert checked >= 10  # smtp, sendgrid, twilio, ses, sns, postmark: all of them

@@ -107,7 +107,7 @@ def normalize_email(address: object, field: str) -> str:
     except email_validator.EmailNotValidError as err:
         raise InvalidRecipientError(
             f"{address!r} is not a valid email address: {err}", field=field
-        ) from err
+        ) from None  # its text is in the message; its chain would add the address
 
 
 @functools.lru_cache(maxsize=8192)

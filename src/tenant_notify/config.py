@@ -30,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ._redact import register_url_secrets
 from ._validation import normalize_locale
 from .errors import ConfigurationError, MissingDependencyError
 from .templates._loader import check_apart
@@ -586,6 +587,14 @@ class Settings(BaseModel):
         for tenant_id, tenant in self.tenants.items():
             if "locale" not in tenant.model_fields_set:
                 self.tenants[tenant_id] = tenant.model_copy(update={"locale": self.default_locale})
+        return self
+
+    @model_validator(mode="after")
+    def _url_secrets(self) -> Settings:
+        # URLs stay strings (kombu and redis take them so), their passwords
+        # are scrubbed from every text the library lets out.
+        for url in (self.celery.broker_url, self.celery.result_backend, self.redis.url):
+            register_url_secrets(url)
         return self
 
     @model_validator(mode="after")

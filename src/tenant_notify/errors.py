@@ -62,14 +62,21 @@ breaker counts them and pauses the tenant's channel (:class:`TenantPausedError`)
 :attr:`DeliveryError.suppress_as` marks errors that put the recipient on the
 tenant's suppression list (a number that replied STOP).
 
-Errors never carry secrets: credentials are not part of any message or attribute.
+Errors never carry secrets: credentials are not part of any message or attribute,
+and every message is redacted when the error is made (registered secrets become
+``***``; email addresses and phone numbers are masked, but in a
+:class:`ConfigurationError`). A provider's errors reach you with a cleaned chain:
+every foreign exception in ``__cause__``/``__context__`` is replaced by a
+:class:`~tenant_notify._redact.Redacted` stand-in holding its redacted text.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
+
+from ._redact import redact, redact_secrets
 
 __all__ = [
     "AmbiguousDeliveryError",
@@ -122,6 +129,10 @@ class NotifyError(Exception):
         provider: The provider name concerned, if any.
     """
 
+    #: Whether the message's email addresses and phone numbers are masked (they
+    #: are in every error but a configuration error, which names no recipient).
+    masks_recipients: ClassVar[bool] = True
+
     def __init__(
         self,
         message: str,
@@ -130,6 +141,9 @@ class NotifyError(Exception):
         notification_id: str | None = None,
         provider: str | None = None,
     ) -> None:
+        # Whatever an error says may end up in a log, a status or a traceback:
+        # the one place the library's errors are made is where they are redacted.
+        message = redact(message) if self.masks_recipients else redact_secrets(message)
         super().__init__(message)
         self.message = message
         self.tenant_id = tenant_id
@@ -163,6 +177,8 @@ class ConfigurationError(NotifyError):
             table), one error per problem, each with its own key, the first being
             the one this error describes; empty when there was just one.
     """
+
+    masks_recipients = False  # sender addresses and host names, not recipients
 
     def __init__(
         self,
@@ -394,7 +410,8 @@ class DeliveryError(NotifyError):
         **context: str | None,
     ) -> None:
         super().__init__(message, **context)
-        self.provider_response = provider_response
+        # A reply may quote the recipient (or, echoed by a server, a password).
+        self.provider_response = None if provider_response is None else redact(provider_response)
         self.retry_after = retry_after
         self.recipient_error = recipient_error
         self.sender_fault = sender_fault

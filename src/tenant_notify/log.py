@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -35,9 +36,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
+from ._redact import redact, redacted_exception
+
 __all__ = [
     "LOGGER_NAME",
     "MaskRecipients",
+    "Redact",
     "capture_logs",
     "get_logger",
     "mask_email",
@@ -114,6 +118,56 @@ def _to_record(
     return {"msg": f"{event} {rest}" if rest else event, "extra": extra, **options}
 
 
+# Keys the library fills with its own structured values: left as they are. Every
+# other string value may quote a provider, a template or an exception.
+_STRUCTURED_KEYS = frozenset(
+    {
+        "event", "tenant_id", "notification_id", "kind", "channel", "provider",
+        "next_provider", "attempt", "attempts", "error_type", "provider_message_id",
+        "retry_in", "state", "queue", "log_level",
+    }
+)  # fmt: skip
+# Recipients the library masks itself (or, with mask_recipients off, on purpose not).
+_RECIPIENT_KEYS = frozenset({"to", "recipient", "to_email", "to_phone"})
+
+
+def _scrub_event(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if type(value) is str and key not in _STRUCTURED_KEYS and key not in _RECIPIENT_KEYS:
+            event_dict[key] = redact(value)
+    exc_info = event_dict.get("exc_info")
+    if exc_info:
+        # What a host's handler (or error tracker) gets: a redacted stand-in
+        # with a cleaned chain, never the exception itself.
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+        if isinstance(error, BaseException):
+            stand_in = redacted_exception(error)
+            event_dict["exc_info"] = (type(stand_in), stand_in, stand_in.__traceback__)
+    return event_dict
+
+
+class Redact:
+    """A structlog processor: secrets and recipients out of every free-text value.
+
+    The library's own chain has it; add it to yours so that your lines from inside
+    a provider or a resolver are scrubbed the same way:
+    ``structlog.configure(processors=[Redact(), ...])``. Every string value but
+    the library's structured keys (``tenant_id``, ``notification_id``, ``kind``,
+    ...) and the recipient keys (``to``: see :class:`MaskRecipients`) goes through
+    :func:`~tenant_notify._redact.redact`; an exception to log becomes a redacted
+    stand-in with a cleaned chain.
+    """
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        return _scrub_event(logger, method_name, event_dict)
+
+
 #: The library's processor chain, in order. Every event goes through it, whatever
 #: the host's structlog configuration: dropped early if no one wants it, the context
 #: variables merged in, masking and scrubbing (before ``_capture``, so captured
@@ -121,6 +175,7 @@ def _to_record(
 PROCESSORS: list[Any] = [
     _drop_unless_wanted,
     structlog.contextvars.merge_contextvars,
+    _scrub_event,
     _capture,
     _to_record,
 ]

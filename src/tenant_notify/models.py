@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ._headers import check_extra_header, check_header_value
+from ._redact import redact
 from .errors import InvalidAttachmentError, InvalidContextError, ValidationError
 
 __all__ = [
@@ -1068,6 +1069,13 @@ class DeliveryStatus:
     updated_at: dt.datetime = field(default_factory=utcnow)
     next_attempt_at: dt.datetime | None = None
     engagement: Engagement | None = None
+
+    def __post_init__(self) -> None:
+        # Every status, whoever records it (a delivery, a provider's event, a
+        # replay) and wherever it is read (a store, the command line, a dead
+        # letter), says why it failed without a secret or a recipient in clear.
+        if self.error is not None:
+            object.__setattr__(self, "error", redact(self.error))
 
     @property
     def is_final(self) -> bool:

@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any, Concatenate, ParamSpec, Self
 
 from ._offload import Offload
+from ._redact import clean_chain
 from ._registry import resolve_name
 from ._validation import (
     MAX_SMS_CHARS,
@@ -436,7 +437,7 @@ class Notifier:
         try:
             self.status_store.save(queued)
             self.transport.submit(notification)
-        except BaseException:
+        except BaseException as err:
             # Not queued: forget it entirely, so the caller can simply try again.
             # The store may be what failed; its own error is the one to raise.
             with contextlib.suppress(NotifyError):
@@ -444,6 +445,8 @@ class Notifier:
             if reservation is not None:
                 with contextlib.suppress(NotifyError):
                     self.idempotency_store.forget(reservation)
+            if isinstance(err, NotifyError):
+                clean_chain(err)  # a broker's or Redis's exception may quote a URL
             raise
         # Only once it is queued: a callback must not announce what never was.
         notify_observer(self.dispatcher.observer, queued)

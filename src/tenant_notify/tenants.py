@@ -19,6 +19,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from ._headers import check_header_value
+from ._redact import register_secret
 from ._validation import normalize_email, normalize_locale, normalize_sender_number
 from .errors import UnknownTenantError
 from .models import Address
@@ -27,7 +28,10 @@ __all__ = ["CallbackTarget", "StaticTenantResolver", "Tenant", "TenantResolver"]
 
 # Keys of provider tables whose values are secrets: kept as SecretStr from the
 # moment they are read, so no repr, log or error can show them.
-_SECRET_KEY = re.compile(r"(password|secret|token|api_key|private_key)$")
+# "secret_access_key", "session_token", "api_key_secret" included; "api_key_sid"
+# (an id) not. tests/test_config.py checks that this names every SecretStr field
+# of every provider's Config, and nothing else.
+_SECRET_KEY = re.compile(r"password|secret|token|private_key|api_key$")
 
 
 def protect_secrets(table: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -42,8 +46,14 @@ def protect_secrets(table: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _protect_value(key: str, value: Any) -> Any:
-    if isinstance(value, str):
-        return SecretStr(value) if _SECRET_KEY.search(key) else value
+    if isinstance(value, SecretStr):
+        register_secret(value.get_secret_value())
+        return value
+    if _SECRET_KEY.search(key) and isinstance(value, str | int | float | bytes):
+        # Whatever its type: "password: 12345678" in YAML is an int, and a secret.
+        plain = value.decode() if isinstance(value, bytes) else str(value)
+        register_secret(plain)
+        return SecretStr(plain)
     if isinstance(value, Mapping):
         return protect_secrets(value)
     if isinstance(value, list | tuple):
@@ -98,6 +108,7 @@ class CallbackTarget(BaseModel):
     @field_validator("secret")
     @classmethod
     def _check_secret(cls, value: SecretStr) -> SecretStr:
+        register_secret(value.get_secret_value())
         text = value.get_secret_value().removeprefix("whsec_")
         try:
             key = base64.b64decode(text + "==", validate=False)

@@ -17,7 +17,9 @@ Subclasses must:
 * set ``Config`` to a pydantic model of their settings (``provider`` excluded),
   with ``extra="forbid"`` so a misspelt key fails when the notifier is built;
 * implement ``send_email`` and/or ``send_sms`` for the channels they declare;
-* translate every third-party exception into the library's tree (``raise ... from``).
+* translate every third-party exception into the library's tree (``raise ... from``);
+  the error's text is redacted when it is made, and :meth:`Provider.send` replaces
+  what it was raised from by redacted stand-ins (:func:`~tenant_notify._redact.clean_chain`).
 
 Subclasses may override ``close`` to release connections, ``tracks`` when
 their tracking depends on a setting, and extend
@@ -32,9 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
-from ..errors import UnsupportedChannelError, UnsupportedFeatureError
+from .._redact import clean_chain, register_secret
+from ..errors import NotifyError, UnsupportedChannelError, UnsupportedFeatureError
 from ..models import (
     Channel,
     DeliveryResult,
@@ -141,6 +144,9 @@ class Provider:
     @classmethod
     def from_config(cls, config: ProviderConfig) -> Self:
         """Build an instance from its validated settings model."""
+        for value in dict(config).values():
+            if isinstance(value, SecretStr):
+                register_secret(value.get_secret_value())  # scrubbed from every text
         return cls(**dict(config))
 
     def send(self, message: Message) -> DeliveryResult:
@@ -157,9 +163,16 @@ class Provider:
                 f"provider {self.name!r} does not send {message.channel.value}",
                 provider=self.name,
             )
-        if isinstance(message, EmailMessage):
-            return self.send_email(message)
-        return self.send_sms(message)
+        try:
+            if isinstance(message, EmailMessage):
+                return self.send_email(message)
+            return self.send_sms(message)
+        except NotifyError as err:
+            # The error's text is redacted; what it was raised from (a server's
+            # reply, an SDK's exception) must not bring the secret or the
+            # recipient back in a traceback.
+            clean_chain(err)
+            raise
 
     def send_email(self, message: EmailMessage) -> DeliveryResult:
         raise UnsupportedChannelError(f"provider {self.name!r} does not send email")

@@ -78,6 +78,7 @@ import pydantic
 from pydantic import Field, field_validator
 
 from .. import __version__
+from .._redact import redact_secrets, register_secret
 from ..errors import (
     AmbiguousDeliveryError,
     ConfigurationError,
@@ -229,6 +230,8 @@ class HttpProvider(Provider, ABC):
             raise config_error(err, self.name) from None
         self.config = config
         self._http_config = config
+        for secret in self.secrets():
+            register_secret(secret)  # scrubbed from every text the library lets out
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
         self._pid = os.getpid()
@@ -436,10 +439,8 @@ class HttpProvider(Provider, ABC):
     # --- helpers for subclasses ------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        """``text`` with every secret of this provider replaced by ``***``."""
-        for secret in sorted((s for s in self.secrets() if s), key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
+        """``text`` with every secret of this provider (and every registered one) as ``***``."""
+        return redact_secrets(text, self.secrets())
 
     def _reply_text(self, response: httpx.Response) -> str:
         """The reply body as quotable text: scrubbed, one line, capped."""

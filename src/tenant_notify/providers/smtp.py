@@ -74,6 +74,7 @@ import pydantic
 from pydantic import Field, SecretStr, model_validator
 
 from .._mime import envelope_address, wire_bytes
+from .._redact import redact_secrets, register_secret
 from ..errors import (
     AmbiguousDeliveryError,
     ConfigurationError,
@@ -346,6 +347,11 @@ class SmtpProvider(Provider):
             raise ConfigurationError(
                 f"invalid SMTP settings: {problems}", key=locations[0] or None, provider=self.name
             ) from None
+        self._secret_forms = self._auth_forms()
+        for secret in self._secret_forms:
+            register_secret(secret)  # scrubbed from every text the library lets out
+        if self._config.dkim_private_key is not None:
+            register_secret(self._config.dkim_private_key.get_secret_value())
         self._tls_context = self._make_tls_context() if (starttls or ssl) else None
         self._dkim: DkimSigner | None = None
         config = self._config
@@ -657,21 +663,21 @@ class SmtpProvider(Provider):
 
     def _scrub(self, text: str) -> str:
         """Remove the password (plain or in the base64 AUTH forms) from ``text``."""
+        return redact_secrets(text, self._secret_forms)
+
+    def _auth_forms(self) -> tuple[str, ...]:
+        """The password as a server may echo it: plain, and in the AUTH LOGIN and
+        AUTH PLAIN base64 forms."""
         cfg = self._config
-        if cfg.password is None:
-            return text
-        secret = cfg.password.get_secret_value()
+        secret = cfg.password.get_secret_value() if cfg.password is not None else ""
         if not secret:
-            return text
+            return ()
         user = cfg.username or ""
-        forms = {
+        return (
             secret,
             base64.b64encode(secret.encode()).decode(),
             base64.b64encode(f"\0{user}\0{secret}".encode()).decode(),
-        }
-        for form in sorted(forms, key=len, reverse=True):
-            text = text.replace(form, "***")
-        return text
+        )
 
     def __repr__(self) -> str:
         cfg = self._config

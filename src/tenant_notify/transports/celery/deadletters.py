@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..._redact import redact
 from ...config import Settings
 from ...errors import ConfigurationError
 from ...log import get_logger, mask_recipient
@@ -69,7 +70,7 @@ def dead_letter(
         attempt=attempt,
         queue=queue,
         extra_headers={
-            _DEAD_ERROR: error[:1000],
+            _DEAD_ERROR: redact(error)[:1000],  # headers leave the library: scrubbed
             _DEAD_AT: dt.datetime.now(dt.UTC).isoformat(),
         },
         wait=True,
@@ -135,7 +136,8 @@ def replay_dead_letters(
                         kind=notification.kind,
                         to=mask_recipient(notification.to),
                         attempts=int(headers.get("retries") or 0) + 1,
-                        error=str(headers.get(_DEAD_ERROR, "")),
+                        # Letters written before headers were scrubbed, too.
+                        error=redact(str(headers.get(_DEAD_ERROR, ""))),
                         failed_at=str(headers.get(_DEAD_AT, "")),
                     )
                 )
