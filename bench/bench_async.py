@@ -16,6 +16,10 @@ it):
   what a host without the twins would write (baseline: the lag the twins remove);
 * **asyncio.to_thread(send_email)**: the blocking method on asyncio's default
   executor, the usual hand-written offload (baseline);
+* **tenant-notify, asend_email, gc.freeze()**: the same after ``gc.freeze()``, as
+  a latency-minded host would start: CPython's full (generation 2) collections
+  walk the whole heap while holding the GIL, and one can stop the loop for
+  longer than any send does;
 * **idle loop**: the monitor alone, nothing sent: the machine's own noise floor,
   measured in the same rounds (other processes take the cores too).
 
@@ -28,6 +32,7 @@ round's median, 99th percentile and maximum lag, with their ranges.
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import sys
 import time
@@ -40,10 +45,11 @@ from _harness import Comparison, Sample, Variant, arguments, cpu_seconds, publis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.integration.conftest import AMQP_URL as AMQP
+from tests.integration.conftest import REDIS_URL as REDIS
+from tests.integration.conftest import _cleanup as cleanup
 from tests.loop_lag import LoopLag
 
-AMQP = "amqp://guest:guest@127.0.0.1:5672//"
-REDIS = "redis://127.0.0.1:6379/15"
 TENANTS = {
     "acme": {"name": "Acme Shop", "email_from": "orders@acme.test"},
     "globex": {"name": "Globex Café", "email_from": "hello@globex.test", "locale": "de"},
@@ -66,25 +72,6 @@ def settings(tag: str) -> dict[str, Any]:
         },
         "redis": {"url": REDIS, "key_prefix": f"bench_async:{tag}:"},
     }
-
-
-def cleanup(table: dict[str, Any]) -> None:
-    import kombu
-    import redis
-
-    with kombu.Connection(AMQP) as conn:
-        for name in (table["celery"]["queue"], table["celery"]["dead_letter_queue"]):
-            channel = conn.channel()
-            for delete in (channel.queue_delete, channel.exchange_delete):
-                try:
-                    delete(name)
-                except Exception:
-                    channel = conn.channel()
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=table["redis"]["key_prefix"] + "*", count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
-    client.close()
 
 
 Send = Callable[[Any, int], Awaitable[Any]]
@@ -111,7 +98,9 @@ async def to_thread(notify: Any, i: int) -> Any:
     return await asyncio.to_thread(lambda: notify.send_email(**email(i)))
 
 
-def variant(name: str, send: Send | None, count: int, rate: float) -> Callable[[int], Sample]:
+def variant(
+    name: str, send: Send | None, count: int, rate: float, *, freeze: bool = False
+) -> Callable[[int], Sample]:
     def run(round_no: int) -> Sample:
         from tenant_notify import Notifier
 
@@ -127,6 +116,9 @@ def variant(name: str, send: Send | None, count: int, rate: float) -> Callable[[
             try:
                 async with Notifier.from_settings(table) as notify:
                     await asyncio.gather(*(send(notify, -1 - i) for i in range(WARM_UP)))
+                    if freeze:
+                        gc.collect()
+                        gc.freeze()
                     loop = asyncio.get_running_loop()
                     tasks = []
                     started, cpu = time.perf_counter(), cpu_seconds()
@@ -143,6 +135,7 @@ def variant(name: str, send: Send | None, count: int, rate: float) -> Callable[[
                         raise RuntimeError(f"{name}: {len(receipts)} receipts for {count}")
                     notify.transport.flush(10)
             finally:
+                gc.unfreeze()
                 cleanup(table)
             LAGS.setdefault(name, []).append(lag)
             return Sample(ops=count, wall=wall, cpu={"process": cpu})
@@ -190,6 +183,13 @@ def main() -> None:
                 "tenant-notify, asend_email",
                 variant("tenant-notify, asend_email", twin, count, args.rate),
                 guarantee="checked in the loop, queued with confirms; the loop never waits",
+            ),
+            Variant(
+                "tenant-notify, asend_email, gc.freeze()",
+                variant(
+                    "tenant-notify, asend_email, gc.freeze()", twin, count, args.rate, freeze=True
+                ),
+                guarantee="the same; the host froze the heap it started with",
             ),
             Variant(
                 "send_email in the coroutine",

@@ -14,6 +14,7 @@ import structlog
 
 from tenant_notify.log import LOGGER_NAME, get_logger, mask_url
 from tenant_notify.testing import ScriptedProvider, capture_logs, make_notifier
+from tests.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,15 +145,7 @@ def test_capture_logs_sees_every_level_whatever_the_loggers_level(caplog, tenant
 
 
 def test_the_cli_logs_to_stderr_only(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "tenant_notify.cli", "-v", "demo", "--transport", "eager"],
-        cwd=tmp_path,
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("-v", "demo", "--transport", "eager", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "notification_sent" not in result.stdout
     assert result.stderr.count(" INFO    notification_sent tenant_id=") == 4

@@ -84,9 +84,11 @@ _BUILDING: ContextVar[tuple[Notifier, list[Notification]] | None] = ContextVar(
 
 #: Threads of a notifier's pool for the coroutine twins' blocking part (the enqueue,
 #: a status read): at most this many at a time; more coroutines wait their turn.
-#: Few on purpose: each is one more thread the event loop shares the GIL with, and
-#: four keep up with 1,000 sends a second on the celery transport (bench/bench_async.py).
-ASYNC_THREADS = 4
+#: One on purpose: every other thread running Python is one more the event loop
+#: waits for the GIL behind. Measured at 1,000 sends a second on the celery
+#: transport, one thread kept the loop's median lag at a third of what two or
+#: four did, at the same rate (bench/bench_async.py, docs/benchmarks.md).
+ASYNC_THREADS = 1
 
 
 def _timed_out(status: DeliveryStatus, timeout: float | None) -> WaitTimeoutError:
@@ -113,7 +115,7 @@ def _coroutine_twin(
         f"The coroutine twin of :meth:`{send.__name__}`: the same arguments, checks,\n"
         "errors and receipt. The send is checked in the event loop, before anything\n"
         "is queued; the enqueue (the status store, the broker) runs on the\n"
-        "notifier's small pool of threads, so the loop never waits for the network."
+        "notifier's offload thread, so the loop never waits for the network."
     )
     return twin
 
@@ -749,7 +751,7 @@ class Notifier:
     # Each checks a send in the event loop exactly as its blocking twin does (it
     # *is* the blocking method, run through build()), then hands the enqueue, the
     # only part that waits for the status store and the broker, to the notifier's
-    # small pool of threads (see tenant_notify._offload).
+    # offload thread (see tenant_notify._offload and ASYNC_THREADS).
 
     asend = _coroutine_twin(send)
     asend_order_confirmation = _coroutine_twin(send_order_confirmation)

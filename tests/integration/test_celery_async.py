@@ -79,6 +79,7 @@ def test_a_thousand_sends_a_second_never_block_the_loop(settings):
         f"max {lag.max * 1e3:.3f} ms"
     )
     assert rate >= 0.95 * RATE
-    assert lag.samples >= SECONDS * 500
+    # A sample at least every 5 ms on average, or "never blocked 5 ms" would say little.
+    assert lag.samples >= SECONDS * 200
     assert lag.median < 0.0002
     assert lag.max < 0.005
