@@ -1170,8 +1170,8 @@ class Receipt:
         duplicate: bool = False,
         get_status: Callable[[str], DeliveryStatus],
         wait: Callable[[str, float | None], DeliveryStatus],
-        aget_status: Callable[[str], Awaitable[DeliveryStatus]] | None = None,
-        await_: Callable[[str, float | None], Awaitable[DeliveryStatus]] | None = None,
+        aget_status: Callable[[str], Awaitable[DeliveryStatus]],
+        await_: Callable[[str, float | None], Awaitable[DeliveryStatus]],
     ) -> None:
         self.id = id
         self.tenant_id = tenant_id
@@ -1196,8 +1196,6 @@ class Receipt:
 
     async def astatus(self) -> DeliveryStatus:
         """The current status, read without blocking the event loop."""
-        if self._aget_status is None:
-            raise TypeError("this receipt was made without its coroutine twins")
         return await self._aget_status(self.id)
 
     async def await_(self, timeout: float | None = 30.0) -> DeliveryStatus:
@@ -1207,8 +1205,6 @@ class Receipt:
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
-        if self._await is None:
-            raise TypeError("this receipt was made without its coroutine twins")
         return await self._await(self.id, timeout)
 
     def __repr__(self) -> str:
