@@ -250,6 +250,15 @@ class FakeProviderAPI:
         self._script: deque[Reply] = deque()
         self._stopping = threading.Event()
         self._connections = 0
+        #: Seconds every reply waits before it is written (a provider across a network).
+        self.latency = 0.0
+        #: Hold every reply until this many requests are being answered at once
+        #: (or ``hold_timeout`` passes): concurrency shown without timing anything.
+        self.hold_until = 0
+        self.hold_timeout = 10.0
+        self._changed = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._max_in_flight = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -265,7 +274,10 @@ class FakeProviderAPI:
         class Handler(_Handler):
             api = owner
 
-        server = ThreadingHTTPServer((self.host, 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # many clients connecting at once
+
+        server = Server((self.host, 0), Handler)
         server.daemon_threads = True
         self._server = server
         self.port = server.server_address[1]
@@ -322,6 +334,27 @@ class FakeProviderAPI:
     def _connected(self) -> None:
         with self._lock:
             self._connections += 1
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests the server was answering at the same moment."""
+        with self._lock:
+            return self._max_in_flight
+
+    def _begin(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            self._changed.notify_all()
+            if self.hold_until:
+                self._changed.wait_for(
+                    lambda: self._max_in_flight >= self.hold_until or self._stopping.is_set(),
+                    self.hold_timeout,
+                )
+
+    def _end(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def clear(self) -> None:
         with self._lock:
@@ -570,10 +603,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("GET")
 
     def _serve(self, method: str) -> None:
+        self.api._begin()
+        try:
+            self._answer(method)
+        finally:
+            self.api._end()
+
+    def _answer(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {key.lower(): value for key, value in self.headers.items()}
         reply = self.api.handle(method, self.path, headers, body)
+        if self.api.latency and self.api._stopping.wait(self.api.latency):
+            self.close_connection = True
+            return
         if reply.delay and self.api._stopping.wait(reply.delay):
             self.close_connection = True
             return

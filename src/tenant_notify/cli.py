@@ -403,21 +403,49 @@ def _report(problems: _Problems) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .transports.celery import CeleryTransport, create_app
+    from .transports.celery.message import Routes
 
     settings = _settings(args)
     # Fail now, naming the key, rather than in the first task.
     require_tenants(settings)
     Notifier(settings, transport=CeleryTransport).close()
+    extra = list(args.celery_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    if not (args.celery or extra or args.hostname):
+        from .transports.celery.consumer import run_worker
+
+        return run_worker(
+            settings, processes=args.concurrency, threads=args.threads, loglevel=args.loglevel
+        )
+    # Celery's own worker: its pools, first in first out per queue.
     app = create_app(settings)
-    argv = ["worker", f"--loglevel={args.loglevel}", "-Q", settings.celery.queue]
+    queues = ",".join(Routes.from_settings(settings).names())
+    argv = ["worker", f"--loglevel={args.loglevel}", "-Q", queues]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     if args.hostname:
         argv += ["--hostname", args.hostname]
-    extra = list(args.celery_args)
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
     app.worker_main(argv=[*argv, *extra])
+    return 0
+
+
+def cmd_backlog(args: argparse.Namespace) -> int:
+    from .transports.celery.backlog import queue_backlog
+
+    settings = _settings(args)
+    if settings.transport.backend != "celery":
+        print(
+            "the in-process queue lives in the host's process: see its "
+            "tenant_notify_backlog metric (docs/workers.md#backlog-and-waiting-time)",
+            file=sys.stderr,
+        )
+        return 2
+    rows = [["tenant", "queue", "waiting", "consumers", "oldest waited"]]
+    for row in queue_backlog(settings):
+        wait = "-" if row.oldest_wait is None else f"{row.oldest_wait:.1f}s"
+        rows.append([row.tenant_id, row.queue, str(row.waiting), str(row.consumers), wait])
+    print(_table(rows))
     return 0
 
 
@@ -685,13 +713,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     worker = commands.add_parser(
-        "worker", help="run a Celery worker for the celery transport (needs [celery])"
+        "worker", help="run worker processes for the celery transport (needs [celery])"
     )
     worker.add_argument(
         "-c",
         "--concurrency",
         type=int,
         help="worker processes (default: [celery] concurrency, else the CPU count)",
+    )
+    worker.add_argument(
+        "--threads",
+        type=int,
+        help="deliveries at once in each process (default: [celery] threads, 32)",
+    )
+    worker.add_argument(
+        "--celery",
+        action="store_true",
+        help="run Celery's own worker instead (as do --hostname and options after --)",
     )
     worker.add_argument(
         "--loglevel",
@@ -706,6 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Celery sets up logging itself (root handlers at --loglevel); the library's
     # records reach them through the root logger.
     worker.set_defaults(func=cmd_worker, celery_logging=True)
+
+    backlog = commands.add_parser(
+        "backlog", help="notifications waiting on the broker, by tenant (celery transport)"
+    )
+    with_config(backlog)
+    backlog.set_defaults(func=cmd_backlog)
 
     replay = commands.add_parser(
         "replay", help="put dead-lettered notifications back on the Celery queue"

@@ -70,7 +70,9 @@ class TransportSettings(_Section):
 
     Attributes:
         backend: ``eager``, ``inprocess``, ``celery`` or a dotted path to a Transport.
-        workers: In-process worker threads.
+        workers: In-process worker threads: deliveries at once (default 16; each
+            waits on the provider's network, so more than the CPUs). HTTP
+            providers keep as many keep-alive connections by default.
         queue_size: In-process queue bound; a full queue blocks the caller.
         enqueue_timeout: Seconds a send may block on a full queue before
             :class:`~tenant_notify.errors.QueueFullError`.
@@ -78,7 +80,7 @@ class TransportSettings(_Section):
     """
 
     backend: str = "inprocess"
-    workers: int = Field(default=4, ge=1, le=256)
+    workers: int = Field(default=16, ge=1, le=256)
     queue_size: int = Field(default=10_000, ge=1)
     enqueue_timeout: float = Field(default=5.0, ge=0)
     drain_timeout: float = Field(default=30.0, ge=0)
@@ -149,6 +151,13 @@ class CelerySettings(_Section):
         prefetch_multiplier: Messages a worker process reserves ahead (1-4 suits
             I/O-bound deliveries; higher only hides work from idle workers).
         concurrency: Worker processes for ``tenant-notify worker`` (default: CPUs).
+        threads: Deliveries at once in each ``tenant-notify worker`` process
+            (threads waiting on the providers; default 32). HTTP providers keep
+            as many keep-alive connections by default.
+        fair: Give every tenant of ``[tenants]`` a queue of its own
+            (``<queue>.tenant.<id>``) that ``tenant-notify worker`` serves in
+            turn, weighted by the tenant's ``weight``; false sends everything to
+            ``queue`` (first in, first out).
         result_expires: Seconds Celery keeps a task result.
         ignore_result: Store no Celery results (statuses are in the status store anyway).
         publisher_confirms: ``"async"``: a send returns once the message is written
@@ -181,6 +190,8 @@ class CelerySettings(_Section):
     time_limit: float = Field(default=90.0, gt=0)
     prefetch_multiplier: int = Field(default=4, ge=1, le=64)
     concurrency: int | None = Field(default=None, ge=1)
+    threads: int = Field(default=32, ge=1, le=1024)
+    fair: bool = True
     result_expires: float = Field(default=86_400.0, gt=0)
     ignore_result: bool = False
     publisher_confirms: Literal["async", "sync", "off"] = "async"
@@ -387,12 +398,16 @@ class KindSettings(_Section):
             security alerts), and logs that it did.
         track_opens: False never tracks opens of this kind, whatever its tenant says.
         track_clicks: False never rewrites this kind's links (password resets).
+        urgent: True delivers this kind ahead of its own tenant's other (bulk)
+            notifications waiting in the queue (password resets, one-time codes);
+            see docs/workers.md#fairness-across-tenants.
     """
 
     category: str = Field(default=TRANSACTIONAL, pattern=f"^{CATEGORY.pattern}$")
     suppressible: bool = True
     track_opens: bool = True
     track_clicks: bool = True
+    urgent: bool = False
 
     @property
     def transactional(self) -> bool:

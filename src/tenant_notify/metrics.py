@@ -39,6 +39,18 @@ reputation and is rare next to deliveries (see ``docs/deliverability.md`` and
 * ``tenant_notify_engagement_events_total`` (``tenant_id``, ``kind``, ``event``:
   ``opened`` or ``clicked``): opens and clicks of tracked emails.
 
+Two are by tenant because they are about fairness between tenants (see
+``docs/workers.md#fairness-across-tenants``); one series per tenant is the point:
+
+* ``tenant_notify_backlog`` (``tenant_id``): a gauge, read at scrape time, of
+  the notifications waiting for delivery: in the in-process queue, or on a
+  Celery worker, those in the tenant's broker queue (the ``[celery] fair``
+  queues; the shared queue counts as ``tenant_id="*"``) plus those the worker
+  holds. Summed over the transports and workers of the process.
+* ``tenant_notify_queue_wait_seconds`` (``tenant_id``): a histogram of how long
+  a notification waited between being queued (or falling due, for a retry or
+  a delayed one) and a worker starting its attempt.
+
 A recipient of one's own needs only ``observe_attempt``; ``observe_pause`` and
 ``observe_engagement`` are called when it has them.
 """
@@ -54,6 +66,7 @@ from .log import get_logger
 
 __all__ = [
     "ATTEMPTS",
+    "BACKLOG",
     "CACHE_ENTRIES",
     "CACHE_HITS",
     "CACHE_MAX_ENTRIES",
@@ -62,12 +75,15 @@ __all__ = [
     "ENGAGEMENT",
     "LABELS",
     "PAUSES",
+    "QUEUE_WAIT",
     "MetricsRecorder",
     "NullMetrics",
     "PrometheusMetrics",
     "observe_engagement",
     "observe_pause",
+    "observe_queue_wait",
     "resolve_metrics",
+    "watch_backlog",
 ]
 
 ATTEMPTS: Final = "tenant_notify_delivery_attempts"
@@ -79,6 +95,12 @@ CACHE_ENTRIES: Final = "tenant_notify_template_cache_entries"
 CACHE_MAX_ENTRIES: Final = "tenant_notify_template_cache_max_entries"
 PAUSES: Final = "tenant_notify_sender_pauses"
 ENGAGEMENT: Final = "tenant_notify_engagement_events"
+BACKLOG: Final = "tenant_notify_backlog"
+QUEUE_WAIT: Final = "tenant_notify_queue_wait_seconds"
+# Time in a queue: nothing (an idle worker) to hours (a backlog, a delayed send).
+WAIT_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0
+)  # fmt: skip
 # Provider calls: a few milliseconds (memory, a local relay) to a minute (a slow API's timeout).
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -159,6 +181,16 @@ class PrometheusMetrics:
             registry=registry,
         )
 
+        self.queue_wait = prometheus_client.Histogram(
+            QUEUE_WAIT,
+            "How long a tenant-notify notification waited in a queue for a worker.",
+            ("tenant_id",),
+            registry=registry,
+            buckets=WAIT_BUCKETS,
+        )
+        self._backlogs = _BacklogCollector()
+        registry.register(self._backlogs)
+
     def observe_attempt(
         self, *, kind: str, channel: str, provider: str, outcome: str, seconds: float
     ) -> None:
@@ -176,8 +208,45 @@ class PrometheusMetrics:
     def observe_engagement(self, *, tenant_id: str, kind: str, event: str) -> None:
         self.engagement.labels(tenant_id, kind, event).inc()
 
+    def observe_queue_wait(self, *, tenant_id: str, seconds: float) -> None:
+        self.queue_wait.labels(tenant_id).observe(max(0.0, seconds))
+
+    def watch_backlog(self, source: Any) -> None:
+        """Export ``source.backlog()`` (tenant id -> waiting) at scrape time, while it lives."""
+        self._backlogs.sources.add(source)
+
     def __repr__(self) -> str:
         return f"PrometheusMetrics(registry={self.registry!r})"
+
+
+class _BacklogCollector:
+    """A prometheus-client collector: the watched queues' backlogs, at scrape time."""
+
+    def __init__(self) -> None:
+        self.sources: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            BACKLOG, "Notifications waiting for delivery, by tenant.", labels=["tenant_id"]
+        )
+        totals: dict[str, int] = {}
+        for source in list(self.sources):
+            try:
+                backlog = source.backlog()
+            except Exception:
+                # A broker out of reach must not break the scrape.
+                get_logger().debug("metrics_backlog_failed", exc_info=True)
+                continue
+            for tenant_id, count in backlog.items():
+                totals[tenant_id] = totals.get(tenant_id, 0) + count
+        for tenant_id, count in sorted(totals.items()):
+            family.add_metric([tenant_id], count)
+        return [family]
 
 
 class _TemplateCacheCollector:
@@ -238,7 +307,17 @@ def observe_engagement(recorder: MetricsRecorder, *, tenant_id: str, kind: str, 
     _optional(recorder, "observe_engagement", tenant_id=tenant_id, kind=kind, event=event)
 
 
-def _optional(recorder: object, name: str, **labels: str) -> None:
+def observe_queue_wait(recorder: MetricsRecorder, *, tenant_id: str, seconds: float) -> None:
+    """Tell ``recorder`` how long a notification waited, if it counts that; never raises."""
+    _optional(recorder, "observe_queue_wait", tenant_id=tenant_id, seconds=seconds)
+
+
+def watch_backlog(recorder: MetricsRecorder, source: Any) -> None:
+    """Have ``recorder`` export ``source.backlog()``, if it exports backlogs."""
+    _optional(recorder, "watch_backlog", source=source)
+
+
+def _optional(recorder: object, name: str, **labels: Any) -> None:
     method = getattr(recorder, name, None)
     if method is None:
         return

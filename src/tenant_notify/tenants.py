@@ -144,6 +144,9 @@ class Tenant(BaseModel):
         track_clicks: Track clicks on the links of its emails (off by default).
         unsubscribe_mailto: An address that takes unsubscribe requests by mail,
             added to ``List-Unsubscribe`` beside the one-click URL, if any.
+        weight: Its share of the workers while several tenants have a backlog,
+            relative to the others' (default 1; 2 gets twice the deliveries of a
+            tenant of weight 1). See docs/workers.md#fairness-across-tenants.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -162,6 +165,7 @@ class Tenant(BaseModel):
     track_opens: bool = False
     track_clicks: bool = False
     unsubscribe_mailto: EmailAddressField = None
+    weight: float = Field(default=1.0, gt=0, le=1000)
 
     @field_validator("name")
     @classmethod

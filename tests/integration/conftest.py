@@ -141,6 +141,7 @@ class Worker:
         run_id: str,
         extra_env: dict[str, str] | None = None,
         wrapper: list[str] | None = None,
+        library_worker: list[str] | None = None,
     ) -> None:
         self.config_file = config_file
         self.log_dir = log_dir
@@ -148,6 +149,8 @@ class Worker:
         self.extra_env = extra_env or {}
         # A command the worker runs under (["prlimit", "--as=...", "--"]), if any.
         self.wrapper = wrapper or []
+        # ``tenant-notify worker`` with these options instead of ``celery worker``.
+        self.library_worker = library_worker
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -165,19 +168,32 @@ class Worker:
         env.pop("CELERY_BROKER_URL", None)
         env.pop("CELERY_RESULT_BACKEND", None)
         env.update(self.extra_env)
-        command = [*self.wrapper, sys.executable, "-m", "celery", "-A", "tenant_notify.celery_app"]
-        command += ["worker"]
-        command += ["--concurrency", "2", "--loglevel", "INFO", "--without-mingle"]
-        command += ["--without-gossip", "--hostname", f"tn-it-{self.run_id}-{self.starts}@%h"]
+        if self.library_worker is not None:
+            command = [*self.wrapper, sys.executable, "-m", "tenant_notify.cli", "worker"]
+            command += [*self.library_worker, "--loglevel", "INFO"]
+            ready, count = b"worker_ready", self._processes()
+        else:
+            command = [*self.wrapper, sys.executable, "-m", "celery", "-A"]
+            command += ["tenant_notify.celery_app", "worker"]
+            command += ["--concurrency", "2", "--loglevel", "INFO", "--without-mingle"]
+            command += ["--without-gossip", "--hostname", f"tn-it-{self.run_id}-{self.starts}@%h"]
+            ready, count = b" ready.", 1
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
             )
         deadline = time.monotonic() + timeout
-        while b" ready." not in self.log_file.read_bytes():
+        while self.log_file.read_bytes().count(ready) < count:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not start:\n{self.log_file.read_text()}")
             time.sleep(0.05)
+
+    def _processes(self) -> int:
+        options = self.library_worker or []
+        for flag in ("-c", "--concurrency"):
+            if flag in options:
+                return int(options[options.index(flag) + 1])
+        return os.cpu_count() or 1
 
     def children(self) -> list[int]:
         assert self.process is not None
@@ -240,13 +256,33 @@ def worker(
         _cleanup(settings)
 
 
+def work_queues(settings: dict[str, Any]) -> list[str]:
+    """Every queue the notifications of ``settings`` may wait in (one per tenant, ...)."""
+    from tenant_notify import load_settings
+    from tenant_notify.transports.celery.message import Routes
+
+    return Routes.from_settings(load_settings(settings)).names()
+
+
+def queued(settings: dict[str, Any]) -> int:
+    """Messages waiting in all of those queues (a queue never declared holds none)."""
+    import kombu
+
+    total = 0
+    with kombu.Connection(AMQP_URL, connect_timeout=2) as conn:
+        for name in work_queues(settings):
+            with contextlib.suppress(Exception):
+                total += int(conn.channel().queue_declare(name, passive=True).message_count)
+    return total
+
+
 def _cleanup(settings: dict[str, Any]) -> None:
     import kombu
     import redis
 
     with kombu.Connection(AMQP_URL, connect_timeout=2) as conn:
         channel = conn.channel()
-        for name in (settings["celery"]["queue"], settings["celery"]["dead_letter_queue"]):
+        for name in [*work_queues(settings), settings["celery"]["dead_letter_queue"]]:
             for delete in (channel.queue_delete, channel.exchange_delete):
                 try:
                     delete(name)

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import kombu
 import pytest
 
 from tenant_notify import Notifier
 from tests.bad_input import BAD_SENDS
-from tests.integration.conftest import AMQP_URL, _cleanup, settings_table
+from tests.integration.conftest import _cleanup, queued, settings_table
 from tests.smtp_server import LoopbackSMTPServer
 
 pytestmark = pytest.mark.integration
@@ -34,15 +33,6 @@ def celery_settings(run_id: str, smtp: LoopbackSMTPServer) -> Iterator[dict[str,
 def notify(celery_settings: dict[str, Any]) -> Iterator[Notifier]:
     with Notifier.from_settings(celery_settings) as notifier:
         yield notifier
-
-
-def queued(settings: dict[str, Any]) -> int:
-    with kombu.Connection(AMQP_URL, connect_timeout=2) as conn:
-        queue = kombu.Queue(settings["celery"]["queue"], channel=conn.channel())
-        try:
-            return int(queue.queue_declare(passive=True).message_count)
-        except Exception:  # not declared yet: nothing was ever published
-            return 0
 
 
 @pytest.mark.parametrize("case", list(BAD_SENDS))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tenant_notify import Notifier
-from tests.integration.conftest import AMQP_URL, _cleanup, settings_table
+from tests.integration.conftest import _cleanup, queued, settings_table
 from tests.loop_lag import LoopLag
 
 # Wall-clock figures: run with `pytest -m timing` (or `nox -s timing`) on a quiet machine;
@@ -27,13 +27,6 @@ def settings(run_id: str) -> Iterator[dict[str, Any]]:
     table = settings_table(f"{run_id}_lag", 9)
     yield table
     _cleanup(table)
-
-
-def queued(queue: str) -> int:
-    import kombu
-
-    with kombu.Connection(AMQP_URL, connect_timeout=2) as conn:
-        return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
 
 
 async def send_at_rate(notify: Notifier, count: int) -> tuple[list[Any], float]:
@@ -71,7 +64,7 @@ def test_a_thousand_sends_a_second_never_block_the_loop(settings):
 
     receipts, elapsed, lag = asyncio.run(main())
     assert len({r.id for r in receipts}) == count
-    assert queued(settings["celery"]["queue"]) == count + 1
+    assert queued(settings) == count + 1
     rate = count / elapsed
     print(
         f"\n{count} sends in {elapsed:.2f}s ({rate:.0f}/s); loop lag over {lag.samples} "

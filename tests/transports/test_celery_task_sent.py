@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tenant_notify import Notifier
-from tests.integration.conftest import AMQP_URL, REDIS_URL, services  # noqa: F401
+from tests.integration.conftest import AMQP_URL, REDIS_URL, services, work_queues  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_a_send_is_a_task_sent_event_when_events_are_on(
         import kombu
 
         with kombu.Connection(AMQP_URL) as conn:
-            for name in (table["celery"]["queue"], table["celery"]["dead_letter_queue"]):
+            for name in [*work_queues(table), table["celery"]["dead_letter_queue"]]:
                 conn.channel().queue_delete(name)
     if not send_events:
         assert receipt.id not in state.tasks

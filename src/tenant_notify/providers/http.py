@@ -78,6 +78,7 @@ import pydantic
 from pydantic import Field, field_validator
 
 from .. import __version__
+from .._concurrency import delivery_concurrency
 from .._redact import redact_secrets, register_secret
 from ..errors import (
     AmbiguousDeliveryError,
@@ -178,13 +179,16 @@ class HttpConfig(ProviderConfig):
             of the reply. Running out while waiting for the reply is *ambiguous*.
         max_connections: Connections the instance keeps open at most (shared by
             every worker thread; more threads wait up to ``connect_timeout``).
+            Default: as many as the process runs deliveries at once (the
+            in-process transport's ``workers``, the worker's ``threads``; 20
+            when neither runs here).
         verify_tls: Verify the server certificate (turn off only for tests).
     """
 
     base_url: str
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=20.0, gt=0)
-    max_connections: int = Field(default=20, ge=1, le=1000)
+    max_connections: int | None = Field(default=None, ge=1, le=1000)
     verify_tls: bool = True
 
     @field_validator("base_url")
@@ -300,6 +304,11 @@ class HttpProvider(Provider, ABC):
 
     # --- the client ------------------------------------------------------------------
 
+    @property
+    def max_connections(self) -> int:
+        """Keep-alive connections kept at most: the setting, else the process's concurrency."""
+        return self._http_config.max_connections or delivery_concurrency()
+
     def _http(self) -> httpx.Client:
         client = self._client
         if client is not None and self._pid == os.getpid():
@@ -327,8 +336,8 @@ class HttpProvider(Provider, ABC):
                 pool=cfg.connect_timeout,
             ),
             limits=httpx.Limits(
-                max_connections=cfg.max_connections,
-                max_keepalive_connections=cfg.max_connections,
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
             ),
             verify=cfg.verify_tls,
             follow_redirects=False,

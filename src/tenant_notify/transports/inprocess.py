@@ -1,9 +1,13 @@
-"""In-process transport: a bounded queue and worker threads in the host process.
+"""In-process transport: a bounded fair queue and worker threads in the host process.
 
 The embedded default: no broker. ``submit`` only puts the notification on a
 queue, so the caller returns in microseconds however slow the provider is.
-Worker threads run the dispatcher; retries wait in a timer heap and go back on
-the queue when due. ``close()`` drains: it lets the workers finish what is queued
+Worker threads (``[transport] workers``, 16 by default: deliveries wait on the
+network) run the dispatcher; retries wait in a timer heap and go back on the
+queue when due. The queue is a :class:`~tenant_notify._fair.FairQueue`: while
+several tenants have notifications waiting, the workers take them in turn,
+weighted by each tenant's ``weight``, and a tenant's urgent kinds before its
+other ones. ``close()`` drains: it lets the workers finish what is queued
 (and retries that fall due in time) and records anything left as failed, so no
 notification is dropped without a trace.
 
@@ -21,22 +25,24 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Collection
 from typing import Self
 
+from .._concurrency import declare_concurrency
+from .._fair import FairQueue
 from ..config import Settings
 from ..dispatcher import Dispatcher
 from ..errors import EnqueueError, QueueFullError
 from ..log import get_logger
+from ..metrics import observe_queue_wait, watch_backlog
 from ..models import Notification
 from .base import Transport
 
 __all__ = ["InProcessTransport"]
 
-_STOP = None  # sentinel put on the queue once per worker at shutdown
-
 
 class InProcessTransport(Transport):
-    """Worker threads behind a bounded queue.
+    """Worker threads behind a bounded fair queue.
 
     Args:
         dispatcher: The dispatcher the workers run.
@@ -45,6 +51,7 @@ class InProcessTransport(Transport):
             ``enqueue_timeout`` seconds, then raises :class:`QueueFullError`.
         enqueue_timeout: See ``queue_size``.
         drain_timeout: Default seconds ``close()`` waits for queued work.
+        urgent_kinds: Kinds taken before the rest of their tenant's queue.
     """
 
     name = "inprocess"
@@ -53,13 +60,15 @@ class InProcessTransport(Transport):
         self,
         dispatcher: Dispatcher,
         *,
-        workers: int = 4,
+        workers: int = 16,
         queue_size: int = 10_000,
         enqueue_timeout: float = 5.0,
         drain_timeout: float = 30.0,
+        urgent_kinds: Collection[str] = (),
     ) -> None:
         super().__init__(dispatcher)
         self.workers = workers
+        self.urgent_kinds = frozenset(urgent_kinds)
         self.queue_size = queue_size
         self.enqueue_timeout = enqueue_timeout
         self.drain_timeout = drain_timeout
@@ -78,10 +87,14 @@ class InProcessTransport(Transport):
             queue_size=t.queue_size,
             enqueue_timeout=t.enqueue_timeout,
             drain_timeout=t.drain_timeout,
+            urgent_kinds=[kind for kind, table in settings.kinds.items() if table.urgent],
         )
 
     def _reset(self) -> None:
-        self._queue: queue.Queue[tuple[Notification, int] | None] = queue.Queue(self.queue_size)
+        # (notification, attempt, monotonic time it was queued or fell due)
+        self._queue: FairQueue[tuple[Notification, int, float]] = FairQueue(
+            self.queue_size, self._weight
+        )
         self._threads: list[threading.Thread] = []
         # Retries waiting for their time: (due, seq, notification, attempt).
         self._retries: list[tuple[float, int, Notification, int]] = []
@@ -99,6 +112,7 @@ class InProcessTransport(Transport):
             if self._pid is not None:
                 # A forked child inherits the queue but not the threads.
                 self._reset()
+            declare_concurrency(self.workers)
             for index in range(self.workers):
                 thread = threading.Thread(
                     target=self._work, name=f"tenant-notify-worker-{index}", daemon=True
@@ -111,10 +125,15 @@ class InProcessTransport(Transport):
             scheduler.start()
             self._threads.append(scheduler)
             self._pid = pid
+            watch_backlog(self.dispatcher.metrics, self)
             # Daemon threads would die with the interpreter: drain first.
             atexit.register(_close_at_exit, weakref.ref(self))
 
-    def submit(self, notification: Notification) -> None:
+    def _weight(self, tenant_id: str) -> float:
+        return self.dispatcher.tenants.get(tenant_id).weight
+
+    def submit(self, notification: Notification, *, delay: float | None = None) -> None:
+        """Queue ``notification``; with ``delay`` (seconds), deliver it no sooner."""
         if self._closed:
             raise EnqueueError(
                 "the in-process transport is closed",
@@ -122,8 +141,16 @@ class InProcessTransport(Transport):
                 notification_id=notification.id,
             )
         self._ensure_started()
+        if delay is not None and delay > 0:
+            self._schedule_retry(notification, 1, delay)
+            return
         try:
-            self._queue.put((notification, 1), timeout=self.enqueue_timeout)
+            self._queue.put(
+                notification.tenant_id,
+                (notification, 1, time.monotonic()),
+                urgent=notification.kind in self.urgent_kinds,
+                timeout=self.enqueue_timeout,
+            )
         except queue.Full:
             raise QueueFullError(
                 f"the in-process queue stayed full ({self.queue_size} notifications) for "
@@ -131,6 +158,10 @@ class InProcessTransport(Transport):
                 tenant_id=notification.tenant_id,
                 notification_id=notification.id,
             ) from None
+
+    def backlog(self) -> dict[str, int]:
+        """Notifications waiting for a worker, by tenant (retries not yet due left out)."""
+        return self._queue.backlog()
 
     @property
     def pending(self) -> int:
@@ -143,10 +174,15 @@ class InProcessTransport(Transport):
     def _work(self) -> None:
         while True:
             item = self._queue.get()
+            if item is None:
+                return  # woken to stop
             try:
-                if item is _STOP:
-                    return
-                notification, attempt = item
+                notification, attempt, queued_at = item
+                observe_queue_wait(
+                    self.dispatcher.metrics,
+                    tenant_id=notification.tenant_id,
+                    seconds=time.monotonic() - queued_at,
+                )
                 outcome = self.dispatcher.deliver(notification, attempt)
                 if outcome.retry_in is not None:
                     self._schedule_retry(notification, attempt + 1, outcome.retry_in)
@@ -176,18 +212,15 @@ class InProcessTransport(Transport):
                 if self._stopping:
                     return
                 _, _, notification, attempt = heapq.heappop(self._retries)
-                # Counted as unfinished before it leaves the heap, so a drain
-                # never sees a moment with nothing pending.
-                with self._queue.all_tasks_done:
-                    self._queue.unfinished_tasks += 1
-            self._requeue(notification, attempt)
-
-    def _requeue(self, notification: Notification, attempt: int) -> None:
-        # Bypass the bound: a retry was accepted long ago and must not be refused.
-        # unfinished_tasks was already raised by the scheduler.
-        with self._queue.mutex:
-            self._queue.queue.append((notification, attempt))
-            self._queue.not_empty.notify()
+                # Queued before it leaves the heap's lock, so a drain never sees
+                # a moment with nothing pending. Past the bound: a retry was
+                # accepted long ago and must not be refused.
+                self._queue.put(
+                    notification.tenant_id,
+                    (notification, attempt, time.monotonic()),
+                    urgent=notification.kind in self.urgent_kinds,
+                    force=True,
+                )
 
     # --- shutdown ------------------------------------------------------------------------
 
@@ -214,17 +247,14 @@ class InProcessTransport(Transport):
             abandoned = [(n, a) for _, _, n, a in self._retries]
             self._retries.clear()
             self._retry_changed.notify_all()
-        with self._queue.mutex:
-            abandoned.extend(item for item in self._queue.queue if item is not None)
-            self._queue.queue.clear()
+        abandoned.extend((n, a) for n, a, _ in self._queue.drain())
         for notification, _ in abandoned:
             self.dispatcher.abandon(
                 notification, "the in-process transport closed before it could be delivered"
             )
         if abandoned:
             self._log.error("inprocess_close_abandoned", count=len(abandoned))
-        for _ in range(self.workers):
-            self._queue.put(_STOP)
+        self._queue.wake(self.workers)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
 

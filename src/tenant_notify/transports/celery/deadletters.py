@@ -18,7 +18,7 @@ from ...errors import ConfigurationError
 from ...log import get_logger, mask_recipient
 from ...models import DeliveryState, DeliveryStatus, Notification
 from ...stores import IdempotencyStore
-from .message import kombu_module, queue_for, read_notification
+from .message import Routes, kombu_module, queue_for, read_notification
 from .publisher import Publisher
 from .transport import shared_stores
 
@@ -111,7 +111,7 @@ def replay_dead_letters(
         )
     kombu = kombu_module()
     status_store, idempotency_store = shared_stores(settings)
-    publisher = Publisher(settings.celery)
+    publisher = Publisher(settings.celery, routes=Routes.from_settings(settings))
     try:
         with kombu.Connection(
             settings.celery.broker_url, connect_timeout=settings.celery.connect_timeout

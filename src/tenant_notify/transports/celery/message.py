@@ -16,11 +16,12 @@ import os
 import socket
 from typing import Any
 
+from ...config import Settings
 from ...errors import MissingDependencyError
 from ...log import mask_recipient
 from ...models import Notification
 
-__all__ = ["TASK_NAME", "TENANT_HEADER", "build_message", "read_notification"]
+__all__ = ["TASK_NAME", "TENANT_HEADER", "Routes", "build_message", "read_notification"]
 
 #: The name of the delivery task.
 TASK_NAME = "tenant_notify.deliver"
@@ -48,10 +49,86 @@ def celery_module() -> Any:
     return celery
 
 
-def queue_for(name: str) -> Any:
-    """The kombu Queue both sides declare (they must agree on every flag)."""
+#: The priority of urgent kinds' messages in the tenant queues (bulk: none, i.e. 0).
+URGENT_PRIORITY = 1
+
+
+def queue_for(name: str, *, priorities: bool = False) -> Any:
+    """The kombu Queue both sides declare (they must agree on every flag).
+
+    ``priorities``: a RabbitMQ priority queue (``x-max-priority`` 1), so urgent
+    kinds' messages overtake the bulk waiting in it.
+    """
     kombu = kombu_module()
-    return kombu.Queue(name, kombu.Exchange(name, type="direct", durable=True), routing_key=name)
+    arguments = {"x-max-priority": URGENT_PRIORITY} if priorities else None
+    return kombu.Queue(
+        name,
+        kombu.Exchange(name, type="direct", durable=True),
+        routing_key=name,
+        queue_arguments=arguments,
+    )
+
+
+class Routes:
+    """Which queue each notification goes to; senders and workers build it alike.
+
+    With ``[celery] fair`` (the default) every tenant of ``[tenants]`` has a queue
+    of its own, ``<queue>.tenant.<id>``, a priority queue in which urgent kinds
+    go first; notifications of other tenants (a host's own resolver) go to
+    ``queue``; messages with an ETA (retries, delayed sends) to ``<queue>.deferred``,
+    where the worker holds them until due. Without ``fair``, everything goes to
+    ``queue``, as before.
+    """
+
+    def __init__(
+        self,
+        queue: str,
+        tenants: tuple[str, ...] = (),
+        *,
+        fair: bool = True,
+        urgent_kinds: frozenset[str] = frozenset(),
+    ) -> None:
+        self.queue = queue
+        self.fair = fair
+        self.tenants = tenants if fair else ()
+        self.urgent_kinds = urgent_kinds
+        self.deferred = f"{queue}.deferred" if fair else queue
+        self._by_tenant = {tenant: self.tenant_queue(tenant) for tenant in self.tenants}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Routes:
+        return cls(
+            settings.celery.queue,
+            tuple(settings.tenants),
+            fair=settings.celery.fair,
+            urgent_kinds=frozenset(k for k, table in settings.kinds.items() if table.urgent),
+        )
+
+    def tenant_queue(self, tenant_id: str) -> str:
+        return f"{self.queue}.tenant.{tenant_id}"
+
+    def route(self, notification: Notification, *, deferred: bool = False) -> tuple[str, int]:
+        """The queue for ``notification`` and its message priority."""
+        if deferred:
+            return self.deferred, 0
+        queue = self._by_tenant.get(notification.tenant_id)
+        if queue is None:
+            return self.queue, 0
+        return queue, URGENT_PRIORITY if notification.kind in self.urgent_kinds else 0
+
+    def names(self) -> list[str]:
+        """Every work queue: the shared one, the deferred one, each tenant's."""
+        names = [self.queue] + ([self.deferred] if self.fair else [])
+        return names + list(self._by_tenant.values())
+
+    def declaration(self, name: str) -> Any:
+        """The kombu Queue of ``name`` (a priority queue for the tenants' queues)."""
+        return queue_for(name, priorities=name.startswith(f"{self.queue}.tenant."))
+
+    def tenant_of(self, name: str) -> str | None:
+        """The tenant whose queue ``name`` is, if it is one."""
+        prefix = f"{self.queue}.tenant."
+        return name[len(prefix) :] if name.startswith(prefix) else None
 
 
 def process_origin() -> str:

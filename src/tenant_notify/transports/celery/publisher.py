@@ -34,7 +34,7 @@ from ...config import CelerySettings
 from ...errors import EnqueueError
 from ...log import get_logger
 from ...models import Notification
-from .message import TASK_NAME, build_message, kombu_module, process_origin, queue_for
+from .message import TASK_NAME, Routes, build_message, kombu_module, process_origin
 
 __all__ = ["Publisher"]
 
@@ -68,6 +68,7 @@ class _Pending:
     queue: str
     expires_at: float  # monotonic: give up on a confirm after this
     republished: int = 0
+    priority: int = 0
     on_lost: Callable[[_Pending, str], None] | None = field(default=None, repr=False)
 
 
@@ -109,7 +110,7 @@ class _Link:
             conn.connect()
             channel = conn.channel()
             for name in p.queues:
-                queue_for(name)(channel).declare()
+                p.routes.declaration(name)(channel).declare()
             confirming = p.confirms and conn.transport.driver_type == "amqp"
             if confirming:
                 channel.confirm_select()
@@ -139,7 +140,7 @@ class _Link:
         """Write one message; return its delivery tag (0 without confirms)."""
         message = self.channel.prepare_message(
             pending.body,
-            None,
+            pending.priority,
             "application/json",
             "utf-8",
             pending.headers,
@@ -279,7 +280,11 @@ def _quietly(fn: Callable[[], object]) -> None:
 
 
 class Publisher:
-    """A pool of :class:`_Link` for one process, and the confirm reader thread."""
+    """A pool of :class:`_Link` for one process, and the confirm reader thread.
+
+    ``routes`` chooses each notification's queue (:class:`.message.Routes`); without
+    it everything goes to ``[celery] queue``.
+    """
 
     def __init__(
         self,
@@ -287,12 +292,14 @@ class Publisher:
         *,
         on_lost: Callable[[_Pending, str], None] | None = None,
         ignore_result: bool | None = None,
+        routes: Routes | None = None,
     ) -> None:
         self.settings = settings
         self.url = settings.broker_url
         self.confirms = settings.publisher_confirms != "off"
         self.wait_confirms = settings.publisher_confirms == "sync"
-        self.queues = [settings.queue] + (
+        self.routes = routes or Routes(settings.queue, fair=False)
+        self.queues = self.routes.names() + (
             [settings.dead_letter_queue] if settings.dead_letter_queue else []
         )
         self.transport_options: dict[str, Any] = {
@@ -393,7 +400,10 @@ class Publisher:
             headers.update(extra_headers)
         timeout = self.settings.publish_timeout
         now = time.monotonic()
-        pending = _Pending(notification, body, headers, queue or self.settings.queue, now + timeout)
+        priority = 0
+        if queue is None:
+            queue, priority = self.routes.route(notification, deferred=eta is not None)
+        pending = _Pending(notification, body, headers, queue, now + timeout, priority=priority)
         self._send(pending, now + timeout, self.wait_confirms if wait is None else wait)
 
     def _send(self, pending: _Pending, deadline: float, wait: bool) -> None:

@@ -21,7 +21,7 @@ from ...errors import ConfigurationError
 from ...models import DeliveryState, Notification
 from ...stores import IdempotencyStore, StatusStore
 from ..base import Transport
-from .message import kombu_module
+from .message import Routes, kombu_module
 from .publisher import Publisher, _Pending
 
 __all__ = ["CeleryTransport", "check_settings", "shared_stores"]
@@ -64,23 +64,26 @@ class CeleryTransport(Transport):
 
     name = "celery"
 
-    def __init__(self, dispatcher: Dispatcher, *, settings: CelerySettings) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, *, settings: CelerySettings, routes: Routes | None = None
+    ) -> None:
         super().__init__(dispatcher)
         self.settings = settings
-        self.publisher = Publisher(settings, on_lost=self._unconfirmed)
+        self.publisher = Publisher(settings, on_lost=self._unconfirmed, routes=routes)
 
     @classmethod
     def from_settings(cls, dispatcher: Dispatcher, settings: Settings) -> Self:
         kombu_module()
         check_settings(settings)
-        return cls(dispatcher, settings=settings.celery)
+        return cls(dispatcher, settings=settings.celery, routes=Routes.from_settings(settings))
 
     @classmethod
     def default_stores(cls, settings: Settings) -> tuple[StatusStore, IdempotencyStore] | None:
         return shared_stores(settings)
 
-    def submit(self, notification: Notification) -> None:
-        self.publisher.publish(notification)
+    def submit(self, notification: Notification, *, delay: float | None = None) -> None:
+        """Publish ``notification``; with ``delay`` (seconds), for delivery no sooner."""
+        self.publisher.publish(notification, countdown=delay)
 
     def _unconfirmed(self, pending: _Pending, reason: str) -> None:
         current = self.dispatcher.status_store.get(pending.notification.id)

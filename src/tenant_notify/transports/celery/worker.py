@@ -32,7 +32,7 @@ from ...metrics import resolve_metrics
 from ...models import DeliveryState, DeliveryStatus, Notification
 from ...tenants import StaticTenantResolver, TenantResolver
 from .deadletters import dead_letter
-from .message import TASK_NAME, TENANT_HEADER, celery_module, queue_for
+from .message import TASK_NAME, TENANT_HEADER, Routes, celery_module
 from .publisher import Publisher
 from .transport import check_settings, shared_stores
 
@@ -81,7 +81,8 @@ class WorkerRuntime:
     def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
-        self.publisher = Publisher(settings.celery)
+        self.routes = Routes.from_settings(settings)
+        self.publisher = Publisher(settings.celery, routes=self.routes)
         self.pid = os.getpid()
 
     def dead_letter(self, notification: Notification, attempt: int, error: str) -> None:
@@ -182,9 +183,13 @@ def _finish_on_parent_death(**_: Any) -> None:
         set_pdeathsig(0)
 
 
-def app_config(settings: CelerySettings) -> dict[str, Any]:
-    """The Celery configuration the transport relies on (see docs/workers.md)."""
-    queue = queue_for(settings.queue)
+def app_config(settings: CelerySettings, routes: Routes | None = None) -> dict[str, Any]:
+    """The Celery configuration the transport relies on (see docs/workers.md).
+
+    ``routes``: the queues to consume (:meth:`Routes.from_settings`); without it,
+    ``[celery] queue`` alone.
+    """
+    routes = routes or Routes(settings.queue, fair=False)
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
@@ -213,7 +218,7 @@ def app_config(settings: CelerySettings) -> dict[str, Any]:
         "broker_pool_limit": settings.pool_limit,
         "worker_send_task_events": settings.send_events,
         "task_send_sent_event": settings.send_events,
-        "task_queues": [queue],
+        "task_queues": [routes.declaration(name) for name in routes.names()],
         "task_default_queue": settings.queue,
         "task_default_exchange": settings.queue,
         "task_default_routing_key": settings.queue,
@@ -268,7 +273,7 @@ def register_tasks(
 def configure_app(app: Any, settings: Settings) -> Any:
     """Apply :func:`app_config` to ``app`` and register the delivery task on it."""
     check_settings(settings)
-    app.conf.update(app_config(settings.celery))
+    app.conf.update(app_config(settings.celery, Routes.from_settings(settings)))
     register_tasks(app, settings)
     return app
 

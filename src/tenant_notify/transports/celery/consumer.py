@@ -1,0 +1,512 @@
+"""``tenant-notify worker``: processes that deliver many notifications at once, fairly.
+
+The task messages are Celery's (:mod:`.message`), so ``celery worker`` can run
+them too; this is the library's own worker for them, built for deliveries that
+wait on the network and for many tenants on one broker:
+
+* :func:`run_worker` (the parent) starts ``processes`` worker processes and
+  restarts one that dies. SIGTERM or SIGINT stops them warmly. A parent killed
+  outright (SIGKILL) leaves its processes to finish the attempts in hand,
+  acknowledge them and exit: the broker hands everything else back.
+* Each process (:class:`Consumer`) has one broker connection and one consumer
+  per queue of :class:`.message.Routes`: each tenant's queue, the shared one and
+  the deferred one. Every consumer has its own prefetch (RabbitMQ's per-consumer
+  ``basic.qos``), so each tenant with a backlog has a few messages in the
+  process, and the process never holds a tenant's whole backlog.
+* Those messages go into a :class:`~tenant_notify._fair.FairQueue`, which
+  ``threads`` delivery threads take from in turn by tenant, weighted by the
+  tenant's ``weight``; urgent kinds first inside a tenant (and first in the
+  tenant's broker queue too: a priority queue).
+* Messages with an ETA (retries, delayed sends) are held, unacknowledged, until
+  due; one more than :data:`MAX_HOLD` seconds ahead is published again for then
+  (RabbitMQ closes a channel that holds a message unacknowledged for too long).
+* Acknowledgement is late, as in the Celery worker: a message is acknowledged
+  (by the thread that owns the connection) only once its attempt is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import heapq
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ..._concurrency import declare_concurrency
+from ..._fair import FairQueue
+from ...config import Settings
+from ...errors import NotifyError
+from ...log import get_logger
+from ...metrics import observe_queue_wait, watch_backlog
+from ...models import DeliveryState, Notification
+from .message import TASK_NAME, TENANT_HEADER, kombu_module
+
+__all__ = ["MAX_HOLD", "Consumer", "run_worker"]
+
+#: Seconds a worker holds a message with an ETA before publishing it again for later.
+MAX_HOLD = 600.0
+# How long the connection's thread waits for a frame while deliveries are running
+# (their acknowledgements go out between waits) and while none are.
+_BUSY_TICK = 0.005
+_IDLE_TICK = 0.25
+
+
+@dataclass(slots=True)
+class _Item:
+    message: Any
+    generation: int
+    body: Mapping[str, Any]
+    tenant_id: str
+    header_tenant: str | None
+    task_id: str | None
+    attempt: int
+    ready_at: float  # wall clock: queued, or its ETA
+    republish_in: float | None = None  # held long enough: publish again for this much later
+    seq: int = field(default=0)
+
+
+class Consumer:
+    """One worker process's consumers, fair queue and delivery threads.
+
+    Args:
+        runtime: The process's :class:`~.worker.WorkerRuntime` (dispatcher, publisher).
+        threads: Deliveries at once.
+        prefetch: Messages each queue's consumer may hold (default: ``threads``,
+            so a tenant alone keeps every thread busy).
+        stop: Set to stop warmly (also set when the parent process is gone).
+    """
+
+    def __init__(
+        self,
+        runtime: Any,
+        *,
+        threads: int,
+        prefetch: int | None = None,
+        stop: threading.Event | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.settings: Settings = runtime.settings
+        self.routes = runtime.routes
+        self.threads = threads
+        self.prefetch = prefetch or max(2, threads)
+        self.deferred_prefetch = max(100, 10 * threads)
+        self.stop = stop or threading.Event()
+        self.parent_pid = parent_pid
+        self.urgent_kinds = self.routes.urgent_kinds
+        self._log = get_logger()
+        self._queue: FairQueue[_Item] = FairQueue(0, self._weight)
+        self._done: deque[tuple[_Item, bool]] = deque()
+        self._held: list[tuple[float, int, _Item]] = []  # (due, monotonic) ETA messages
+        self._seq = itertools.count()
+        self._generation = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self._depths: dict[str, int] = {}
+        self._depths_at = 0.0
+        self._conn: Any = None
+        watch_backlog(runtime.dispatcher.metrics, self)
+
+    def _weight(self, tenant_id: str) -> float:
+        return float(self.runtime.dispatcher.tenants.get(tenant_id).weight)
+
+    # --- backlog ---------------------------------------------------------------------
+
+    def backlog(self) -> dict[str, int]:
+        """Waiting notifications by tenant: in the broker queues (as last seen, at
+        most 5 s old) plus those this process holds; the shared queue is ``"*"``."""
+        out = dict(self._depths)
+        for tenant_id, count in self._queue.backlog().items():
+            out[tenant_id] = out.get(tenant_id, 0) + count
+        return out
+
+    def _refresh_depths(self, channel: Any) -> None:
+        now = time.monotonic()
+        if now - self._depths_at < 5.0:
+            return
+        self._depths_at = now
+        depths: dict[str, int] = {}
+        for name in self.routes.names():
+            try:
+                _, count, _ = channel.queue_declare(name, passive=True)
+            except Exception:
+                return  # the channel is closed by the error; the loop reconnects
+            tenant = self.routes.tenant_of(name) or "*"
+            if count:
+                depths[tenant] = depths.get(tenant, 0) + count
+        self._depths = depths
+
+    # --- the connection's thread -----------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until :attr:`stop` is set, then finish what is in hand and return."""
+        declare_concurrency(self.threads)
+        for index in range(self.threads):
+            thread = threading.Thread(
+                target=self._work, name=f"tenant-notify-delivery-{index}", daemon=True
+            )
+            thread.start()
+            self._workers.append(thread)
+        try:
+            while not self.stop.is_set():
+                try:
+                    self._consume()
+                except Exception as err:
+                    if self.stop.is_set():
+                        break
+                    self._log.warning(
+                        "worker_connection_lost", error=f"{type(err).__name__}: {err}"
+                    )
+                    self._forget_connection()
+                    self.stop.wait(1.0)
+        finally:
+            self._shutdown()
+
+    def _consume(self) -> None:
+        kombu = kombu_module()
+        celery = self.settings.celery
+        conn = kombu.Connection(
+            celery.broker_url, connect_timeout=celery.connect_timeout, heartbeat=30
+        )
+        conn.connect()
+        self._conn = conn
+        self._generation += 1
+        channel = conn.channel()
+        consumers = []
+        for name in self.routes.names():
+            queue = self.routes.declaration(name)(channel)
+            queue.declare()
+            prefetch = self.deferred_prefetch if name == self.routes.deferred else self.prefetch
+            # Per consumer on RabbitMQ (global=False): each queue gets its own share.
+            channel.basic_qos(0, prefetch, False)
+            consumer = kombu.Consumer(
+                channel,
+                queues=[queue],
+                callbacks=[self._on_message],
+                accept=["json"],
+                auto_declare=False,
+            )
+            consumer.consume()
+            consumers.append(consumer)
+        self._log.info("worker_ready", queues=len(consumers), threads=self.threads, pid=os.getpid())
+        while not self.stop.is_set():
+            busy = self._in_flight or self._done
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=_BUSY_TICK if busy else _IDLE_TICK)
+            self._settle()
+            self._release_due()
+            conn.heartbeat_check()
+            self._refresh_depths(channel)
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                self._log.warning("worker_parent_gone", pid=os.getpid())
+                self.stop.set()
+        for consumer in consumers:
+            try:
+                consumer.cancel()
+            except Exception:
+                self._log.debug("worker_cancel_failed", exc_info=True)
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        headers = message.headers or {}
+        try:
+            if headers.get("task") != TASK_NAME:
+                raise ValueError(f"not a {TASK_NAME} message")
+            if isinstance(body, bytes | str):
+                body = json.loads(body)
+            args = body[0]
+            data = args[0]
+            tenant_id = str(data["tenant_id"])
+        except Exception as err:
+            # Not ours, or damaged: nothing can deliver it. Say so, drop it.
+            self._log.error("task_message_unreadable", error=f"{type(err).__name__}: {err}")
+            message.reject(requeue=False)
+            return
+        now = time.time()
+        ready_at = now
+        eta = headers.get("eta")
+        if eta:
+            try:
+                ready_at = dt.datetime.fromisoformat(eta).timestamp()
+            except (TypeError, ValueError):
+                ready_at = now
+        item = _Item(
+            message=message,
+            generation=self._generation,
+            body=data,
+            tenant_id=tenant_id,
+            header_tenant=headers.get(TENANT_HEADER),
+            task_id=headers.get("id"),
+            attempt=int(headers.get("retries") or 0) + 1,
+            ready_at=ready_at,
+            seq=next(self._seq),
+        )
+        wait = ready_at - now
+        if wait > 0:
+            hold = min(wait, MAX_HOLD)
+            if wait > MAX_HOLD:
+                item.republish_in = wait - MAX_HOLD
+            heapq.heappush(self._held, (time.monotonic() + hold, item.seq, item))
+            return
+        self._enqueue(item)
+
+    def _enqueue(self, item: _Item) -> None:
+        urgent = str(item.body.get("kind")) in self.urgent_kinds
+        with self._lock:
+            self._in_flight += 1
+        self._queue.put(item.tenant_id, item, urgent=urgent)
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        while self._held and self._held[0][0] <= now:
+            _, _, item = heapq.heappop(self._held)
+            self._enqueue(item)
+
+    def _settle(self) -> None:
+        while self._done:
+            item, requeue = self._done.popleft()
+            with self._lock:
+                self._in_flight -= 1
+            if item.generation != self._generation:
+                continue  # its connection is gone: the broker has handed it back already
+            try:
+                if requeue:
+                    item.message.reject(requeue=True)
+                else:
+                    item.message.ack()
+            except Exception as err:
+                # A broken channel: the broker redelivers it, the claim skips it.
+                self._log.warning("task_ack_failed", error=f"{type(err).__name__}: {err}")
+
+    def _forget_connection(self) -> None:
+        # What this process holds of the old connection goes back to the broker with it.
+        dropped = self._queue.drain()
+        with self._lock:
+            self._in_flight -= len(dropped)
+        self._held.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.release()
+            except Exception:
+                self._log.debug("worker_release_failed", exc_info=True)
+
+    def _shutdown(self) -> None:
+        """Hand back what has not started, finish what has, acknowledge it, close."""
+        not_started = self._queue.drain()
+        with self._lock:
+            self._in_flight -= len(not_started)
+        conn = self._conn
+        deadline = time.monotonic() + self.settings.celery.time_limit
+        while self._in_flight > 0 and time.monotonic() < deadline:
+            if conn is not None:
+                try:
+                    conn.drain_events(timeout=0.05)
+                except TimeoutError:
+                    pass
+                except Exception:
+                    conn = None
+            else:
+                time.sleep(0.05)
+            if conn is not None:
+                self._settle()
+            else:
+                self._done.clear()
+        if conn is not None:
+            self._settle()
+        self._queue.wake(len(self._workers))
+        for thread in self._workers:
+            thread.join(1.0)
+        self._held.clear()
+        self._conn = None
+        if conn is not None:
+            try:
+                conn.release()  # unacknowledged messages go back to their queues
+            except Exception:
+                self._log.debug("worker_release_failed", exc_info=True)
+
+    # --- delivery threads ------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            requeue = False
+            try:
+                requeue = self._run(item)
+            except Exception:
+                self._log.exception("worker_delivery_error")
+                requeue = True
+            finally:
+                self._done.append((item, requeue))
+                self._queue.task_done()
+
+    def _run(self, item: _Item) -> bool:
+        """Deliver one message; True to hand it back to the broker."""
+        runtime = self.runtime
+        if item.republish_in is not None:
+            notification = Notification.from_dict(item.body)
+            runtime.publisher.publish(
+                notification, attempt=item.attempt, countdown=item.republish_in, wait=True
+            )
+            return False
+        observe_queue_wait(
+            runtime.dispatcher.metrics,
+            tenant_id=item.tenant_id,
+            seconds=time.time() - item.ready_at,
+        )
+        return deliver_message(
+            runtime,
+            item.body,
+            header_tenant=item.header_tenant,
+            task_id=item.task_id,
+            attempt=item.attempt,
+        )
+
+
+def deliver_message(
+    runtime: Any,
+    data: Mapping[str, Any],
+    *,
+    header_tenant: str | None,
+    task_id: str | None,
+    attempt: int,
+) -> bool:
+    """One attempt of a task message's notification; True to hand the message back.
+
+    What the Celery task does too: refuse a message whose headers disagree with
+    its body, publish the retry the dispatcher asks for (confirmed) before the
+    message is acknowledged, dead-letter a failed one.
+    """
+    log = get_logger()
+    notification = Notification.from_dict(data)
+    with structlog.contextvars.bound_contextvars(
+        tenant_id=notification.tenant_id, notification_id=notification.id
+    ):
+        if header_tenant != notification.tenant_id or task_id != notification.id:
+            log.error("task_message_mismatch", header_tenant=header_tenant, task_id=task_id)
+            runtime.dead_letter(notification, 1, "the message's headers do not match its body")
+            return False
+        try:
+            outcome = runtime.dispatcher.deliver(notification, attempt)
+            if outcome.retry_in is not None:
+                runtime.publisher.publish(
+                    notification, attempt=attempt + 1, countdown=outcome.retry_in, wait=True
+                )
+                return False
+            status = outcome.status
+            if status is not None and status.state is DeliveryState.FAILED:
+                runtime.dead_letter(notification, attempt, status.error or "failed")
+        except NotifyError as err:
+            log.warning("task_requeued", error=f"{type(err).__name__}: {err}", attempt=attempt)
+            time.sleep(1.0)
+            return True
+    return False
+
+
+# --- the parent ---------------------------------------------------------------------------
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    processes: int | None = None,
+    threads: int | None = None,
+    runtime_factory: Callable[[Settings], Any] | None = None,
+    loglevel: str = "INFO",
+) -> int:
+    """Run ``processes`` worker processes of ``threads`` deliveries each until stopped.
+
+    Returns 0 after a warm stop (SIGTERM, SIGINT).
+    """
+    count = processes or settings.celery.concurrency or os.cpu_count() or 1
+    per_process = threads or settings.celery.threads
+    _setup_logging(loglevel)
+    log = get_logger()
+    context = multiprocessing.get_context("fork")
+    stopping = threading.Event()
+    children: dict[int, Any] = {}
+
+    def start(index: int) -> None:
+        child = context.Process(
+            target=_child_main,
+            args=(settings, per_process, os.getpid(), runtime_factory),
+            name=f"tenant-notify-worker-{index}",
+            daemon=False,
+        )
+        child.start()
+        children[index] = child
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for index in range(count):
+            start(index)
+        log.info("worker_started", processes=count, threads=per_process, pid=os.getpid())
+        print(f"tenant-notify worker ready: {count} x {per_process}", file=sys.stderr, flush=True)
+        while not stopping.is_set():
+            stopping.wait(0.5)
+            for index, child in list(children.items()):
+                if not child.is_alive() and not stopping.is_set():
+                    log.error("worker_process_died", exitcode=child.exitcode, pid=child.pid)
+                    start(index)
+        for child in children.values():
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + settings.celery.time_limit + 5
+        for child in children.values():
+            child.join(max(0.1, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()
+                child.join(5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _child_main(
+    settings: Settings,
+    threads: int,
+    parent_pid: int,
+    runtime_factory: Callable[[Settings], Any] | None,
+) -> None:
+    from .worker import WorkerRuntime, build_dispatcher
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+    if runtime_factory is not None:
+        runtime = runtime_factory(settings)
+    else:
+        runtime = WorkerRuntime(settings, build_dispatcher(settings))
+    Consumer(runtime, threads=threads, stop=stop, parent_pid=parent_pid).run()
+    runtime.publisher.close()
+    runtime.dispatcher.providers.close()
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
+        )
+        root.addHandler(handler)
