@@ -185,7 +185,9 @@ class InProcessTransport(Transport):
                 )
                 outcome = self.dispatcher.deliver(notification, attempt)
                 if outcome.retry_in is not None:
-                    self._schedule_retry(notification, attempt + 1, outcome.retry_in)
+                    # A wait for a limit or a paused account (deferred): the same attempt again.
+                    again = attempt if getattr(outcome, "deferred", False) else attempt + 1
+                    self._schedule_retry(notification, again, outcome.retry_in)
             except Exception:
                 # deliver() records failures itself; this is a bug in the library.
                 self._log.exception("inprocess_worker_error")

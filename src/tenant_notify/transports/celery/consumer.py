@@ -404,8 +404,10 @@ def deliver_message(
         try:
             outcome = runtime.dispatcher.deliver(notification, attempt)
             if outcome.retry_in is not None:
+                # A wait for a limit or a paused account (deferred) runs the same attempt again.
+                again = attempt if getattr(outcome, "deferred", False) else attempt + 1
                 runtime.publisher.publish(
-                    notification, attempt=attempt + 1, countdown=outcome.retry_in, wait=True
+                    notification, attempt=again, countdown=outcome.retry_in, wait=True
                 )
                 return False
             status = outcome.status
