@@ -86,3 +86,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/bench_events.py", *session.posargs)
     session.run("python", "bench/bench_task_sent.py", *session.posargs)
     session.run("python", "bench/bench_async.py", *session.posargs)
+    session.run("python", "bench/bench_scheduler.py", *session.posargs)

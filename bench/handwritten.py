@@ -20,6 +20,7 @@ or retries: the baselines that use it say so in the guarantee they are listed wi
 from __future__ import annotations
 
 import email.policy
+import gettext
 import re
 from decimal import Decimal
 from email.header import Header
@@ -43,6 +44,8 @@ TEMPLATES = next(
     if path.is_dir()
 )
 KIND = "order_confirmation"
+_LOCALES = str(_PACKAGE / "templates" / "locale")
+_DOMAIN = "tenant_notify"
 PARTS = ("subject.txt", "body.txt", "body.html")
 
 #: The two tenants every delivery benchmark sends for (settings form).
@@ -79,22 +82,29 @@ class Renderer:
                 jinja2.FileSystemLoader(TEMPLATES),
             ]
         )
-        env = jinja2.Environment(
-            loader=loader,
-            autoescape=jinja2.select_autoescape(["html"]),
-            trim_blocks=True,
-            lstrip_blocks=True,
-            undefined=jinja2.StrictUndefined,
-        )
-        env.filters["money"] = _money
-        env.filters["css_color"] = _css_color
-        self.templates = {
-            (locale, part): env.get_template(
-                f"{locale}/{KIND}/{part}" if locale != "en" else f"{KIND}/{part}"
+        self.templates = {}
+        for locale in ("en", "de"):
+            env = jinja2.Environment(
+                loader=loader,
+                autoescape=jinja2.select_autoescape(["html"]),
+                trim_blocks=True,
+                lstrip_blocks=True,
+                undefined=jinja2.StrictUndefined,
+                extensions=["jinja2.ext.i18n"],
             )
-            for locale in ("en", "de")
-            for part in PARTS
-        }
+            env.filters["money"] = _money
+            env.filters["css_color"] = _css_color
+            # The built-in templates' words are gettext catalogs shipped with the package.
+            env.install_gettext_translations(  # type: ignore[attr-defined]
+                gettext.translation(_DOMAIN, _LOCALES, languages=[locale], fallback=True),
+                newstyle=True,
+            )
+            for part in PARTS:
+                # Older installs kept a folder of templates per locale.
+                names = [f"{locale}/{KIND}/{part}", f"{KIND}/{part}"] if locale != "en" else []
+                self.templates[locale, part] = env.get_or_select_template(
+                    [*names, f"{KIND}/{part}"]
+                )
 
     def render(self, tenant_id: str, order: dict[str, Any]) -> tuple[str, str, str]:
         """Subject, text and HTML of ``order`` for ``tenant_id``."""

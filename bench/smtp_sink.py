@@ -20,19 +20,54 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Counter:
-    def __init__(self, count: Any, first: Any, last: Any, pipelining: bool) -> None:
+    def __init__(
+        self, count: Any, first: Any, last: Any, pipelining: bool, latency: float = 0.0
+    ) -> None:
         self.count, self.first, self.last = count, first, last
         self.pipelining = pipelining
+        self.latency = latency
+
+    async def _wait(self) -> None:
+        if self.latency:
+            import asyncio
+
+            await asyncio.sleep(self.latency)
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
+        await self._wait()
         session.host_name = hostname
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        await self._wait()
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        await self._wait()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        await self._wait()
+        return "250 OK"
+
+    async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> str:
+        await self._wait()
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await self._wait()
         now = time.perf_counter()
         with self.count.get_lock():
             if self.count.value == 0:
@@ -43,7 +78,15 @@ class _Counter:
 
 
 def _serve(
-    port: Any, ready: Any, stop: Any, count: Any, first: Any, last: Any, tls: str, pipelining: bool
+    port: Any,
+    ready: Any,
+    stop: Any,
+    count: Any,
+    first: Any,
+    last: Any,
+    tls: str,
+    pipelining: bool,
+    latency: float = 0.0,
 ) -> None:
     from aiosmtpd.controller import Controller
 
@@ -57,7 +100,7 @@ def _serve(
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
     controller = Controller(
-        _Counter(count, first, last, pipelining),
+        _Counter(count, first, last, pipelining, latency),
         hostname="127.0.0.1",
         port=free,
         server_hostname="localhost",
@@ -75,10 +118,14 @@ class SmtpSink:
     """Start with ``SmtpSink(cert_dir=...)`` for STARTTLS; ``port``, ``count``, ``rate()``.
 
     ``pipelining=True`` offers PIPELINING (RFC 2920) in the EHLO reply, as
-    production mail servers do; aiosmtpd itself does not offer it.
+    production mail servers do; aiosmtpd itself does not offer it. ``latency``:
+    seconds before each reply to EHLO, MAIL, RCPT, RSET, NOOP and the end of DATA
+    (a relay in another network).
     """
 
-    def __init__(self, cert_dir: Path | None = None, *, pipelining: bool = False) -> None:
+    def __init__(
+        self, cert_dir: Path | None = None, *, pipelining: bool = False, latency: float = 0.0
+    ) -> None:
         self.cert_file: Path | None = None
         tls = ""
         if cert_dir is not None:
@@ -98,7 +145,7 @@ class SmtpSink:
             target=_serve,
             args=(
                 *(self._port, self._ready, self._stop),
-                *(self._count, self._first, self._last, tls, pipelining),
+                *(self._count, self._first, self._last, tls, pipelining, latency),
             ),
             daemon=True,
         )

@@ -289,6 +289,7 @@ class FakeProviderAPI:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.release()
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -340,6 +341,12 @@ class FakeProviderAPI:
         """The most requests the server was answering at the same moment."""
         with self._lock:
             return self._max_in_flight
+
+    def release(self) -> None:
+        """Stop holding replies (see :attr:`hold_until`); the held ones go out now."""
+        with self._lock:
+            self.hold_until = 0
+            self._changed.notify_all()
 
     def _begin(self) -> None:
         with self._lock:

@@ -88,3 +88,27 @@ def test_urgent_kinds_overtake_their_own_tenants_bulk(api):
     arrivals = [request.json["To"] for request in api.requests]
     position = next(i for i, to in enumerate(arrivals) if "new@example.com" in to)
     assert position < 10  # not 61st: ahead of the bulk still waiting when it came
+
+
+def test_backlog_and_waiting_time_by_tenant_in_prometheus(api):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    api.hold_until = 2  # one worker: its first request waits at the server until released
+    settings = {
+        "transport": {"backend": "inprocess", "workers": 1},
+        "email": {"provider": "postmark", "server_token": TOKEN, "base_url": api.url},
+        "tenants": TENANTS,
+    }
+    with Notifier.from_settings(settings, metrics=registry) as notify:
+        receipts = send(notify, "acme", 5, "a") + send(notify, "globex", 3, "b")
+        # One worker, held at the server: the rest is waiting, by tenant.
+        acme = registry.get_sample_value("tenant_notify_backlog", {"tenant_id": "acme"})
+        globex = registry.get_sample_value("tenant_notify_backlog", {"tenant_id": "globex"})
+        assert (acme, globex) in {(4.0, 3.0), (5.0, 3.0)}
+        api.release()
+        assert all(r.wait(60).state is DeliveryState.SENT for r in receipts)
+    waited = registry.get_sample_value(
+        "tenant_notify_queue_wait_seconds_count", {"tenant_id": "acme"}
+    )
+    assert waited == 5.0
+    assert registry.get_sample_value("tenant_notify_backlog", {"tenant_id": "acme"}) is None
