@@ -18,14 +18,15 @@ chained with ``raise ... from err``.
     │   ├── HeaderInjectionError        a line break or control character in a header field
     │   ├── InvalidContextError         context that cannot travel: type, size, depth, cycle
     │   ├── InvalidAttachmentError      an attachment's name, type, content id or size
-    │   └── UnsupportedFeatureError     the tenant's provider cannot send what was asked
+    │   ├── UnsupportedFeatureError     the tenant's provider cannot send what was asked
+    │   └── RecipientSuppressedError    the recipient is on the tenant's suppression list
     ├── UnknownTenantError              (also LookupError)
     ├── UnknownNotificationError        (also LookupError) status asked for an unknown id
     ├── TemplateError
     │   ├── TemplateNotFoundError       (also LookupError) no template for a kind/part
     │   ├── TemplateRenderError         syntax error, undefined variable, ...
     │   ├── TemplateSecurityError       a sandbox violation (reaching Python internals)
-    │   └── TemplateLimitError          rendered output over the size cap, or too slow
+    │   └── TemplateLimitError          output, a value or the work over its limit; too slow
     ├── EnqueueError                    the transport could not accept the notification
     │   ├── QueueFullError              the in-process queue stayed full past the timeout
     │   └── StoreUnavailableError       the shared store (Redis) did not answer
@@ -34,16 +35,17 @@ chained with ``raise ... from err``.
     │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
     │   └── AmbiguousDeliveryError      may or may not have been accepted (timeout after send)
     ├── TenantPausedError               the tenant's channel is paused: its sending setup is broken
-├── InvalidLinkError                (also ValueError) a signed unsubscribe/tracking link that does
-│                                   not verify: answer 404, change nothing
-├── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
+    ├── InvalidLinkError                (also ValueError) a signed unsubscribe/tracking link that
+    │                                   does not verify: answer 404, change nothing
+    ├── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
     ├── EventError                      a domain event cannot be turned into notifications
     │   ├── InvalidEventError           (also ValidationError) not CloudEvents JSON, fails its
     │   │                               schema, or a rule's path finds nothing
     │   └── UnmappedEventError          (also LookupError) no rule maps its type
     └── WebhookError                    a delivery-event webhook request cannot be used
         ├── WebhookVerificationError    wrong signature or stale timestamp: reject it (403)
-        └── WebhookPayloadError         (also ValueError) signed, but not a payload we can read
+        └── WebhookPayloadError         (also ValueError) signed, but unreadable: reject it (400)
+            └── WebhookBodyTooLargeError  over the size limit, refused while reading it (413)
 
 Retryability is in the type: a transport retries :class:`TransientDeliveryError`
 (honouring :attr:`DeliveryError.retry_after`) and nothing else, except
@@ -113,6 +115,7 @@ __all__ = [
     "UnsupportedFeatureError",
     "ValidationError",
     "WaitTimeoutError",
+    "WebhookBodyTooLargeError",
     "WebhookError",
     "WebhookPayloadError",
     "WebhookVerificationError",
@@ -540,4 +543,11 @@ class WebhookVerificationError(WebhookError):
 
 
 class WebhookPayloadError(WebhookError, ValueError):
-    """The request is signed but its body is not what the provider sends. Answer 400."""
+    """The request is signed but its body is not what the provider sends (not JSON,
+    nested too deeply, fields of the wrong type). Answer 400."""
+
+
+class WebhookBodyTooLargeError(WebhookPayloadError):
+    """The request body is over the webhook size limit
+    (:data:`tenant_notify.webhooks.base.MAX_BODY`); refused while reading, before it
+    is parsed or its signature checked. Answer 413."""

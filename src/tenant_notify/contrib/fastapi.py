@@ -67,6 +67,7 @@ from ..errors import (
     UnknownNotificationError,
     UnknownTenantError,
     ValidationError,
+    WebhookBodyTooLargeError,
     WebhookPayloadError,
     WebhookVerificationError,
 )
@@ -74,6 +75,7 @@ from ..models import Channel, DeliveryState, DeliveryStatus, Engagement
 from ..notifier import Notifier
 from ..reputation import ROUTES, ClickLink, OpenLink, SuppressionReason
 from ..webhooks import INBOUND_RECEIVERS, RECEIVERS, DeliveryEvent, Receiver, WebhookRequest
+from ..webhooks.base import MAX_BODY, aread_body
 
 try:
     from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
@@ -344,7 +346,24 @@ def _add_webhooks(
         400: {"description": "Signed, but not a payload the provider sends"},
         403: {"description": "Not provably from the provider"},
         404: {"description": "No webhook secret for this tenant"},
+        413: {"description": f"The body is over {MAX_BODY:,} bytes (refused while reading it)"},
     }
+
+    async def body_of(request: Request, provider: str) -> bytes:
+        # Refused on its announced length, else while reading: never more than
+        # MAX_BODY in memory, before anything parses or verifies it.
+        try:
+            length = int(request.headers.get("content-length", "0"))
+        except ValueError:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid Content-Length") from None
+        try:
+            if length > MAX_BODY:
+                raise WebhookBodyTooLargeError(
+                    f"the webhook body is over the {MAX_BODY:,}-byte limit", provider=provider
+                )
+            return await aread_body(request.stream(), provider=provider)
+        except WebhookBodyTooLargeError as err:
+            raise HTTPException(413, err.message) from None
 
     async def secret_for(tenant_id: str, provider: str) -> str | SecretStr:
         secret = await run_in_threadpool(secrets, tenant_id, provider)
@@ -358,6 +377,8 @@ def _add_webhooks(
             return await run_in_threadpool(apply, *args, **kwargs)
         except WebhookVerificationError as err:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid signature") from err
+        except WebhookBodyTooLargeError as err:
+            raise HTTPException(413, err.message) from err
         except WebhookPayloadError as err:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, err.message) from err
 
@@ -367,7 +388,7 @@ def _add_webhooks(
             plain = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
             webhook = WebhookRequest(
                 # The raw bytes: signatures cover them exactly.
-                body=await request.body(),
+                body=await body_of(request, provider),
                 headers=request.headers,
                 url=public_url(request) if public_url is not None else str(request.url),
             )

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Callable, Mapping
+import functools
+import json
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from ..errors import MissingDependencyError, NotifyError
+from ..errors import (
+    MissingDependencyError,
+    NotifyError,
+    WebhookBodyTooLargeError,
+    WebhookError,
+    WebhookPayloadError,
+)
 from ..log import get_logger
 from ..models import Channel, DeliveryState, DeliveryStatus
 from ..observers import notify_observer
@@ -28,15 +36,21 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "EVENT_ERROR_TYPE",
     "MAX_BODY",
+    "MAX_JSON_DEPTH",
     "DeliveryEvent",
     "Feedback",
     "Receiver",
     "WebhookRequest",
     "apply_event",
+    "aread_body",
+    "check_body",
     "crypto",
     "epoch",
     "find_header",
     "iso_time",
+    "load_json",
+    "payload",
+    "read_body",
     "reason_text",
 ]
 
@@ -44,8 +58,14 @@ __all__ = [
 DEFAULT_TOLERANCE = 300.0
 #: error_type of a status that a delivery event ended.
 EVENT_ERROR_TYPE = "DeliveryEvent"
-#: The largest webhook body any provider module reads.
+#: The largest webhook body (bytes) any provider module reads: refused while the
+#: body is read (:func:`read_body`, :func:`aread_body`, the FastAPI router) and
+#: again before any signature is checked (:class:`WebhookRequest`, the ``apply_*``
+#: functions), with :class:`~tenant_notify.errors.WebhookBodyTooLargeError` (413).
 MAX_BODY = 10 * 1024 * 1024
+#: How deeply a webhook's JSON may nest (arrays and objects); the providers' own
+#: payloads nest four or five levels. Deeper is a WebhookPayloadError (400).
+MAX_JSON_DEPTH = 32
 
 _OUTCOMES = frozenset({DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.FAILED})
 
@@ -126,6 +146,10 @@ class WebhookRequest:
     body: bytes
     headers: Mapping[str, str]
     url: str
+
+    def __post_init__(self) -> None:
+        # Before any receiver verifies or parses it.
+        check_body(self.body)
 
 
 #: ``receive(target, request, secret, *, tenant_id=None) -> events``: one provider's
@@ -285,6 +309,115 @@ def _feedback(
             detail=event.reason,
         )
     return True
+
+
+# --- bodies: size and shape ---------------------------------------------------------
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _too_large(provider: str | None, limit: int) -> WebhookBodyTooLargeError:
+    return WebhookBodyTooLargeError(
+        f"the webhook body is over the {limit:,}-byte limit", provider=provider
+    )
+
+
+def check_body(body: bytes | str, provider: str | None = None, *, limit: int = MAX_BODY) -> None:
+    """Refuse a body over ``limit`` bytes.
+
+    Raises:
+        WebhookBodyTooLargeError: it is over (answer 413).
+    """
+    if len(body) > limit:
+        raise _too_large(provider, limit)
+
+
+def read_body(
+    chunks: Iterable[bytes], *, limit: int = MAX_BODY, provider: str | None = None
+) -> bytes:
+    """Read a request body from ``chunks`` (a framework's body stream), stopping as
+    soon as it passes ``limit`` bytes: a huge POST costs at most ``limit`` of memory.
+
+    Raises:
+        WebhookBodyTooLargeError: the body is over ``limit`` (answer 413).
+    """
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        if len(buffer) > limit:
+            raise _too_large(provider, limit)
+    return bytes(buffer)
+
+
+async def aread_body(
+    chunks: AsyncIterable[bytes], *, limit: int = MAX_BODY, provider: str | None = None
+) -> bytes:
+    """:func:`read_body` for an asynchronous stream (Starlette's ``request.stream()``)."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) > limit:
+            raise _too_large(provider, limit)
+    return bytes(buffer)
+
+
+def _nests_deeper(data: Any, limit: int) -> bool:
+    # Iterative: a depth check must not itself recurse.
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def load_json(body: bytes | str, provider: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A webhook body's JSON, checked for size and depth.
+
+    Raises:
+        WebhookBodyTooLargeError: over :data:`MAX_BODY`.
+        WebhookPayloadError: not JSON, or nested deeper than ``max_depth``.
+    """
+    check_body(body, provider)
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        data = None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise WebhookPayloadError(f"the body is not JSON: {err}", provider=provider) from None
+    else:
+        if not isinstance(data, dict | list) or not _nests_deeper(data, max_depth):
+            return data
+    raise WebhookPayloadError(
+        f"the JSON nests deeper than {max_depth} levels", provider=provider
+    ) from None
+
+
+def payload(provider: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a ``parse_*`` function: whatever a signed body holds (a string where
+    an object belongs, a list for a number), reading it fails with
+    :class:`~tenant_notify.errors.WebhookPayloadError` (400), never an unexpected
+    exception (a 500)."""
+
+    def decorate(parse: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(parse)
+        def parsed(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return parse(*args, **kwargs)
+            except WebhookError:
+                raise
+            except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:
+                raise WebhookPayloadError(
+                    f"the body is not a {provider} payload ({type(err).__name__} reading it)",
+                    provider=provider,
+                ) from None
+
+        return parsed
+
+    return decorate
 
 
 # --- helpers for the provider modules ----------------------------------------------

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,13 +42,15 @@ from ..errors import WebhookPayloadError, WebhookVerificationError
 from ..models import Channel, DeliveryState
 from ..stores import StatusStore
 from .base import (
-    MAX_BODY,
     DeliveryEvent,
     Feedback,
     WebhookRequest,
     apply_event,
+    check_body,
     find_header,
     iso_time,
+    load_json,
+    payload,
     reason_text,
 )
 
@@ -114,18 +115,14 @@ def verify_postmark_auth(headers: Mapping[str, str], credentials: str | SecretSt
         raise WebhookVerificationError("the credentials do not match", provider="postmark")
 
 
+@payload("postmark")
 def parse_postmark_event(body: bytes | str) -> DeliveryEvent:
     """The event of a Postmark webhook request.
 
     Raises:
         WebhookPayloadError: not a Postmark event.
     """
-    if len(body) > MAX_BODY:
-        raise WebhookPayloadError("the webhook body is too large", provider="postmark")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise WebhookPayloadError(f"the body is not JSON: {err}", provider="postmark") from None
+    data = load_json(body, "postmark")
     if not isinstance(data, dict) or not isinstance(data.get("RecordType"), str):
         raise WebhookPayloadError("the body is not a Postmark event", provider="postmark")
     record = data["RecordType"]
@@ -193,7 +190,9 @@ def apply_postmark_event(
     Raises:
         WebhookVerificationError: not provably from Postmark (nothing applied).
         WebhookPayloadError: authenticated, but not a Postmark event.
+        WebhookBodyTooLargeError: over the size limit (nothing verified or applied).
     """
+    check_body(body, "postmark")
     verify_postmark_auth(headers, credentials)
     return apply_event(notifier, parse_postmark_event(body), tenant_id=tenant_id)
 

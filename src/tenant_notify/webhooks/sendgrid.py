@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import json
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -28,14 +27,16 @@ from ..models import Channel, DeliveryState
 from ..stores import StatusStore
 from .base import (
     DEFAULT_TOLERANCE,
-    MAX_BODY,
     DeliveryEvent,
     Feedback,
     WebhookRequest,
     apply_event,
+    check_body,
     crypto,
     epoch,
     find_header,
+    load_json,
+    payload,
     reason_text,
 )
 
@@ -173,18 +174,14 @@ def verify_sendgrid_signature(
         ) from None
 
 
+@payload("sendgrid")
 def parse_sendgrid_events(body: bytes | str) -> list[DeliveryEvent]:
     """Parse the JSON array a SendGrid Event Webhook request carries.
 
     Raises:
         WebhookPayloadError: the body is not a JSON array of event objects.
     """
-    if len(body) > MAX_BODY:
-        raise WebhookPayloadError("the webhook body is too large", provider="sendgrid")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise WebhookPayloadError(f"the body is not JSON: {err}", provider="sendgrid") from None
+    data = load_json(body, "sendgrid")
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise WebhookPayloadError("the body is not a list of event objects", provider="sendgrid")
     events = []
@@ -251,7 +248,9 @@ def apply_sendgrid_events(
     Raises:
         WebhookVerificationError: not provably from SendGrid (nothing applied).
         WebhookPayloadError: signed, but not a list of events (nothing applied).
+        WebhookBodyTooLargeError: over the size limit (nothing verified or applied).
     """
+    check_body(body, "sendgrid")
     verify_sendgrid_signature(
         body,
         find_header(headers, SENDGRID_SIGNATURE_HEADER),

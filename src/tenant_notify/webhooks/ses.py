@@ -31,14 +31,22 @@ recorded as the notification's engagement
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WebhookPayloadError
 from ..models import Channel, DeliveryState
 from ..stores import StatusStore
-from .base import DeliveryEvent, Feedback, WebhookRequest, apply_event, iso_time, reason_text
+from .base import (
+    DeliveryEvent,
+    Feedback,
+    WebhookRequest,
+    apply_event,
+    iso_time,
+    load_json,
+    payload,
+    reason_text,
+)
 from .sns import Fetch, confirm_subscription, parse_sns_message, verify_sns_message
 
 if TYPE_CHECKING:
@@ -47,16 +55,14 @@ if TYPE_CHECKING:
 __all__ = ["apply_ses_events", "parse_ses_event", "receive_ses"]
 
 
+@payload("ses")
 def parse_ses_event(message: str) -> DeliveryEvent:
     """The SES event in an SNS notification's ``Message``.
 
     Raises:
         WebhookPayloadError: not an SES event.
     """
-    try:
-        data = json.loads(message)
-    except ValueError:
-        raise WebhookPayloadError("the SNS message is not an SES event", provider="ses") from None
+    data = load_json(message, "ses")
     if not isinstance(data, dict):
         raise WebhookPayloadError("the SNS message is not an SES event", provider="ses")
     name = data.get("eventType") or data.get("notificationType")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -36,7 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import MissingDependencyError, WebhookPayloadError, WebhookVerificationError
-from .base import MAX_BODY
+from .base import load_json, payload
 
 __all__ = [
     "SNS_MESSAGE_TYPE_HEADER",
@@ -115,18 +114,14 @@ def default_fetch(url: str) -> bytes:
         ) from err
 
 
+@payload("sns")
 def parse_sns_message(body: bytes | str) -> SnsMessage:
     """The fields of the JSON message SNS posted.
 
     Raises:
         WebhookPayloadError: not an SNS message.
     """
-    if len(body) > MAX_BODY:
-        raise WebhookPayloadError("the webhook body is too large", provider="sns")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise WebhookPayloadError(f"the body is not JSON: {err}", provider="sns") from None
+    data = load_json(body, "sns")
     if not isinstance(data, dict):
         raise WebhookPayloadError("the body is not an SNS message", provider="sns")
     missing = [key for key in _REQUIRED if not isinstance(data.get(key), str)]
