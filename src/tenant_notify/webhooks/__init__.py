@@ -92,6 +92,7 @@ from .twilio import (
     parse_twilio_inbound,
     receive_twilio,
     receive_twilio_inbound,
+    signature_algorithm,
     twilio_signature,
     verify_twilio_signature,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "parse_ses_event",
     "parse_twilio_callback",
     "parse_twilio_inbound",
+    "signature_algorithm",
     "twilio_signature",
     "verify_sendgrid_signature",
     "verify_twilio_signature",

@@ -15,14 +15,22 @@ import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlparse
 
 from pydantic import SecretStr
 
 from ..errors import WebhookPayloadError, WebhookVerificationError
 from ..models import Channel, DeliveryState
 from ..stores import StatusStore
-from .base import DeliveryEvent, Feedback, WebhookRequest, apply_event, find_header, reason_text
+from .base import (
+    DeliveryEvent,
+    Feedback,
+    WebhookRequest,
+    apply_event,
+    find_header,
+    load_json,
+    reason_text,
+)
 
 if TYPE_CHECKING:
     from ..notifier import Notifier
@@ -30,7 +38,9 @@ if TYPE_CHECKING:
 __all__ = [
     "OPT_IN_KEYWORDS",
     "OPT_OUT_KEYWORDS",
+    "TWILIO_ALGORITHMS",
     "TWILIO_SIGNATURE_HEADER",
+    "TWILIO_SIGNATURE_SETTINGS_HEADER",
     "Params",
     "apply_twilio_callback",
     "apply_twilio_inbound",
@@ -38,6 +48,7 @@ __all__ = [
     "parse_twilio_inbound",
     "receive_twilio",
     "receive_twilio_inbound",
+    "signature_algorithm",
     "twilio_signature",
     "verify_twilio_signature",
 ]
@@ -67,7 +78,8 @@ OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 def _pairs(params: Params) -> list[tuple[str, str]]:
     if isinstance(params, Mapping):
         pairs: list[tuple[str, str]] = []
-        getlist = getattr(params, "getlist", None)  # multi-dicts (Starlette, Werkzeug)
+        # Multi-dicts: aiohttp and multidict (getall), Starlette, Werkzeug, Django (getlist).
+        getlist = getattr(params, "getall", None) or getattr(params, "getlist", None)
         for key in params:
             values = getlist(key) if getlist is not None else params[key]
             if isinstance(values, str):
@@ -78,51 +90,85 @@ def _pairs(params: Params) -> list[tuple[str, str]]:
     return [(str(key), str(value)) for key, value in params]
 
 
-def twilio_signature(url: str, params: Params, auth_token: str | SecretStr) -> str:
+#: The signature algorithms Twilio uses: HMAC-SHA1 keyed with the auth token (the
+#: default), and HMAC-SHA256 for webhooks signed with a SharedKey (named in the
+#: ``X-Twilio-Webhooks-Signature-Settings`` header).
+TWILIO_ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
+TWILIO_SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+
+
+def twilio_signature(
+    url: str, params: Params, auth_token: str | SecretStr, *, algorithm: str = "HMAC_SHA1"
+) -> str:
     """The ``X-Twilio-Signature`` Twilio computes for a POST to ``url`` with ``params``:
-    base64 HMAC-SHA1, keyed with the auth token, of the URL followed by every
-    parameter name and value, sorted by name (then value)."""
+    base64 HMAC-SHA1 (or ``algorithm``), keyed with the auth token, of the URL
+    followed by every parameter name and value, sorted by name (then value)."""
     token = auth_token.get_secret_value() if isinstance(auth_token, SecretStr) else auth_token
+    digest_of = TWILIO_ALGORITHMS[algorithm.upper()]
     values: dict[str, set[str]] = {}
     for key, value in _pairs(params):
         values.setdefault(key, set()).add(value)
     data = url + "".join(key + value for key in sorted(values) for value in sorted(values[key]))
-    digest = hmac.new(token.encode("utf-8"), data.encode("utf-8"), hashlib.sha1).digest()
+    digest = hmac.new(token.encode("utf-8"), data.encode("utf-8"), digest_of).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
-def _url_variants(url: str) -> list[str]:
-    # Twilio signs the URL as it called it, which may or may not spell out the
-    # port (and a proxy in front may add one); accept the URL as given, without
-    # its port, and with the scheme's default port, as Twilio's own helpers do.
-    parts = urlsplit(url)
-    if parts.hostname is None:
-        return [url]
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    userinfo = parts.netloc.rpartition("@")[0]
-    prefix = f"{userinfo}@" if userinfo else ""
-    variants = [url]
-    if parts.port is not None:
-        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}")))
-    else:
-        default = {"https": 443, "http": 80}.get(parts.scheme)
-        if default is not None:
-            variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
-    return variants
+def _signed_forms(url: str) -> tuple[str, str]:
+    """The two spellings of ``url`` Twilio's validator checks a signature against:
+    without its port and with it (the scheme's default when it has none).
+
+    Both are the URL as ``urllib.parse`` rebuilds it, which is how Twilio's own SDK
+    compares (a lower-case scheme, no bare ``?`` or ``#``, the host as given); the
+    port comes off by cutting the network location at its first colon, as there.
+    """
+    parts = urlparse(url)
+    if parts.port:  # ValueError for a port that is not one
+        return parts._replace(netloc=parts.netloc.split(":")[0]).geturl(), parts.geturl()
+    default = 443 if parts.scheme == "https" else 80
+    return parts.geturl(), parts._replace(netloc=f"{parts.netloc}:{default}").geturl()
+
+
+def _body_hash(url: str) -> str | None:
+    """The ``bodySHA256`` query parameter Twilio adds for a JSON body, if any."""
+    values = parse_qs(urlparse(url).query).get("bodySHA256")
+    return values[0] if values else None
+
+
+def signature_algorithm(settings: str | None) -> str:
+    """The algorithm an ``X-Twilio-Webhooks-Signature-Settings`` header names
+    (``key=...,algorithm=HMAC_SHA256``); ``HMAC_SHA1`` without one."""
+    for part in (settings or "").split(","):
+        name, equals, value = part.partition("=")
+        if equals and name.strip() == "algorithm" and value.strip():
+            return value.strip()
+    return "HMAC_SHA1"
 
 
 def verify_twilio_signature(
-    url: str, params: Params, signature: str | None, auth_token: str | SecretStr
+    url: str,
+    params: Params | str,
+    signature: str | None,
+    auth_token: str | SecretStr,
+    *,
+    algorithm: str = "HMAC_SHA1",
 ) -> None:
-    """Check the ``X-Twilio-Signature`` of a Twilio status callback.
+    """Check the ``X-Twilio-Signature`` of a Twilio webhook: accepted exactly when
+    Twilio's own SDK (``twilio.request_validator.RequestValidator.validate``) accepts it.
 
     Args:
         url: The full URL Twilio called, as it called it: scheme, host, path and
-            query (behind a proxy, the public URL, not the internal one).
-        params: The POST (form) parameters.
+            query (behind a proxy, the public URL, not the internal one). It may
+            differ from the one Twilio signed by the explicit or implicit port, the
+            scheme's case, or a bare ``?``.
+        params: The POST (form) parameters; or, for a JSON webhook (its URL has a
+            ``bodySHA256`` parameter), the raw body as text, checked against that hash.
         signature: The ``X-Twilio-Signature`` header.
         auth_token: The auth token of the account that sent the message (Twilio
-            signs with it even when the message was sent with an API key).
+            signs with it even when the message was sent with an API key), or the
+            SharedKey secret of a webhook signed with one.
+        algorithm: ``HMAC_SHA1`` (the default), or what the
+            ``X-Twilio-Webhooks-Signature-Settings`` header names
+            (:func:`signature_algorithm`).
 
     Raises:
         WebhookVerificationError: the signature is missing or does not match.
@@ -131,11 +177,34 @@ def verify_twilio_signature(
         raise WebhookVerificationError(
             f"the {TWILIO_SIGNATURE_HEADER} header is missing", provider="twilio"
         )
-    expected = signature.strip().encode("ascii", errors="replace")
-    for candidate in _url_variants(url):
-        computed = twilio_signature(candidate, params, auth_token).encode("ascii")
-        if hmac.compare_digest(computed, expected):
-            return
+    if algorithm.upper() not in TWILIO_ALGORITHMS:
+        raise WebhookVerificationError(
+            "the webhook names a signature algorithm Twilio does not use", provider="twilio"
+        )
+    try:
+        forms = _signed_forms(url)
+        pairs: Params = ()
+        if isinstance(params, str):
+            expected_hash = _body_hash(url)
+            if expected_hash is None:
+                pairs = parse_qsl(params, keep_blank_values=True)
+            else:
+                computed_hash = hashlib.sha256(params.encode("utf-8")).hexdigest()
+                if not hmac.compare_digest(computed_hash, expected_hash):
+                    raise WebhookVerificationError(
+                        "the body does not match its bodySHA256", provider="twilio"
+                    )
+        else:
+            pairs = params
+        computed = [twilio_signature(f, pairs, auth_token, algorithm=algorithm) for f in forms]
+    except (ValueError, UnicodeError):
+        # A port that is not a number, text that is not Unicode: nothing Twilio signs.
+        raise WebhookVerificationError(
+            "the URL or parameters cannot have been signed by Twilio", provider="twilio"
+        ) from None
+    given = signature.encode("utf-8", errors="replace")
+    if any(hmac.compare_digest(c.encode("ascii"), given) for c in computed):
+        return
     raise WebhookVerificationError(
         "the Twilio signature does not match (check the auth token, and that the URL is "
         "exactly the one Twilio called)",
@@ -251,12 +320,27 @@ def receive_twilio(
     tenant_id: str | None = None,
 ) -> list[DeliveryEvent]:
     """The router's entry: ``secret`` is the sending account's auth token."""
+    params = _verified_params(request, secret)
+    return [apply_event(notifier, parse_twilio_callback(params), tenant_id=tenant_id)]
+
+
+def _verified_params(request: WebhookRequest, secret: str | SecretStr) -> Params:
+    """A request's parameters once its signature holds: the form fields, or the
+    fields of a JSON body (a URL with ``bodySHA256``), as Twilio's SDK checks them."""
     # A body that is not UTF-8 is not Twilio's, and fails the signature check.
-    params = parse_qsl(request.body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    text = request.body.decode("utf-8", errors="replace")
     signature = find_header(request.headers, TWILIO_SIGNATURE_HEADER)
-    return [
-        apply_twilio_callback(notifier, request.url, params, signature, secret, tenant_id=tenant_id)
-    ]
+    settings = find_header(request.headers, TWILIO_SIGNATURE_SETTINGS_HEADER)
+    algorithm = signature_algorithm(settings)
+    if _body_hash(request.url) is None:
+        params = parse_qsl(text, keep_blank_values=True)
+        verify_twilio_signature(request.url, params, signature, secret, algorithm=algorithm)
+        return params
+    verify_twilio_signature(request.url, text, signature, secret, algorithm=algorithm)
+    data = load_json(request.body, "twilio")
+    if not isinstance(data, dict):
+        raise WebhookPayloadError("a JSON webhook body is not an object", provider="twilio")
+    return [(str(key), str(value)) for key, value in data.items() if value is not None]
 
 
 def apply_twilio_inbound(
@@ -293,8 +377,6 @@ def receive_twilio_inbound(
 ) -> list[DeliveryEvent]:
     """The router's entry for incoming messages: ``secret`` is the number's account's
     auth token."""
-    params = parse_qsl(request.body.decode("utf-8", errors="replace"), keep_blank_values=True)
-    signature = find_header(request.headers, TWILIO_SIGNATURE_HEADER)
-    return [
-        apply_twilio_inbound(notifier, request.url, params, signature, secret, tenant_id=tenant_id)
-    ]
+    event = parse_twilio_inbound(_verified_params(request, secret))
+    # Not matched to a status: an incoming message is nobody's delivery.
+    return [apply_event(notifier, replace(event, provider_message_id=None), tenant_id=tenant_id)]
