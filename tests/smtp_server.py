@@ -157,6 +157,8 @@ class LoopbackSMTPServer:
         self.auth_failure_reply: str | None = None
         self._rejected_rcpts: dict[str, str] = {}
         self._data_delays: deque[float] = deque()
+        #: Scripted faults during DATA, taken one a message (see drop_during_data).
+        self._data_faults: deque[tuple[str, int | str]] = deque()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -273,6 +275,7 @@ class LoopbackSMTPServer:
                 replies.clear()
             self._rejected_rcpts.clear()
             self._data_delays.clear()
+            self._data_faults.clear()
 
     # --- misbehaviour ----------------------------------------------------------------
 
@@ -298,6 +301,25 @@ class LoopbackSMTPServer:
         """
         with self._lock:
             self._data_delays.extend([seconds] * times)
+
+    def drop_during_data(self, after_bytes: int = 0, times: int = 1) -> None:
+        """Close the next ``times`` connections in the middle of DATA: after the 354,
+        once ``after_bytes`` bytes of the message have arrived (0: at once), and
+        before the final dot is read. The server cannot have taken the message."""
+        with self._lock:
+            self._data_faults.extend([("drop", after_bytes)] * times)
+
+    def reply_during_data(self, reply: str) -> None:
+        """Answer ``reply`` right after the next 354, while the message is coming in
+        (as a server refusing a message over its size may), then close."""
+        with self._lock:
+            self._data_faults.append(("reply", reply))
+
+    def drop_after_data(self, times: int = 1) -> None:
+        """Take the next ``times`` messages whole (final dot included), record them,
+        then close without a final reply: the client cannot know it was taken."""
+        with self._lock:
+            self._data_faults.extend([("after", 0)] * times)
 
     def drop_connections(self, notice: str | None = None, timeout: float = 5.0) -> int:
         """Close every client connection from the server side, as an idle timeout would.
@@ -405,6 +427,29 @@ class LoopbackSMTPServer:
             self._messages.append(received)
             self._received.notify_all()
 
+    def _data_started(self, protocol: _TrackedSMTP) -> None:
+        # Called once the 354 is on its way.
+        with self._lock:
+            if not self._data_faults or self._data_faults[0][0] == "after":
+                return
+            kind, value = self._data_faults.popleft()
+        transport = protocol.transport
+        assert transport is not None
+        if kind == "reply":
+            transport.write(str(value).encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+            transport.close()
+        elif value == 0:
+            transport.close()
+        else:
+            protocol.drop_after = int(value)
+
+    def _drop_after_data(self) -> bool:
+        with self._lock:
+            if self._data_faults and self._data_faults[0][0] == "after":
+                self._data_faults.popleft()
+                return True
+            return False
+
     def _next_data_delay(self) -> float:
         with self._lock:
             return self._data_delays.popleft() if self._data_delays else 0.0
@@ -472,6 +517,10 @@ class _Handler:
         if scripted is not None:
             return scripted
         self.owner._record(server, session, envelope)
+        if self.owner._drop_after_data():
+            assert server.transport is not None
+            server.transport.close()
+            return "250 2.0.0 OK (never arrives)"
         delay = self.owner._next_data_delay()
         if delay:
             await asyncio.sleep(delay)
@@ -484,6 +533,24 @@ class _TrackedSMTP(SMTP):
     def __init__(self, owner: LoopbackSMTPServer, handler: Any, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._owner = owner
+        #: Bytes of message data to let in before closing (drop_during_data).
+        self.drop_after: int | None = None
+
+    async def push(self, status: Any) -> None:
+        await super().push(status)
+        if status[:3] in ("354", b"354"):
+            self._owner._data_started(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.drop_after is not None:
+            self.drop_after -= len(data)
+            if self.drop_after <= 0:
+                # Gone before the rest, the final dot included, reaches aiosmtpd.
+                self.drop_after = None
+                assert self.transport is not None
+                self.transport.abort()  # type: ignore[attr-defined]
+                return
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -38,16 +38,27 @@ server lacks STARTTLS / AUTH the settings ask   permanent
 TLS certificate verification failed             permanent (retrying will not fix it)
 refused / unreachable / DNS / timeout /         transient
 greeting refused (SMTPConnectError) /
-disconnect before the data went out
-timeout or disconnect after the data went out   ``AmbiguousDeliveryError``
+disconnect or reset before the final dot /
+reset after it
+timeout or disconnect after the final dot       ``AmbiguousDeliveryError``
 ==============================================  =====================================
 
-The ambiguous window is exact: a connection notes when ``smtplib`` has handed
-the whole message, including the terminating ``<CRLF>.<CRLF>``, to the socket.
-A failure before that point cannot have delivered anything (the server accepts a
-message only after the final dot), so it is transient and may be retried on a
-fresh connection; a failure after it, while waiting for the final reply, may have
-delivered the message and is never retried here.
+The ambiguous window is as narrow as the client can know it: the server accepts
+a message only once it has read the final ``<CRLF>.<CRLF>``, so a failure while
+the message is going out, the server closing, resetting or answering before the
+final dot is sent (checked just before it goes, in a write of its own), or the
+server resetting the connection after it (a reset means it had not read our data
+to its end) cannot have delivered anything: transient, retried, and on a reused
+connection sent again at once on a fresh one. Only a connection that ends
+cleanly (or times out) after the final dot went out, while waiting for the final
+reply, may have delivered the message: ``AmbiguousDeliveryError``, never retried
+here.
+
+Credentials may be any Unicode text: AUTH PLAIN and LOGIN carry the UTF-8 form
+(RFC 4954 AUTH over SASL, whose PLAIN mechanism, RFC 4616, is UTF-8) and
+CRAM-MD5 keys its HMAC with it. A username or password with a control character
+(PLAIN separates its fields with NUL) or that is not valid Unicode is refused when
+the provider is built (``ConfigurationError``).
 
 Credentials never appear in errors, logs or ``repr``: the password is kept as a
 ``SecretStr`` and scrubbed (with its base64 forms) from any server text that is
@@ -61,7 +72,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import hmac
 import os
+import select
 import smtplib
 import socket
 import ssl as _ssl
@@ -144,14 +157,35 @@ class SmtpConfig(ProviderConfig):
             )
         if self.username is not None and self.password is None:
             raise ValueError("a username needs a password")
+        _check_credential("username", self.username)
+        if self.password is not None:
+            _check_credential("password", self.password.get_secret_value())
         return self
 
 
+def _check_credential(field: str, value: str | None) -> None:
+    """Refuse, when the provider is built, credentials that no AUTH exchange can carry.
+
+    Non-ASCII is fine: AUTH PLAIN and LOGIN send the UTF-8 form (RFC 4954 defers to
+    SASL, whose PLAIN, RFC 4616, is UTF-8) and CRAM-MD5 keys its HMAC with it. What
+    no server can be sent is text that is not Unicode (lone surrogates) and control
+    characters (PLAIN separates its fields with NUL).
+    """
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"the SMTP {field} is not valid Unicode text") from None
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in value):
+        raise ValueError(f"the SMTP {field} has a control character, which AUTH cannot carry")
+
+
 class _TrackingMixin(smtplib.SMTP):
-    """Notes when the message data has gone out and keeps the final reply."""
+    """Keeps whether the whole message has gone out (``data_sent``, set by
+    :func:`_transaction`) and the final reply; speaks AUTH in UTF-8."""
 
     _host: str
-    _in_data: bool = False
     data_sent: bool = False
     last_reply: tuple[int, bytes] | None = None
 
@@ -161,14 +195,48 @@ class _TrackingMixin(smtplib.SMTP):
         # smtplib takes the TLS server name (SNI, certificate check) from _host,
         # which only __init__ sets; we construct unconnected and connect here.
         self._host = host
-        return super().connect(host, port, source_address)
+        reply = super().connect(host, port, source_address)
+        # The final dot goes in a write of its own (see _transaction): without
+        # NODELAY, Nagle's algorithm would hold it until the body is acknowledged.
+        if self.sock is not None:
+            with suppress(OSError):
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reply
 
-    def send(self, s: Any) -> None:
-        super().send(s)
-        # Commands go out as str and the dot-terminated message as one bytes
-        # object; once that is in the socket, the server may accept it.
-        if self._in_data and isinstance(s, bytes | bytearray):
-            self.data_sent = True
+    def auth(
+        self, mechanism: str, authobject: Any, *, initial_response_ok: bool = True
+    ) -> tuple[int, bytes]:
+        # smtplib encodes what a mechanism answers as ASCII, so a non-ASCII user or
+        # password failed every delivery with a UnicodeEncodeError. SASL PLAIN
+        # (RFC 4616, which RFC 4954 AUTH carries) is UTF-8, and servers take LOGIN so.
+        def utf8(challenge: bytes | None = None) -> _Utf8 | None:
+            answer = authobject() if challenge is None else authobject(challenge)
+            return None if answer is None else _Utf8(answer)
+
+        reply: tuple[int, bytes] = super().auth(
+            mechanism,
+            utf8,  # type: ignore[arg-type]
+            initial_response_ok=initial_response_ok,
+        )
+        return reply
+
+    def auth_cram_md5(self, challenge: Any = None) -> Any:
+        # smtplib keys the HMAC with the ASCII password; the UTF-8 one is what a
+        # server holding a non-ASCII password computes.
+        if challenge is None:
+            return None
+        password: str = self.password
+        digest = hmac.new(password.encode("utf-8"), challenge, "md5").hexdigest()
+        return f"{self.user} {digest}"
+
+
+class _Utf8(str):
+    """A SASL answer that smtplib's ``.encode("ascii")`` turns into its UTF-8 bytes."""
+
+    __slots__ = ()
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return str.encode(self, "utf-8", errors)
 
 
 class _Connection(_TrackingMixin):
@@ -176,7 +244,8 @@ class _Connection(_TrackingMixin):
 
 
 def _smtp_data(raw: bytes) -> bytes:
-    """``raw`` as it goes after DATA: dot-stuffed (RFC 5321 4.5.2), CRLF, ``.`` CRLF.
+    """``raw`` as it goes after DATA, up to the final dot: dot-stuffed (RFC 5321
+    4.5.2) and ending in CRLF; :data:`_END_OF_DATA` follows it.
 
     What ``smtplib.SMTP.data`` sends, with a plain byte replacement instead of
     smtplib's regular expression (which costs ten times as much per message).
@@ -186,7 +255,29 @@ def _smtp_data(raw: bytes) -> bytes:
         body = b"." + body
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    return body + b".\r\n"
+    return body
+
+
+#: The end of the message data: until the server has it, it cannot have accepted.
+_END_OF_DATA = b".\r\n"
+
+
+def _spoke_during_data(conn: _TrackingMixin) -> None:
+    """Raise if the server has closed the connection, reset it, or replied while the
+    message was going out, before the final dot is sent: it cannot have accepted
+    then, so the failure is certain (transient, retried) rather than ambiguous."""
+    sock = conn.sock
+    if sock is None:
+        raise smtplib.SMTPServerDisconnected("the connection closed during DATA")
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if not poller.poll(0):
+        return
+    # Readable mid-DATA: an early refusal (some servers answer a message over their
+    # size at once), or the end of the connection (getreply raises for that).
+    code, text = conn.getreply()
+    conn.close()
+    raise smtplib.SMTPDataError(code, text)
 
 
 def _transaction(
@@ -254,12 +345,21 @@ def _transaction(
     if data[0] != 354:
         give_up(data[0])
         raise smtplib.SMTPDataError(*data)
-    conn._in_data = True
+    conn.send(_smtp_data(raw))
+    _spoke_during_data(conn)
+    conn.send(_END_OF_DATA)
+    # From here the server may have the whole message: a failure is ambiguous...
+    conn.data_sent = True
     try:
-        conn.send(_smtp_data(raw))
         reply = conn.last_reply = conn.getreply()
-    finally:
-        conn._in_data = False
+    except smtplib.SMTPServerDisconnected as err:
+        # ...but for a reset. A peer resets a connection that receives data after
+        # it closed, or that it closes with data unread; TCP keeps order, so the
+        # unread data is the end of ours, the final dot: it cannot have accepted.
+        # (A server that read the dot and closed answers with FIN, never RST.)
+        if isinstance(err.__context__, ConnectionResetError):
+            conn.data_sent = False
+        raise
     if reply[0] != 250:
         give_up(reply[0])
         raise smtplib.SMTPDataError(*reply)
