@@ -118,6 +118,51 @@ def test_smtp_refusing_the_data_quoting_the_recipient(tmp_path, exits) -> None:
             welcome(notify, exits)
 
 
+@pytest.mark.parametrize("fault", ["during", "after"])
+def test_smtp_dropping_during_or_after_data_with_a_non_ascii_password(fault, exits) -> None:
+    password = f"{CANARY_SECRET}-\u00e9\u2603"
+    with LoopbackSMTPServer(auth=("app", password)) as server:
+        for _ in range(2):  # each attempt
+            if fault == "during":
+                server.drop_during_data(after_bytes=0)
+            else:
+                server.drop_after_data()
+        email = {
+            "provider": "smtp",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "username": "app",
+            "password": password,
+        }
+        with make_notifier(tenants={"acme": TENANT}, email=email, retry=NO_WAIT) as notify:
+            receipt = notify.send_welcome_email(
+                user_email=CANARY_TO, user_name="Can", tenant_id="acme"
+            )
+            status = receipt.wait(30)
+            exits.add_status(status)
+    # Dropped before the dot: retried, and the retry is dropped too; after it: ambiguous.
+    expected = "TransientDeliveryError" if fault == "during" else "AmbiguousDeliveryError"
+    assert (status.state, status.error_type) == (DeliveryState.FAILED, expected), status
+    assert all(password not in text for _, text in exits.texts)
+
+
+def test_malformed_webhook_bodies_quoting_the_recipient(exits) -> None:
+    from tenant_notify.errors import WebhookError
+    from tenant_notify.webhooks import parse_postmark_event, parse_ses_event
+    from tenant_notify.webhooks.base import load_json
+
+    bodies = [
+        (parse_postmark_event, f'{{"RecordType": "Bounce", "Type": ["{CANARY_TO}"]}}'),
+        (parse_postmark_event, f'{{"RecordType": "{CANARY_TO}", "Email": {{"x": 1}}}}x'),
+        (parse_ses_event, f'{{"eventType": "Bounce", "mail": {{}}, "bounce": "{CANARY_TO}"}}'),
+        (lambda body: load_json(body, "sendgrid"), f'[{{"email": "{CANARY_TO}"' + "[" * 40),
+    ]
+    for parse, body in bodies:
+        with pytest.raises(WebhookError) as info:
+            parse(body)
+        exits.add_error(info.value)
+
+
 # --- HTTP providers --------------------------------------------------------------------
 
 

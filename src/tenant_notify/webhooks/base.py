@@ -382,18 +382,26 @@ def load_json(body: bytes | str, provider: str, *, max_depth: int = MAX_JSON_DEP
         WebhookPayloadError: not JSON, or nested deeper than ``max_depth``.
     """
     check_body(body, provider)
+    # Raised outside the except blocks: the decoder's error holds the body (its
+    # ``doc``), which must not ride along in the chain (``__context__``) either.
+    problem = f"the JSON nests deeper than {max_depth} levels"
     try:
         data = json.loads(body)
     except RecursionError:
         data = None
     except (ValueError, UnicodeDecodeError) as err:
-        raise WebhookPayloadError(f"the body is not JSON: {err}", provider=provider) from None
+        data, problem = None, f"the body is not JSON ({_json_problem(err)})"
     else:
         if not isinstance(data, dict | list) or not _nests_deeper(data, max_depth):
             return data
-    raise WebhookPayloadError(
-        f"the JSON nests deeper than {max_depth} levels", provider=provider
-    ) from None
+    raise WebhookPayloadError(problem, provider=provider)
+
+
+def _json_problem(err: ValueError) -> str:
+    # Where and what, never the text around it.
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg} at line {err.lineno} column {err.colno}"
+    return type(err).__name__
 
 
 def payload(provider: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
@@ -410,10 +418,12 @@ def payload(provider: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
             except WebhookError:
                 raise
             except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:
-                raise WebhookPayloadError(
-                    f"the body is not a {provider} payload ({type(err).__name__} reading it)",
-                    provider=provider,
-                ) from None
+                kind = type(err).__name__
+            # Outside the except block: the original (which may quote the body) is
+            # in no chain.
+            raise WebhookPayloadError(
+                f"the body is not a {provider} payload ({kind} reading it)", provider=provider
+            )
 
         return parsed
 

@@ -199,9 +199,12 @@ def verify_twilio_signature(
         computed = [twilio_signature(f, pairs, auth_token, algorithm=algorithm) for f in forms]
     except (ValueError, UnicodeError):
         # A port that is not a number, text that is not Unicode: nothing Twilio signs.
+        computed = []
+    if not computed:
+        # Raised here, not in the except block: a UnicodeError holds the whole text.
         raise WebhookVerificationError(
             "the URL or parameters cannot have been signed by Twilio", provider="twilio"
-        ) from None
+        )
     given = signature.encode("utf-8", errors="replace")
     if any(hmac.compare_digest(c.encode("ascii"), given) for c in computed):
         return
