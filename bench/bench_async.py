@@ -26,7 +26,10 @@ it):
 Rounds interleave the variants; each round builds a fresh notifier on queues and
 a key prefix of its own, warms up, then measures. The rate table is the
 harness's; the lag table gives, per variant, the median over rounds of each
-round's median, 99th percentile and maximum lag, with their ranges.
+round's median, 99th percentile and maximum lag, with their ranges, and beside them
+the garbage collections of the same window (``gc.callbacks``): how many full
+(generation 2) collections ran and the longest of any generation, which holds the
+GIL and so stops the loop wherever it runs.
 """
 
 from __future__ import annotations
@@ -57,6 +60,31 @@ TENANTS = {
 WARM_UP = 50
 
 LAGS: dict[str, list[LoopLag]] = {}
+GCS: dict[str, list[GcPauses]] = {}
+
+
+class GcPauses:
+    """The garbage collections while in its ``with``: full ones counted, the longest timed."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.longest = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        self.longest = max(self.longest, time.perf_counter() - self._started)
+        if info["generation"] == 2:
+            self.full += 1
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 def settings(tag: str) -> dict[str, Any]:
@@ -107,9 +135,11 @@ def variant(
         async def main() -> Sample:
             if send is None:  # the idle loop
                 started, cpu = time.perf_counter(), cpu_seconds()
-                async with LoopLag() as lag:
-                    await asyncio.sleep(count / rate)
+                with GcPauses() as pauses:
+                    async with LoopLag() as lag:
+                        await asyncio.sleep(count / rate)
                 LAGS.setdefault(name, []).append(lag)
+                GCS.setdefault(name, []).append(pauses)
                 return Sample(ops=count, wall=time.perf_counter() - started,
                               cpu={"process": cpu_seconds() - cpu})  # fmt: skip
             table = settings(f"{uuid.uuid4().hex[:8]}")
@@ -122,14 +152,15 @@ def variant(
                     loop = asyncio.get_running_loop()
                     tasks = []
                     started, cpu = time.perf_counter(), cpu_seconds()
-                    async with LoopLag() as lag:
-                        begin = loop.time()
-                        for i in range(count):
-                            due = begin + i / rate
-                            if due > loop.time():
-                                await asyncio.sleep(due - loop.time())
-                            tasks.append(asyncio.create_task(send(notify, i)))
-                        receipts = await asyncio.gather(*tasks)
+                    with GcPauses() as pauses:
+                        async with LoopLag() as lag:
+                            begin = loop.time()
+                            for i in range(count):
+                                due = begin + i / rate
+                                if due > loop.time():
+                                    await asyncio.sleep(due - loop.time())
+                                tasks.append(asyncio.create_task(send(notify, i)))
+                            receipts = await asyncio.gather(*tasks)
                     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
                     if len({r.id for r in receipts}) != count:
                         raise RuntimeError(f"{name}: {len(receipts)} receipts for {count}")
@@ -138,6 +169,7 @@ def variant(
                 gc.unfreeze()
                 cleanup(table)
             LAGS.setdefault(name, []).append(lag)
+            GCS.setdefault(name, []).append(pauses)
             return Sample(ops=count, wall=wall, cpu={"process": cpu})
 
         return asyncio.run(main())
@@ -154,8 +186,9 @@ def lag_table(rate: float) -> str:
         f"Event-loop lag while sending at {rate:,.0f}/s (ms; median over rounds "
         "[range], each round's figure over ~1 sample per ms):",
         "",
-        "| Variant | median lag | p99 lag | max lag | samples per round |",
-        "|---|---|---|---|---|",
+        "| Variant | median lag | p99 lag | max lag | samples per round "
+        "| full GCs per round | longest GC |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, lags in LAGS.items():
         cells = []
@@ -166,7 +199,15 @@ def lag_table(rate: float) -> str:
         ):
             cells.append(f"{ms(statistics.median(figure))} [{ms(min(figure))}-{ms(max(figure))}]")
         samples = statistics.median(lag.samples for lag in lags)
-        rows.append(f"| {name} | {' | '.join(cells)} | {samples:.0f} |")
+        pauses = GCS[name]
+        full = [p.full for p in pauses]
+        longest = [p.longest for p in pauses]
+        cells += [
+            f"{samples:.0f}",
+            f"{statistics.median(full):.0f} [{min(full)}-{max(full)}]",
+            f"{ms(statistics.median(longest))} [{ms(min(longest))}-{ms(max(longest))}]",
+        ]
+        rows.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(rows)
 
 
