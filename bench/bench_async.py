@@ -20,6 +20,10 @@ it):
   a latency-minded host would start: CPython's full (generation 2) collections
   walk the whole heap while holding the GIL, and one can stop the loop for
   longer than any send does;
+* **tenant-notify, asend_email, switch interval 1 ms**: the same with
+  ``sys.setswitchinterval(0.001)`` (CPython's default is 5 ms): a thread that
+  wants the GIL waits up to that long for the thread holding it to let go, so
+  while the offload thread runs Python the loop may wait that long for it;
 * **idle loop**: the monitor alone, nothing sent: the machine's own noise floor,
   measured in the same rounds (other processes take the cores too).
 
@@ -127,52 +131,64 @@ async def to_thread(notify: Any, i: int) -> Any:
 
 
 def variant(
-    name: str, send: Send | None, count: int, rate: float, *, freeze: bool = False
+    name: str,
+    send: Send | None,
+    count: int,
+    rate: float,
+    *,
+    freeze: bool = False,
+    switch_interval: float | None = None,
 ) -> Callable[[int], Sample]:
     def run(round_no: int) -> Sample:
+        default = sys.getswitchinterval()
+        if switch_interval is not None:
+            sys.setswitchinterval(switch_interval)
+        try:
+            return asyncio.run(main())
+        finally:
+            sys.setswitchinterval(default)
+
+    async def main() -> Sample:
         from tenant_notify import Notifier
 
-        async def main() -> Sample:
-            if send is None:  # the idle loop
+        if send is None:  # the idle loop
+            started, cpu = time.perf_counter(), cpu_seconds()
+            with GcPauses() as pauses:
+                async with LoopLag() as lag:
+                    await asyncio.sleep(count / rate)
+            LAGS.setdefault(name, []).append(lag)
+            GCS.setdefault(name, []).append(pauses)
+            return Sample(ops=count, wall=time.perf_counter() - started,
+                          cpu={"process": cpu_seconds() - cpu})  # fmt: skip
+        table = settings(f"{uuid.uuid4().hex[:8]}")
+        try:
+            async with Notifier.from_settings(table) as notify:
+                await asyncio.gather(*(send(notify, -1 - i) for i in range(WARM_UP)))
+                if freeze:
+                    gc.collect()
+                    gc.freeze()
+                loop = asyncio.get_running_loop()
+                tasks = []
                 started, cpu = time.perf_counter(), cpu_seconds()
                 with GcPauses() as pauses:
                     async with LoopLag() as lag:
-                        await asyncio.sleep(count / rate)
-                LAGS.setdefault(name, []).append(lag)
-                GCS.setdefault(name, []).append(pauses)
-                return Sample(ops=count, wall=time.perf_counter() - started,
-                              cpu={"process": cpu_seconds() - cpu})  # fmt: skip
-            table = settings(f"{uuid.uuid4().hex[:8]}")
-            try:
-                async with Notifier.from_settings(table) as notify:
-                    await asyncio.gather(*(send(notify, -1 - i) for i in range(WARM_UP)))
-                    if freeze:
-                        gc.collect()
-                        gc.freeze()
-                    loop = asyncio.get_running_loop()
-                    tasks = []
-                    started, cpu = time.perf_counter(), cpu_seconds()
-                    with GcPauses() as pauses:
-                        async with LoopLag() as lag:
-                            begin = loop.time()
-                            for i in range(count):
-                                due = begin + i / rate
-                                if due > loop.time():
-                                    await asyncio.sleep(due - loop.time())
-                                tasks.append(asyncio.create_task(send(notify, i)))
-                            receipts = await asyncio.gather(*tasks)
-                    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-                    if len({r.id for r in receipts}) != count:
-                        raise RuntimeError(f"{name}: {len(receipts)} receipts for {count}")
-                    notify.transport.flush(10)
-            finally:
-                gc.unfreeze()
-                cleanup(table)
-            LAGS.setdefault(name, []).append(lag)
-            GCS.setdefault(name, []).append(pauses)
-            return Sample(ops=count, wall=wall, cpu={"process": cpu})
-
-        return asyncio.run(main())
+                        begin = loop.time()
+                        for i in range(count):
+                            due = begin + i / rate
+                            if due > loop.time():
+                                await asyncio.sleep(due - loop.time())
+                            tasks.append(asyncio.create_task(send(notify, i)))
+                        receipts = await asyncio.gather(*tasks)
+                wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+                if len({r.id for r in receipts}) != count:
+                    raise RuntimeError(f"{name}: {len(receipts)} receipts for {count}")
+                notify.transport.flush(10)
+        finally:
+            gc.unfreeze()
+            cleanup(table)
+        LAGS.setdefault(name, []).append(lag)
+        GCS.setdefault(name, []).append(pauses)
+        return Sample(ops=count, wall=wall, cpu={"process": cpu})
 
     return run
 
@@ -231,6 +247,17 @@ def main() -> None:
                     "tenant-notify, asend_email, gc.freeze()", twin, count, args.rate, freeze=True
                 ),
                 guarantee="the same; the host froze the heap it started with",
+            ),
+            Variant(
+                "tenant-notify, asend_email, switch interval 1 ms",
+                variant(
+                    "tenant-notify, asend_email, switch interval 1 ms",
+                    twin,
+                    count,
+                    args.rate,
+                    switch_interval=0.001,
+                ),
+                guarantee="the same; the host set sys.setswitchinterval(0.001)",
             ),
             Variant(
                 "send_email in the coroutine",
