@@ -242,6 +242,18 @@ def test_every_option_and_command_has_help_text():
 # --- --config means the same for every command -----------------------------------------
 
 
+def test_every_command_that_reads_settings_takes_the_same_config_option():
+    # demo makes up its own settings; every other command reads them through --config.
+    options = {
+        prog: [a for a in parser._actions if "--config" in a.option_strings]
+        for prog, parser in _parsers(build_parser())
+        if parser.get_default("func") is not None
+    }
+    assert [prog for prog, found in options.items() if not found] == ["tenant-notify demo"]
+    helps = {found[0].help for found in options.values() if found}
+    assert len(helps) == 1 and "TENANT_NOTIFY_CONFIG_FILE" in helps.pop()
+
+
 def test_config_file_has_the_environment_laid_over_it_for_every_command(
     config, capsys, monkeypatch
 ):
