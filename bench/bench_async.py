@@ -182,7 +182,8 @@ def variant(
                 wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
                 if len({r.id for r in receipts}) != count:
                     raise RuntimeError(f"{name}: {len(receipts)} receipts for {count}")
-                notify.transport.flush(10)
+                if not notify.transport.flush(120):
+                    raise RuntimeError(f"{name}: the broker did not confirm every message")
         finally:
             gc.unfreeze()
             cleanup(table)
