@@ -289,11 +289,10 @@ def test_worker_reads_config_like_the_other_commands(tmp_path, capsys, monkeypat
     # A tenant from the environment counts (it lies over the file), and so does a bad
     # setting there: the worker now stops at that instead, before Celery starts.
     monkeypatch.setenv("TENANT_NOTIFY_TENANTS__ACME__NAME", "Acme")
-    monkeypatch.setenv("TENANT_NOTIFY_CELERY__TIME_LIMIT", "900")
-    monkeypatch.setenv("TENANT_NOTIFY_CELERY__SOFT_TIME_LIMIT", "600")
+    monkeypatch.setenv("TENANT_NOTIFY_IDEMPOTENCY__LEASE", "1")
     assert main(["worker", "--config", str(empty)]) == 2
     err = capsys.readouterr().err
-    assert "idempotency.lease: must be at least celery.time_limit (900.0s)" in err
+    assert "idempotency.lease: must be at least 3 seconds" in err
 
 
 def test_worker_without_any_configuration_refuses_to_start(tmp_path):
@@ -338,15 +337,14 @@ def test_check_config_refuses_an_unknown_transport(tmp_path, capsys):
     assert "configuration OK" not in capsys.readouterr().out
 
 
-def test_check_config_refuses_a_time_limit_above_the_lease(tmp_path, capsys):
+def test_check_config_refuses_a_lease_too_short_to_renew(tmp_path, capsys):
     path = _write(
         tmp_path / "lease.toml",
-        'transport = "celery"\n[celery]\nsoft_time_limit = 500\ntime_limit = 600\n'
-        "[idempotency]\nlease = 300\n" + TENANT,
+        'transport = "celery"\n[idempotency]\nlease = 2\n' + TENANT,
     )
     assert main(["check-config", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "idempotency.lease: must be at least celery.time_limit (600.0s)" in err
+    assert "idempotency.lease: must be at least 3 seconds" in err
     assert err.strip().endswith("1 problem(s) in the configuration")
 
 
@@ -367,7 +365,7 @@ def test_check_config_lists_every_problem_with_its_key(tmp_path, capsys):
     path = _write(
         tmp_path / "bad.toml",
         'transport = "celery"\n'
-        "[celery]\nsoft_time_limit = 500\ntime_limit = 600\n"
+        "[idempotency]\nlease = 1\n"
         '[email]\nprovider = "smtp"\nhost = "mail.test"\nstarttls = true\n'
         f'ca_file = "{tmp_path / "missing.pem"}"\n'
         '[tenants.acme]\nname = "Acme"\nemail_from = "orders@acme.test"\n'

@@ -474,14 +474,35 @@ def test_make_notifier_follows_a_memory_providers_outbox_and_merges_retry(tenant
         assert notify.dispatcher.retry_policy.max_attempts == 2
 
 
-def test_a_duplicate_receipt_reports_the_first_kind(notify):
+def test_a_key_is_scoped_by_tenant_and_kind(notify):
     first = notify.send_sms(
         to_phone="+15551234567", body="x", tenant_id="acme", idempotency_key="k"
     )
-    again = notify.send_email(
+    other_kind = notify.send_email(
         to_email="a@example.com", subject="s", body="b", tenant_id="acme", idempotency_key="k"
     )
+    again = notify.send_sms(
+        to_phone="+15551234567", body="x", tenant_id="acme", idempotency_key="k"
+    )
+    assert not other_kind.duplicate and other_kind.id != first.id
     assert again.duplicate and again.id == first.id and again.kind == "sms"
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (("a", "k", "b:c"), ("a", "k:b", "c")),
+        (("a:b", "k", "c"), ("a", "b:k", "c")),
+        (("a", "k", 'x", "y'), ("a", "k", "x")),
+        (("a", "k", "\u00e9"), ("a", "k", "\\u00e9")),
+    ],
+)
+def test_derived_ids_do_not_collide_whatever_the_keys_hold(one, other):
+    from tenant_notify.models import new_notification_id
+
+    assert new_notification_id(*one) != new_notification_id(*other)
+    assert new_notification_id(*one) == new_notification_id(*one)
+    assert len(new_notification_id(*one)) == 32
 
 
 def test_a_status_store_failure_frees_the_idempotency_key(tenants):

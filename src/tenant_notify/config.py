@@ -120,10 +120,18 @@ class TemplateSettings(_Section):
 
 
 class IdempotencySettings(_Section):
-    """How long idempotency keys are remembered."""
+    """Idempotency keys and delivery claims.
+
+    Attributes:
+        ttl: Seconds a delivered (or finally failed) notification is remembered:
+            a repeat of its send (same tenant, kind and key) within it sends nothing.
+        lease: Seconds a worker's claim on a delivery lasts unless renewed. It is
+            renewed every third of it while the attempt runs, so a worker that dies
+            in any way frees its deliveries for another within one lease.
+    """
 
     ttl: float = Field(default=86_400.0, gt=0)
-    lease: float = Field(default=300.0, gt=0)
+    lease: float = Field(default=15.0, gt=0)
 
 
 def _env_default(name: str, fallback: str | None) -> Any:

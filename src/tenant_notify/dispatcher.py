@@ -16,10 +16,12 @@ refused recipient the attempt ends there.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -31,6 +33,7 @@ from .errors import (
     DeliveryError,
     NotifyError,
     PermanentDeliveryError,
+    StoreUnavailableError,
 )
 from .log import get_logger, mask_recipient
 from .metrics import MetricsRecorder, NullMetrics
@@ -49,11 +52,75 @@ from .models import (
 from .observers import NullObserver, StatusObserver, notify_observer
 from .reputation import Held, Reputation
 from .retry import RetryPolicy
-from .stores import ClaimState, IdempotencyStore, StatusStore
+from .stores import Claim, ClaimState, IdempotencyStore, StatusStore
 from .templates import TemplateRenderer
 from .tenants import StaticTenantResolver, Tenant, TenantResolver
 
 __all__ = ["Dispatcher", "Outcome"]
+
+_T = TypeVar("_T")
+# error_type of the status abandon() records.
+_NOT_ENQUEUED = "EnqueueError"
+
+
+class _Leases:
+    """The delivery claims this process holds, renewed while their attempts run.
+
+    One daemon thread per process (started with the first claim, again in a forked
+    child) renews every held lease each third of the lease, in one store call, so
+    a live attempt keeps its claim however long its provider takes, and the claim
+    of a process that died is free one lease after its last renewal.
+    """
+
+    def __init__(self, store: IdempotencyStore, lease: float) -> None:
+        self._store = store
+        self._lease = lease
+        self._held: dict[str, int] = {}  # key -> attempts holding it (a repeat may too)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0
+        self._log = get_logger()
+
+    def hold(self, key: str) -> None:
+        with self._lock:
+            self._held[key] = self._held.get(key, 0) + 1
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._wake = threading.Event()
+                threading.Thread(
+                    target=self._run, args=(self._wake,), name="tenant-notify-leases", daemon=True
+                ).start()
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            count = self._held.get(key, 0) - 1
+            if count > 0:
+                self._held[key] = count
+            else:
+                self._held.pop(key, None)
+
+    def stop(self) -> None:
+        self._wake.set()
+
+    def _run(self, stop: threading.Event) -> None:
+        renew = getattr(self._store, "renew", None)
+        if renew is None:
+            return
+        interval = self._lease / 3
+        while not stop.wait(interval):
+            with self._lock:
+                keys = list(self._held)
+            if not keys:
+                continue
+            try:
+                lost = renew(keys, self._lease)
+            except Exception as err:
+                # Redis is out of reach: try again at the next beat (the lease has
+                # two more beats' worth left).
+                self._log.warning("lease_renew_failed", error=f"{type(err).__name__}: {err}")
+                continue
+            if lost:
+                self._log.warning("lease_lost", claims=len(lost))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +147,9 @@ class Dispatcher:
         idempotency_store: Guards against delivering one notification twice.
         retry_policy: Decides whether and when to retry.
         idempotency_ttl: How long a completed delivery is remembered.
-        delivery_lease: How long one attempt may hold its delivery claim.
+        delivery_lease: Seconds a delivery claim lasts unless renewed; renewed every
+            third of it while the attempt runs, so a dead worker's claim is free
+            again within one lease.
         mask_recipients: Mask recipients in log lines.
         metrics: Told the outcome and duration of every attempt (see
             :mod:`tenant_notify.metrics`); records nothing by default.
@@ -101,7 +170,7 @@ class Dispatcher:
         idempotency_store: IdempotencyStore,
         retry_policy: RetryPolicy,
         idempotency_ttl: float = 86_400.0,
-        delivery_lease: float = 300.0,
+        delivery_lease: float = 15.0,
         mask_recipients: bool = True,
         metrics: MetricsRecorder | None = None,
         observer: StatusObserver | None = None,
@@ -115,6 +184,7 @@ class Dispatcher:
         self.retry_policy = retry_policy
         self.idempotency_ttl = idempotency_ttl
         self.delivery_lease = delivery_lease
+        self._leases = _Leases(idempotency_store, delivery_lease)
         self._mask = mask_recipient if mask_recipients else str
         self._log = get_logger()
         self.metrics: MetricsRecorder = metrics if metrics is not None else NullMetrics()
@@ -210,13 +280,37 @@ class Dispatcher:
         if claim.state is ClaimState.BUSY:
             log.info("notification_delivery_in_progress", retry_in=round(claim.retry_in, 3))
             return Outcome(self.status_store.get(notification.id), retry_in=claim.retry_in)
+        self._leases.hold(claim_key)
+        try:
+            return self._attempt(notification, attempt, claim, claim_key, log)
+        except StoreUnavailableError:
+            # Redis failed before anything was sent: give the claim back if it can
+            # be (else its lease runs out), and let the transport redeliver.
+            try:
+                self.idempotency_store.release(claim_key)
+            except NotifyError:
+                log.warning("claim_release_failed")
+            raise
+        finally:
+            self._leases.drop(claim_key)
 
-        # A first attempt starts from the status the caller recorded, which the
-        # notification itself describes: no need to read it back. Later ones
-        # carry on from what the earlier attempt recorded.
-        current = (
-            DeliveryStatus.queued(notification) if attempt == 1 else self._current(notification)
-        )
+    def _attempt(
+        self, notification: Notification, attempt: int, claim: Claim, claim_key: str, log: Any
+    ) -> Outcome:
+        # What the last attempt recorded, read with the claim when the store can.
+        previous = claim.status if claim.status_read else self.status_store.get(notification.id)
+        # (A ``failed`` the caller's side recorded because the broker never
+        # confirmed the message does not count: the message did arrive.)
+        if previous is not None and previous.is_final and previous.error_type != _NOT_ENQUEUED:
+            # An earlier attempt completed (its status landed, but the claim's
+            # completion did not, or this is a repeat of a finished send): do not
+            # send again.
+            log.info("notification_already_delivered", state=previous.state.value)
+            self._settle(
+                lambda: self.idempotency_store.complete(claim_key, self.idempotency_ttl), log
+            )
+            return Outcome(previous)
+        current = previous if previous is not None else DeliveryStatus.queued(notification)
         status = current.evolve(state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None)
         self._record(status)
         started = time.perf_counter()
@@ -255,7 +349,6 @@ class Dispatcher:
                 notification, status, attempt, wrapped, provider_name, claim_key, log, started
             )
 
-        self.idempotency_store.complete(claim_key, self.idempotency_ttl)
         status = status.evolve(
             state=DeliveryState.SENT,
             provider=result.provider,
@@ -263,7 +356,7 @@ class Dispatcher:
             error=None,
             error_type=None,
         )
-        self._record(status)
+        self._complete(claim_key, status, log)
         log.info(
             "notification_sent",
             provider=result.provider,
@@ -277,6 +370,35 @@ class Dispatcher:
         """Save ``status`` and tell the observer."""
         self.status_store.save(status)
         notify_observer(self.observer, status)
+
+    def _complete(self, claim_key: str, status: DeliveryStatus, log: Any) -> None:
+        """Mark the claim done and record the final ``status``, held until both land."""
+
+        def write() -> None:
+            self.idempotency_store.complete(claim_key, self.idempotency_ttl)
+            self.status_store.save(status)
+
+        self._settle(write, log)
+        notify_observer(self.observer, status)
+
+    def _settle(self, write: Callable[[], _T], log: Any) -> _T:
+        """Run ``write`` (writes that record how an attempt ended) until the store
+        answers.
+
+        Once a provider has been called, losing the record of it would have the
+        redelivered message sent again; so the attempt holds (and with it the
+        broker's message, unacknowledged) until the store takes the writes. The
+        lease heartbeat keeps the claim meanwhile; a worker's hard time limit is
+        the bound.
+        """
+        delay = 0.05
+        while True:
+            try:
+                return write()
+            except StoreUnavailableError as err:
+                log.warning("completion_write_retry", error=str(err), retry_in=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def _observe(
         self,
@@ -347,14 +469,13 @@ class Dispatcher:
         started: float,
     ) -> Outcome:
         # Final: a redelivery of this message must not send it either.
-        self.idempotency_store.complete(claim_key, self.idempotency_ttl)
         status = status.evolve(
             state=held.state,
             error=str(held.error),
             error_type=type(held.error).__name__,
             next_attempt_at=None,
         )
-        self._record(status)
+        self._complete(claim_key, status, log)
         suppressed = held.state is DeliveryState.SUPPRESSED
         log.warning(
             "notification_suppressed" if suppressed else "notification_paused",
@@ -378,7 +499,6 @@ class Dispatcher:
         retry_in = self.retry_policy.delay_for(attempt, error)
         reason = str(error)
         if retry_in is not None:
-            self.idempotency_store.release(claim_key)
             status = status.evolve(
                 state=DeliveryState.RETRYING,
                 provider=provider_name,
@@ -386,7 +506,14 @@ class Dispatcher:
                 error_type=type(error).__name__,
                 next_attempt_at=utcnow() + dt.timedelta(seconds=retry_in),
             )
-            self._record(status)
+
+            def retrying() -> None:
+                # The status first: once the claim is free, a repeat may take it.
+                self.status_store.save(status)
+                self.idempotency_store.release(claim_key)
+
+            self._settle(retrying, log)
+            notify_observer(self.observer, status)
             log.warning(
                 "delivery_retry_scheduled",
                 provider=provider_name,
@@ -396,12 +523,6 @@ class Dispatcher:
             self._observe(notification, provider_name, DeliveryState.RETRYING, started, log)
             self._after_failure(notification, error, log)
             return Outcome(status, retry_in=retry_in)
-        if isinstance(error, DeliveryError) and not isinstance(error, AmbiguousDeliveryError):
-            # Certainly not accepted: a later, deliberate resend may go through.
-            self.idempotency_store.release(claim_key)
-        else:
-            # Perhaps accepted, or never sendable: a redelivery must not try again.
-            self.idempotency_store.complete(claim_key, self.idempotency_ttl)
         status = status.evolve(
             state=DeliveryState.FAILED,
             provider=provider_name,
@@ -409,7 +530,23 @@ class Dispatcher:
             error_type=type(error).__name__,
             next_attempt_at=None,
         )
-        self._record(status)
+        if (
+            isinstance(error, DeliveryError)
+            and not isinstance(error, AmbiguousDeliveryError)
+            and notification.idempotency_key is None
+        ):
+            # Certainly not accepted: a replayed dead letter may go through.
+
+            def failed() -> None:
+                self.status_store.save(status)
+                self.idempotency_store.release(claim_key)
+
+            self._settle(failed, log)
+            notify_observer(self.observer, status)
+        else:
+            # Perhaps accepted, never sendable, or the key's first send (a failed
+            # send keeps its key): a redelivery or a repeat must not try again.
+            self._complete(claim_key, status, log)
         log.error(
             "delivery_failed",
             provider=provider_name,
@@ -434,7 +571,7 @@ class Dispatcher:
         status = self._current(notification).evolve(
             state=DeliveryState.FAILED,
             error=reason,
-            error_type="EnqueueError",
+            error_type=_NOT_ENQUEUED,
             next_attempt_at=None,
         )
         self._record(status)
@@ -499,6 +636,7 @@ class Dispatcher:
 
     def close(self) -> None:
         """Close every provider and the renderer; let the observer finish."""
+        self._leases.stop()
         try:
             self.observer.close()
         finally:

@@ -27,9 +27,12 @@ chained with ``raise ... from err``.
     │   ├── TemplateRenderError         syntax error, undefined variable, ...
     │   ├── TemplateSecurityError       a sandbox violation (reaching Python internals)
     │   └── TemplateLimitError          output, a value or the work over its limit; too slow
-    ├── EnqueueError                    the transport could not accept the notification
-    │   ├── QueueFullError              the in-process queue stayed full past the timeout
-    │   └── StoreUnavailableError       the shared store (Redis) did not answer
+    ├── EnqueueError                    a send did not return a receipt (one of the two below)
+    │   ├── NotQueuedError              nothing was queued: retrying the same call is safe
+    │   │   ├── QueueFullError          the in-process queue stayed full past the timeout
+    │   │   └── StoreUnavailableError   the shared store (Redis) did not answer
+    │   └── InDoubtError                perhaps queued: retrying with the same idempotency
+    │                                   key never sends twice (without one it may)
     ├── DeliveryError                   the provider did not deliver
     │   ├── TransientDeliveryError      retryable (SMTP 4xx, connection refused, 429, 5xx)
     │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
@@ -87,6 +90,7 @@ __all__ = [
     "EnqueueError",
     "EventError",
     "HeaderInjectionError",
+    "InDoubtError",
     "InvalidAmountError",
     "InvalidAttachmentError",
     "InvalidContextError",
@@ -95,6 +99,7 @@ __all__ = [
     "InvalidLinkError",
     "InvalidRecipientError",
     "MissingDependencyError",
+    "NotQueuedError",
     "NotifyError",
     "PermanentDeliveryError",
     "QueueFullError",
@@ -362,14 +367,42 @@ class TemplateLimitError(TemplateError):
 
 
 class EnqueueError(NotifyError):
-    """The transport could not accept the notification; nothing was queued."""
+    """A send could not be confirmed as queued; no receipt was returned.
+
+    Every send raises one of its two subclasses, which tell the caller what to do
+    (docs/concepts.md, "The caller's contract"): :class:`NotQueuedError` (nothing
+    was queued; retrying the same call is safe) or :class:`InDoubtError` (it may
+    have been queued; retrying with the same idempotency key never sends twice).
+    Catch ``EnqueueError`` to handle both alike: retry with the same key.
+    """
 
 
-class QueueFullError(EnqueueError):
+class NotQueuedError(EnqueueError):
+    """Nothing was queued: the notification will not be delivered unless sent again.
+
+    Retrying the same call is safe (and may send). Raised when the transport
+    refused it before anything reached the broker or queue: a closed notifier,
+    a full in-process queue, a broker that could not be reached, a shared store
+    that did not answer.
+    """
+
+
+class InDoubtError(EnqueueError):
+    """The notification may have been queued (and may be delivered) or not.
+
+    Raised when a message reached the broker but its confirm did not come back
+    (the connection died or stalled after the write). Retrying the same call with
+    the same idempotency key never sends a second message: the retry carries the
+    same notification id, and the worker that claims it delivers it at most once.
+    Without a key a retry may send twice.
+    """
+
+
+class QueueFullError(NotQueuedError):
     """The in-process queue stayed full for longer than the enqueue timeout."""
 
 
-class StoreUnavailableError(EnqueueError):
+class StoreUnavailableError(NotQueuedError):
     """A shared store (Redis) could not be reached or did not answer in time.
 
     Raised by a send (nothing was queued: try again later) and by status reads.

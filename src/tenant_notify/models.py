@@ -18,6 +18,8 @@ import base64
 import binascii
 import datetime as dt
 import enum
+import hashlib
+import json
 import mimetypes
 import os
 import re
@@ -102,8 +104,23 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def new_notification_id() -> str:
-    return uuid.uuid4().hex
+def new_notification_id(
+    tenant_id: str | None = None, kind: str | None = None, idempotency_key: str | None = None
+) -> str:
+    """A notification id: random, or derived from an idempotency key.
+
+    With ``idempotency_key`` the id is a function of the tenant, the kind and the
+    key, so a repeated send carries the id of the first one and the worker that
+    claims it delivers it once, without the caller waiting on a shared store.
+    The three are hashed in an unambiguous encoding (a JSON array: every
+    character of a tenant id or a key is escaped, none can stand for a
+    separator), so no two different triples share an id. Like a random id: 32
+    lowercase hex digits.
+    """
+    if idempotency_key is None:
+        return uuid.uuid4().hex
+    encoded = json.dumps([tenant_id, kind, idempotency_key], ensure_ascii=True)
+    return hashlib.sha256(encoded.encode("ascii")).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1146,16 +1163,19 @@ class Receipt:
         id: The notification id (pass it to ``Notifier.status``).
         tenant_id: The tenant it was sent for.
         kind: Its kind.
-        duplicate: True when the idempotency key had been used before and this
-            receipt points at the earlier notification instead of a new one.
+        duplicate: True when the idempotency key had been used before (same
+            tenant and kind) and this receipt points at the earlier notification
+            instead of a new one. On a shared store (Redis) the send does not wait
+            to know: reading ``duplicate`` waits for the store's answer if it has
+            not come yet (False if the store never answered).
     """
 
     __slots__ = (
         "_aget_status",
         "_await",
+        "_duplicate",
         "_get_status",
         "_wait",
-        "duplicate",
         "id",
         "kind",
         "tenant_id",
@@ -1167,7 +1187,7 @@ class Receipt:
         *,
         tenant_id: str,
         kind: str,
-        duplicate: bool = False,
+        duplicate: bool | Callable[[], bool] = False,
         get_status: Callable[[str], DeliveryStatus],
         wait: Callable[[str, float | None], DeliveryStatus],
         aget_status: Callable[[str], Awaitable[DeliveryStatus]],
@@ -1176,11 +1196,17 @@ class Receipt:
         self.id = id
         self.tenant_id = tenant_id
         self.kind = kind
-        self.duplicate = duplicate
+        self._duplicate = duplicate
         self._get_status = get_status
         self._wait = wait
         self._aget_status = aget_status
         self._await = await_
+
+    @property
+    def duplicate(self) -> bool:
+        if not isinstance(self._duplicate, bool):
+            self._duplicate = bool(self._duplicate())
+        return self._duplicate
 
     def status(self) -> DeliveryStatus:
         """The current status of the notification."""
@@ -1208,7 +1234,8 @@ class Receipt:
         return await self._await(self.id, timeout)
 
     def __repr__(self) -> str:
-        dup = ", duplicate=True" if self.duplicate else ""
+        # (Known ones only: a repr never waits for a store.)
+        dup = ", duplicate=True" if self._duplicate is True else ""
         return f"Receipt(id={self.id!r}, tenant_id={self.tenant_id!r}, kind={self.kind!r}{dup})"
 
     def __eq__(self, other: object) -> bool:

@@ -38,9 +38,10 @@ from .config import Settings, load_settings
 from .dispatcher import Dispatcher
 from .errors import (
     ConfigurationError,
-    EnqueueError,
+    InDoubtError,
     InvalidContextError,
     NotifyError,
+    NotQueuedError,
     UnknownNotificationError,
     ValidationError,
     WaitTimeoutError,
@@ -260,7 +261,7 @@ class Notifier:
             context: Fields the templates see by name. Values must be JSON types,
                 Decimal, date or datetime (they may travel to another process).
             channel: ``"email"`` or ``"sms"``.
-            idempotency_key: Sending again with the same key (for this tenant)
+            idempotency_key: Sending again with the same key (for this tenant and kind)
                 sends nothing and returns the first send's receipt.
             locale: Overrides the tenant's locale.
             to_name: The recipient's display name (email).
@@ -397,7 +398,7 @@ class Notifier:
         if idempotency_key is not None:
             check_text(idempotency_key, "idempotency_key", max_chars=512)
         return Notification(
-            id=new_notification_id(),
+            id=new_notification_id(tenant_id, kind, idempotency_key),
             tenant_id=tenant_id,
             kind=kind,
             channel=channel,
@@ -411,48 +412,59 @@ class Notifier:
 
     def _check_open(self, tenant_id: str) -> None:
         if self._closed:
-            raise EnqueueError("the notifier is closed", tenant_id=tenant_id)
+            raise NotQueuedError("the notifier is closed", tenant_id=tenant_id)
 
     def _enqueue(self, notification: Notification) -> Receipt:
-        """Reserve the idempotency key, record ``queued``, hand to the transport."""
+        """Record ``queued``, hand to the transport; nothing waits on a shared store.
+
+        A send with an idempotency key has an id derived from tenant, kind and key
+        (:func:`~tenant_notify.models.new_notification_id`): a repeat carries the
+        first send's id, and the delivery claim on the worker's side makes sure it
+        is delivered once. Where the status store answers at once (in memory), a
+        known repeat is not handed to the transport at all.
+
+        Raises:
+            NotQueuedError: nothing was queued (retrying the same call is safe).
+            InDoubtError: it may be queued (retry with the same key: never twice).
+        """
         self._check_open(notification.tenant_id)
         tenant_id, kind = notification.tenant_id, notification.kind
-        idempotency_key = notification.idempotency_key
-        reservation = None
-        if idempotency_key is not None:
-            reservation = f"send:{tenant_id}:{idempotency_key}"
-            earlier = self.idempotency_store.reserve(
-                reservation, notification.id, self.settings.idempotency.ttl
-            )
-            if earlier is not None:
-                # Keys are per tenant, not per kind: report what was sent first.
-                first = self.status_store.get(earlier)
-                first_kind = first.kind if first is not None else kind
+        queued = DeliveryStatus.queued(notification)
+        keyed = notification.idempotency_key is not None
+        save_first = getattr(self.status_store, "save_first", None) if keyed else None
+        seen: bool | Callable[[], bool] = False
+        try:
+            if save_first is not None:
+                seen = save_first(queued)
+            else:
+                self.status_store.save(queued)
+            if seen is True:
                 self._log.info(
                     "notification_duplicate",
                     tenant_id=tenant_id,
-                    notification_id=earlier,
-                    kind=first_kind,
+                    notification_id=notification.id,
+                    kind=kind,
                 )
-                return self._receipt(earlier, tenant_id, first_kind, duplicate=True)
-        queued = DeliveryStatus.queued(notification)
-        try:
-            self.status_store.save(queued)
+                return self._receipt(notification.id, tenant_id, kind, duplicate=True)
             self.transport.submit(notification)
         except BaseException as err:
-            # Not queued: forget it entirely, so the caller can simply try again.
-            # The store may be what failed; its own error is the one to raise.
-            with contextlib.suppress(NotifyError):
-                self.status_store.discard(notification.id)
-            if reservation is not None:
+            if not isinstance(err, InDoubtError):
+                # Not queued: forget the status this call wrote (only that one: a
+                # repeat must not erase what its first send recorded), so that
+                # retrying the call is simply a send.
+                discard_queued = getattr(self.status_store, "discard_queued", None)
                 with contextlib.suppress(NotifyError):
-                    self.idempotency_store.forget(reservation)
+                    if discard_queued is not None:
+                        discard_queued(queued)
+                    elif not keyed:
+                        self.status_store.discard(notification.id)
             if isinstance(err, NotifyError):
                 clean_chain(err)  # a broker's or Redis's exception may quote a URL
             raise
         # Only once it is queued: a callback must not announce what never was.
-        notify_observer(self.dispatcher.observer, queued)
-        return self._receipt(notification.id, tenant_id, kind)
+        if not getattr(seen, "existed", False):
+            notify_observer(self.dispatcher.observer, queued)
+        return self._receipt(notification.id, tenant_id, kind, duplicate=seen)
 
     def _check_sendable(self, tenant: Tenant, kind: str, channel: Channel, locale: str) -> None:
         if channel is Channel.EMAIL and tenant.email_from is None:
@@ -472,7 +484,11 @@ class Notifier:
         )
 
     def _receipt(
-        self, notification_id: str, tenant_id: str, kind: str, duplicate: bool = False
+        self,
+        notification_id: str,
+        tenant_id: str,
+        kind: str,
+        duplicate: bool | Callable[[], bool] = False,
     ) -> Receipt:
         return Receipt(
             notification_id,

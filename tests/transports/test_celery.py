@@ -76,7 +76,7 @@ def test_without_celery_installed_the_extra_is_named(monkeypatch):
 def test_settings_are_checked():
     with pytest.raises(ConfigurationError, match="time_limit"):
         load_settings({"celery": {"soft_time_limit": 60, "time_limit": 30}})
-    settings = load_settings({"transport": "celery", "idempotency": {"lease": 10}})
+    settings = load_settings({"transport": "celery", "idempotency": {"lease": 2}})
     with pytest.raises(ConfigurationError, match=r"idempotency\.lease"):
         CeleryTransport.from_settings(None, settings)  # type: ignore[arg-type]
 

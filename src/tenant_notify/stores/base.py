@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +24,18 @@ class StatusStore(Protocol):
 
     def discard(self, notification_id: str) -> None:
         """Forget an id (a submission that never reached the transport)."""
+
+    # Optional (both built-in stores have them; the Notifier falls back to
+    # ``save`` and ``discard`` without them):
+    #
+    # def save_first(self, status) -> bool | Callable[[], bool]
+    #     Record a new notification's first ``queued`` status unless its id has a
+    #     status already; tell whether it had one: a bool when known at once, else
+    #     a callable that finds out (it may wait for the store).
+    # def discard_queued(self, status) -> None
+    #     Forget the id only while its status is still exactly ``status`` (the
+    #     ``queued`` one this send wrote), so a failed repeat of a send never
+    #     erases what an earlier one recorded.
 
     def find_by_provider_message_id(
         self, provider: str, provider_message_id: str
@@ -53,6 +66,11 @@ class ClaimState(enum.Enum):
 class Claim:
     state: ClaimState
     retry_in: float = 0.0  # with BUSY: seconds until the other lease runs out
+    # With ACQUIRED, when the store read it in the same step (``status_read``): the
+    # notification's latest status, so the dispatcher knows whether an earlier
+    # attempt completed without asking the status store again.
+    status: DeliveryStatus | None = None
+    status_read: bool = False
 
 
 @runtime_checkable
@@ -75,7 +93,18 @@ class IdempotencyStore(Protocol):
         """Drop a reservation (the send it was made for never got queued)."""
 
     def claim(self, key: str, lease: float) -> Claim:
-        """Take a lease on ``key`` unless it is done or leased by someone else."""
+        """Take a lease on ``key`` unless it is done or leased by someone else.
+
+        The lease runs out ``lease`` seconds later unless :meth:`renew` extends it,
+        so the claim of a process that died is free again within one lease.
+        """
+
+    def renew(self, keys: Sequence[str], lease: float) -> list[str]:
+        """Extend this process's leases on ``keys`` to ``lease`` seconds from now.
+
+        Returns the keys whose lease this process no longer holds (it ran out and
+        was taken, or was completed).
+        """
 
     def complete(self, key: str, ttl: float) -> None:
         """Mark ``key`` done for ``ttl`` seconds: later claims get DONE."""

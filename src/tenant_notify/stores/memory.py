@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from ..models import DeliveryStatus
 from .base import Claim, ClaimState
@@ -39,6 +40,20 @@ class MemoryStatusStore:
             if len(self._statuses) > self._max_entries:
                 self._evict()
             self._changed.notify_all()
+
+    def save_first(self, status: DeliveryStatus) -> bool:
+        """Record ``status`` unless its id has a status; True when it had one."""
+        with self._changed:
+            if status.id in self._statuses:
+                return True
+        self.save(status)
+        return False
+
+    def discard_queued(self, status: DeliveryStatus) -> None:
+        """Forget ``status.id`` only while its status is still ``status``."""
+        with self._changed:
+            if self._statuses.get(status.id) == status:
+                self._unindex(self._statuses.pop(status.id))
 
     def _unindex(self, status: DeliveryStatus) -> None:
         if status.provider and status.provider_message_id:
@@ -136,6 +151,17 @@ class MemoryIdempotencyStore:
                 return Claim(ClaimState.BUSY, retry_in=self._entries[key][1] - now)
             self._entries[key] = (self._LEASED, now + lease)
             return Claim(ClaimState.ACQUIRED)
+
+    def renew(self, keys: Sequence[str], lease: float) -> list[str]:
+        now = time.monotonic()
+        lost = []
+        with self._lock:
+            for key in keys:
+                if self._live(key, now) == self._LEASED:
+                    self._entries[key] = (self._LEASED, now + lease)
+                else:
+                    lost.append(key)
+        return lost
 
     def complete(self, key: str, ttl: float) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -117,9 +117,16 @@ class _Writer:
         self._conn: Any = None
         self._pid = 0
         self._owed: deque[str] = deque()  # the key of each write whose reply is unread
+        # With some of them: what to tell the reply to (by position in _owed).
+        self._on_reply: dict[int, Callable[[Any], None]] = {}
+        self._sent = 0  # writes ever sent on this connection; _owed[0] is number _sent - len
 
-    def send(self, key: str, *args: Any) -> None:
-        """Write a command on ``key``; its reply is read later (errors surface then)."""
+    def send(self, key: str, *args: Any, on_reply: Callable[[Any], None] | None = None) -> None:
+        """Write a command on ``key``; its reply is read later (errors surface then).
+
+        ``on_reply`` is called with the reply once it is read (never when the
+        connection fails first).
+        """
         with self._lock:
             conn = self._connection()
             try:
@@ -128,6 +135,9 @@ class _Writer:
             except self._errors as err:
                 raise self._broken(err) from err
             self._owed.append(key)
+            if on_reply is not None:
+                self._on_reply[self._sent] = on_reply
+            self._sent += 1
 
     def call(self, key: str, *args: Any) -> Any:
         """Write a command on ``key`` and wait: every earlier write is done when this returns."""
@@ -136,6 +146,7 @@ class _Writer:
             try:
                 conn.send_command(*args, check_health=not self._owed)
                 self._owed.append(key)
+                self._sent += 1
                 return self._read(conn, block=True)
             except self._errors as err:
                 raise self._broken(err) from err
@@ -170,6 +181,7 @@ class _Writer:
                 self._conn = None
                 raise self._broken(err) from err
             self._pid, self._owed = os.getpid(), deque()
+            self._on_reply, self._sent = {}, 0
         return self._conn
 
     def _read(self, conn: Any, *, block: bool) -> Any:
@@ -181,7 +193,12 @@ class _Writer:
                 reply = conn.read_response()
             except response_error as err:
                 refused = refused or (self._owed[0], err)
-            self._owed.popleft()  # (left in place when the connection fails: see _broken)
+                reply = err
+            # (left in place when the connection fails: see _broken)
+            callback = self._on_reply.pop(self._sent - len(self._owed), None)
+            self._owed.popleft()
+            if callback is not None:
+                callback(reply)
         if refused is not None:
             key, error = refused
             raise StoreUnavailableError(f"Redis refused the write of {key}: {error}") from error
@@ -189,7 +206,7 @@ class _Writer:
 
     def _broken(self, err: BaseException) -> StoreUnavailableError:
         conn, self._conn, owed = self._conn, None, self._owed
-        self._owed = deque()
+        self._owed, self._on_reply, self._sent = deque(), {}, 0
         if conn is not None:
             with suppress(*self._errors):
                 conn.disconnect()
@@ -249,6 +266,27 @@ class _RedisStore:
         self._redis.close()
 
 
+class _FirstSave:
+    """Whether a ``SET NX`` found the key taken; the answer read when it comes."""
+
+    __slots__ = ("_writer", "done", "existed")
+
+    def __init__(self, writer: _Writer) -> None:
+        self._writer = writer
+        self.done = False
+        self.existed = False
+
+    def reply(self, value: Any) -> None:
+        self.done = True
+        self.existed = value is None
+
+    def __call__(self) -> bool:
+        if not self.done:
+            with suppress(StoreUnavailableError):
+                self._writer.flush()
+        return self.existed
+
+
 class RedisStatusStore(_RedisStore):
     """Statuses as JSON strings with a TTL; waiters are woken through pub/sub.
 
@@ -290,6 +328,11 @@ class RedisStatusStore(_RedisStore):
         end
     end
     return redis.call('DEL', KEYS[1])
+    """
+
+    _DISCARD_UNCHANGED = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    return 0
     """
 
     def __init__(
@@ -354,6 +397,26 @@ class RedisStatusStore(_RedisStore):
             self._writer.send(key, *command)
         else:
             self._writer.call(key, *command)
+
+    def save_first(self, status: DeliveryStatus) -> Callable[[], bool]:
+        """Write a new notification's first ``queued`` status unless its id has one.
+
+        Not waited for (the caller's send pays no round trip). Returns a callable
+        that tells whether the id had a status already (a repeated send): it reads
+        Redis's reply, waiting for it only if it has not come yet, and says False
+        when Redis never answered.
+        """
+        data = json.dumps(status.to_dict(), separators=(",", ":"))
+        key = self._key(status.id)
+        seen = _FirstSave(self._writer)
+        self._writer.send(key, "SET", key, data, "NX", "PX", _ms(self.ttl), on_reply=seen.reply)
+        return seen
+
+    def discard_queued(self, status: DeliveryStatus) -> None:
+        """Forget ``status.id`` only while its stored status is still ``status``."""
+        data = json.dumps(status.to_dict(), separators=(",", ":"))
+        key = self._key(status.id)
+        self._writer.call(key, "EVAL", self._DISCARD_UNCHANGED, 1, key, data)
 
     def get(self, notification_id: str) -> DeliveryStatus | None:
         raw = self._call(lambda: self._redis.get(self._key(notification_id)))
@@ -426,12 +489,20 @@ class RedisIdempotencyStore(_RedisStore):
     return redis.call('GET', KEYS[1])
     """
 
+    # KEYS[2], when given, is the notification's status: read with the claim, so
+    # the worker knows whether an earlier attempt completed in the same round trip.
     _CLAIM = """
     local current = redis.call('GET', KEYS[1])
     if current == ARGV[1] then return {'done', 0} end
     if current then return {'busy', redis.call('PTTL', KEYS[1])} end
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    if KEYS[2] then return {'acquired', 0, redis.call('GET', KEYS[2])} end
     return {'acquired', 0}
+    """
+
+    _RENEW = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+    return 0
     """
 
     _RELEASE = """
@@ -444,6 +515,7 @@ class RedisIdempotencyStore(_RedisStore):
         self._reserve = client.register_script(self._RESERVE)
         self._claim = client.register_script(self._CLAIM)
         self._release = client.register_script(self._RELEASE)
+        self._renew = client.register_script(self._RENEW)
         # key -> the token of the lease this process holds on it
         self._leases: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -470,10 +542,18 @@ class RedisIdempotencyStore(_RedisStore):
         self._call(lambda: self._redis.delete(self._key(key)))
 
     def claim(self, key: str, lease: float) -> Claim:
+        """Take a lease on ``key``.
+
+        For a delivery claim (``delivery:<notification id>``) the notification's
+        status is read in the same script, and given with an ACQUIRED claim.
+        """
         token = _LEASE + uuid.uuid4().hex
-        state, pttl = self._call(
-            lambda: self._claim(keys=[self._key(key)], args=[_DONE, token, _ms(lease)])
-        )
+        keys = [self._key(key)]
+        delivery = key.startswith("delivery:")
+        if delivery:
+            keys.append(f"{self._prefix}status:{key[len('delivery:') :]}")
+        reply = self._call(lambda: self._claim(keys=keys, args=[_DONE, token, _ms(lease)]))
+        state, pttl = reply[0], reply[1]
         if state == "done":
             return Claim(ClaimState.DONE)
         if state == "busy":
@@ -482,7 +562,39 @@ class RedisIdempotencyStore(_RedisStore):
             return Claim(ClaimState.BUSY, retry_in=max(int(pttl), 100) / 1000)
         with self._lock:
             self._leases[key] = token
-        return Claim(ClaimState.ACQUIRED)
+        if not delivery:
+            return Claim(ClaimState.ACQUIRED)
+        raw = reply[2] if len(reply) > 2 else None
+        status = None if raw is None else DeliveryStatus.from_dict(json.loads(raw))
+        return Claim(ClaimState.ACQUIRED, status=status, status_read=True)
+
+    def renew(self, keys: Sequence[str], lease: float) -> list[str]:
+        """Extend this process's leases on ``keys``: one round trip for all of them.
+
+        Runs on a pooled connection of its own, not the ordered writer, so a
+        heartbeat never waits behind (or holds up) a delivery's writes.
+        """
+        held: list[tuple[str, str]] = []
+        lost: list[str] = []
+        with self._lock:
+            for key in keys:
+                token = self._leases.get(key)
+                if token is None:
+                    lost.append(key)
+                else:
+                    held.append((key, token))
+        if not held:
+            return lost
+
+        def run() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, token in held:
+                self._renew(keys=[self._key(key)], args=[token, _ms(lease)], client=pipe)
+            replies: list[Any] = pipe.execute()
+            return replies
+
+        replies = self._call(run, after_writes=False)
+        return lost + [key for (key, _), ok in zip(held, replies, strict=True) if not ok]
 
     def complete(self, key: str, ttl: float) -> None:
         """Mark ``key`` done, without waiting for Redis's reply.

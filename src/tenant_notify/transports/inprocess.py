@@ -32,7 +32,7 @@ from .._concurrency import declare_concurrency
 from .._fair import FairQueue
 from ..config import Settings
 from ..dispatcher import Dispatcher
-from ..errors import EnqueueError, QueueFullError
+from ..errors import NotQueuedError, QueueFullError
 from ..log import get_logger
 from ..metrics import observe_queue_wait, watch_backlog
 from ..models import Notification
@@ -135,7 +135,7 @@ class InProcessTransport(Transport):
     def submit(self, notification: Notification, *, delay: float | None = None) -> None:
         """Queue ``notification``; with ``delay`` (seconds), deliver it no sooner."""
         if self._closed:
-            raise EnqueueError(
+            raise NotQueuedError(
                 "the in-process transport is closed",
                 tenant_id=notification.tenant_id,
                 notification_id=notification.id,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import CelerySettings
-from ...errors import EnqueueError
+from ...errors import InDoubtError, NotQueuedError
 from ...log import get_logger
 from ...models import Notification
 from .message import TASK_NAME, Routes, build_message, kombu_module, process_origin
@@ -343,7 +343,7 @@ class Publisher:
             while not self._idle and len(self._links) >= self.settings.pool_limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._returned.wait(remaining):
-                    raise EnqueueError(
+                    raise NotQueuedError(
                         f"all {self.settings.pool_limit} broker connections stayed busy for "
                         f"{self.settings.publish_timeout}s; raise celery.pool_limit"
                     )
@@ -380,7 +380,7 @@ class Publisher:
             wait: Wait for the broker's confirm (default: the ``sync`` setting).
         """
         if self._closed:
-            raise EnqueueError(
+            raise NotQueuedError(
                 "the Celery transport is closed",
                 tenant_id=notification.tenant_id,
                 notification_id=notification.id,
@@ -407,7 +407,18 @@ class Publisher:
         self._send(pending, now + timeout, self.wait_confirms if wait is None else wait)
 
     def _send(self, pending: _Pending, deadline: float, wait: bool) -> None:
+        """Write ``pending`` (and with ``wait`` see it confirmed) before ``deadline``.
+
+        Raises:
+            NotQueuedError: it was never written (no connection could be made),
+                or the broker refused every write (nack).
+            InDoubtError: it was written, but its confirm never came (the
+                connection died or stalled after the write): the broker may
+                have it. The same notification id goes out on a retry, so the
+                worker that claims it delivers it once.
+        """
         link = self._acquire(deadline)
+        in_doubt = False  # a write of this message may have reached the broker
         try:
             delay = 0.05
             while True:
@@ -416,11 +427,13 @@ class Publisher:
                         link.connect()
                     else:
                         link.check()
+                    in_doubt = True
                     tag = link.write(pending)
                     if wait and tag:
                         link.wait_for(tag, pending, deadline)
                     break
                 except _Nacked as err:
+                    in_doubt = False  # refused: the broker did not keep it
                     last: BaseException = err
                 except Exception as err:
                     link.drop()
@@ -437,8 +450,18 @@ class Publisher:
                         tenant_id=pending.notification.tenant_id,
                         notification_id=pending.notification.id,
                         error=f"{type(last).__name__}: {last}",
+                        in_doubt=in_doubt,
                     )
-                    raise EnqueueError(
+                    if in_doubt:
+                        raise InDoubtError(
+                            f"the broker at {self._safe_url()} did not confirm the message "
+                            f"within {self.settings.publish_timeout}s; it may be queued "
+                            f"(retry with the same idempotency key): {type(last).__name__}: "
+                            f"{last}",
+                            tenant_id=pending.notification.tenant_id,
+                            notification_id=pending.notification.id,
+                        ) from last
+                    raise NotQueuedError(
                         f"cannot publish to the broker at {self._safe_url()} within "
                         f"{self.settings.publish_timeout}s: {type(last).__name__}: {last}",
                         tenant_id=pending.notification.tenant_id,

@@ -40,11 +40,11 @@ def shared_stores(settings: Settings) -> tuple[StatusStore, IdempotencyStore]:
 
 
 def check_settings(settings: Settings) -> None:
-    """Refuse settings with which a slow attempt could be delivered twice."""
-    if settings.idempotency.lease < settings.celery.time_limit:
+    """Refuse settings with which a live attempt could lose its claim."""
+    if settings.idempotency.lease < 3.0:
         raise ConfigurationError(
-            f"must be at least celery.time_limit ({settings.celery.time_limit}s), or a "
-            "redelivered message could be sent while the first attempt still runs",
+            "must be at least 3 seconds: the lease is renewed every third of it, and a "
+            "worker that misses two renewals (a pause of a second) would lose its claim",
             key="idempotency.lease",
         )
 

@@ -1,0 +1,541 @@
+"""Infrastructure faults for the delivery-ledger tests and bench/bench_faults.py.
+
+:class:`FaultProxy` sits on loopback in front of the shared Redis or RabbitMQ and
+can *reset* every connection (and refuse new ones) or *stall* them (hold every
+byte, then forward it all), until :meth:`FaultProxy.restore`. :class:`FaultWorker`
+is a real ``tenant-notify worker`` in a process group of its own, so a test can
+SIGKILL the whole group at once. :func:`run_fault` runs one of the faults of
+issue 9's "Why" against N order confirmations and counts what the SMTP server
+received: sent, lost, doubled.
+
+The shared services are never stopped or reconfigured: only the proxies, the
+worker processes and the SMTP server started here are, by their own handles.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS = ("127.0.0.1", 6379)
+RABBITMQ = ("127.0.0.1", 5672)
+REDIS_DB = 15
+TENANTS = {
+    "acme": ("Acme Shop", "orders@acme.test"),
+    "globex": ("Globex Café", "hello@globex.test"),
+    "initech": ("Initech", "noreply@initech.test"),
+}
+
+
+class FaultProxy:
+    """A loopback TCP proxy that can reset or stall the connections through it."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._refusing = False
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(128)
+        self.port: int = self._server.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="fault-proxy").start()
+
+    # --- faults --------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Reset every open connection; reset new ones too, until :meth:`restore`."""
+        with self._lock:
+            self._refusing = True
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in pair:
+                _abort(sock)
+
+    def stall(self) -> None:
+        """Hold every byte in both directions (connections stay open) until :meth:`restore`."""
+        self._flowing.clear()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._refusing = False
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.restore()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        self.reset()
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            with self._lock:
+                refusing = self._refusing
+            if refusing:
+                _abort(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _abort(client)
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._flowing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with a RST, as a peer that crashed or a middlebox that dropped it."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def settings_for(
+    run_id: str,
+    smtp_port: int,
+    *,
+    redis_port: int = REDIS[1],
+    amqp_port: int = RABBITMQ[1],
+    **celery: Any,
+) -> dict[str, Any]:
+    """Settings for one side (a caller or the worker), with the library's defaults
+    for every delivery-ledger setting (lease, timeouts) but where noted."""
+    return {
+        "transport": "celery",
+        "email": {"provider": "smtp", "host": "127.0.0.1", "port": smtp_port, "timeout": 5},
+        "retry": {"initial_delay": 0.2, "max_delay": 1.0, "max_attempts": 5, "jitter": 0},
+        "celery": {
+            "broker_url": f"amqp://guest:guest@127.0.0.1:{amqp_port}//",
+            "queue": f"tn_fault_{run_id}",
+            "dead_letter_queue": f"tn_fault_{run_id}.dead",
+            "ignore_result": True,
+            **celery,
+        },
+        "redis": {
+            "url": f"redis://127.0.0.1:{redis_port}/{REDIS_DB}",
+            "key_prefix": f"tn_fault:{run_id}:",
+        },
+        "tenants": {
+            tenant_id: {"name": name, "email_from": sender}
+            for tenant_id, (name, sender) in TENANTS.items()
+        },
+    }
+
+
+def _toml(table: dict[str, Any], prefix: str = "") -> str:
+    scalars, tables = [], []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            scalars.append(f"{key} = {_value(value)}")
+    out = ([f"[{prefix[:-1]}]"] if prefix and scalars else []) + scalars
+    for key, value in tables:
+        out.append(_toml(value, f"{prefix}{key}."))
+    return "\n".join(out)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class FaultWorker:
+    """``tenant-notify worker`` in a process group of its own (restartable)."""
+
+    def __init__(self, settings: dict[str, Any], folder: Path, concurrency: int = 2) -> None:
+        self.folder = folder
+        self.config_file = folder / f"worker-{uuid.uuid4().hex[:6]}.toml"
+        self.config_file.write_text(_toml(settings) + "\n", encoding="utf-8")
+        self.concurrency = concurrency
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / f"{self.config_file.stem}-{self.starts}.log"
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Start it; return the monotonic time it said it was ready."""
+        self.starts += 1
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+        env.pop("CELERY_BROKER_URL", None)
+        env.pop("CELERY_RESULT_BACKEND", None)
+        env.setdefault("C_FORCE_ROOT", "1")
+        script = Path(sys.executable).with_name("tenant-notify")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "tenant_notify.cli"]
+        command += ["worker", "--config", str(self.config_file), "-c", str(self.concurrency)]
+        command += ["--hostname", f"{self.config_file.stem}-{self.starts}@%h", "--"]
+        command += ["--without-mingle", "--without-gossip"]
+        with self.log_file.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while b" ready." not in self.log_file.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start:\n{self.log_file.read_text()}")
+            time.sleep(0.05)
+        return time.monotonic()
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker's whole process group at once (an OOM kill, a lost node)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        deadline = time.monotonic() + 10
+        while _group_alive(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+        self.process = None
+
+    def log(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.folder.glob("worker-*.log"))
+        )
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cleanup(settings: dict[str, Any]) -> None:
+    """Delete the run's queues and keys (on the real services, not through a proxy)."""
+    import kombu
+    import redis
+
+    with kombu.Connection(f"amqp://guest:guest@{RABBITMQ[0]}:{RABBITMQ[1]}//") as conn:
+        channel = conn.channel()
+        for name in (settings["celery"]["queue"], settings["celery"]["dead_letter_queue"]):
+            for delete in (channel.queue_delete, channel.exchange_delete):
+                try:
+                    delete(name)
+                except Exception:
+                    channel = conn.channel()
+    client = redis.Redis(host=REDIS[0], port=REDIS[1], db=REDIS_DB)
+    keys = list(client.scan_iter(match=settings["redis"]["key_prefix"] + "*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    client.close()
+
+
+# --- the faults ----------------------------------------------------------------------
+
+#: name -> what it does, as issue 9's "Why" lists them.
+FAULTS = {
+    "worker-redis-reset": "worker-side Redis reset for 5 s mid-run",
+    "caller-redis-stall": "caller-side Redis stalled for 3 s mid-send",
+    "broker-stall-sync": 'confirms "sync", `publish_timeout` 1.5 s, broker stalled 3 s mid-send',
+    "broker-reset-sync": 'confirms "sync", `publish_timeout` 1.5 s, broker reset 3 s mid-send',
+    "group-sigkill": "the worker's whole process group SIGKILLed mid-run, default settings",
+}
+
+
+@dataclass
+class Counts:
+    """What one fault run came to."""
+
+    fault: str
+    notifications: int
+    sent: int = 0  # distinct notifications the SMTP server received
+    lost: int = 0  # receipts (or retried sends) never delivered
+    doubled: int = 0  # notifications received more than once
+    raised: dict[str, int] = field(default_factory=dict)  # error type -> sends that raised
+    recovery: float | None = None  # group-sigkill: s from the new worker's start to the last
+    # group-sigkill: attempts in flight when the group died (status ``sending`` then), and
+    # how many of the doubles were among them: the documented window (the provider had
+    # accepted the message, its completion had not reached Redis).
+    in_flight: int | None = None
+    doubled_in_window: int = 0
+    seconds: float = 0.0
+
+    @property
+    def doubled_outside_window(self) -> int:
+        return self.doubled - self.doubled_in_window
+
+    def row(self) -> str:
+        raised = ", ".join(f"{k} {v}" for k, v in sorted(self.raised.items())) or "none"
+        recovery = "" if self.recovery is None else f"{self.recovery:.1f} s"
+        doubled = str(self.doubled)
+        if self.in_flight is not None:
+            doubled += (
+                f" ({self.doubled_in_window} of the {self.in_flight} attempts in flight "
+                "at the kill)"
+            )
+        return (
+            f"| {FAULTS[self.fault]} | {self.notifications} | {self.sent} | {self.lost} | "
+            f"{doubled} | {raised} | {recovery} |"
+        )
+
+
+TABLE_HEAD = (
+    "| Fault | Notifications | Sent | Lost | Doubled | Sends that raised (retried) "
+    "| Recovery after a new worker starts |\n|---|---|---|---|---|---|---|"
+)
+
+
+def _order(notify: Any, run_id: str, i: int) -> Any:
+    tenants = sorted(TENANTS)
+    return notify.send_order_confirmation(
+        order_id=f"{run_id}-{i}",
+        customer_email=f"customer{i}@example.com",
+        order_total="19.99",
+        currency="EUR",
+        tenant_id=tenants[i % len(tenants)],
+    )
+
+
+def _send_all(
+    notify: Any, run_id: str, count: int, *, during: Callable[[int], None] | None = None
+) -> tuple[set[str], dict[str, int]]:
+    """Send ``count`` orders; a send that raises is retried, as the contract says
+    (same call, same key), until it returns. Returns the ids and what was raised."""
+    from tenant_notify import EnqueueError
+
+    ids: set[str] = set()
+    raised: collections.Counter[str] = collections.Counter()
+    for i in range(count):
+        if during is not None:
+            during(i)
+        while True:
+            try:
+                ids.add(_order(notify, run_id, i).id)
+                break
+            except EnqueueError as err:
+                raised[type(err).__name__] += 1
+                time.sleep(0.2)
+    return ids, dict(raised)
+
+
+def _settle(smtp: Any, expected: set[str], timeout: float) -> collections.Counter[str]:
+    """Wait until every expected id arrived (or ``timeout``), then a little more for
+    late doubles; return the count per id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if expected <= _ids(smtp).keys():
+            break
+        time.sleep(0.2)
+    time.sleep(3.0)
+    return _ids(smtp)
+
+
+def _ids(smtp: Any) -> collections.Counter[str]:
+    return collections.Counter(str(m.message["X-Tenant-Notify-Id"]) for m in smtp.messages)
+
+
+def _count(fault: str, expected: set[str], received: collections.Counter[str]) -> Counts:
+    return Counts(
+        fault,
+        len(expected),
+        sent=len(expected & received.keys()),
+        lost=len(expected - received.keys()),
+        doubled=sum(1 for n in received.values() if n > 1),
+    )
+
+
+@contextlib.contextmanager
+def _running(settings: dict[str, Any], folder: Path) -> Iterator[FaultWorker]:
+    worker = FaultWorker(settings, folder)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def _later(delay: float, fn: Callable[[], None]) -> threading.Timer:
+    timer = threading.Timer(delay, fn)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def run_fault(fault: str, count: int, smtp: Any, folder: Path) -> Counts:
+    """Run ``fault`` against ``count`` order confirmations; count the outcome.
+
+    ``smtp`` is a started :class:`tests.smtp_server.LoopbackSMTPServer` (cleared
+    here); ``folder`` takes the worker's config and logs.
+    """
+    from tenant_notify import Notifier
+
+    run_id = uuid.uuid4().hex[:10]
+    smtp.clear()
+    started = time.monotonic()
+    plain = settings_for(run_id, smtp.port)
+    try:
+        if fault == "worker-redis-reset":
+            with FaultProxy(REDIS) as proxy:
+                worker_settings = settings_for(run_id, smtp.port, redis_port=proxy.port)
+                with _running(worker_settings, folder), Notifier.from_settings(plain) as notify:
+                    ids, raised = _send_all(notify, run_id, count)
+                    _wait_for(lambda: len(_ids(smtp)) >= count // 3, 60)
+                    proxy.reset()
+                    time.sleep(5.0)
+                    proxy.restore()
+                    received = _settle(smtp, ids, 120)
+        elif fault == "caller-redis-stall":
+            with FaultProxy(REDIS) as proxy:
+                caller = settings_for(run_id, smtp.port, redis_port=proxy.port)
+                with _running(plain, folder), Notifier.from_settings(caller) as notify:
+
+                    def stall(i: int) -> None:
+                        if i == count // 3:
+                            proxy.stall()
+                            _later(3.0, proxy.restore)
+
+                    ids, raised = _send_all(notify, run_id, count, during=stall)
+                    received = _settle(smtp, ids, 120)
+        elif fault in ("broker-stall-sync", "broker-reset-sync"):
+            with FaultProxy(RABBITMQ) as proxy:
+                # A publish_timeout under the fault's length, so sends do raise.
+                caller = settings_for(
+                    run_id,
+                    smtp.port,
+                    amqp_port=proxy.port,
+                    publisher_confirms="sync",
+                    publish_timeout=1.5,
+                    connect_timeout=0.5,
+                )
+                with _running(plain, folder), Notifier.from_settings(caller) as notify:
+
+                    def hit(i: int) -> None:
+                        if i == count // 3:
+                            proxy.stall() if fault == "broker-stall-sync" else proxy.reset()
+                            _later(3.0, proxy.restore)
+
+                    ids, raised = _send_all(notify, run_id, count, during=hit)
+                    received = _settle(smtp, ids, 120)
+        elif fault == "group-sigkill":
+            return _group_sigkill(run_id, count, smtp, folder, plain, started)
+        else:
+            raise ValueError(f"unknown fault {fault!r}; one of {sorted(FAULTS)}")
+    finally:
+        cleanup(plain)
+    counts = _count(fault, ids, received)
+    counts.raised = raised
+    counts.seconds = time.monotonic() - started
+    return counts
+
+
+def _group_sigkill(
+    run_id: str, count: int, smtp: Any, folder: Path, settings: dict[str, Any], started: float
+) -> Counts:
+    from tenant_notify import Notifier
+
+    with Notifier.from_settings(settings) as notify:
+        # Everything is queued before the worker runs, so it is surely mid-run.
+        ids, raised = _send_all(notify, run_id, count)
+        assert notify.transport.flush(30)
+    worker = FaultWorker(settings, folder)
+    worker.start()
+    try:
+        _wait_for(lambda: len(_ids(smtp)) >= max(1, count // 5), 120)
+        worker.kill_group()
+        before = set(_ids(smtp))
+        in_flight = _sending(settings, ids)
+        restarted = worker.start()
+        deadline = time.monotonic() + 120
+        while not ids <= _ids(smtp).keys() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        recovery = time.monotonic() - restarted
+        received = _settle(smtp, ids, 0)
+    finally:
+        worker.stop()
+    counts = _count("group-sigkill", ids, received)
+    counts.raised = raised
+    counts.recovery = recovery if ids - before else 0.0
+    counts.in_flight = len(in_flight)
+    counts.doubled_in_window = sum(1 for i in in_flight if received[i] > 1)
+    counts.seconds = time.monotonic() - started
+    return counts
+
+
+def _sending(settings: dict[str, Any], ids: set[str]) -> set[str]:
+    """The ids whose status is ``sending`` (read from Redis directly)."""
+    import json
+
+    import redis
+
+    client = redis.Redis(host=REDIS[0], port=REDIS[1], db=REDIS_DB)
+    try:
+        prefix = settings["redis"]["key_prefix"] + "status:"
+        order = sorted(ids)
+        raw = client.mget([prefix + i for i in order])
+    finally:
+        client.close()
+    return {i for i, r in zip(order, raw, strict=True) if r and json.loads(r)["state"] == "sending"}
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the condition was not met in time")
+        time.sleep(0.05)
