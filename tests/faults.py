@@ -216,14 +216,12 @@ class FaultWorker:
         script = Path(sys.executable).with_name("tenant-notify")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "tenant_notify.cli"]
         command += ["worker", "--config", str(self.config_file), "-c", str(self.concurrency)]
-        command += ["--hostname", f"{self.config_file.stem}-{self.starts}@%h", "--"]
-        command += ["--without-mingle", "--without-gossip"]
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + timeout
-        while b" ready." not in self.log_file.read_bytes():
+        while b"worker ready" not in self.log_file.read_bytes():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not start:\n{self.log_file.read_text()}")
             time.sleep(0.05)
@@ -271,9 +269,14 @@ def cleanup(settings: dict[str, Any]) -> None:
     import kombu
     import redis
 
+    from tenant_notify import load_settings
+    from tenant_notify.transports.celery.message import Routes
+
+    queues = [*Routes.from_settings(load_settings(settings)).names()]
+    queues.append(settings["celery"]["dead_letter_queue"])
     with kombu.Connection(f"amqp://guest:guest@{RABBITMQ[0]}:{RABBITMQ[1]}//") as conn:
         channel = conn.channel()
-        for name in (settings["celery"]["queue"], settings["celery"]["dead_letter_queue"]):
+        for name in queues:
             for delete in (channel.queue_delete, channel.exchange_delete):
                 try:
                     delete(name)

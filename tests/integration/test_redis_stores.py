@@ -268,3 +268,50 @@ def test_a_lost_connection_names_the_writes_it_leaves_unconfirmed(statuses, monk
     statuses.save(status("third", state=DeliveryState.SENT, attempts=1))  # a new connection
     got = statuses.get("third")
     assert got is not None and got.state is DeliveryState.SENT
+
+
+# --- the delivery ledger ------------------------------------------------------------------
+
+
+def test_a_delivery_claim_reads_the_status_in_the_same_round_trip(statuses, keys):
+    fresh = keys.claim("delivery:n1", 10)
+    assert fresh.state is ClaimState.ACQUIRED and fresh.status_read and fresh.status is None
+    keys.release("delivery:n1")
+    statuses.save(status(state=DeliveryState.SENT, attempts=1, provider="smtp"))
+    again = keys.claim("delivery:n1", 10)
+    assert again.state is ClaimState.ACQUIRED and again.status_read
+    assert again.status is not None and again.status.state is DeliveryState.SENT
+    # Other claims do not read a status.
+    assert not keys.claim("other:n1", 10).status_read
+
+
+def test_a_renewed_lease_outlives_its_length_and_a_dropped_one_runs_out(keys, client):
+    assert keys.claim("delivery:a", 0.3).state is ClaimState.ACQUIRED
+    assert keys.claim("delivery:b", 0.3).state is ClaimState.ACQUIRED
+    deadline = time.monotonic() + 0.9
+    while time.monotonic() < deadline:
+        assert keys.renew(["delivery:a"], 0.3) == []
+        time.sleep(0.1)
+    # a was renewed past three leases; b ran out and another worker may take it.
+    assert keys.claim("delivery:a", 0.3).state is ClaimState.BUSY
+    assert keys.claim("delivery:b", 0.3).state is ClaimState.ACQUIRED
+    # A lease another process took (or one completed) is reported lost, never extended.
+    keys.complete("delivery:a", 60)
+    assert keys.renew(["delivery:a", "delivery:never"], 0.3) == ["delivery:a", "delivery:never"]
+    assert keys.claim("delivery:a", 0.3).state is ClaimState.DONE
+
+
+def test_save_first_never_overwrites_and_tells_a_repeat_lazily(statuses):
+    first = status(state=DeliveryState.QUEUED)
+    assert statuses.save_first(first)() is False
+    statuses.save(first.evolve(state=DeliveryState.SENT, attempts=1))
+    repeat = statuses.save_first(first)
+    assert repeat() is True
+    assert statuses.get("n1").state is DeliveryState.SENT
+    # discard_queued erases only the very status a send wrote.
+    statuses.discard_queued(first)
+    assert statuses.get("n1").state is DeliveryState.SENT
+    other = status("n2", state=DeliveryState.QUEUED)
+    statuses.save_first(other)
+    statuses.discard_queued(other)
+    assert statuses.get("n2") is None

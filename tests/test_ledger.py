@@ -1,0 +1,125 @@
+"""The delivery ledger's error paths in process: held completions, heartbeats, the
+caller's two errors. (The faults themselves, end to end: tests/integration/test_faults.py.)"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tenant_notify import InDoubtError, NotQueuedError
+from tenant_notify.errors import EnqueueError, QueueFullError, StoreUnavailableError
+from tenant_notify.models import DeliveryState
+from tenant_notify.stores import ClaimState
+from tests.test_notifier import ORDER, make_notifier
+
+
+def test_the_two_errors_are_enqueue_errors_and_exported():
+    assert issubclass(NotQueuedError, EnqueueError) and issubclass(InDoubtError, EnqueueError)
+    assert issubclass(QueueFullError, NotQueuedError)
+    assert issubclass(StoreUnavailableError, NotQueuedError)
+    assert not issubclass(InDoubtError, NotQueuedError)
+
+
+def test_a_lost_completion_write_is_held_until_the_store_answers(tenants):
+    notify = make_notifier(tenants=tenants)
+    store = notify.dispatcher.status_store
+    real_save = store.save
+    refused: list[str] = []
+
+    def save(status):
+        # The store is out of reach twice, right when the attempt records SENT.
+        if status.state is DeliveryState.SENT and len(refused) < 2:
+            refused.append(status.id)
+            raise StoreUnavailableError("redis reset")
+        real_save(status)
+
+    store.save = save
+    receipt = notify.send_order_confirmation(**ORDER)
+    assert receipt.wait(5).state is DeliveryState.SENT
+    assert len(refused) == 2
+    # The claim was completed with it: a redelivery is not sent again.
+    claim = notify.idempotency_store.claim(f"delivery:{receipt.id}", 10)
+    assert claim.state is ClaimState.DONE
+    assert len(notify.outbox) == 1
+    notify.close()
+
+
+def test_a_final_status_found_with_the_claim_is_not_sent_again(tenants):
+    notify = make_notifier(tenants=tenants)
+    receipt = notify.send_order_confirmation(**ORDER)
+    assert receipt.wait(5).state is DeliveryState.SENT
+    # The claim's completion was lost, the status was not: the attempt that claims
+    # it next finds the earlier one completed.
+    notify.idempotency_store.release(f"delivery:{receipt.id}")
+    notify.idempotency_store._entries.pop(f"delivery:{receipt.id}", None)
+    notification = notify.build(notify.send_order_confirmation, **ORDER)
+    outcome = notify.dispatcher.deliver(notification, 1)
+    assert outcome.status is not None and outcome.status.state is DeliveryState.SENT
+    assert len(notify.outbox) == 1
+    notify.close()
+
+
+def test_the_heartbeat_renews_the_lease_of_a_slow_attempt(tenants):
+    notify = make_notifier(tenants=tenants, idempotency={"lease": 0.3})
+    provider = notify.dispatcher.providers
+    real_get = provider.get
+    claims = []
+
+    class Slow:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def send(self, message):
+            time.sleep(1.0)  # three leases
+            claims.append(notify.idempotency_store.claim(f"delivery:{message.notification_id}", 1))
+            return self.inner.send(message)
+
+    provider.get = lambda *a, **k: Slow(real_get(*a, **k))
+    receipt = notify.send_order_confirmation(**ORDER)
+    assert receipt.wait(10).state is DeliveryState.SENT
+    assert [c.state for c in claims] == [ClaimState.BUSY]
+    notify.close()
+
+
+def test_a_refused_keyed_send_leaves_nothing_and_a_retry_sends(tenants):
+    notify = make_notifier(tenants=tenants)
+    real_submit = notify.transport.submit
+    calls = []
+
+    def submit(notification):
+        calls.append(notification.id)
+        if len(calls) == 1:
+            raise NotQueuedError("broker down")
+        real_submit(notification)
+
+    notify.transport.submit = submit
+    with pytest.raises(NotQueuedError):
+        notify.send_order_confirmation(**ORDER)
+    assert notify.status_store.get(calls[0]) is None
+    receipt = notify.send_order_confirmation(**ORDER)
+    assert receipt.id == calls[0] and not receipt.duplicate
+    assert receipt.wait(5).state is DeliveryState.SENT
+    notify.close()
+
+
+def test_an_in_doubt_send_keeps_its_status_and_a_retry_is_sent_once(tenants):
+    notify = make_notifier(tenants=tenants)
+    real_submit = notify.transport.submit
+    calls = []
+
+    def submit(notification):
+        calls.append(notification.id)
+        real_submit(notification)  # it did get through ...
+        if len(calls) == 1:
+            raise InDoubtError("no confirm")  # ... but the caller cannot know
+
+    notify.transport.submit = submit
+    with pytest.raises(InDoubtError):
+        notify.send_order_confirmation(**ORDER)
+    again = notify.send_order_confirmation(**ORDER)
+    assert again.id == calls[0]
+    assert again.wait(5).state is DeliveryState.SENT
+    time.sleep(0.2)
+    assert len(notify.outbox) == 1
+    notify.close()
