@@ -92,6 +92,7 @@ class Renderer:
                 undefined=jinja2.StrictUndefined,
                 extensions=["jinja2.ext.i18n"],
             )
+            env.policies["ext.i18n.trimmed"] = True  # as the library installs it
             env.filters["money"] = _money
             env.filters["css_color"] = _css_color
             # The built-in templates' words are gettext catalogs shipped with the package.

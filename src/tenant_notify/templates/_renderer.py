@@ -46,7 +46,8 @@ from ._loader import (
     make_source,
 )
 from ._locale import babel_locale, locale_folders
-from ._sandbox import SandboxEnvironment
+from ._sandbox import SandboxEnvironment, autoescape
+from ._trusted import BuiltinEnvironments, is_builtin_name
 
 __all__ = ["EMAIL_PARTS", "SMS_PART", "RenderedEmail", "TemplateRenderer"]
 
@@ -111,8 +112,10 @@ class TemplateRenderer:
     """Finds and renders notification templates for tenants.
 
     One renderer serves every tenant, with one sandboxed Jinja2 environment: the
-    built-in and application templates are compiled once for all tenants, a
-    tenant's own templates once for that tenant. Compiled templates and lookup
+    application templates are compiled once for all tenants, a tenant's own
+    templates once for that tenant. The built-in templates, library code, render
+    outside the sandbox, compiled once per catalog with their words translated
+    (:mod:`._trusted`). Compiled templates and lookup
     answers are kept in LRU caches of a bounded size (:meth:`cache_stats`). It is
     safe to share between threads.
 
@@ -170,6 +173,11 @@ class TemplateRenderer:
             max_output_chars=max_output_chars,
             auto_reload=auto_reload,
             cache_size=cache_size,
+        )
+        # The library's own templates skip the sandbox (see ._trusted); one
+        # cache, and so one bound, for what both environments compile.
+        self._builtin = BuiltinEnvironments(
+            self._loader, autoescape=autoescape, auto_reload=auto_reload, cache=self._env.cache
         )
         self._chains: LRUCache[Path | None, Chain] = LRUCache(cache_size)
         self._chains_lock = threading.Lock()
@@ -484,7 +492,10 @@ class TemplateRenderer:
     def _generate(self, resolved: _Resolved, variables: dict[str, Any]) -> str:
         budget = BUDGET.get()
         budget.start_part()
-        template = self._env.get_template(resolved.name)
+        if is_builtin_name(resolved.name):
+            template = self._builtin.get(variables["locale"]).get_template(resolved.name)
+        else:
+            template = self._env.get_template(resolved.name)
         cap = self.max_output_chars
         chunks: list[str] = []
         size = 0

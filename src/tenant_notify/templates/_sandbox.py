@@ -263,7 +263,7 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
         self.max_output_chars = max_output_chars
         super().__init__(
             loader=loader,
-            autoescape=_autoescape,
+            autoescape=autoescape,
             undefined=jinja2.StrictUndefined,
             auto_reload=auto_reload,
             trim_blocks=True,
@@ -605,7 +605,7 @@ def _counted_tokens(stream: TokenStream) -> Iterator[Token]:
         yield token
 
 
-def _autoescape(name: str | None) -> bool:
+def autoescape(name: str | None) -> bool:
     return name is not None and name.endswith((".html", ".htm"))
 
 

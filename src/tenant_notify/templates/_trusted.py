@@ -1,0 +1,190 @@
+"""The environments the library's own built-in templates render in: plain Jinja2, no sandbox.
+
+The built-in templates (``templates/builtin/``) are library code, shipped in the
+package and reviewed with it, so they need none of the sandbox's call checks and
+work counting (:mod:`tenant_notify.templates._sandbox`), which cost about half
+of an email's rendering. Everything else a template sees is the same: the
+filters, the gettext catalogs, autoescaping of ``.html`` parts, ``StrictUndefined``,
+trimmed blocks. What still bounds a built-in render is the renderer's: the output
+of a part is counted chunk by chunk against ``max_output_chars``, and the context
+was checked against the work a render may do when the notification was built.
+
+Their words are translated when they are compiled, once per catalog: there is one
+environment per set of catalog files a locale reads (``de_AT`` then ``de``, say),
+and in it ``{% trans %}`` blocks and ``_("...")`` / ``gettext("...")`` calls of a
+constant message compile to the translated text, formatted with their variables
+exactly as Jinja's newstyle gettext does at render time (``%`` formatting, the
+text marked safe in ``.html`` parts so that only the variables are escaped).
+Plural and context forms (``ngettext``, ``pgettext``) are still looked up when
+the template renders, in the catalog of its ``locale`` variable.
+
+Trust does not leak to other templates:
+
+* this environment loads ``builtin:`` names only, so a built-in template can
+  neither include nor extend a tenant's or the application's template (a name
+  without a prefix means the built-in one);
+* it has a loader of its own, so its compiled templates never stand in for the
+  sandbox's in the cache both share: a tenant template that extends
+  ``builtin:_layout.html`` gets the layout compiled by the sandbox, and runs
+  sandboxed throughout.
+"""
+
+from __future__ import annotations
+
+import functools
+import gettext as _gettext
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.visitor import NodeTransformer
+
+from ._filters import (
+    css_color_filter,
+    date_filter,
+    datetime_filter,
+    money_filter,
+    number_filter,
+)
+from ._i18n import DOMAIN, LOCALE_DIR, install_gettext, translations
+from ._loader import BUILTIN, ChainLoader, split_key
+from ._locale import locale_folders
+
+__all__ = ["PREFIX", "BuiltinEnvironments", "TrustedEnvironment", "is_builtin_name"]
+
+#: How the environment's names of built-in templates start.
+PREFIX = f"{BUILTIN}:"
+
+
+def is_builtin_name(name: str) -> bool:
+    """Whether ``name`` (an environment name from the renderer) is a built-in template."""
+    return name.startswith(PREFIX)
+
+
+class _BuiltinLoader(jinja2.BaseLoader):
+    """The chain loader, for ``builtin:`` names only."""
+
+    def __init__(self, loader: ChainLoader) -> None:
+        self.loader = loader
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        key, name = split_key(template)
+        if key is not None or not is_builtin_name(name):
+            raise jinja2.TemplateNotFound(template)
+        return self.loader.get_source(environment, name)
+
+
+class _Translate(NodeTransformer):
+    """``gettext("msg", name=v)`` of a constant ``msg`` -> ``"translated" % {"name": v}``."""
+
+    def __init__(self, catalog: _gettext.NullTranslations) -> None:
+        self.gettext = catalog.gettext
+
+    def visit_Call(self, call: nodes.Call) -> nodes.Node:
+        node = self.generic_visit(call)
+        if not (
+            isinstance(node, nodes.Call)
+            and isinstance(node.node, nodes.Name)
+            and node.node.name in ("_", "gettext")
+            and len(node.args) == 1
+            and isinstance(node.args[0], nodes.Const)
+            and isinstance(node.args[0].value, str)
+            and node.dyn_args is None
+            and node.dyn_kwargs is None
+        ):
+            return node
+        lineno = node.lineno
+        text = nodes.MarkSafeIfAutoescape(
+            nodes.Const(self.gettext(node.args[0].value), lineno=lineno), lineno=lineno
+        )
+        pairs = [
+            nodes.Pair(nodes.Const(kw.key, lineno=lineno), kw.value, lineno=lineno)
+            for kw in node.kwargs
+        ]
+        return nodes.Mod(text, nodes.Dict(pairs, lineno=lineno), lineno=lineno)
+
+
+class TrustedEnvironment(jinja2.Environment):
+    """Plain Jinja2 with the sandbox's settings, filters and catalogs, for built-in templates,
+    with the words of ``catalog`` compiled in.
+
+    ``cache`` is meant to be the sandbox's (one bound for every compiled template);
+    this environment's keys never meet the sandbox's or another catalog's, as its
+    loader is its own.
+    """
+
+    def __init__(
+        self,
+        loader: ChainLoader,
+        *,
+        catalog: _gettext.NullTranslations,
+        autoescape: Callable[[str | None], bool],
+        auto_reload: bool,
+        cache: Any,
+    ) -> None:
+        super().__init__(
+            loader=_BuiltinLoader(loader),
+            autoescape=autoescape,
+            undefined=jinja2.StrictUndefined,
+            auto_reload=auto_reload,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.cache = cache
+        self.filters["money"] = money_filter
+        self.filters["number"] = number_filter
+        self.filters["date"] = date_filter
+        self.filters["datetime"] = datetime_filter
+        self.filters["css_color"] = css_color_filter
+        install_gettext(self)
+        self._translate = _Translate(catalog)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        return self._translate.visit(tree)  # type: ignore[no-any-return]
+
+    def join_path(self, template: str, parent: str) -> str:
+        # A built-in template reaches built-in templates only.
+        return template if is_builtin_name(template) else PREFIX + template
+
+
+@functools.lru_cache(maxsize=256)
+def catalog_files(locale: str | None) -> tuple[str, ...]:
+    """The catalog files :func:`~._i18n.translations` reads for ``locale``, in order."""
+    languages = list(locale_folders(locale)) if isinstance(locale, str) else []
+    return tuple(_gettext.find(DOMAIN, LOCALE_DIR, languages=languages, all=True))
+
+
+class BuiltinEnvironments:
+    """One :class:`TrustedEnvironment` per set of catalogs, made when first needed."""
+
+    def __init__(
+        self,
+        loader: ChainLoader,
+        *,
+        autoescape: Callable[[str | None], bool],
+        auto_reload: bool,
+        cache: Any,
+    ) -> None:
+        self._make = functools.partial(
+            TrustedEnvironment, loader, autoescape=autoescape, auto_reload=auto_reload, cache=cache
+        )
+        self._envs: dict[tuple[str, ...], TrustedEnvironment] = {}
+        self._lock = threading.Lock()
+
+    def get(self, locale: object) -> TrustedEnvironment:
+        """The environment for a render whose ``locale`` variable is ``locale``."""
+        name = locale if isinstance(locale, str) else None
+        key = catalog_files(name)
+        env = self._envs.get(key)
+        if env is None:
+            with self._lock:
+                env = self._envs.get(key)
+                if env is None:
+                    # As many as there are catalog combinations shipped: a handful.
+                    env = self._envs[key] = self._make(catalog=translations(name))
+        return env

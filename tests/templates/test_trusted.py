@@ -1,0 +1,177 @@
+"""Built-in templates render outside the sandbox, translated when compiled; tenants' do not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+from tenant_notify.errors import TemplateLimitError, TemplateSecurityError
+from tenant_notify.templates import TemplateRenderer
+from tenant_notify.templates._filters import css_color_filter, money_filter
+from tenant_notify.templates._i18n import catalog_locales, translations
+from tenant_notify.templates._loader import BUILTIN_DIR
+from tenant_notify.templates._sandbox import SandboxTemplate
+from tenant_notify.templates._trusted import TrustedEnvironment
+
+from .test_renderer import write
+
+KINDS = ("order_confirmation", "welcome", "email", "sms")
+PARTS = ("subject.txt", "body.txt", "body.html", "sms.txt")
+# Regional locales read two catalogs (or fall back to one), unknown ones none.
+LOCALES = (*catalog_locales(), "de-AT", "fr-CA", "xx")
+
+
+def _context(kind: str, locale: str) -> dict[str, Any]:
+    sample = json.loads((BUILTIN_DIR / kind / "sample.json").read_text())
+    return {
+        **sample,
+        # Markup in every value a template prints: escaped in HTML parts, only there.
+        "customer_name": "<b>Ann</b> & Co",
+        "user_name": "<b>Ann</b> & Co",
+        "tenant": {
+            "id": "t",
+            "name": "Tom & <Jerry>",
+            "branding": {
+                "support_email": "help@example.com",
+                "website_url": "https://example.com/?a=1&b=2",
+                "primary_color": "#123456",
+            },
+        },
+        "locale": locale,
+    }
+
+
+def _jinja_reference(locale: str) -> jinja2.Environment:
+    """Jinja's own i18n extension at render time: what the compiled-in words replace."""
+    env = jinja2.Environment(
+        loader=jinja2.PrefixLoader(
+            {"builtin": jinja2.FileSystemLoader(BUILTIN_DIR)}, delimiter=":"
+        ),
+        autoescape=lambda name: name is not None and name.endswith(".html"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_translations(translations(locale), newstyle=True)  # type: ignore[attr-defined]
+    env.filters["money"] = money_filter
+    env.filters["css_color"] = css_color_filter
+    return env
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_built_in_templates_render_as_jinjas_i18n_does(locale: str) -> None:
+    renderer = TemplateRenderer()
+    reference = _jinja_reference(locale)
+    rendered = 0
+    for kind in KINDS:
+        for part in PARTS:
+            if not (BUILTIN_DIR / kind / part).is_file():
+                continue
+            context = _context(kind, locale)
+            want = reference.get_template(f"builtin:{kind}/{part}").render(context)
+            assert renderer.render(kind, part, context, locale=locale) == want, (kind, part)
+            rendered += 1
+    assert rendered >= 10
+
+
+def test_the_words_are_the_locales() -> None:
+    renderer = TemplateRenderer()
+    context = _context("order_confirmation", "de")
+    german = renderer.render_email("order_confirmation", context, locale="de")
+    english = renderer.render_email("order_confirmation", {**context, "locale": "en"})
+    assert german.subject.startswith("Bestätigung Ihrer Bestellung A-1001")
+    assert english.subject.startswith("Order confirmation A-1001")
+    # Values escaped in HTML, not in text; the words' own markup kept.
+    assert "Tom &amp; &lt;Jerry&gt;" in german.html  # type: ignore[operator]
+    assert "<strong>A-1001</strong>" in german.html  # type: ignore[operator]
+    assert "Tom & <Jerry>" in german.text
+
+
+def test_built_in_templates_are_not_sandboxed_and_tenant_ones_are(tmp_path: Path) -> None:
+    renderer = TemplateRenderer()
+    context = _context("order_confirmation", "en")
+    renderer.render_email("order_confirmation", context)
+    write(tmp_path, "order_confirmation/subject.txt", "{{ tenant.name }}")
+    renderer.render_email("order_confirmation", context, templates_dir=tmp_path)
+    compiled = {
+        name: type(template.environment)
+        for (_, name), template in renderer._env.cache._data.items()  # type: ignore[attr-defined]
+    }
+    assert compiled["builtin:order_confirmation/body.html"] is TrustedEnvironment
+    assert compiled["builtin:_layout.html"] is TrustedEnvironment
+    tenant_subject = next(
+        name for name in compiled if name.endswith("tenant:order_confirmation/subject.txt")
+    )
+    assert compiled[tenant_subject] is not TrustedEnvironment
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("{{ ''.__class__.__mro__ }}", TemplateSecurityError),
+        ("{{ tenant.name.format.__globals__ }}", TemplateSecurityError),
+        ("{{ 'x' * 10000000 }}", TemplateLimitError),
+    ],
+    ids=["dunder", "globals", "size"],
+)
+def test_a_tenant_template_is_still_sandboxed(tmp_path: Path, source: str, error: type) -> None:
+    renderer = TemplateRenderer()
+    renderer.render_email("order_confirmation", _context("order_confirmation", "en"))  # warm
+    write(tmp_path, "order_confirmation/subject.txt", source)
+    with pytest.raises(error):
+        renderer.render_email(
+            "order_confirmation", _context("order_confirmation", "en"), templates_dir=tmp_path
+        )
+
+
+def test_a_tenant_template_extending_the_built_in_layout_stays_sandboxed(
+    tmp_path: Path,
+) -> None:
+    renderer = TemplateRenderer()
+    context = _context("order_confirmation", "en")
+    renderer.render_email("order_confirmation", context)  # the trusted layout compiled first
+    write(
+        tmp_path,
+        "order_confirmation/body.html",
+        '{% extends "builtin:_layout.html" %}{% block content %}'
+        "{{ ''.__class__.__mro__ }}{% endblock %}",
+    )
+    with pytest.raises(TemplateSecurityError):
+        renderer.render_email("order_confirmation", context, templates_dir=tmp_path)
+    layouts = [
+        template
+        for (_, name), template in renderer._env.cache._data.items()  # type: ignore[attr-defined]
+        if name == "builtin:_layout.html"
+    ]
+    # The layout twice: once for built-in templates, once (sandboxed) for the tenant's.
+    assert {type(t.environment) for t in layouts} == {TrustedEnvironment, type(renderer._env)}
+    assert any(isinstance(t, SandboxTemplate) for t in layouts)
+
+
+def test_built_in_templates_reach_only_built_in_templates(tmp_path: Path) -> None:
+    renderer = TemplateRenderer()
+    # A tenant's _layout.html changes nothing for the built-in kinds.
+    write(tmp_path, "_layout.html", "HIJACKED {% block content %}{% endblock %}")
+    context = _context("order_confirmation", "en")
+    email = renderer.render_email("order_confirmation", context, templates_dir=tmp_path)
+    assert "HIJACKED" not in (email.html or "")
+    env = renderer._builtin.get("en")
+    with pytest.raises(jinja2.TemplateNotFound):
+        env.get_template("1|tenant:_layout.html")
+    with pytest.raises(jinja2.TemplateNotFound):
+        env.get_template("app:_layout.html")
+    assert env.join_path("_layout.html", "builtin:x") == "builtin:_layout.html"
+
+
+def test_built_in_output_is_still_capped() -> None:
+    renderer = TemplateRenderer(max_output_chars=2_000)
+    context = _context("order_confirmation", "en")
+    context["items"] = [{"name": "x" * 50, "quantity": 1, "unit_price": 1}] * 100
+    with pytest.raises(TemplateLimitError, match="over the limit"):
+        renderer.render_email("order_confirmation", context)
