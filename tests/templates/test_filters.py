@@ -35,6 +35,26 @@ def test_money_reads_as_babel_formats_it(locale: str, currency: str) -> None:
     assert format_money(amount, currency, locale) == babel_money(str(amount), currency, locale)
 
 
+def test_money_reads_as_babel_formats_it_in_every_locale_babel_knows() -> None:
+    # format_money fills each (currency, locale) pattern in once instead of asking
+    # format_currency every time (_formatted): the same text, everywhere.
+    from babel.localedata import locale_identifiers
+
+    from tenant_notify.templates._filters import _formatted
+
+    differ = []
+    for name in locale_identifiers():
+        locale = Locale.parse(name)
+        for currency in ("USD", "EUR", "JPY", "BHD", "INR", "AED"):
+            digits = get_currency_precision(currency)
+            for raw in ("0", "-12.5", "1234567.891", "100000000000.1"):
+                amount = Decimal(raw).quantize(Decimal(1).scaleb(-digits))
+                want = format_currency(amount, currency, locale=locale)
+                if _formatted(amount, currency, locale) != want:
+                    differ.append((name, currency, raw))
+    assert differ == []
+
+
 @pytest.mark.parametrize(
     ("amount", "currency", "locale", "rounded"),
     [
