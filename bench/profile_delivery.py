@@ -138,7 +138,12 @@ def profile_worker(n: int, out: Path, *, events: bool, empty: bool, seconds: int
             ]
             worker = bc.start(command, bc.worker_env(queue), folder / "worker.log")
         try:
-            time.sleep(3)  # past the worker's start-up, into the drain
+            # Past the worker's start-up (seconds on a loaded machine), into the drain.
+            deadline = time.monotonic() + 120
+            while sink.count < (50 if not empty else 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if empty:
+                time.sleep(3)  # the empty task sends nothing to count
             target = ["--subprocesses", "--duration", str(seconds), "--pid", str(worker.pid)]
             subprocess.run(spy(target, out, rate=300), check=True, capture_output=True)
         finally:

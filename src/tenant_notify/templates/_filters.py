@@ -24,7 +24,7 @@ import datetime as dt
 import functools
 import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
-from typing import Any
+from typing import Any, cast
 
 import babel
 import jinja2
@@ -131,7 +131,7 @@ def _currency_pattern(code: str, locale: babel.Locale) -> NumberPattern | None:
     filled.suffix = tuple(_fill(affix, code, symbol) for affix in pattern.suffix)
     digits = minor_units(code)
     filled.frac_prec = (digits, digits)
-    return filled
+    return cast(NumberPattern, filled)
 
 
 def _fill(affix: str, code: str, symbol: str) -> str:

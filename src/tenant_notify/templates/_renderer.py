@@ -492,11 +492,16 @@ class TemplateRenderer:
     def _generate(self, resolved: _Resolved, variables: dict[str, Any]) -> str:
         budget = BUDGET.get()
         budget.start_part()
-        if is_builtin_name(resolved.name):
-            template = self._builtin.get(variables["locale"]).get_template(resolved.name)
-        else:
-            template = self._env.get_template(resolved.name)
         cap = self.max_output_chars
+        if is_builtin_name(resolved.name):
+            # Library code whose output grows with the context, which was checked
+            # against max_work: rendered in one piece, then measured.
+            text = self._builtin.get(variables["locale"]).render(resolved.name, variables)
+            if len(text) > cap:
+                raise LimitExceeded(f"the rendered output is over the limit of {cap:,} characters")
+            budget.spend(len(text))
+            return text
+        template = self._env.get_template(resolved.name)
         chunks: list[str] = []
         size = 0
         stream = cast(Generator[str, None, None], template.generate(variables))

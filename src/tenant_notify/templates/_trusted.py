@@ -142,6 +142,18 @@ class TrustedEnvironment(jinja2.Environment):
         self.filters["css_color"] = css_color_filter
         install_gettext(self)
         self._translate = _Translate(catalog)
+        # What every render sees besides its variables, as one plain dict: Jinja
+        # would copy its chain of globals into each render's context otherwise.
+        self._globals = dict(self.globals)
+
+    def render(self, name: str, variables: dict[str, Any]) -> str:
+        """Render template ``name`` with ``variables`` as ``Template.render`` does."""
+        template = self.get_template(name)
+        context = template.new_context({**self._globals, **variables}, shared=True)
+        try:
+            return self.concat(template.root_render_func(context))
+        except Exception:
+            self.handle_exception()
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
