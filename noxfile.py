@@ -80,6 +80,7 @@ def bench(session: nox.Session) -> None:
     session.install(".[test,bench]")
     session.run("python", "bench/bench_inprocess.py", *session.posargs)
     session.run("python", "bench/bench_submit.py", *session.posargs)
+    session.run("python", "bench/bench_templates.py", *session.posargs)
     session.run("python", "bench/bench_providers.py", *session.posargs)
     # Needs RabbitMQ and Redis on loopback, like the integration tests.
     session.run("python", "bench/bench_celery.py", *session.posargs)

@@ -175,3 +175,18 @@ def test_built_in_output_is_still_capped() -> None:
     context["items"] = [{"name": "x" * 50, "quantity": 1, "unit_price": 1}] * 100
     with pytest.raises(TemplateLimitError, match="over the limit"):
         renderer.render_email("order_confirmation", context)
+
+
+def test_built_in_templates_are_not_held_to_the_time_limit_and_tenant_ones_are(
+    tmp_path: Path,
+) -> None:
+    # A cold render compiles the templates first; on a loaded machine that can take
+    # longer than the limit, and a built-in email must not fail for it.
+    renderer = TemplateRenderer(render_timeout=1e-9)
+    email = renderer.render_email("order_confirmation", _context("order_confirmation", "de"))
+    assert email.subject.startswith("Bestätigung")
+    write(tmp_path, "order_confirmation/subject.txt", "{% for i in range(3) %}{{ i }}{% endfor %}")
+    with pytest.raises(TemplateLimitError, match="time limit"):
+        renderer.render_email(
+            "order_confirmation", _context("order_confirmation", "de"), templates_dir=tmp_path
+        )

@@ -499,7 +499,9 @@ class TemplateRenderer:
             text = self._builtin.get(variables["locale"]).render(resolved.name, variables)
             if len(text) > cap:
                 raise LimitExceeded(f"the rendered output is over the limit of {cap:,} characters")
-            budget.spend(len(text))
+            # Not charged to the time limit: that bounds what a tenant's template
+            # may do, and this work is done (the first render also compiles the
+            # template, which on a loaded machine can take longer than the limit).
             return text
         template = self._env.get_template(resolved.name)
         chunks: list[str] = []
