@@ -26,8 +26,9 @@ gives when the call returns:
 in a process of its own; a queue filled beforehand, drained by a worker with two
 prefork processes, timed from the first email the sink accepts to the last):
 
-* ``tenant-notify worker -c 2`` (rendering subject, text and HTML; claims and
-  statuses in Redis);
+* ``tenant-notify worker -c 2``, the library's own consumer (two processes of
+  delivery threads; rendering subject, text and HTML; claims and statuses in Redis),
+  and the same worker run as Celery's own (``-- --pool prefork``: two pool processes);
 * the seed's way: a hand-written task building each email with
   ``email.message.EmailMessage`` and opening a connection per message;
 * a fair hand-written task: the same templates, the fastest stdlib MIME, one
@@ -323,7 +324,7 @@ class Throughput:
     def tag(self, name: str, round_no: int) -> str:
         return f"{self.run}_{name}_{self.label.replace(', ', '_')}_{round_no}"
 
-    def library(self, round_no: int, pool: str = "prefork") -> Sample:
+    def library(self, round_no: int, pool: str = "consumer") -> Sample:
         tag = self.tag(f"lib{pool}", round_no)
         table = settings(tag, self.sink.port, send_events=self.events)
         if self.tls:
@@ -337,9 +338,10 @@ class Throughput:
         self.sink.reset()
         command = [
             *(sys.executable, "-m", "tenant_notify.cli", "worker", "--config", str(config)),
-            *("-c", "2", "--loglevel", "WARNING", "--", "--without-gossip", "--without-mingle"),
-            f"--pool={pool}",
+            *("-c", "2", "--loglevel", "WARNING"),
         ]
+        if pool != "consumer":  # Celery's own worker, with that pool
+            command += ["--", "--without-gossip", "--without-mingle", f"--pool={pool}"]
         env = worker_env(f"bench_tn_{tag}")
         try:
             return drain(
@@ -422,12 +424,13 @@ def celery_worker(env: dict[str, str], events: bool, log: Path) -> subprocess.Po
     )
 
 
-LIBRARY = "`tenant-notify worker -c 2`"
+LIBRARY = "`tenant-notify worker -c 2` (its own consumer: 2 processes of delivery threads)"
+PREFORK = "`tenant-notify worker -c 2 -- --pool prefork` (Celery's own worker, 2 pool processes)"
 SEED = "the seed's way: `EmailMessage`, a connection per message (`-c 2`)"
 FAIR = "fair hand-written task: same templates, fastest stdlib MIME, held connection (`-c 2`)"
 INPROCESS = "in-process delivery of the same emails (2 threads, memory stores)"
 EMPTY = "empty task, Celery's own ceiling (tasks, not emails; `-c 2`)"
-THREADS = "`tenant-notify worker -c 2 --pool threads` (no pool processes)"
+THREADS = "`tenant-notify worker -c 2 -- --pool threads` (Celery's worker, no pool processes)"
 
 
 def throughput(
@@ -452,6 +455,12 @@ def throughput(
         variants = [
             Variant(LIBRARY, t.library, guarantee=at_least_once, short="library"),
             Variant(
+                PREFORK,
+                lambda round_no: t.library(round_no, "prefork"),
+                guarantee=at_least_once,
+                short="celery prefork",
+            ),
+            Variant(
                 SEED,
                 t.hand_written("handwritten.send_order_confirmation", "seed"),
                 guarantee="acked late; nothing recorded",
@@ -469,7 +478,7 @@ def throughput(
         ]
         if threads_pool:
             variants.insert(
-                1,
+                2,
                 Variant(
                     THREADS,
                     lambda round_no: t.library(round_no, "threads"),
@@ -479,7 +488,7 @@ def throughput(
             )
         if not tls:
             variants.insert(
-                3,
+                4 if threads_pool else 3,
                 Variant(
                     INPROCESS,
                     t.inprocess,
@@ -504,6 +513,15 @@ def throughput(
             Target(
                 "worker CPU per email vs in-process delivery of the same email",
                 LIBRARY,
+                INPROCESS,
+                at_most=1.5,
+                of="delivery",
+            )
+        )
+        targets.append(
+            Target(
+                "the same for Celery's own prefork worker",
+                PREFORK,
                 INPROCESS,
                 at_most=1.5,
                 of="delivery",

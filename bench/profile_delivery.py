@@ -7,10 +7,12 @@ so waiting on sockets is not counted) per part of the pipeline, most first:
 
 * ``inprocess``: bench/bench_inprocess.py's library round (two worker threads, order
   confirmations into the counting SMTP sink), the caller's thread included;
-* ``worker``: ``tenant-notify worker -c 2`` draining a queue filled beforehand, every
-  process of its tree (the main process, which talks to the broker and the pool, and
-  the pool processes, which deliver); ``--events`` turns task events on,
-  ``--empty`` drains the hand-written empty task instead (Celery's own cost per task).
+* ``worker``: ``tenant-notify worker -c 2`` (the library's consumer: two processes of
+  delivery threads) draining a queue filled beforehand, every process of its tree;
+  ``--celery`` runs it as Celery's own worker (the main process, which talks to the
+  broker and the pool, and the pool processes, which deliver); ``--events`` turns
+  task events on, ``--empty`` drains the hand-written empty task instead (Celery's
+  own cost per task).
 
 A profile is a breakdown, not a benchmark: its shares are what to read, and the
 benchmarks' tables are where figures come from.
@@ -45,6 +47,20 @@ IN_PROCESS = [
     ("caller: validation", "normalize_email"),
     ("caller: rest of the send", "Notifier.send_order_confirmation"),
     ("in-process queue and threads", "InProcessTransport"),
+]
+CONSUMER = [
+    ("broker: reading and decoding messages", "Consumer._on_message"),
+    ("broker: acks and the event loop", "Consumer._consume"),
+    ("broker: settling (acks from the threads)", "Consumer._settle"),
+    ("Redis claim", "RedisIdempotencyStore"),
+    ("Redis statuses", "RedisStatusStore"),
+    ("Redis reputation (pause, suppression)", "RedisReputationStore"),
+    ("rendering", "TemplateRenderer.render_email"),
+    ("MIME", "wire_bytes"),
+    ("SMTP", "SmtpProvider"),
+    ("dispatcher, rest", "Dispatcher._deliver"),
+    ("the message to a delivery, rest", "deliver_message"),
+    ("delivery threads, rest", "Consumer._work"),
 ]
 WORKER = [
     ("main: task events", "EventDispatcher"),
@@ -106,7 +122,9 @@ def profile_inprocess(n: int, out: Path) -> None:
     breakdown(out, IN_PROCESS, ("bench_inprocess", "Thread._bootstrap"))
 
 
-def profile_worker(n: int, out: Path, *, events: bool, empty: bool, seconds: int) -> None:
+def profile_worker(
+    n: int, out: Path, *, events: bool, empty: bool, celery: bool, seconds: int
+) -> None:
     import bench_celery as bc
     from smtp_sink import SmtpSink
 
@@ -134,8 +152,9 @@ def profile_worker(n: int, out: Path, *, events: bool, empty: bool, seconds: int
             command = [
                 *(sys.executable, "-m", "tenant_notify.cli", "worker"),
                 *("--config", str(folder / "notify.toml"), "-c", "2", "--loglevel", "WARNING"),
-                *("--", "--without-gossip", "--without-mingle"),
             ]
+            if celery:  # Celery's own worker instead of the library's consumer
+                command += ["--", "--without-gossip", "--without-mingle"]
             worker = bc.start(command, bc.worker_env(queue), folder / "worker.log")
         try:
             # Past the worker's start-up (seconds on a loaded machine), into the drain.
@@ -149,7 +168,7 @@ def profile_worker(n: int, out: Path, *, events: bool, empty: bool, seconds: int
         finally:
             bc.stop(worker)
             bc.cleanup([queue], f"bench:{tag}:")
-    breakdown(out, WORKER)
+    breakdown(out, WORKER if celery or empty else CONSUMER)
 
 
 def main() -> None:
@@ -158,6 +177,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=0, help="messages (default 8000 / 4000)")
     parser.add_argument("--events", action="store_true", help="worker: task events on")
     parser.add_argument("--empty", action="store_true", help="worker: the empty task")
+    parser.add_argument("--celery", action="store_true", help="worker: Celery's own worker")
     parser.add_argument("--seconds", type=int, default=10, help="worker: seconds sampled")
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw samples here")
     args = parser.parse_args()
@@ -168,7 +188,12 @@ def main() -> None:
             profile_inprocess(args.n or 8000, out)
         else:
             profile_worker(
-                args.n or 4000, out, events=args.events, empty=args.empty, seconds=args.seconds
+                args.n or 4000,
+                out,
+                events=args.events,
+                empty=args.empty,
+                celery=args.celery,
+                seconds=args.seconds,
             )
 
 
