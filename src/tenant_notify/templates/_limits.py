@@ -198,13 +198,25 @@ def _weigh(item: object, limit: int, memo: _Memo | None) -> tuple[int, int]:
 _FROZEN_BY_SANDBOX = frozenset({list, tuple, dict})
 
 
+#: Items weighed so far, in any thread; every ``_CLOCK_EVERY`` the clock is read.
+#: (Threads may miscount it between them: that only moves when the clock is read.)
+_STEPS = [0]
+_CLOCK_EVERY = 1024
+
+
 def _weigh_items(
     items: Iterable[Any], total: int, limit: int, memo: _Memo | None
 ) -> tuple[int, int]:
     height = 0
+    steps = _STEPS
     for entry in items:
         if total > limit:
             break
+        steps[0] += 1
+        if not steps[0] % _CLOCK_EVERY:
+            # A walk of up to ``limit`` steps is a fraction of a second, but not on a
+            # starved CPU: it stops at the render's time limit like every other step.
+            check_deadline()
         entry_weight, entry_height = _weigh(entry, limit - total, memo)
         total += entry_weight
         height = max(height, entry_height)
