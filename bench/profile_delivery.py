@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: (label, a frame whose presence in a stack puts the sample there), first match wins.
 IN_PROCESS = [
     ("money filter (Babel)", "money_filter"),
-    ("rendering (Jinja2 sandbox)", "TemplateRenderer.render_email"),
+    ("rendering (Jinja2)", "TemplateRenderer.render_email"),
     ("MIME (_mime.wire_bytes)", "wire_bytes"),
     ("SMTP exchanges", "SmtpProvider._deliver"),
     ("SMTP provider, rest", "SmtpProvider.send_email"),

@@ -23,7 +23,14 @@ import copy
 import datetime as dt
 import functools
 import re
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from decimal import (
+    ROUND_HALF_UP,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
+from decimal import Context as DecimalContext
 from typing import Any, cast
 
 import babel
@@ -89,15 +96,23 @@ def format_money(
     value = _to_decimal(amount)
     # Rounded here, half up as money is, to the digits Babel will show (it would
     # round half to even); a negative amount that rounds to zero shows as zero.
-    with localcontext() as ctx:
-        ctx.prec = 60
-        try:
-            value = value.quantize(Decimal(1).scaleb(-minor_units(code)), ROUND_HALF_UP)
-        except InvalidOperation as err:
-            raise InvalidAmountError("is too large to format", field="amount") from err
+    try:
+        value = value.quantize(_quantum(code), ROUND_HALF_UP, context=_MONEY_CONTEXT)
+    except InvalidOperation as err:
+        raise InvalidAmountError("is too large to format", field="amount") from err
     if value.is_zero():
         value = value.copy_abs()
     return _formatted(value, code, babel_locale(locale))
+
+
+#: Sixty digits: any amount a shop shows, and a refusal (not a rounding) beyond.
+_MONEY_CONTEXT = DecimalContext(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+
+@functools.lru_cache(maxsize=512)
+def _quantum(code: str) -> Decimal:
+    """``Decimal("0.01")`` for a currency with two minor units, ``Decimal("1")`` for none."""
+    return Decimal(1).scaleb(-minor_units(code))
 
 
 @functools.lru_cache(maxsize=1024)
