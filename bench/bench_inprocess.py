@@ -117,6 +117,10 @@ def round_library(port: int, sink_pid: int, n: int, run: str, workers: int) -> S
             },
             "tenants": TENANTS,
             "idempotency": {"ttl": 600},
+            # A cold render compiles the templates inside the render's time limit in
+            # older installs; on a loaded machine that can take longer than the 2 s
+            # default and fail the warm-up. The same setting for every install.
+            "templates": {"render_timeout": 30.0},
         }
     )
 
