@@ -185,6 +185,8 @@ class Worker:
         deadline = time.monotonic() + timeout
         while self.log_file.read_bytes().count(ready) < count:
             if self.process.poll() is not None or time.monotonic() > deadline:
+                # Not left behind, still consuming, when the test gives up on it.
+                self.stop()
                 raise RuntimeError(f"the worker did not start:\n{self.log_file.read_text()}")
             time.sleep(0.05)
 
