@@ -19,15 +19,18 @@ back to the platform's provider without repeating its settings.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import pydantic
+from pydantic import SecretStr
 
 from ._registry import resolve_name
 from .config import Settings, validation_error
 from .errors import ConfigurationError, NotifyError, UnsupportedChannelError, ValidationError
+from .limiting import Account, check_max_rate
 from .models import Channel, EmailOptions, Feature
 from .providers import PROVIDER_ALIASES, PROVIDER_EXTRAS
 from .providers.base import Provider, ProviderConfig
@@ -60,7 +63,20 @@ def _freeze(value: Any) -> Hashable:
     return value  # type: ignore[no-any-return]
 
 
+def _account_key(factory: type[Provider], config: ProviderConfig) -> str:
+    """The same for the same settings in every process; a digest, so no secret shows."""
+    digest = hashlib.sha256(f"{factory.__module__}.{factory.__qualname__}".encode())
+    for name, value in sorted(dict(config).items()):
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        digest.update(f"\0{name}={value!r}".encode())
+    return f"{factory.name}:{digest.hexdigest()[:16]}"
+
+
 FALLBACK_KEY = "fallback"
+#: The pacing of a provider table (``max_rate = "14/second"``), for every provider.
+MAX_RATE_KEY = "max_rate"
+_POOL_KEYS = (FALLBACK_KEY, MAX_RATE_KEY)
 #: A fallback entry of a tenant's table that stands for the channel's global table.
 DEFAULT_FALLBACK = "default"
 
@@ -68,7 +84,16 @@ DEFAULT_FALLBACK = "default"
 class _Spec:
     """A validated provider table: what to build, its cache key, its fallbacks."""
 
-    __slots__ = ("cache_key", "config", "factory", "fallbacks", "instance", "key", "name")
+    __slots__ = (
+        "account",
+        "cache_key",
+        "config",
+        "factory",
+        "fallbacks",
+        "instance",
+        "key",
+        "name",
+    )
 
     def __init__(
         self,
@@ -79,8 +104,10 @@ class _Spec:
         factory: type[Provider] | None = None,
         config: ProviderConfig | None = None,
         instance: Provider | None = None,
+        account: Account | None = None,
     ) -> None:
         self.name = name
+        self.account = account or Account(f"{name}:{id(self):x}", name)
         self.cache_key = cache_key
         self.key = key  # the dotted settings key of the table
         self.factory = factory
@@ -195,6 +222,12 @@ class ProviderPool:
             usable.append((position, spec.name))
         return tuple(usable)
 
+    def account(self, tenant: Tenant | None, channel: Channel, position: int = 0) -> Account:
+        """The provider account that serves ``tenant`` on ``channel`` at ``position``
+        (as :meth:`get`): what pacing counts and pauses. Tenants whose tables name the
+        same provider settings share one account, in every process."""
+        return self._spec(tenant, channel).chain[position].account
+
     def get(self, tenant: Tenant | None, channel: Channel, position: int = 0) -> Provider:
         """The provider serving ``tenant`` (None: the global tables) on ``channel``.
 
@@ -289,7 +322,10 @@ class ProviderPool:
 
     def _validate_one(self, table: Mapping[str, Any], channel: Channel, key: str) -> _Spec:
         chosen = table.get("provider")
-        options = {k: v for k, v in table.items() if k not in ("provider", FALLBACK_KEY)}
+        options = {k: v for k, v in table.items() if k not in ("provider", *_POOL_KEYS)}
+        max_rate = table.get(MAX_RATE_KEY)
+        if max_rate is not None:
+            max_rate = check_max_rate(max_rate, f"{key}.{MAX_RATE_KEY}")
         if isinstance(chosen, Provider):
             if options:
                 raise ConfigurationError(
@@ -297,7 +333,11 @@ class ProviderPool:
                     key=f"{key}.{next(iter(options))}",
                 )
             self._check_channel(type(chosen), channel, key)
-            return _Spec(chosen.name, ("instance", id(chosen)), key=key, instance=chosen)
+            # An instance lives in one process: its account is this process's alone.
+            account = Account(f"{chosen.name}:{id(chosen):x}", chosen.name, max_rate)
+            return _Spec(
+                chosen.name, ("instance", id(chosen)), key=key, instance=chosen, account=account
+            )
         if isinstance(chosen, str):
             factory = resolve_name(
                 chosen,
@@ -319,7 +359,10 @@ class ProviderPool:
         except pydantic.ValidationError as err:
             raise validation_error(err, key) from None
         cache_key = (factory, _freeze(dict(config)))
-        return _Spec(factory.name, cache_key, key=key, factory=factory, config=config)
+        account = Account(_account_key(factory, config), factory.name, max_rate)
+        return _Spec(
+            factory.name, cache_key, key=key, factory=factory, config=config, account=account
+        )
 
     @staticmethod
     def _check_channel(factory: type[Provider], channel: Channel, key: str) -> None:

@@ -33,6 +33,7 @@ from pydantic_settings import (
 from ._redact import register_url_secrets
 from ._validation import normalize_locale
 from .errors import ConfigurationError, MissingDependencyError
+from .limiting import LimitSettings
 from .templates._loader import check_apart
 from .tenants import Tenant, protect_secrets
 
@@ -45,6 +46,7 @@ __all__ = [
     "EventsSettings",
     "IdempotencySettings",
     "KindSettings",
+    "LimitSettings",
     "LinkSettings",
     "RedisSettings",
     "RetrySettings",
@@ -522,6 +524,8 @@ class Settings(BaseModel):
             (``docs/deliverability.md``).
         links: Signed unsubscribe and tracking URLs.
         breaker: The sender-fault breaker.
+        limits: Rates and daily caps of every tenant's sends (``[limits]``; a
+            tenant's ``[tenants.<id>.limits]`` overrides it key by key).
         mask_recipients: Mask addresses and numbers in log lines (keep on).
         metrics: Record delivery metrics in prometheus-client's default registry
             (extra ``tenant-notify[metrics]``; see :mod:`tenant_notify.metrics`).
@@ -549,6 +553,7 @@ class Settings(BaseModel):
     kinds: dict[str, KindSettings] = Field(default_factory=dict)
     links: LinkSettings = Field(default_factory=LinkSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     mask_recipients: bool = True
     metrics: bool = False
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +35,9 @@ from .errors import (
     NotifyError,
     PermanentDeliveryError,
     StoreUnavailableError,
+    TransientDeliveryError,
 )
+from .limiting import Account, Pacing, TenantLimits
 from .log import get_logger, mask_recipient
 from .metrics import MetricsRecorder, NullMetrics
 from .models import (
@@ -130,10 +133,15 @@ class Outcome:
     Attributes:
         status: The status recorded after the attempt.
         retry_in: Seconds until the next attempt is due, or None for none.
+        deferred: True when no attempt was made: the notification waits for a
+            tenant limit (``on_limit = "delay"``) or a paused provider account.
+            The transport runs the *same* attempt number again after
+            ``retry_in`` seconds; nothing was claimed or recorded.
     """
 
     status: DeliveryStatus | None
     retry_in: float | None = None
+    deferred: bool = False
 
 
 class Dispatcher:
@@ -158,6 +166,10 @@ class Dispatcher:
         reputation: Suppression lists, the sender-fault breaker, unsubscribe
             headers and tracking (:mod:`tenant_notify.reputation`); by default
             in memory, with every kind transactional.
+        limits: The tenants' limits (:mod:`tenant_notify.limiting`); by default
+            none, counted in memory.
+        pacing: Pacing per provider account (``max_rate``, learned pauses); by
+            default in memory.
     """
 
     def __init__(
@@ -175,6 +187,8 @@ class Dispatcher:
         metrics: MetricsRecorder | None = None,
         observer: StatusObserver | None = None,
         reputation: Reputation | None = None,
+        limits: TenantLimits | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         self.tenants = tenants
         self.renderer = renderer
@@ -195,6 +209,8 @@ class Dispatcher:
             watch(renderer)
         self.reputation = reputation or Reputation(Settings(), metrics=self.metrics)
         self.reputation.observer = self.observer
+        self.limits = limits or TenantLimits(metrics=self.metrics)
+        self.pacing = pacing or Pacing(metrics=self.metrics)
 
     @classmethod
     def from_settings(
@@ -212,6 +228,10 @@ class Dispatcher:
         Without ``observer``, the lifecycle events ``[events]`` asks for
         (callbacks, the lifecycle exchange, alerts), if any.
         """
+        from .stores.redis import RedisStatusStore
+
+        # Counted where the statuses are: in Redis, every process counts together.
+        client = status_store.client if isinstance(status_store, RedisStatusStore) else None
         if observer is None:
             from .events.lifecycle import LifecycleEvents
 
@@ -237,6 +257,13 @@ class Dispatcher:
             metrics=metrics,
             observer=observer,
             reputation=Reputation.from_settings(settings, status_store, metrics=metrics),
+            limits=TenantLimits(
+                settings.limits,
+                client=client,
+                key_prefix=settings.redis.key_prefix,
+                metrics=metrics,
+            ),
+            pacing=Pacing(client=client, key_prefix=settings.redis.key_prefix, metrics=metrics),
         )
 
     def check_providers(self) -> None:
@@ -272,6 +299,9 @@ class Dispatcher:
             channel=notification.channel.value,
             attempt=attempt,
         )
+        deferred = self._admission(notification, log)
+        if deferred is not None:
+            return deferred
         claim_key = f"delivery:{notification.id}"
         claim = self.idempotency_store.claim(claim_key, self.delivery_lease)
         if claim.state is ClaimState.DONE:
@@ -366,6 +396,37 @@ class Dispatcher:
         self._observe(notification, result.provider, DeliveryState.SENT, started, log)
         return Outcome(status)
 
+    def _admission(self, notification: Notification, log: Any) -> Outcome | None:
+        """Whether ``notification`` must wait before an attempt: for its tenant's
+        limit (``on_limit = "delay"``) or for its provider account's pause.
+
+        Returns:
+            A deferred Outcome, or None to go ahead. Problems resolving the
+            tenant or its provider are left to the attempt, which records them.
+        """
+        try:
+            tenant = self.tenants.get(notification.tenant_id)
+            account = self.providers.account(tenant, notification.channel)
+        except NotifyError:
+            return None
+        paused = self.pacing.paused(account)
+        if paused is not None:
+            # Spread the comeback over a little time: not every worker at once.
+            wait = paused + random.uniform(0, min(1.0, paused / 10))
+            log.info("delivery_deferred", reason="provider_paused", retry_in=round(wait, 3))
+            return Outcome(self._current(notification), retry_in=wait, deferred=True)
+        limited = self.limits.admit(tenant, notification.channel)
+        if limited is not None:
+            limited += random.uniform(0, min(1.0, max(limited, 0.05)))
+            log.info("delivery_deferred", reason="tenant_limit", retry_in=round(limited, 3))
+            return Outcome(self._current(notification), retry_in=limited, deferred=True)
+        # The channel's own provider's max_rate turn (a short wait happens here).
+        turn = self.pacing.acquire(account)
+        if turn is not None:
+            log.info("delivery_deferred", reason="provider_max_rate", retry_in=round(turn, 3))
+            return Outcome(self._current(notification), retry_in=turn, deferred=True)
+        return None
+
     def _record(self, status: DeliveryStatus) -> None:
         """Save ``status`` and tell the observer."""
         self.status_store.save(status)
@@ -442,11 +503,17 @@ class Dispatcher:
         errors: list[DeliveryError] = []
         for index, (position, name) in enumerate(chain):
             tried.append(name)
+            account = self.providers.account(tenant, channel, position)
             try:
+                if position:  # the channel's own provider had its turn at admission
+                    self._pace(account)
                 return self.providers.get(tenant, channel, position).send(message)
             except DeliveryError as err:
                 if err.provider is None:
                     err.provider = name
+                if err.throttled:
+                    # Every worker waits for the account now, not only this attempt.
+                    err.retry_after = self.pacing.throttled(account, err.retry_after)
                 errors.append(err)
                 if index + 1 == len(chain) or not err.may_fail_over:
                     break
@@ -458,6 +525,16 @@ class Dispatcher:
                     error_type=type(err).__name__,
                 )
         raise next((err for err in errors if self.retry_policy.is_retryable(err)), errors[-1])
+
+    def _pace(self, account: Account) -> None:
+        """Wait for ``account``'s ``max_rate`` turn; one too far off is a throttling."""
+        wait = self.pacing.acquire(account)
+        if wait is not None:
+            raise TransientDeliveryError(
+                f"over the provider account's max_rate of {account.max_rate}",
+                provider=account.provider,
+                retry_after=wait,
+            )
 
     def _held(
         self,

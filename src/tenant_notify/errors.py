@@ -38,6 +38,8 @@ chained with ``raise ... from err``.
     │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
     │   └── AmbiguousDeliveryError      may or may not have been accepted (timeout after send)
     ├── TenantPausedError               the tenant's channel is paused: its sending setup is broken
+    ├── RateLimitedError                a send over the tenant's [limits] with on_limit = "raise";
+    │                                   nothing queued; retry_after says when it would pass
     ├── InvalidLinkError                (also ValueError) a signed unsubscribe/tracking link that
     │                                   does not verify: answer 404, change nothing
     ├── WaitTimeoutError                (also TimeoutError) Receipt.wait ran out of time
@@ -103,6 +105,7 @@ __all__ = [
     "NotifyError",
     "PermanentDeliveryError",
     "QueueFullError",
+    "RateLimitedError",
     "RecipientSuppressedError",
     "StoreUnavailableError",
     "TemplateError",
@@ -432,6 +435,10 @@ class DeliveryError(NotifyError):
             to again (``"unsubscribe"``: the number replied STOP, Twilio 21610;
             ``"hard_bounce"``): the dispatcher adds it to the tenant's
             suppression list. None (the default) otherwise.
+        throttled: True when the provider refused because the *account* is over
+            its rate (HTTP 429, Twilio 20429, SES/SNS ``Throttling``): the
+            dispatcher pauses that provider account's deliveries, in every
+            worker, for ``retry_after`` seconds (see ``docs/workers.md``).
     """
 
     def __init__(
@@ -443,6 +450,7 @@ class DeliveryError(NotifyError):
         recipient_error: bool = False,
         sender_fault: bool = False,
         suppress_as: str | None = None,
+        throttled: bool = False,
         **context: str | None,
     ) -> None:
         super().__init__(message, **context)
@@ -452,6 +460,7 @@ class DeliveryError(NotifyError):
         self.recipient_error = recipient_error
         self.sender_fault = sender_fault
         self.suppress_as = suppress_as
+        self.throttled = throttled
 
     @property
     def may_fail_over(self) -> bool:
@@ -509,6 +518,34 @@ class TenantPausedError(NotifyError):
         self.channel = channel
         self.reason = reason
         self.until = until
+
+
+class RateLimitedError(NotifyError):
+    """A send over one of the tenant's limits (``[limits]``, ``[tenants.<id>.limits]``)
+    with ``on_limit = "raise"``. Nothing is queued; the same send may pass after
+    :attr:`retry_after` seconds.
+
+    Attributes:
+        channel: ``"email"`` or ``"sms"``.
+        limit: Which limit: ``"email"``/``"sms"`` (the rate) or
+            ``"email_daily"``/``"sms_daily"`` (the cap per UTC day).
+        retry_after: Seconds until the limit lets the next send through (for a
+            daily cap: until the next UTC midnight).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        channel: str,
+        limit: str,
+        retry_after: float,
+        **context: str | None,
+    ) -> None:
+        super().__init__(message, **context)
+        self.channel = channel
+        self.limit = limit
+        self.retry_after = retry_after
 
 
 class InvalidLinkError(NotifyError, ValueError):

@@ -397,7 +397,7 @@ class Notifier:
         self.reputation.check_call(tenant, kind, channel, to, self.dispatcher.providers)
         if idempotency_key is not None:
             check_text(idempotency_key, "idempotency_key", max_chars=512)
-        return Notification(
+        notification = Notification(
             id=new_notification_id(tenant_id, kind, idempotency_key),
             tenant_id=tenant_id,
             kind=kind,
@@ -409,6 +409,9 @@ class Notifier:
             locale=locale,
             options=options,
         )
+        # Last: only a send that passed every other check counts against a limit.
+        self.dispatcher.limits.check_call(tenant, channel)
+        return notification
 
     def _check_open(self, tenant_id: str) -> None:
         if self._closed:

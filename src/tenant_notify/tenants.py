@@ -22,6 +22,7 @@ from ._headers import check_header_value
 from ._redact import register_secret
 from ._validation import normalize_email, normalize_locale, normalize_sender_number
 from .errors import UnknownTenantError
+from .limiting import LimitSettings
 from .models import Address
 
 __all__ = ["CallbackTarget", "StaticTenantResolver", "Tenant", "TenantResolver"]
@@ -147,6 +148,8 @@ class Tenant(BaseModel):
         weight: Its share of the workers while several tenants have a backlog,
             relative to the others' (default 1; 2 gets twice the deliveries of a
             tenant of weight 1). See docs/workers.md#fairness-across-tenants.
+        limits: Its own rates and daily caps (``[tenants.<id>.limits]``), each key
+            over the global ``[limits]`` (see :mod:`tenant_notify.limiting`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -166,6 +169,7 @@ class Tenant(BaseModel):
     track_clicks: bool = False
     unsubscribe_mailto: EmailAddressField = None
     weight: float = Field(default=1.0, gt=0, le=1000)
+    limits: LimitSettings | None = None
 
     @field_validator("name")
     @classmethod

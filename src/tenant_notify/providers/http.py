@@ -33,7 +33,8 @@ Reply                       Raised
 ==========================  ===================================================
 2xx                         accepted: :meth:`~HttpProvider.parse_result`
 429                         ``TransientDeliveryError``, ``retry_after`` from
-                            ``Retry-After`` or ``X-RateLimit-Reset``
+                            ``Retry-After`` or ``X-RateLimit-Reset``, ``throttled``
+                            (the dispatcher pauses the account for every worker)
 408, 5xx                    ``TransientDeliveryError`` (``retry_after`` likewise)
 401, 403                    ``PermanentDeliveryError``: the credentials were refused,
                             with ``sender_fault`` (the sender-fault breaker counts it)
@@ -379,6 +380,7 @@ class HttpProvider(Provider, ABC):
                 f"{service} rate limit reached",
                 provider_response=reply,
                 retry_after=retry_after(response.headers),
+                throttled=True,
                 **context,
             )
         if status == 408 or status >= 500:

@@ -221,6 +221,7 @@ class SesProvider(HttpProvider):
                 "SES is throttling this account (sending rate or quota)",
                 provider_response=reply,
                 retry_after=retry_after(response.headers),
+                throttled=True,
                 **context,
             )
         if code in _ACCOUNT_CODES:

@@ -176,6 +176,7 @@ class SnsProvider(HttpProvider):
                 "SNS is throttling this account",
                 provider_response=reply,
                 retry_after=retry_after(response.headers),
+                throttled=True,
                 **context,
             )
         if code in ("OptedOut", "OptedOutException"):

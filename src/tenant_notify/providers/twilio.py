@@ -241,6 +241,7 @@ class TwilioProvider(HttpProvider):
                 "Twilio rate limit reached",
                 provider_response=reply,
                 retry_after=retry_after(response.headers),
+                throttled=True,
                 **context,
             )
         what = _TWILIO_NAMES.get(code or 0)

@@ -37,4 +37,5 @@ class EagerTransport(Transport):
             if outcome.retry_in is None:
                 return
             self._sleep(outcome.retry_in)
-            attempt += 1
+            if not outcome.deferred:  # a deferral (a limit, a paused account) was no attempt
+                attempt += 1

@@ -185,8 +185,8 @@ class InProcessTransport(Transport):
                 )
                 outcome = self.dispatcher.deliver(notification, attempt)
                 if outcome.retry_in is not None:
-                    # A wait for a limit or a paused account (deferred): the same attempt again.
-                    again = attempt if getattr(outcome, "deferred", False) else attempt + 1
+                    # A deferral (a limit, a paused account) was no attempt.
+                    again = attempt if outcome.deferred else attempt + 1
                     self._schedule_retry(notification, again, outcome.retry_in)
             except Exception:
                 # deliver() records failures itself; this is a bug in the library.

@@ -137,8 +137,10 @@ def _deliver_task(task: Any, data: Mapping[str, Any]) -> dict[str, Any]:
         try:
             outcome = runtime.dispatcher.deliver(notification, attempt)
             if outcome.retry_in is not None:
+                # A deferral (a limit, a paused account) was no attempt.
+                again = attempt if outcome.deferred else attempt + 1
                 runtime.publisher.publish(
-                    notification, attempt=attempt + 1, countdown=outcome.retry_in, wait=True
+                    notification, attempt=again, countdown=outcome.retry_in, wait=True
                 )
                 return {"state": DeliveryState.RETRYING.value, "attempt": attempt}
             status = outcome.status

@@ -1,0 +1,554 @@
+"""Limits per tenant (``[limits]``) and pacing per provider account (``max_rate``).
+
+Two kinds of counting share one storage, on the `limits`_ package:
+
+* **Tenant limits.** ``[limits]`` applies to every tenant and
+  ``[tenants.<id>.limits]`` overrides it key by key::
+
+      [limits]
+      email = "100/minute"        # a rate: a moving window
+      sms = "10/second"
+      email_daily = 50000         # a cap per UTC day
+      sms_daily = 2000
+      on_limit = "raise"          # or "delay"
+
+  With ``on_limit = "raise"`` a send over a limit raises
+  :class:`~tenant_notify.errors.RateLimitedError` at the call (its
+  ``retry_after`` says when it would pass) and nothing is queued; sends are
+  counted when they are made. With ``"delay"`` the send is queued as usual and
+  counted when its delivery comes up: one over a limit waits (it is deferred,
+  not failed, and the wait is no delivery attempt) until the limit lets it
+  through.
+
+* **Pacing per provider account.** ``max_rate = "14/second"`` on a provider
+  table holds every worker's deliveries through that account to the rate
+  (a worker thread waits for its turn), and an account the provider throttled
+  (:attr:`DeliveryError.throttled <tenant_notify.errors.DeliveryError.throttled>`:
+  HTTP 429 with ``Retry-After`` or ``X-RateLimit-Reset``, Twilio 20429, SES
+  ``Throttling``) is paused until the time the provider gave (or for
+  :data:`DEFAULT_THROTTLE_PAUSE` seconds): deliveries through it are deferred
+  until then in every worker, instead of each one meeting the limit.
+
+In process the counts are kept in memory. With shared stores (Redis: the
+``celery`` transport) they are kept in Redis under ``[redis] key_prefix``, so
+web processes and every worker count together; every count is one atomic
+operation there (the package's Lua scripts)::
+
+    <prefix>limits:...                   the package's counters (moving windows, days)
+    <prefix>pace:pause:<account>         a paused account: until when (epoch seconds)
+    <prefix>pace:pauses                  sorted set of paused accounts by end time
+
+.. _limits: https://limits.readthedocs.io/
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import ConfigurationError, RateLimitedError, StoreUnavailableError
+from .log import get_logger
+from .models import Channel
+
+if TYPE_CHECKING:
+    import redis
+
+    from .tenants import Tenant
+
+__all__ = [
+    "DEFAULT_THROTTLE_PAUSE",
+    "Account",
+    "LimitSettings",
+    "Pacing",
+    "TenantLimits",
+    "parse_rate",
+]
+
+#: Seconds an account is paused after a throttling reply that says no time.
+DEFAULT_THROTTLE_PAUSE = 1.0
+#: A worker thread waits this long at most for a ``max_rate`` token; a longer
+#: wait defers the notification instead of holding the thread.
+MAX_PACING_WAIT = 5.0
+# Storages are made on first use, which may be in several worker threads at once.
+_INIT_LOCK = threading.Lock()
+
+
+def parse_rate(value: str) -> Any:
+    """``"14/second"``, ``"100/minute"``, ``"10 per 1 second"`` as a rate item of the
+    `limits` package.
+
+    Raises:
+        ValueError: not a rate.
+    """
+    import limits
+
+    try:
+        items = limits.parse_many(value)
+    except ValueError:
+        items = []
+    if len(items) != 1:
+        raise ValueError(
+            f"{value!r} is not a rate: write it as '<count>/<second|minute|hour|day>', "
+            "such as '100/minute'"
+        )
+    return items[0]
+
+
+class LimitSettings(BaseModel):
+    """``[limits]`` (every tenant) or ``[tenants.<id>.limits]`` (one tenant's keys
+    over it).
+
+    Attributes:
+        email: Rate of email sends, ``"<count>/<second|minute|hour|day>"``.
+        sms: Rate of SMS sends.
+        email_daily: Emails per UTC day.
+        sms_daily: SMS messages per UTC day.
+        on_limit: ``"raise"``: a send over a limit raises RateLimitedError at the
+            call, nothing queued. ``"delay"``: it is queued and goes out when the
+            limit allows.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str | None = None
+    sms: str | None = None
+    email_daily: int | None = Field(default=None, ge=0)
+    sms_daily: int | None = Field(default=None, ge=0)
+    on_limit: Literal["raise", "delay"] = "raise"
+
+    @field_validator("email", "sms")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+    def over(self, override: LimitSettings | None) -> LimitSettings:
+        """These settings with the keys ``override`` sets laid over them."""
+        if override is None or not override.model_fields_set:
+            return self
+        return self.model_copy(
+            update={key: getattr(override, key) for key in override.model_fields_set}
+        )
+
+    def rate(self, channel: Channel) -> str | None:
+        return self.email if channel is Channel.EMAIL else self.sms
+
+    def daily(self, channel: Channel) -> int | None:
+        return self.email_daily if channel is Channel.EMAIL else self.sms_daily
+
+    def limits(self, channel: Channel) -> bool:
+        """Whether anything limits ``channel``."""
+        return self.rate(channel) is not None or self.daily(channel) is not None
+
+
+def _seconds_to_utc_midnight(now: float) -> float:
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return max(0.0, midnight.timestamp() - now)
+
+
+def _storage(client: redis.Redis | None, key_prefix: str) -> Any:
+    from limits.storage import MemoryStorage, RedisStorage
+
+    if client is None:
+        return MemoryStorage()
+    # The stores' own connection pool: one set of connections, one URL.
+    return RedisStorage(
+        "redis://", connection_pool=client.connection_pool, key_prefix=f"{key_prefix}limits"
+    )
+
+
+def _unanswered(err: Exception) -> StoreUnavailableError:
+    return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}")
+
+
+def _in_memory(storage: Any) -> bool:
+    from limits.storage import MemoryStorage
+
+    return isinstance(storage, MemoryStorage)
+
+
+class _Counter:
+    """The package's strategies over one storage, with Redis errors translated."""
+
+    def __init__(self, storage: Any) -> None:
+        from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+
+        self.storage = storage
+        self.moving = MovingWindowRateLimiter(storage)
+        self.fixed = FixedWindowRateLimiter(storage)
+        # The package's memory storage drops a key's lock when it expires the
+        # key, so two threads can count at once: one lock for ours instead.
+        self._lock: threading.Lock | None = threading.Lock() if _in_memory(storage) else None
+        errors = storage.base_exceptions
+        self._errors: tuple[type[Exception], ...] = (
+            tuple(errors) if isinstance(errors, tuple) else (errors,)
+        )
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        if self._lock is not None:
+            with self._lock:
+                return fn()
+        try:
+            return fn()
+        except self._errors as err:
+            raise _unanswered(err) from err
+
+
+class TenantLimits:
+    """Counts each tenant's sends against its limits.
+
+    Args:
+        defaults: The ``[limits]`` table.
+        client: Redis to count in (shared by every process), or None for memory.
+        key_prefix: Prefix of the Redis keys.
+        metrics: Told of every send over a limit (``observe_rate_limited``), if it counts them.
+        clock: Wall-clock seconds (replaceable in tests).
+    """
+
+    def __init__(
+        self,
+        defaults: LimitSettings | None = None,
+        *,
+        client: redis.Redis | None = None,
+        key_prefix: str = "tenant_notify:",
+        metrics: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.defaults = defaults or LimitSettings()
+        self.shared = client is not None
+        self._storage_args = (client, key_prefix)
+        self._counter_instance: _Counter | None = None
+        self._metrics = metrics
+        self._clock = clock
+        self._items: dict[str, Any] = {}
+        # tenant id -> (the Tenant object it was computed for, its limits)
+        self._by_tenant: dict[str, tuple[Tenant, LimitSettings]] = {}
+
+    def for_tenant(self, tenant: Tenant) -> LimitSettings:
+        """The limits of ``tenant``: its own keys over ``[limits]``."""
+        known = self._by_tenant.get(tenant.id)
+        if known is not None and known[0] is tenant:
+            return known[1]
+        limits = self.defaults.over(tenant.limits)
+        self._by_tenant[tenant.id] = (tenant, limits)
+        return limits
+
+    def check_call(self, tenant: Tenant, channel: Channel) -> None:
+        """Count a send at the call, for tenants with ``on_limit = "raise"``.
+
+        Raises:
+            RateLimitedError: the send is over a limit; it was not counted.
+            StoreUnavailableError: Redis did not answer.
+        """
+        limits = self.for_tenant(tenant)
+        if limits.on_limit != "raise" or not limits.limits(channel):
+            return
+        refused = self._hit(tenant.id, channel, limits)
+        if refused is not None:
+            self._observe(tenant.id, channel, refused.limit, "raised")
+            raise refused
+
+    def admit(self, tenant: Tenant, channel: Channel) -> float | None:
+        """Count a delivery that comes up, for tenants with ``on_limit = "delay"``.
+
+        Returns:
+            None to deliver now (it was counted), else the seconds to wait first.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer.
+        """
+        limits = self.for_tenant(tenant)
+        if limits.on_limit != "delay" or not limits.limits(channel):
+            return None
+        refused = self._hit(tenant.id, channel, limits)
+        if refused is None:
+            return None
+        self._observe(tenant.id, channel, refused.limit, "delayed")
+        return refused.retry_after
+
+    def usage(self, tenant: Tenant, channel: Channel) -> dict[str, Any]:
+        """What is left of ``tenant``'s limits on ``channel`` (for ``tenant-notify limits``)."""
+        limits = self.for_tenant(tenant)
+        now = self._clock()
+        report: dict[str, Any] = {"on_limit": limits.on_limit}
+        rate = limits.rate(channel)
+        if rate is not None:
+            item = self._item(rate)
+            stats = self._counter.call(
+                lambda: self._counter.moving.get_window_stats(item, tenant.id, channel.value)
+            )
+            report["rate"] = rate
+            report["rate_remaining"] = stats.remaining
+        cap = limits.daily(channel)
+        if cap is not None:
+            item = self._item(f"{cap}/day")
+            day = dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
+            stats = self._counter.call(
+                lambda: self._counter.fixed.get_window_stats(item, tenant.id, channel.value, day)
+            )
+            report["daily"] = cap
+            report["daily_used"] = cap - stats.remaining
+        return report
+
+    @property
+    def _counter(self) -> _Counter:
+        # Made on first use: a notifier without limits never starts the
+        # memory storage's expiry timer or touches Redis.
+        if self._counter_instance is None:
+            with _INIT_LOCK:
+                if self._counter_instance is None:
+                    self._counter_instance = _Counter(_storage(*self._storage_args))
+        return self._counter_instance
+
+    def _item(self, rate: str) -> Any:
+        item = self._items.get(rate)
+        if item is None:
+            item = self._items[rate] = parse_rate(rate)
+        return item
+
+    def _hit(
+        self, tenant_id: str, channel: Channel, limits: LimitSettings
+    ) -> RateLimitedError | None:
+        """Count one send against the rate, then the daily cap; the refusal if over."""
+        counter = self._counter
+        rate = limits.rate(channel)
+        if rate is not None:
+            item = self._item(rate)
+            if not counter.call(lambda: counter.moving.hit(item, tenant_id, channel.value)):
+                stats = counter.call(
+                    lambda: counter.moving.get_window_stats(item, tenant_id, channel.value)
+                )
+                wait = max(0.0, stats.reset_time - self._clock())
+                return RateLimitedError(
+                    f"over the tenant's {channel.value} rate of {rate}",
+                    channel=channel.value,
+                    limit=channel.value,
+                    retry_after=round(wait, 3),
+                    tenant_id=tenant_id,
+                )
+        cap = limits.daily(channel)
+        if cap is not None:
+            now = self._clock()
+            day = dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
+            if cap == 0 or not counter.call(
+                lambda: counter.fixed.hit(self._item(f"{cap}/day"), tenant_id, channel.value, day)
+            ):
+                return RateLimitedError(
+                    f"over the tenant's {channel.value}_daily cap of {cap} (UTC day {day})",
+                    channel=channel.value,
+                    limit=f"{channel.value}_daily",
+                    retry_after=round(_seconds_to_utc_midnight(now), 3),
+                    tenant_id=tenant_id,
+                )
+        return None
+
+    def _observe(self, tenant_id: str, channel: Channel, limit: str, action: str) -> None:
+        method = getattr(self._metrics, "observe_rate_limited", None)
+        if method is None:
+            return
+        try:
+            method(tenant_id=tenant_id, channel=channel.value, limit=limit, action=action)
+        except Exception:
+            get_logger().exception("metrics_failed", metric="observe_rate_limited")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One provider account, as pacing sees it.
+
+    Attributes:
+        key: Stable across processes for the same settings (a hash of the
+            validated table; no secret can be read from it).
+        provider: The provider name.
+        max_rate: The table's ``max_rate``, if any.
+    """
+
+    key: str
+    provider: str
+    max_rate: str | None = None
+
+
+_PAUSE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local until = tonumber(ARGV[1])
+if until > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[2], until, ARGV[3])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+return tostring(math.max(until, current))
+"""
+
+
+class Pacing:
+    """Paces deliveries per provider account: ``max_rate`` and learned pauses.
+
+    Args:
+        client: Redis to share the pacing with every process, or None for memory.
+        key_prefix: Prefix of the Redis keys.
+        metrics: Told of every pause (``observe_provider_pause``), if it counts them.
+        clock: Wall-clock seconds (replaceable in tests).
+        sleep: How a worker thread waits for its turn (replaceable in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis | None = None,
+        key_prefix: str = "tenant_notify:",
+        metrics: Any = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._storage_args = (client, key_prefix)
+        self._counter: _Counter | None = None
+        self._metrics = metrics
+        self._clock = clock
+        self._sleep = sleep
+        self._items: dict[str, Any] = {}
+        # What this process knows: account key -> paused until (epoch seconds).
+        self._paused: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._pause_script: Any = None
+
+    # --- max_rate ------------------------------------------------------------------
+
+    def acquire(self, account: Account) -> float | None:
+        """Take a ``max_rate`` token for one provider call through ``account``.
+
+        Waits in this thread while the next token is at most
+        :data:`MAX_PACING_WAIT` seconds away.
+
+        Returns:
+            None when the call may go now, else the seconds to defer it.
+        """
+        if account.max_rate is None:
+            return None
+        counter = self._counter_for()
+        item = self._items.get(account.max_rate)
+        if item is None:
+            item = self._items[account.max_rate] = parse_rate(account.max_rate)
+        waited = 0.0
+        while True:
+            if counter.call(lambda: counter.moving.hit(item, "pace", account.key)):
+                return None
+            stats = counter.call(lambda: counter.moving.get_window_stats(item, "pace", account.key))
+            wait = max(0.001, float(stats.reset_time) - self._clock())
+            if waited + wait > MAX_PACING_WAIT:
+                return wait
+            # A little jitter, so the threads that wait do not all wake at once.
+            wait += random.uniform(0, wait / 4)
+            self._sleep(wait)
+            waited += wait
+
+    def _counter_for(self) -> _Counter:
+        if self._counter is None:
+            with _INIT_LOCK:
+                if self._counter is None:
+                    self._counter = _Counter(_storage(*self._storage_args))
+        return self._counter
+
+    # --- pauses -------------------------------------------------------------------
+
+    def paused(self, account: Account) -> float | None:
+        """Seconds left of a pause of ``account``, or None when it is not paused.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer.
+        """
+        now = self._clock()
+        until = self._paused.get(account.key, 0.0)
+        if until <= now and self._client is not None:
+            key = f"{self._prefix}pace:pause:{account.key}"
+            try:
+                value = self._client.get(key)
+            except Exception as err:
+                raise _unanswered(err) from err
+            until = float(value) if value else 0.0
+            if until > now:
+                self._paused[account.key] = until
+        if until <= now:
+            self._paused.pop(account.key, None)
+            return None
+        return until - now
+
+    def throttled(self, account: Account, retry_after: float | None) -> float:
+        """Record that the provider throttled ``account``: pause it for
+        ``retry_after`` seconds (or :data:`DEFAULT_THROTTLE_PAUSE`), in every process.
+
+        Returns:
+            The seconds the account is paused for (a longer pause already
+            recorded stands).
+        """
+        now = self._clock()
+        seconds = DEFAULT_THROTTLE_PAUSE if retry_after is None else max(0.0, retry_after)
+        until = now + seconds
+        if self._client is not None:
+            if self._pause_script is None:
+                self._pause_script = self._client.register_script(_PAUSE)
+            try:
+                answer = self._pause_script(
+                    keys=[
+                        f"{self._prefix}pace:pause:{account.key}",
+                        f"{self._prefix}pace:pauses",
+                    ],
+                    args=[repr(until), max(1, int(seconds * 1000)), account.key, repr(now)],
+                )
+            except Exception as err:
+                raise _unanswered(err) from err
+            until = float(answer)
+        with self._lock:
+            until = max(until, self._paused.get(account.key, 0.0))
+            self._paused[account.key] = until
+        get_logger().warning(
+            "provider_account_paused",
+            provider=account.provider,
+            account=account.key,
+            seconds=round(until - now, 3),
+        )
+        method = getattr(self._metrics, "observe_provider_pause", None)
+        if method is not None:
+            try:
+                method(provider=account.provider, account=account.key, seconds=until - now)
+            except Exception:
+                get_logger().exception("metrics_failed", metric="observe_provider_pause")
+        return until - now
+
+    def pauses(self) -> Mapping[str, float]:
+        """Accounts paused now -> seconds left (this process's, or every process's with Redis)."""
+        now = self._clock()
+        if self._client is not None:
+            try:
+                entries: list[tuple[str, float]] = self._client.zrangebyscore(  # type: ignore[assignment]
+                    f"{self._prefix}pace:pauses", now, "+inf", withscores=True
+                )
+            except Exception as err:
+                raise _unanswered(err) from err
+            return {str(member): float(score) - now for member, score in entries}
+        return {key: until - now for key, until in self._paused.items() if until > now}
+
+
+def check_max_rate(value: Any, key: str) -> str:
+    """Validate a provider table's ``max_rate``.
+
+    Raises:
+        ConfigurationError: naming ``key``.
+    """
+    if not isinstance(value, str):
+        raise ConfigurationError("must be a rate such as '14/second'", key=key)
+    try:
+        parse_rate(value)
+    except ValueError as err:
+        raise ConfigurationError(str(err), key=key) from None
+    return value
