@@ -149,6 +149,7 @@ class LoopbackSMTPServer:
         self._connection_numbers: dict[int, int] = {}  # id(protocol) -> number
         self._open: dict[int, _TrackedSMTP] = {}  # id(protocol) -> protocol
         self._connections = 0
+        self._peak_open = 0
         self._quits = 0
         self._auth_failures = 0
         self._scripted: dict[Command, deque[str]] = {c: deque() for c in ("MAIL", "RCPT", "DATA")}
@@ -235,6 +236,13 @@ class LoopbackSMTPServer:
             return sum(1 for key in self._open if key in self._connection_numbers)
 
     @property
+    def peak_open_connections(self) -> int:
+        """The most client connections open at once (greeted or not) since the
+        start or the last :meth:`clear`."""
+        with self._lock:
+            return self._peak_open
+
+    @property
     def quits(self) -> int:
         """How many QUIT commands the server has answered."""
         with self._lock:
@@ -268,7 +276,8 @@ class LoopbackSMTPServer:
             time.sleep(0.01)
 
     def clear(self) -> None:
-        """Forget received messages and scripted replies (counters keep counting)."""
+        """Forget received messages and scripted replies (counters keep counting;
+        the peak of open connections starts again from those open now)."""
         with self._lock:
             self._messages.clear()
             for replies in self._scripted.values():
@@ -276,6 +285,7 @@ class LoopbackSMTPServer:
             self._rejected_rcpts.clear()
             self._data_delays.clear()
             self._data_faults.clear()
+            self._peak_open = len(self._open)
 
     # --- misbehaviour ----------------------------------------------------------------
 
@@ -360,6 +370,7 @@ class LoopbackSMTPServer:
     def _connection_made(self, protocol: _TrackedSMTP) -> None:
         with self._lock:
             self._open[id(protocol)] = protocol
+            self._peak_open = max(self._peak_open, len(self._open))
 
     def _connection_lost(self, protocol: _TrackedSMTP) -> None:
         with self._lock:

@@ -513,7 +513,11 @@ class Dispatcher:
                     err.provider = name
                 if err.throttled:
                     # Every worker waits for the account now, not only this attempt.
-                    err.retry_after = self.pacing.throttled(account, err.retry_after)
+                    try:
+                        err.retry_after = self.pacing.throttled(account, err.retry_after)
+                    except NotifyError:
+                        # Unrecorded, the pause is this attempt's alone; it still retries.
+                        log.exception("provider_pause_not_recorded", provider=name)
                 errors.append(err)
                 if index + 1 == len(chain) or not err.may_fail_over:
                     break

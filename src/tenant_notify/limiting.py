@@ -379,13 +379,13 @@ class Account:
 
 _PAUSE = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local until = tonumber(ARGV[1])
-if until > current then
+local ends = tonumber(ARGV[1])
+if ends > current then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  redis.call('ZADD', KEYS[2], until, ARGV[3])
+  redis.call('ZADD', KEYS[2], ends, ARGV[3])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
-return tostring(math.max(until, current))
+return tostring(math.max(ends, current))
 """
 
 

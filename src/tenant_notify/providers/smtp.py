@@ -1,10 +1,13 @@
 """Send email through an SMTP server, with the standard library's ``smtplib``.
 
-One :class:`SmtpProvider` serves many worker threads. Each thread keeps its own
-open connection and reuses it for the next message; nothing is sent to check a
-connection before use. When a reused connection turns out to be dead (the server
-closed it while idle), the provider reconnects once and sends again, which is
-safe as long as the message data had not gone out yet.
+One :class:`SmtpProvider` serves many worker threads, and every provider of the
+process borrows its connections from one pool per server
+(:mod:`tenant_notify.providers._smtp_pool`): at most ``max_connections`` open to
+one host and port across all tenants' tables, reused by the next message with the
+same credentials, closed after ``idle_timeout`` seconds idle. Nothing is sent to
+check a connection before use. When a reused connection turns out to be dead (the
+server closed it while idle), the provider reconnects once and sends again, which
+is safe as long as the message data had not gone out yet.
 
 The provider speaks MAIL, RCPT and DATA itself, over ``smtplib``'s connection and
 reply reader: the envelope addresses were validated and put in ASCII form before,
@@ -73,15 +76,13 @@ from __future__ import annotations
 import base64
 import functools
 import hmac
-import os
 import select
 import smtplib
 import socket
 import ssl as _ssl
-import threading
 from collections.abc import Sequence
 from contextlib import suppress
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, TypedDict, cast
 
 import pydantic
 from pydantic import Field, SecretStr, model_validator
@@ -98,6 +99,7 @@ from ..errors import (
 from ..log import get_logger
 from ..models import Channel, DeliveryResult, EmailMessage, Feature
 from ._dkim import DkimSigner
+from ._smtp_pool import Lease, shared_pool
 from .base import Capabilities, Provider, ProviderConfig
 
 __all__ = ["SmtpConfig", "SmtpProvider"]
@@ -130,6 +132,12 @@ class SmtpConfig(ProviderConfig):
         dkim_private_key: The PEM RSA private key to sign with (a secret).
         dkim_domain: The signing domain; default: each message's From domain
             (what DMARC aligns with).
+        max_connections: Connections open at most to this server (host and
+            port) from this process, shared by every table that names the server
+            (the smallest bound of those holds). A send waits up to ``timeout``
+            for one to come free. Keep processes x this under the server's
+            limit per client (Postfix: 50).
+        idle_timeout: Seconds an unused connection stays open.
     """
 
     host: str = Field(default="localhost", min_length=1)
@@ -145,6 +153,8 @@ class SmtpConfig(ProviderConfig):
     dkim_selector: str | None = None
     dkim_private_key: SecretStr | None = None
     dkim_domain: str | None = None
+    max_connections: int = Field(default=10, ge=1, le=1000)
+    idle_timeout: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> SmtpConfig:
@@ -370,17 +380,6 @@ class _SSLConnection(_TrackingMixin, smtplib.SMTP_SSL):
     pass
 
 
-class _Slot:
-    """One thread's connection; the lock keeps ``close()`` off a send in flight."""
-
-    __slots__ = ("conn", "lock", "owner")
-
-    def __init__(self) -> None:
-        self.conn: _TrackingMixin | None = None
-        self.lock = threading.Lock()
-        self.owner = threading.current_thread()
-
-
 class SmtpProvider(Provider):
     """Deliver email through an SMTP server.
 
@@ -420,6 +419,8 @@ class SmtpProvider(Provider):
         dkim_selector: str | None = None,
         dkim_private_key: SecretStr | str | None = None,
         dkim_domain: str | None = None,
+        max_connections: int = 10,
+        idle_timeout: float = 30.0,
     ) -> None:
         try:
             self._config = SmtpConfig(
@@ -436,6 +437,8 @@ class SmtpProvider(Provider):
                 dkim_selector=dkim_selector,
                 dkim_private_key=dkim_private_key,  # pydantic wraps a str in SecretStr
                 dkim_domain=dkim_domain,
+                max_connections=max_connections,
+                idle_timeout=idle_timeout,
             )
         except pydantic.ValidationError as err:
             # Built from the error list without the inputs, which may hold the password.
@@ -465,10 +468,20 @@ class SmtpProvider(Provider):
             except ConfigurationError as err:
                 err.provider = self.name
                 raise
-        self._local = threading.local()
-        self._slots: set[_Slot] = set()
-        self._registry_lock = threading.Lock()
-        self._pid = os.getpid()
+        # What a pooled connection was opened and authenticated with: only a send
+        # with the same settings may reuse it (SecretStr compares by its secret).
+        self._identity = (
+            config.username,
+            config.password,
+            config.starttls,
+            config.ssl,
+            config.timeout,
+            config.local_hostname,
+            config.verify_tls,
+            config.ca_file,
+        )
+        # close() moves it on: connections leased before are not kept after.
+        self._generation = 0
 
     @property
     def config(self) -> SmtpConfig:
@@ -506,9 +519,7 @@ class SmtpProvider(Provider):
             "notification_id": message.notification_id or None,
             "tenant_id": message.tenant_id or None,
         }
-        slot = self._slot()
-        with slot.lock:
-            refused, reply = self._deliver(slot, sender, recipients, raw, context)
+        refused, reply = self._deliver(sender, recipients, raw, context)
         detail: dict[str, Any] = {}
         if reply is not None:
             detail["smtp_reply"] = self._reply_text(*reply)
@@ -520,38 +531,47 @@ class SmtpProvider(Provider):
 
     def _deliver(
         self,
-        slot: _Slot,
         sender: str,
         recipients: Sequence[str],
         raw: bytes,
         context: _ErrorContext,
     ) -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes] | None]:
-        conn = slot.conn
-        reused = conn is not None and conn.sock is not None
-        if conn is None or not reused:
-            self._discard(slot)
-            conn = slot.conn = self._connect(context)
+        lease = self._lease(context)
+        generation = self._generation
+        keep = False
         try:
-            return self._sendmail(conn, sender, recipients, raw)
-        except smtplib.SMTPException as err:
-            if not (reused and self._connection_was_stale(conn, err)):
-                self._after_failure(slot, err)
+            conn = cast(_TrackingMixin, lease.conn)  # the pool holds what _connect made
+            try:
+                result = self._sendmail(conn, sender, recipients, raw)
+                keep = True
+                return result
+            except smtplib.SMTPException as err:
+                if not (lease.reused and self._connection_was_stale(conn, err)):
+                    keep = self._reusable_after(err)
+                    raise self._map_error(err, conn.data_sent, context) from err
+                # The server had closed the idle connection; nothing was delivered.
+                get_logger().debug(
+                    "smtp_reconnect",
+                    provider=self.name,
+                    host=self._config.host,
+                    port=self._config.port,
+                )
+            except OSError as err:
+                if not (lease.reused and not conn.data_sent):
+                    raise self._map_error(err, conn.data_sent, context) from err
+            conn.close()
+            # A fresh connection in the same slot of the pool.
+            conn = self._connect(context)
+            lease.conn = conn
+            try:
+                result = self._sendmail(conn, sender, recipients, raw)
+                keep = True
+                return result
+            except OSError as err:  # SMTPException included
+                keep = self._reusable_after(err)
                 raise self._map_error(err, conn.data_sent, context) from err
-            # The server had closed the idle connection; nothing was delivered.
-            get_logger().debug(
-                "smtp_reconnect", provider=self.name, host=self._config.host, port=self._config.port
-            )
-        except OSError as err:
-            if not (reused and not conn.data_sent):
-                self._discard(slot)
-                raise self._map_error(err, conn.data_sent, context) from err
-        self._discard(slot)
-        conn = slot.conn = self._connect(context)
-        try:
-            return self._sendmail(conn, sender, recipients, raw)
-        except OSError as err:  # SMTPException included
-            self._after_failure(slot, err)
-            raise self._map_error(err, conn.data_sent, context) from err
+        finally:
+            lease.server.release(lease, keep=keep and generation == self._generation)
 
     @staticmethod
     def _sendmail(
@@ -575,45 +595,26 @@ class SmtpProvider(Provider):
         # 421: the server announced it is closing the channel (idle timeout).
         return isinstance(err, smtplib.SMTPResponseException) and err.smtp_code == 421
 
-    def _after_failure(self, slot: _Slot, err: Exception) -> None:
+    @staticmethod
+    def _reusable_after(err: Exception) -> bool:
         # After a plain refusal smtplib has sent RSET and the connection is still
         # good; anything else leaves it in an unknown state.
-        if not isinstance(err, smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused):
-            self._discard(slot)
+        return isinstance(err, smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused)
 
     # --- connections -----------------------------------------------------------------
 
-    def _slot(self) -> _Slot:
-        if os.getpid() != self._pid:
-            self._after_fork()
-        slot: _Slot | None = getattr(self._local, "slot", None)
-        if slot is None:
-            slot = _Slot()
-            self._local.slot = slot
-            with self._registry_lock:
-                dead = {s for s in self._slots if not s.owner.is_alive()}
-                self._slots -= dead
-                self._slots.add(slot)
-            for old in dead:
-                # Threads that ended left their connection idle; close the socket.
-                with old.lock:
-                    conn, old.conn = old.conn, None
-                if conn is not None:
-                    conn.close()
-        return slot
-
-    def _after_fork(self) -> None:
-        # The child shares the parent's sockets: close our copies without QUIT,
-        # which would end the parent's sessions, and start afresh. Locks are
-        # replaced, not taken: a thread of the parent may have held one at the fork.
-        self._registry_lock = threading.Lock()
-        slots, self._slots = self._slots, set()
-        for slot in slots:
-            conn, slot.conn = slot.conn, None
-            if conn is not None:
-                conn.close()
-        self._local = threading.local()
-        self._pid = os.getpid()
+    def _lease(self, context: _ErrorContext) -> Lease:
+        """A connection from the process's pool for this server (see the module doc)."""
+        cfg = self._config
+        server = shared_pool().server(cfg.host, cfg.port, cfg.max_connections, cfg.idle_timeout)
+        lease = server.acquire(self._identity, lambda: self._connect(context), cfg.timeout)
+        if lease is None:
+            raise TransientDeliveryError(
+                f"no free connection to the SMTP server {cfg.host}:{cfg.port} within "
+                f"{cfg.timeout}s: {server.limit} are open and busy (max_connections)",
+                **context,
+            )
+        return lease
 
     def _connect(self, context: _ErrorContext) -> _TrackingMixin:
         cfg = self._config
@@ -641,25 +642,18 @@ class SmtpProvider(Provider):
         get_logger().debug("smtp_connected", provider=self.name, host=cfg.host, port=cfg.port)
         return conn
 
-    def _discard(self, slot: _Slot) -> None:
-        conn, slot.conn = slot.conn, None
-        if conn is not None:
-            conn.close()
-
     def close(self) -> None:
-        """Say QUIT on every thread's connection and close it. Safe to call twice.
+        """Say QUIT on this provider's idle connections and close them. Safe to call twice.
 
-        A send in progress on another thread finishes first. The provider stays
-        usable: the next send opens a new connection.
+        A send in progress on another thread finishes, and its connection is
+        closed then rather than kept. The provider stays usable: the next send
+        opens a new connection.
         """
-        with self._registry_lock:
-            slots = list(self._slots)
-            self._slots = {s for s in slots if s.owner.is_alive()}
-        for slot in slots:
-            with slot.lock:
-                conn, slot.conn = slot.conn, None
-            if conn is not None:
-                _quit(conn)
+        self._generation += 1
+        cfg = self._config
+        server = shared_pool().server(cfg.host, cfg.port, cfg.max_connections, cfg.idle_timeout)
+        for conn in server.take_idle(self._identity):
+            _quit(conn)
 
     # --- errors ----------------------------------------------------------------------
 

@@ -1,0 +1,172 @@
+"""Pacing per provider account: max_rate, and pauses learned from throttling replies.
+
+Against the loopback SendGrid/Twilio fake: a 429 with a reset time pauses the
+account, so the notifications behind it wait instead of each meeting the limit;
+two dispatchers that share Redis (as two worker processes do) share the pause.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tenant_notify import DeliveryState
+from tenant_notify.dispatcher import Dispatcher
+from tenant_notify.errors import ConfigurationError
+from tenant_notify.models import Channel, Notification
+from tenant_notify.notifier import Notifier
+from tests.http_fakes import FakeProviderAPI, sendgrid_error, twilio_error
+
+KEY = "SG.pacing-test-key"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeProviderAPI]:
+    with FakeProviderAPI() as fake:
+        fake.sendgrid_keys.add(KEY)
+        fake.twilio_credentials[("AC" + "1" * 32, "token-pacing")] = "AC" + "1" * 32
+        yield fake
+
+
+def settings(api: FakeProviderAPI, **email: object) -> dict[str, object]:
+    return {
+        "transport": {"backend": "inprocess", "workers": 4},
+        "email": {"provider": "sendgrid", "api_key": KEY, "base_url": api.url, **email},
+        "retry": {"initial_delay": 0.05, "jitter": 0, "max_attempts": 3},
+        "tenants": {
+            "acme": {"name": "Acme", "email_from": "orders@acme.test"},
+            "globex": {"name": "Globex", "email_from": "hello@globex.test"},
+        },
+    }
+
+
+def send(notify: Notifier, n: int, tenant: str = "acme") -> list:
+    return [
+        notify.send_email(to_email=f"u{i}@example.com", subject=f"s{i}", body="b", tenant_id=tenant)
+        for i in range(n)
+    ]
+
+
+def test_a_429_with_a_reset_pauses_the_account_for_everyone_behind_it(api: FakeProviderAPI):
+    reset = time.time() + 1.5
+    api.script(sendgrid_error(429, "too many", headers={"X-RateLimit-Reset": f"{reset:.3f}"}))
+    with Notifier.from_settings(settings(api)) as notify:
+        [first] = send(notify, 1)
+        # Wait until the first one met the limit, then send more, for two tenants
+        # that share the platform's account.
+        deadline = time.monotonic() + 10
+        while not notify.dispatcher.pacing.pauses():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        later = send(notify, 4, "acme") + send(notify, 4, "globex")
+        statuses = [r.wait(30) for r in [first, *later]]
+    assert [s.state for s in statuses] == [DeliveryState.SENT] * 9
+    # One refused request, then one per notification, none before the reset.
+    assert len(api.requests) == 10
+    assert all(s.updated_at.timestamp() >= reset - 0.05 for s in statuses)
+    # The ones behind it waited without spending an attempt.
+    assert {s.attempts for s in statuses[1:]} == {1}
+    assert statuses[0].attempts == 2
+
+
+def test_twilio_20429_pauses_the_sms_account(api: FakeProviderAPI):
+    api.script(twilio_error(429, 20429, "Too Many Requests", headers={"Retry-After": "1"}))
+    config = settings(api)
+    config["sms"] = {
+        "provider": "twilio",
+        "account_sid": "AC" + "1" * 32,
+        "auth_token": "token-pacing",
+        "base_url": api.url,
+    }
+    config["tenants"]["acme"]["sms_from"] = "+14155550123"  # type: ignore[index]
+    with Notifier.from_settings(config) as notify:
+        started = time.monotonic()
+        first = notify.send_sms(to_phone="+14155550100", body="one", tenant_id="acme")
+        deadline = time.monotonic() + 10
+        while not notify.dispatcher.pacing.pauses():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        second = notify.send_sms(to_phone="+14155550101", body="two", tenant_id="acme")
+        assert first.wait(20).state is DeliveryState.SENT
+        assert second.wait(20).state is DeliveryState.SENT
+        # The second waited out the pause on its first attempt.
+        assert notify.status(second.id).attempts == 1
+    assert time.monotonic() - started >= 0.95
+    assert len(api.requests) == 3
+
+
+def test_max_rate_holds_the_account_to_its_rate(api: FakeProviderAPI):
+    with Notifier.from_settings(settings(api, max_rate="4/second")) as notify:
+        statuses = [r.wait(30) for r in send(notify, 10)]
+    assert [s.state for s in statuses] == [DeliveryState.SENT] * 10
+    sent = sorted(s.updated_at.timestamp() for s in statuses)
+    for i in range(len(sent) - 4):
+        assert sent[i + 4] - sent[i] >= 0.9, [round(t - sent[0], 3) for t in sent]
+    assert len(api.requests) == 10  # waited for its turn, never refused
+
+
+def test_a_bad_max_rate_fails_at_build_naming_the_key(api: FakeProviderAPI):
+    with pytest.raises(ConfigurationError) as caught:
+        Notifier.from_settings(settings(api, max_rate="fast"))
+    assert caught.value.key == "email.max_rate"
+
+
+def test_two_dispatchers_sharing_redis_share_the_pause(api: FakeProviderAPI):
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except redis.RedisError as err:
+        pytest.skip(f"Redis is not reachable: {err}")
+    from tenant_notify.config import load_settings
+    from tenant_notify.stores.redis import RedisIdempotencyStore, RedisStatusStore
+    from tenant_notify.tenants import StaticTenantResolver
+
+    prefix = f"tn_pacing:{uuid.uuid4().hex[:10]}:"
+    config = load_settings({**settings(api), "redis": {"url": url, "key_prefix": prefix}})
+
+    def worker() -> Dispatcher:  # what each worker process builds, sharing only Redis
+        status = RedisStatusStore.from_settings(config)
+        return Dispatcher.from_settings(
+            config,
+            tenants=StaticTenantResolver(config.tenants),
+            status_store=status,
+            idempotency_store=RedisIdempotencyStore.from_settings(config, status.client),
+        )
+
+    one, two = worker(), worker()
+    try:
+        api.script(sendgrid_error(429, "slow down", headers={"Retry-After": "30"}))
+        first = Notification(
+            id=uuid.uuid4().hex,
+            tenant_id="acme",
+            kind="email",
+            channel=Channel.EMAIL,
+            to="a@example.com",
+            context={"subject": "s", "body": "b"},
+        )
+        outcome = one.deliver(first)
+        assert outcome.status is not None and outcome.status.state is DeliveryState.RETRYING
+        assert 29 <= outcome.retry_in <= 31  # type: ignore[operator]
+
+        second = Notification(
+            id=uuid.uuid4().hex,
+            tenant_id="globex",
+            kind="email",
+            channel=Channel.EMAIL,
+            to="b@example.com",
+            context={"subject": "s", "body": "b"},
+        )
+        deferred = two.deliver(second)
+        assert deferred.deferred and 28 <= deferred.retry_in <= 32  # type: ignore[operator]
+        assert len(api.requests) == 1  # the second worker did not try
+        assert list(two.pacing.pauses()) == [two.providers.account(None, Channel.EMAIL).key]
+    finally:
+        client = one.status_store.client  # type: ignore[attr-defined]
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+        one.close()
+        two.close()
