@@ -167,3 +167,49 @@ def test_tenant_limits_report_usage():
         "daily": 100,
         "daily_used": 4,
     }
+
+
+def test_refusals_and_delays_are_counted_by_tenant_channel_and_limit(tenants):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    tenants["globex"]["limits"] = {"on_limit": "delay"}
+    with make_notifier(
+        tenants=tenants, transport="inprocess", metrics=registry, limits={"email_daily": 1}
+    ) as notify:
+        send(notify, 1, "acme")
+        with pytest.raises(RateLimitedError):
+            send(notify, 1, "acme")
+        receipts = send(notify, 2, "globex")
+        assert receipts[0].wait(10).state is DeliveryState.SENT
+        deadline = time.monotonic() + 10
+        labels = {"tenant_id": "globex", "channel": "email", "limit": "email_daily"}
+        while not registry.get_sample_value(
+            "tenant_notify_rate_limited_total", {**labels, "action": "delayed"}
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        notify.close(timeout=0.2)
+    raised = {"tenant_id": "acme", "channel": "email", "limit": "email_daily", "action": "raised"}
+    assert registry.get_sample_value("tenant_notify_rate_limited_total", raised) == 1
+
+
+def test_the_cli_lists_each_limited_tenant_channel(tmp_path, capsys):
+    from tenant_notify.cli import main
+
+    config = tmp_path / "notify.toml"
+    config.write_text(
+        'transport = "eager"\nemail = "console"\n[limits]\nemail = "100/minute"\n'
+        '[tenants.acme]\nname = "Acme"\nemail_from = "orders@acme.test"\n'
+        '[tenants.globex]\nname = "Globex"\nemail_from = "hello@globex.test"\n'
+        '[tenants.globex.limits]\nemail_daily = 5\non_limit = "delay"\n',
+        encoding="utf-8",
+    )
+    assert main(["limits", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()]
+    assert ["acme", "email", "raise", "100/minute", "100", "-", "-"] in rows
+    assert ["globex", "email", "delay", "100/minute", "100", "5", "0"] in rows
+    assert "2 limited tenant channel(s)" in out
+    assert "0 paused provider account(s)" in out
+    assert main(["limits", "globex", "--config", str(config)]) == 0
+    assert "1 limited tenant channel(s)" in capsys.readouterr().out

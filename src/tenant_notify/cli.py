@@ -43,7 +43,7 @@ from .models import Channel, Notification, new_notification_id
 from .notifier import Notifier
 from .reputation import Reputation
 from .reputation.commands import add_commands, reputation_summary
-from .tenants import Tenant
+from .tenants import StaticTenantResolver, Tenant
 
 _T = TypeVar("_T")
 
@@ -468,6 +468,49 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_limits(args: argparse.Namespace) -> int:
+    from .models import Channel
+
+    with _notifier(args) as notify:
+        limits = notify.dispatcher.limits
+        if args.tenant:
+            tenants = [notify.tenants.get(args.tenant)]
+        elif isinstance(notify.tenants, StaticTenantResolver):
+            tenants = list(notify.tenants)
+        else:  # a resolver of the host's: its tenants are not known up front
+            tenants = []
+        rows = [["TENANT", "CHANNEL", "ON_LIMIT", "RATE", "LEFT IN WINDOW", "DAILY", "USED TODAY"]]
+        for tenant in tenants:
+            for channel in Channel:
+                if not limits.for_tenant(tenant).limits(channel):
+                    continue
+                usage = limits.usage(tenant, channel)
+                rows.append(
+                    [
+                        tenant.id,
+                        channel.value,
+                        str(usage["on_limit"]),
+                        str(usage.get("rate", "-")),
+                        str(usage.get("rate_remaining", "-")),
+                        str(usage.get("daily", "-")),
+                        str(usage.get("daily_used", "-")),
+                    ]
+                )
+        if len(rows) > 1:
+            print(_table(rows))
+        print(f"{len(rows) - 1} limited tenant channel(s)")
+        pauses = notify.dispatcher.pacing.pauses()
+        if pauses:
+            print(
+                _table(
+                    [["PAUSED PROVIDER ACCOUNT", "SECONDS LEFT"]]
+                    + [[account, f"{left:.1f}"] for account, left in sorted(pauses.items())]
+                )
+            )
+        print(f"{len(pauses)} paused provider account(s)")
+    return 0
+
+
 # --- preview --------------------------------------------------------------------------
 
 
@@ -761,6 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--id", action="append", help="only this notification id (repeatable)")
     with_config(replay)
     replay.set_defaults(func=cmd_replay)
+
+    limits = commands.add_parser(
+        "limits",
+        help="show tenants' rate limits and daily caps, what is left of them, and paused "
+        "provider accounts",
+    )
+    limits.add_argument("tenant", nargs="?", help="only this tenant (default: every one)")
+    with_config(limits)
+    limits.set_defaults(func=cmd_limits)
 
     preview = commands.add_parser(
         "preview", help="serve a local page showing every kind for every tenant and locale"

@@ -51,13 +51,26 @@ Two are by tenant because they are about fairness between tenants (see
   a notification waited between being queued (or falling due, for a retry or
   a delayed one) and a worker starting its attempt.
 
-A recipient of one's own needs only ``observe_attempt``; ``observe_pause`` and
-``observe_engagement`` are called when it has them.
+Limits and pacing (``docs/workers.md``):
+
+* ``tenant_notify_rate_limited_total`` (``tenant_id``, ``channel``, ``limit``:
+  ``email``, ``sms``, ``email_daily`` or ``sms_daily``; ``action``: ``raised``
+  at the call or ``delayed`` on the delivery side): sends over a tenant's limit.
+* ``tenant_notify_provider_pauses_total`` (``provider``): a provider throttled
+  an account and its deliveries were paused.
+* ``tenant_notify_provider_paused_seconds`` (``provider``, ``account``): a gauge,
+  the seconds left of the last pause this process recorded, read at scrape time
+  (0 once over); ``account`` is a digest of the provider settings, no secret.
+
+A recipient of one's own needs only ``observe_attempt``; ``observe_pause``,
+``observe_engagement``, ``observe_rate_limited`` and ``observe_provider_pause``
+are called when it has them.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -76,6 +89,9 @@ __all__ = [
     "LABELS",
     "PAUSES",
     "QUEUE_WAIT",
+    "PROVIDER_PAUSED",
+    "PROVIDER_PAUSES",
+    "RATE_LIMITED",
     "MetricsRecorder",
     "NullMetrics",
     "PrometheusMetrics",
@@ -101,6 +117,9 @@ QUEUE_WAIT: Final = "tenant_notify_queue_wait_seconds"
 WAIT_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0
 )  # fmt: skip
+RATE_LIMITED: Final = "tenant_notify_rate_limited"
+PROVIDER_PAUSES: Final = "tenant_notify_provider_pauses"
+PROVIDER_PAUSED: Final = "tenant_notify_provider_paused_seconds"
 # Provider calls: a few milliseconds (memory, a local relay) to a minute (a slow API's timeout).
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -191,6 +210,26 @@ class PrometheusMetrics:
         self._backlogs = _BacklogCollector()
         registry.register(self._backlogs)
 
+        self.rate_limited = prometheus_client.Counter(
+            RATE_LIMITED,
+            "Sends over a tenant's limit: raised at the call or delayed.",
+            ("tenant_id", "channel", "limit", "action"),
+            registry=registry,
+        )
+        self.provider_pauses = prometheus_client.Counter(
+            PROVIDER_PAUSES,
+            "Pauses of a provider account after a throttling reply.",
+            ("provider",),
+            registry=registry,
+        )
+        self._paused_until: dict[tuple[str, str], float] = {}
+        self.provider_paused = prometheus_client.Gauge(
+            PROVIDER_PAUSED,
+            "Seconds left of a provider account's pause (0 when over).",
+            ("provider", "account"),
+            registry=registry,
+        )
+
     def observe_attempt(
         self, *, kind: str, channel: str, provider: str, outcome: str, seconds: float
     ) -> None:
@@ -214,6 +253,22 @@ class PrometheusMetrics:
     def watch_backlog(self, source: Any) -> None:
         """Export ``source.backlog()`` (tenant id -> waiting) at scrape time, while it lives."""
         self._backlogs.sources.add(source)
+
+    def observe_rate_limited(
+        self, *, tenant_id: str, channel: str, limit: str, action: str
+    ) -> None:
+        self.rate_limited.labels(tenant_id, channel, limit, action).inc()
+
+    def observe_provider_pause(self, *, provider: str, account: str, seconds: float) -> None:
+        self.provider_pauses.labels(provider).inc()
+        key = (provider, account)
+        if key not in self._paused_until:
+            until = self._paused_until
+            # Read when Prometheus scrapes, so the gauge falls to 0 by itself.
+            self.provider_paused.labels(*key).set_function(
+                lambda: max(0.0, until.get(key, 0.0) - time.time())
+            )
+        self._paused_until[key] = time.time() + seconds
 
     def __repr__(self) -> str:
         return f"PrometheusMetrics(registry={self.registry!r})"
