@@ -1,0 +1,445 @@
+"""The "429 with a reset 10 s ahead" scenario of bench/bench_scheduler.py.
+
+A loopback SendGrid-shaped API accepts the first ``--pacing-warmup`` requests,
+then answers every request with ``429`` and ``X-RateLimit-Reset`` set to the
+same moment ``--pacing-window`` seconds ahead, and accepts everything after it.
+``--pacing-notifications`` order confirmations are queued on RabbitMQ before the
+workers start, so the window opens while both worker processes have a backlog.
+
+Two variants, interleaved over ``--pacing-rounds`` rounds:
+
+* the library: ``tenant-notify worker --concurrency 2`` (Redis for the stores,
+  the limits and the pauses);
+* the baseline: a hand-written Celery task (bench/_scheduler_pacing_app.py) on
+  prefork ``-c 2`` that posts to the same API and, on a 429, retries itself
+  after the reset the reply names, as the seed did.
+
+Figures per variant and round: requests the API got during the window, per
+worker process (each request's connection is traced back to the process that
+holds it), notifications failed, and seconds from the window's end until the
+last notification went out. The issue's bar: no notification failed, at most 2
+attempts per worker process during the window.
+
+``run_pacing(args)`` is what bench_scheduler.py calls (``add_arguments`` adds
+its options); ``python bench/_scheduler_pacing.py`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+AMQP = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+API_KEY = "SG.bench-pacing"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("provider throttling (429 with a reset)")
+    group.add_argument("--pacing-notifications", type=int, default=200, metavar="N")
+    group.add_argument("--pacing-window", type=float, default=10.0, metavar="SECONDS")
+    group.add_argument("--pacing-warmup", type=int, default=20, metavar="REQUESTS")
+    group.add_argument("--pacing-rounds", type=int, default=5, metavar="R")
+
+
+class ThrottlingAPI:
+    """SendGrid's send endpoint on loopback, throttling for one window."""
+
+    def __init__(self, warmup: int, window: float) -> None:
+        self.warmup = warmup
+        self.window = window
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.window_start: float | None = None
+        self.window_end: float | None = None
+        # (time, status, client port)
+        self.requests: list[tuple[float, int, int]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                status, headers = owner.answer(self.client_address[1], body)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                payload = b"" if status == 202 else b'{"errors":[{"message":"rate limited"}]}'
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, port: int, body: bytes) -> tuple[int, dict[str, str]]:
+        now = time.time()
+        with self.lock:
+            if self.window_start is None and self.accepted >= self.warmup:
+                self.window_start, self.window_end = now, now + self.window
+            throttled = self.window_start is not None and now < (self.window_end or 0)
+            status = 429 if throttled else 202
+            if not throttled:
+                self.accepted += 1
+            self.requests.append((now, status, port))
+        if throttled:
+            return 429, {"X-RateLimit-Reset": f"{self.window_end:.3f}"}
+        return 202, {"X-Message-Id": uuid.uuid4().hex}
+
+    def in_window(self) -> list[tuple[float, int, int]]:
+        start, end = self.window_start or 0.0, self.window_end or 0.0
+        with self.lock:
+            return [r for r in self.requests if start <= r[0] < end]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _ports_by_pid(root_pid: int) -> dict[int, int]:
+    """Client port -> pid, for every TCP connection of the worker tree."""
+    import psutil
+
+    ports: dict[int, int] = {}
+    try:
+        root = psutil.Process(root_pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return ports
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            for conn in process.net_connections(kind="tcp"):
+                if conn.laddr:
+                    ports[conn.laddr.port] = process.pid
+    return ports
+
+
+class _Tracer:
+    """Samples which worker process holds which connection while the run goes on."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self.ports: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.ports.update(_ports_by_pid(self.root_pid))
+
+    def stop(self) -> None:
+        self.ports.update(_ports_by_pid(self.root_pid))
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _toml(table: dict[str, Any], prefix: str = "") -> str:
+    """Just enough TOML for these settings (strings, numbers, nested tables)."""
+    lines, tables = [], []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    out = ([f"[{prefix[:-1]}]"] if prefix and lines else []) + lines
+    out += [_toml(value, f"{prefix}{key}.") for key, value in tables]
+    return "\n".join(out) + "\n"
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _cleanup(queues: list[str], key_prefix: str | None) -> None:
+    import kombu
+    import redis
+
+    with kombu.Connection(AMQP) as conn:
+        for name in queues:
+            with contextlib.suppress(Exception):
+                conn.channel().queue_delete(name)
+            with contextlib.suppress(Exception):
+                conn.channel().exchange_delete(name)
+    if key_prefix:
+        client = redis.Redis.from_url(REDIS)
+        keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+
+
+def _library(api: ThrottlingAPI, n: int, folder: Path) -> dict[str, Any]:
+    from tenant_notify import DeliveryState, Notifier
+
+    run = uuid.uuid4().hex[:8]
+    queue = f"bench_pacing_{run}"
+    prefix = f"bench_pacing:{run}:"
+    settings: dict[str, Any] = {
+        "transport": "celery",
+        "email": {"provider": "sendgrid", "api_key": API_KEY, "base_url": api.url},
+        "celery": {"broker_url": AMQP, "queue": queue, "dead_letter_queue": f"{queue}.dead"},
+        "redis": {"url": REDIS, "key_prefix": prefix},
+        "tenants": {
+            "acme": {"name": "Acme Shop", "email_from": "Acme Shop <orders@acme.test>"},
+            "globex": {"name": "Globex Café", "email_from": "hello@globex.test"},
+        },
+    }
+    config = folder / f"{queue}.toml"
+    config.write_text(_toml(settings))
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with Notifier.from_settings(settings) as notify:
+            receipts = [
+                notify.send_email(
+                    to_email=f"user{i}@example.com",
+                    subject=f"Order {i}",
+                    body="Thank you for your order.",
+                    tenant_id=("acme", "globex")[i % 2],
+                )
+                for i in range(n)
+            ]
+            notify.transport.flush(30)
+            env = dict(os.environ, TENANT_NOTIFY_CONFIG_FILE=str(config))
+            env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+            log = (folder / f"{queue}.log").open("wb")
+            worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tenant_notify.cli",
+                    "worker",
+                    "--concurrency",
+                    "2",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+            tracer = _Tracer(worker.pid)
+            final = {DeliveryState.SENT, DeliveryState.FAILED}
+
+            def settled() -> bool:
+                return all(
+                    (s := notify.status_store.get(r.id)) is not None and s.state in final
+                    for r in receipts
+                )
+
+            _wait(settled, 300, "the library's notifications to settle")
+            tracer.stop()
+            statuses = [notify.status_store.get(r.id) for r in receipts]
+        failed = sum(1 for s in statuses if s is not None and s.state is DeliveryState.FAILED)
+        last = max(s.updated_at.timestamp() for s in statuses if s is not None)
+        return {"failed": failed, "last_sent": last, "ports": tracer.ports, "pid": worker.pid}
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _cleanup([queue, f"{queue}.dead"], prefix)
+
+
+def _baseline(api: ThrottlingAPI, n: int, folder: Path) -> dict[str, Any]:
+    import kombu
+
+    run = uuid.uuid4().hex[:8]
+    queue = f"bench_pacing_hand_{run}"
+    env = dict(os.environ, BENCH_QUEUE=queue, BENCH_BROKER_URL=AMQP, BENCH_API_URL=api.url)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "bench"), env.get("PYTHONPATH", "")])
+    sys.path.insert(0, str(ROOT / "bench"))
+    os.environ.update(BENCH_QUEUE=queue, BENCH_BROKER_URL=AMQP, BENCH_API_URL=api.url)
+    import _scheduler_pacing_app as hand
+
+    hand.app.conf.task_default_queue = queue
+    hand.app.conf.broker_url = AMQP
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        for i in range(n):
+            hand.send.apply_async((i,), queue=queue)
+        log = (folder / f"{queue}.log").open("wb")
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "_scheduler_pacing_app",
+                "worker",
+                "-c",
+                "2",
+                "-Q",
+                queue,
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        tracer = _Tracer(worker.pid)
+
+        # Done when every message went out, or when the queue stayed empty (a task
+        # that gave up is acked too): whatever never got a 202 failed.
+        idle_since: float | None = None
+        deadline = time.monotonic() + 300
+        with kombu.Connection(AMQP) as conn:
+            while time.monotonic() < deadline:
+                with api.lock:
+                    if api.accepted >= n:
+                        break
+                waiting = conn.channel().queue_declare(queue, passive=True).message_count
+                if waiting == 0 and worker_idle(api):
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since > 15:
+                        break
+                else:
+                    idle_since = None
+                time.sleep(0.1)
+        tracer.stop()
+        with api.lock:
+            delivered = api.accepted  # the warm-up's are notifications too
+            last = max(t for t, status, _ in api.requests if status == 202)
+        return {
+            "failed": n - delivered,
+            "last_sent": last,
+            "ports": tracer.ports,
+            "pid": worker.pid,
+        }
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _cleanup([queue], None)
+
+
+def worker_idle(api: ThrottlingAPI, quiet: float = 5.0) -> bool:
+    """No request reached the API for ``quiet`` seconds."""
+    with api.lock:
+        return not api.requests or time.time() - api.requests[-1][0] > quiet
+
+
+LIBRARY = "`tenant-notify worker -c 2` (pause shared through Redis)"
+BASELINE = "hand-written Celery task, prefork `-c 2`, retries itself after the reset"
+
+
+def _one(variant: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    n = args.pacing_notifications
+    api = ThrottlingAPI(args.pacing_warmup, args.pacing_window)
+    try:
+        run = _library if variant == LIBRARY else _baseline
+        result = run(api, n, folder)
+        window = api.in_window()
+        per_process: dict[str, int] = {}
+        for _, _, port in window:
+            pid = result["ports"].get(port)
+            key = str(pid) if pid is not None else "unknown"
+            per_process[key] = per_process.get(key, 0) + 1
+        return {
+            "variant": variant,
+            "attempts_in_window": len(window),
+            "attempts_per_process": per_process,
+            "max_per_process": max(per_process.values(), default=0),
+            "failed": result["failed"],
+            "drained_after_window_s": round(result["last_sent"] - (api.window_end or 0.0), 2),
+            "accepted": api.accepted,
+        }
+    finally:
+        api.close()
+
+
+def run_pacing(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the scenario; return the figures and a markdown section."""
+    rounds: list[dict[str, Any]] = []
+    load = []
+    with tempfile.TemporaryDirectory(prefix="tn-bench-pacing-") as tmp:
+        folder = Path(tmp)
+        for r in range(args.pacing_rounds):
+            order = [LIBRARY, BASELINE] if r % 2 == 0 else [BASELINE, LIBRARY]
+            for variant in order:
+                load.append(os.getloadavg()[0])
+                result = _one(variant, args, folder)
+                result["round"] = r + 1
+                rounds.append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
+    return {"rounds": rounds, "markdown": _markdown(args, rounds, load), "load": load}
+
+
+def _range(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
+def _markdown(args: argparse.Namespace, rounds: list[dict[str, Any]], load: list[float]) -> str:
+    lines = [
+        f"A SendGrid-shaped API on loopback answers 429 with `X-RateLimit-Reset` "
+        f"{args.pacing_window:g} s ahead after {args.pacing_warmup} accepted requests; "
+        f"{args.pacing_notifications} order confirmations wait in the queue. "
+        f"{args.pacing_rounds} rounds, the variants interleaved; ranges over the rounds; "
+        f"1-minute load average {_range([round(x, 1) for x in load])} on 2 cores.",
+        "",
+        "| Variant | Requests during the window | Most by one worker process "
+        "| Notifications failed | Last sent, s after the window |",
+        "|---|---|---|---|---|",
+    ]
+    for variant in (LIBRARY, BASELINE):
+        mine = [r for r in rounds if r["variant"] == variant]
+        lines.append(
+            f"| {variant} | {_range([r['attempts_in_window'] for r in mine])} "
+            f"| {_range([r['max_per_process'] for r in mine])} "
+            f"| {_range([r['failed'] for r in mine])} "
+            f"| {_range([r['drained_after_window_s'] for r in mine])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from _harness import command_line, git_commit, publish
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument(
+        "--no-write", dest="write", action="store_false", help="leave docs/benchmarks.md alone"
+    )
+    args = parser.parse_args()
+    result = run_pacing(args)
+    markdown = f"`{command_line()}` at {git_commit()}:\n\n{result['markdown']}"
+    publish("scheduler-pacing", markdown, write=args.write)
+
+
+if __name__ == "__main__":
+    main()
