@@ -49,6 +49,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ class RecordedRequest:
         form: Decoded form fields (Twilio), each a list of values, else None.
         credential: The API key (SendGrid) or ``"user:secret"`` (Twilio) sent, or None.
         schema_errors: What was wrong with it against the spec (empty when valid).
+        at: When it arrived (monotonic seconds).
     """
 
     api: str
@@ -206,6 +208,8 @@ class RecordedRequest:
     form: dict[str, list[str]] | None = None
     credential: str | None = None
     schema_errors: tuple[str, ...] = ()
+    #: When it arrived (``time.monotonic()``).
+    at: float = field(default_factory=time.monotonic)
 
 
 class FakeProviderAPI:

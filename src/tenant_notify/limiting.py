@@ -47,6 +47,7 @@ import datetime as dt
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -156,10 +157,11 @@ def _seconds_to_utc_midnight(now: float) -> float:
 
 
 def _storage(client: redis.Redis | None, key_prefix: str) -> Any:
-    from limits.storage import MemoryStorage, RedisStorage
-
+    """The package's Redis storage over the stores' client; None for memory."""
     if client is None:
-        return MemoryStorage()
+        return None
+    from limits.storage import RedisStorage
+
     # The stores' own connection pool: one set of connections, one URL.
     return RedisStorage(
         "redis://", connection_pool=client.connection_pool, key_prefix=f"{key_prefix}limits"
@@ -170,33 +172,105 @@ def _unanswered(err: Exception) -> StoreUnavailableError:
     return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}")
 
 
-def _in_memory(storage: Any) -> bool:
-    from limits.storage import MemoryStorage
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    reset_time: float
+    remaining: int
 
-    return isinstance(storage, MemoryStorage)
+
+class _MemoryMoving:
+    """A moving window per key in this process: the times of the hits it holds.
+
+    The package's own memory storage expires entries on a timer thread that can
+    let a window hold more hits than its limit when threads count at once; this
+    is the same arithmetic under one lock.
+    """
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._hits: dict[tuple[str, ...], deque[float]] = {}
+
+    def _window(self, item: Any, ids: tuple[str, ...], now: float) -> deque[float]:
+        key = (str(item), *ids)
+        hits = self._hits.setdefault(key, deque())
+        horizon = now - item.get_expiry()
+        while hits and hits[0] <= horizon:
+            hits.popleft()
+        if not hits:
+            del self._hits[key]
+            hits = self._hits.setdefault(key, deque())
+        return hits
+
+    def hit(self, item: Any, *ids: str) -> bool:
+        with self._lock:
+            now = time.time()
+            hits = self._window(item, ids, now)
+            if len(hits) >= item.amount:
+                return False
+            hits.append(now)
+            return True
+
+    def get_window_stats(self, item: Any, *ids: str) -> _Stats:
+        with self._lock:
+            now = time.time()
+            hits = self._window(item, ids, now)
+            reset = hits[0] + item.get_expiry() if len(hits) >= item.amount else now
+            return _Stats(reset, max(0, item.amount - len(hits)))
+
+
+class _MemoryFixed:
+    """A counter per key that ends ``expiry`` seconds after its first hit."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._counts: dict[tuple[str, ...], tuple[int, float]] = {}
+
+    def _current(self, item: Any, ids: tuple[str, ...], now: float) -> tuple[int, float]:
+        key = (str(item), *ids)
+        count, ends = self._counts.get(key, (0, now + item.get_expiry()))
+        if ends <= now:
+            count, ends = 0, now + item.get_expiry()
+        # Forget windows that are over, so old days do not pile up.
+        for other in [k for k, (_, e) in self._counts.items() if e <= now]:
+            del self._counts[other]
+        return count, ends
+
+    def hit(self, item: Any, *ids: str) -> bool:
+        with self._lock:
+            now = time.time()
+            count, ends = self._current(item, ids, now)
+            if count >= item.amount:
+                return False
+            self._counts[(str(item), *ids)] = (count + 1, ends)
+            return True
+
+    def get_window_stats(self, item: Any, *ids: str) -> _Stats:
+        with self._lock:
+            now = time.time()
+            count, ends = self._current(item, ids, now)
+            return _Stats(ends, max(0, item.amount - count))
 
 
 class _Counter:
-    """The package's strategies over one storage, with Redis errors translated."""
+    """Moving and fixed windows: the package's strategies over Redis, with its
+    errors translated, or the same in memory."""
 
     def __init__(self, storage: Any) -> None:
+        self.moving: Any
+        self.fixed: Any
+        if storage is None:
+            lock = threading.Lock()
+            self.moving, self.fixed = _MemoryMoving(lock), _MemoryFixed(lock)
+            self._errors: tuple[type[Exception], ...] = ()
+            return
         from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-        self.storage = storage
         self.moving = MovingWindowRateLimiter(storage)
         self.fixed = FixedWindowRateLimiter(storage)
-        # The package's memory storage drops a key's lock when it expires the
-        # key, so two threads can count at once: one lock for ours instead.
-        self._lock: threading.Lock | None = threading.Lock() if _in_memory(storage) else None
         errors = storage.base_exceptions
-        self._errors: tuple[type[Exception], ...] = (
-            tuple(errors) if isinstance(errors, tuple) else (errors,)
-        )
+        self._errors = tuple(errors) if isinstance(errors, tuple) else (errors,)
 
     def call(self, fn: Callable[[], Any]) -> Any:
-        if self._lock is not None:
-            with self._lock:
-                return fn()
         try:
             return fn()
         except self._errors as err:
