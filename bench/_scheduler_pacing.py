@@ -396,7 +396,10 @@ def run_pacing(args: argparse.Namespace) -> dict[str, Any]:
                 result["round"] = r + 1
                 rounds.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
-    return {"rounds": rounds, "markdown": _markdown(args, rounds, load), "load": load}
+    from _harness import command_line, git_commit
+
+    markdown = f"`{command_line()}` at {git_commit()}:\n\n{_markdown(args, rounds, load)}"
+    return {"rounds": rounds, "markdown": markdown, "load": load}
 
 
 def _range(values: list[float]) -> str:
@@ -428,7 +431,7 @@ def _markdown(args: argparse.Namespace, rounds: list[dict[str, Any]], load: list
 
 
 def main() -> None:
-    from _harness import command_line, git_commit, publish
+    from _harness import publish
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
@@ -436,9 +439,7 @@ def main() -> None:
         "--no-write", dest="write", action="store_false", help="leave docs/benchmarks.md alone"
     )
     args = parser.parse_args()
-    result = run_pacing(args)
-    markdown = f"`{command_line()}` at {git_commit()}:\n\n{result['markdown']}"
-    publish("scheduler-pacing", markdown, write=args.write)
+    publish("scheduler-pacing", run_pacing(args)["markdown"], write=args.write)
 
 
 if __name__ == "__main__":

@@ -522,10 +522,8 @@ def main() -> None:
             publish("scheduler-noisy", noisy(run, args, folder), write=args.write)
         if "pacing" in chosen and pacing is not None:
             figures = pacing.run_pacing(args)
-            if isinstance(figures, str):
-                publish("scheduler-pacing", figures, write=args.write)
-            else:
-                print(figures, flush=True)
+            markdown = figures if isinstance(figures, str) else figures["markdown"]
+            publish("scheduler-pacing", markdown, write=args.write)
 
 
 if __name__ == "__main__":
