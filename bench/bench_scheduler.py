@@ -437,7 +437,7 @@ def noisy_round(
 def noisy(run: str, args: Any, folder: Path) -> str:
     results: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     with HttpSink(latency=0.1) as sink:
-        for round_no in range(args.rounds):
+        for round_no in range(args.noisy_rounds or args.rounds):
             order = [True, False] if round_no % 2 == 0 else [False, True]
             for fair in order:
                 figures = noisy_round(run, fair, round_no, args, sink, folder)
@@ -455,7 +455,8 @@ def noisy(run: str, args: Any, folder: Path) -> str:
     lines = [
         f"Tenant A sends {args.noisy_a:,} order confirmations, then tenant B {args.noisy_b:,}, "
         "to a Postmark-shaped API answering after 100 ms; `tenant-notify worker -c 2` (32 threads "
-        f"each) running throughout. {args.rounds} interleaved rounds; 1-minute load average "
+        f"each) running throughout. {args.noisy_rounds or args.rounds} interleaved rounds "
+        "(fair and FIFO alternating which goes first); 1-minute load average "
         f"{statistics.median(loads):.2f} [{min(loads):.2f}-{max(loads):.2f}] on "
         f"{os.cpu_count()} cores. Median [min-max] over the rounds.",
         "",
@@ -494,6 +495,9 @@ def main() -> None:
     )
     parser.add_argument("--noisy-a", type=int, default=20_000, help="tenant A's burst")
     parser.add_argument("--noisy-b", type=int, default=100, help="tenant B's sends after it")
+    parser.add_argument(
+        "--noisy-rounds", type=int, help="rounds of the noisy neighbour (default: --rounds)"
+    )
     parser.add_argument("--base", default="1c350ba", help="main's commit for the zero-latency row")
     parser.add_argument(
         "--only",

@@ -119,6 +119,8 @@ class Consumer:
         self._depths: dict[str, int] = {}
         self._depths_at = 0.0
         self._conn: Any = None
+        # The broker queues' depths are read (every 5 s) only for a recorder that exports them.
+        self._exports_backlog = hasattr(runtime.dispatcher.metrics, "watch_backlog")
         watch_backlog(runtime.dispatcher.metrics, self)
 
     def _weight(self, tenant_id: str) -> float:
@@ -136,7 +138,7 @@ class Consumer:
 
     def _refresh_depths(self, channel: Any) -> None:
         now = time.monotonic()
-        if now - self._depths_at < 5.0:
+        if not self._exports_backlog or now - self._depths_at < 5.0:
             return
         self._depths_at = now
         depths: dict[str, int] = {}
