@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tenant_notify import DeliveryState, Notifier
-from tests.http_fakes import FakeProviderAPI
+from tests.http_fakes import FakeProviderAPI, postmark_error
 from tests.integration.conftest import Worker, _cleanup, _toml, settings_table
 
 pytestmark = pytest.mark.integration
@@ -131,6 +131,15 @@ def test_urgent_kinds_go_ahead_of_their_tenants_bulk(notify, api, fair_worker):
     assert position < 2 * PROCESSES * THREADS + 2
 
 
+def test_a_retry_waits_in_the_deferred_queue_and_is_delivered(notify, api, fair_worker):
+    api.script(postmark_error(503, 0, "Service Unavailable"))  # the first attempt: transient
+    [notification_id] = send(notify, "globex", 1, "retry")
+    status = notify.wait(notification_id, 60)
+    assert status.state is DeliveryState.SENT
+    assert status.attempts == 2
+    assert len(api.requests) == 2
+
+
 def test_killed_worker_loses_nothing_and_doubles_nothing(notify, api, fair_worker):
     api.latency = 0.05
     queue_first(notify, fair_worker, ("acme", 200, "ka"), ("globex", 200, "kg"))
@@ -146,3 +155,25 @@ def test_killed_worker_loses_nothing_and_doubles_nothing(notify, api, fair_worke
     counts = collections.Counter(arrivals(api))
     assert len(counts) == 400
     assert {to: n for to, n in counts.items() if n != 1} == {}
+
+
+def test_backlog_command_lists_each_tenants_waiting_notifications(notify, api, fair_worker, capsys):
+    from tenant_notify.cli import main
+
+    fair_worker.stop()
+    send(notify, "acme", 3, "bl-a")
+    send(notify, "globex", 2, "bl-g")
+    assert notify.transport.flush(10)
+    try:
+        assert main(["backlog", "--config", str(fair_worker.config_file)]) == 0
+    finally:
+        fair_worker.start()
+    rows = {
+        line.split()[0]: line.split()
+        for line in capsys.readouterr().out.splitlines()[2:]
+        if line.strip()
+    }
+    assert rows["acme"][2] == "3" and rows["globex"][2] == "2"
+    assert rows["initech"][2] == "0" and rows["initech"][4] == "-"
+    assert rows["acme"][4].endswith("s")  # how long the head has waited
+    wait_for(api, 5)
