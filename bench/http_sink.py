@@ -35,15 +35,16 @@ def _serve(port: Any, ready: Any, stop: Any, count: Any, latency: float, log: An
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
                 body = await reader.readexactly(length) if length else b""
-                sender = ""
+                sender = recipient = ""
                 with contextlib.suppress(ValueError):
-                    sender = str(json.loads(body).get("From", ""))
+                    fields = json.loads(body)
+                    sender, recipient = str(fields.get("From", "")), str(fields.get("To", ""))
                 if latency:
                     await asyncio.sleep(latency)
                 now = time.time()
                 with count.get_lock():
                     count.value += 1
-                log.put((now, sender))
+                log.put((now, sender, recipient))
                 reply = json.dumps(
                     {"ErrorCode": 0, "Message": "OK", "MessageID": str(uuid.uuid4())}
                 ).encode()
@@ -82,7 +83,7 @@ class HttpSink:
             args=(self._port, self._ready, self._stop, self._count, latency, self._log),
             daemon=True,
         )
-        self._arrivals: list[tuple[float, str]] = []
+        self._arrivals: list[tuple[float, str, str]] = []
 
     def __enter__(self) -> HttpSink:
         self._process.start()
@@ -107,8 +108,8 @@ class HttpSink:
     def count(self) -> int:
         return int(self._count.value)
 
-    def arrivals(self) -> list[tuple[float, str]]:
-        """(wall time, From) of every request since the last reset, in arrival order."""
+    def arrivals(self) -> list[tuple[float, str, str]]:
+        """(wall time, From, To) of every request since the last reset, in arrival order."""
         while True:
             try:
                 self._arrivals.append(self._log.get_nowait())

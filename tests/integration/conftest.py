@@ -172,6 +172,7 @@ class Worker:
             command = [*self.wrapper, sys.executable, "-m", "tenant_notify.cli", "worker"]
             command += [*self.library_worker, "--loglevel", "INFO"]
             ready, count = b"worker_ready", self._processes()
+            timeout = max(timeout, 120.0)  # several processes, each connecting, on a busy machine
         else:
             command = [*self.wrapper, sys.executable, "-m", "celery", "-A"]
             command += ["tenant_notify.celery_app", "worker"]

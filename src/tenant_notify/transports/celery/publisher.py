@@ -91,6 +91,7 @@ class _Link:
         # Task-sent events go on a channel of their own: on the confirming one
         # they would take delivery tags the task messages are counted by.
         self.events_channel: Any = None
+        self.declared: set[str] = set()
 
     @property
     def connected(self) -> bool:
@@ -109,8 +110,11 @@ class _Link:
         try:
             conn.connect()
             channel = conn.channel()
+            # The shared and dead-letter queues now; a tenant's queue when first used
+            # (a declare is a round trip each: hundreds of tenants would slow every connect).
             for name in p.queues:
                 p.routes.declaration(name)(channel).declare()
+            declared = set(p.queues)
             confirming = p.confirms and conn.transport.driver_type == "amqp"
             if confirming:
                 channel.confirm_select()
@@ -126,6 +130,7 @@ class _Link:
             _quietly(conn.release)
             raise
         self.conn, self.channel, self.confirming = conn, channel, confirming
+        self.declared = declared
         self.events_channel = events_channel
         self.next_tag = 1
         again = [self.unconfirmed[tag] for tag in sorted(self.unconfirmed)] + self.redo
@@ -138,6 +143,9 @@ class _Link:
 
     def write(self, pending: _Pending) -> int:
         """Write one message; return its delivery tag (0 without confirms)."""
+        if pending.queue not in self.declared:
+            self._publisher.routes.declaration(pending.queue)(self.channel).declare()
+            self.declared.add(pending.queue)
         message = self.channel.prepare_message(
             pending.body,
             pending.priority,
@@ -299,7 +307,7 @@ class Publisher:
         self.confirms = settings.publisher_confirms != "off"
         self.wait_confirms = settings.publisher_confirms == "sync"
         self.routes = routes or Routes(settings.queue, fair=False)
-        self.queues = self.routes.names() + (
+        self.queues = [settings.queue] + (
             [settings.dead_letter_queue] if settings.dead_letter_queue else []
         )
         self.transport_options: dict[str, Any] = {
