@@ -154,7 +154,7 @@ def fill(table: dict[str, Any], emails: int, tag: str) -> None:
     with Notifier.from_settings(table) as notify:
         for i in range(emails):
             send_order(notify, i, tag)
-        assert notify.transport.flush(60)  # type: ignore[attr-defined]
+        assert notify.transport.flush(300)  # type: ignore[attr-defined]
 
 
 class Latency:
