@@ -109,6 +109,11 @@ class _Writer:
     """
 
     _MAX_OWED = 1000  # block for replies beyond this many
+    # Read the replies that have come only once this many are owed: a write then
+    # costs one system call (the write), not three (a poll, with its two timeout
+    # changes, before it). The replies are a few bytes each; they wait in the
+    # socket's buffer meanwhile.
+    _READ_EVERY = 64
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
@@ -130,7 +135,8 @@ class _Writer:
         with self._lock:
             conn = self._connection()
             try:
-                self._read(conn, block=len(self._owed) >= self._MAX_OWED)
+                if len(self._owed) >= self._READ_EVERY:
+                    self._read(conn, block=len(self._owed) >= self._MAX_OWED)
                 conn.send_command(*args, check_health=not self._owed)
             except self._errors as err:
                 raise self._broken(err) from err
