@@ -579,9 +579,17 @@ class Publisher:
     def flush(self, timeout: float) -> bool:
         """Wait until every message written is confirmed; True if all were."""
         deadline = time.monotonic() + timeout
-        while self.sweep() and time.monotonic() < deadline:
+        while True:
+            # sweep() counts only the idle links; one in a sender's or the reader's
+            # hands still owes its confirms, so the pool as a whole decides.
+            self.sweep()
+            with self._lock:
+                links = list(self._links)
+            if not any(link.unconfirmed or link.redo for link in links):
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.01)
-        return not any(link.unconfirmed or link.redo for link in self._links)
 
     def close(self, timeout: float | None = None) -> None:
         """Wait for outstanding confirms (up to ``timeout``), then close every connection."""
