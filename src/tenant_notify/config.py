@@ -51,6 +51,7 @@ __all__ = [
     "RedisSettings",
     "RetrySettings",
     "Settings",
+    "StoresSettings",
     "TemplateSettings",
     "TransportSettings",
     "load_settings",
@@ -65,6 +66,30 @@ CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoresSettings(_Section):
+    """What the status and idempotency stores keep, and for how long.
+
+    Attributes:
+        retention: Seconds the Redis stores keep what they write about a
+            notification (its status, its provider-id index entry, its engagement,
+            its idempotency and dead-letter keys) after the last change: every
+            such key gets this TTL, or a shorter one (``[idempotency] ttl``,
+            leases). Suppression lists are not notification data and do not expire.
+        memory_max_statuses: Statuses the in-memory status store keeps (the
+            embedded default). Past the bound the oldest final status goes, in
+            constant time; statuses still in flight are never evicted. About
+            600 bytes each.
+        memory_max_keys: Entries the in-memory idempotency store keeps: a send
+            with an idempotency key takes two (the caller's key and the delivery
+            claim). Past the bound the oldest goes, in constant time; a claim held
+            by a running attempt is never evicted. About 250 bytes each.
+    """
+
+    retention: float = Field(default=7 * 86_400.0, gt=0)
+    memory_max_statuses: int = Field(default=50_000, ge=1)
+    memory_max_keys: int = Field(default=100_000, ge=2)
 
 
 class TransportSettings(_Section):
@@ -127,6 +152,7 @@ class IdempotencySettings(_Section):
     Attributes:
         ttl: Seconds a delivered (or finally failed) notification is remembered:
             a repeat of its send (same tenant, kind and key) within it sends nothing.
+            At most ``[stores] retention``.
         lease: Seconds a worker's claim on a delivery lasts unless renewed. It is
             renewed every third of it while the attempt runs, so a worker that dies
             in any way frees its deliveries for another within one lease.
@@ -226,14 +252,15 @@ class RedisSettings(_Section):
         url: ``redis://`` URL; default: ``[celery] result_backend`` when that is
             Redis, else ``redis://localhost:6379/0``. Not shown in ``repr``.
         key_prefix: Prefix of every key the stores write.
-        status_ttl: Seconds a status is kept after its last change.
+        status_ttl: Deprecated: ``[stores] retention`` applies to statuses too.
+            When set, statuses (and engagement) are kept this long instead.
         socket_timeout: Seconds to wait for Redis before a call fails.
         max_connections: Connections a process keeps in its pool.
     """
 
     url: str | None = Field(default=None, repr=False)
     key_prefix: str = "tenant_notify:"
-    status_ttl: float = Field(default=7 * 86_400.0, gt=0)
+    status_ttl: float | None = Field(default=None, gt=0)
     socket_timeout: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=64, ge=1)
 
@@ -517,6 +544,7 @@ class Settings(BaseModel):
         templates: Rendering limits.
         retry: Backoff policy.
         idempotency: Key lifetimes.
+        stores: Retention (Redis) and bounds (memory) of the stores.
         celery: The ``celery`` transport.
         redis: Redis for the shared stores (used by the ``celery`` transport).
         events: Domain events in, lifecycle events out, alerts (``docs/events.md``).
@@ -547,6 +575,7 @@ class Settings(BaseModel):
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
+    stores: StoresSettings = Field(default_factory=StoresSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
@@ -588,6 +617,22 @@ class Settings(BaseModel):
                     raise ValueError(f"tenants.{tenant_id}.id differs from its key")
             tables[tenant_id] = table
         return tables
+
+    @property
+    def status_retention(self) -> float:
+        """Seconds statuses are kept: ``[stores] retention``, unless the deprecated
+        ``[redis] status_ttl`` is set."""
+        return self.redis.status_ttl or self.stores.retention
+
+    @model_validator(mode="after")
+    def _keys_within_retention(self) -> Settings:
+        if self.idempotency.ttl > self.stores.retention:
+            raise ValueError(
+                f"idempotency.ttl ({self.idempotency.ttl:g} s) must not exceed "
+                f"stores.retention ({self.stores.retention:g} s): every key expires "
+                "within the retention"
+            )
+        return self
 
     def kind(self, kind: str) -> KindSettings:
         """The ``[kinds.<kind>]`` table of ``kind``, or the defaults."""

@@ -168,8 +168,10 @@ class Notifier:
             if shared is not None:
                 status_store = status_store or shared[0]
                 idempotency_store = idempotency_store or shared[1]
-        self.status_store: StatusStore = status_store or MemoryStatusStore()
-        self.idempotency_store: IdempotencyStore = idempotency_store or MemoryIdempotencyStore()
+        self.status_store: StatusStore = status_store or MemoryStatusStore.from_settings(settings)
+        self.idempotency_store: IdempotencyStore = (
+            idempotency_store or MemoryIdempotencyStore.from_settings(settings)
+        )
         self.dispatcher = Dispatcher.from_settings(
             settings,
             tenants=self.tenants,

@@ -122,7 +122,7 @@ class RedisReputationStore:
         """A store on ``client`` (the status store's), with ``[redis]``'s prefix and
         the statuses' retention for engagement."""
         return cls(
-            client, key_prefix=settings.redis.key_prefix, engagement_ttl=settings.redis.status_ttl
+            client, key_prefix=settings.redis.key_prefix, engagement_ttl=settings.status_retention
         )
 
     def _call(self, fn: Callable[[], _T]) -> _T:

@@ -8,10 +8,13 @@ The ``celery`` transport uses them by default; install with
 
 Keys (all under ``[redis] key_prefix``, default ``tenant_notify:``)::
 
-    status:<id>                    latest DeliveryStatus as JSON, expires after status_ttl
+    status:<id>                    latest DeliveryStatus as JSON, expires after [stores] retention
     pmid:<provider>:<message id>   notification id, for delivery webhooks (same expiry)
     final:<id>                     pub/sub channel: published when a status turns final
-    idem:<key>                     reservation (notification id), lease or done marker
+    idem:<key>                     reservation (notification id), lease or done marker,
+                                   expiring with its TTL ([idempotency] ttl, lease)
+
+Every key expires: nothing about a notification outlives ``[stores] retention``.
 
 Every Redis failure is raised as :class:`~tenant_notify.errors.StoreUnavailableError`.
 """
@@ -359,7 +362,7 @@ class RedisStatusStore(_RedisStore):
         return cls(
             client or connect(settings),
             key_prefix=settings.redis.key_prefix,
-            ttl=settings.redis.status_ttl,
+            ttl=settings.status_retention,
         )
 
     def _key(self, notification_id: str) -> str:

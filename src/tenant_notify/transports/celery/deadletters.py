@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 
 from ..._redact import redact
 from ...config import Settings
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, NotifyError
 from ...log import get_logger, mask_recipient
 from ...models import DeliveryState, DeliveryStatus, Notification
 from ...stores import IdempotencyStore
@@ -59,22 +60,33 @@ def dead_letter(
     queue: str,
     publisher: Publisher,
     idempotency_store: IdempotencyStore,
+    retention: float = 7 * 86_400.0,
 ) -> None:
-    """Publish ``notification`` to the dead-letter ``queue`` (once per failed attempt)."""
+    """Publish ``notification`` to the dead-letter ``queue`` (once per failed attempt).
+
+    ``retention`` (``[stores] retention``) is how long the key that says it was
+    dead-lettered at this attempt is kept.
+    """
     # A redelivered message must not be dead-lettered twice.
-    key = f"dead:{notification.id}:{attempt}"
-    if idempotency_store.reserve(key, notification.id, 7 * 86_400.0):
+    key = _dead_key(notification.id, attempt)
+    if idempotency_store.reserve(key, notification.id, retention):
         return
-    publisher.publish(
-        notification,
-        attempt=attempt,
-        queue=queue,
-        extra_headers={
-            _DEAD_ERROR: redact(error)[:1000],  # headers leave the library: scrubbed
-            _DEAD_AT: dt.datetime.now(dt.UTC).isoformat(),
-        },
-        wait=True,
-    )
+    try:
+        publisher.publish(
+            notification,
+            attempt=attempt,
+            queue=queue,
+            extra_headers={
+                _DEAD_ERROR: redact(error)[:1000],  # headers leave the library: scrubbed
+                _DEAD_AT: dt.datetime.now(dt.UTC).isoformat(),
+            },
+            wait=True,
+        )
+    except BaseException:
+        # Not dead-lettered: the redelivered message must try again.
+        with suppress(NotifyError):
+            idempotency_store.forget(key)
+        raise
     get_logger().warning(
         "notification_dead_lettered",
         tenant_id=notification.tenant_id,
@@ -82,6 +94,10 @@ def dead_letter(
         kind=notification.kind,
         queue=queue,
     )
+
+
+def _dead_key(notification_id: str, attempt: int) -> str:
+    return f"dead:{notification_id}:{attempt}"
 
 
 def replay_dead_letters(
@@ -145,6 +161,11 @@ def replay_dead_letters(
                     kept.append(message)
                     continue
                 idempotency_store.forget(f"delivery:{notification.id}")
+                # Its attempts start again at 1: the keys that said "dead-lettered at
+                # attempt n" go, so a replay that fails again is dead-lettered again.
+                last = max(int(headers.get("retries") or 0) + 1, settings.retry.max_attempts)
+                for attempt in range(1, last + 1):
+                    idempotency_store.forget(_dead_key(notification.id, attempt))
                 current = status_store.get(notification.id)
                 status_store.save(
                     (current or DeliveryStatus.queued(notification)).evolve(

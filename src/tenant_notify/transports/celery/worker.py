@@ -96,6 +96,7 @@ class WorkerRuntime:
                 queue=queue,
                 publisher=self.publisher,
                 idempotency_store=self.dispatcher.idempotency_store,
+                retention=self.settings.stores.retention,
             )
 
 
