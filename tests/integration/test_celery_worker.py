@@ -177,6 +177,39 @@ def test_last_attempt_failed_goes_to_the_dead_letter_queue_and_replays(notify, s
     assert replay_dead_letters(loaded, dry_run=True) == []
 
 
+def letters_of(settings: Any, notification_id: str, timeout: float = 15) -> list[Any]:
+    """The dead letters of ``notification_id``, once there is one (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = replay_dead_letters(settings, dry_run=True, ids=[notification_id])
+        if listed or time.monotonic() > deadline:
+            return listed
+        time.sleep(0.1)
+
+
+def test_a_replayed_dead_letter_that_fails_again_is_dead_lettered_again(notify, server):
+    server.reject_recipient("twice@example.com")
+    receipt = notify.send_email(
+        to_email="twice@example.com", subject="Twice", body="b", tenant_id="globex"
+    )
+    assert receipt.wait(30).state is DeliveryState.FAILED
+    loaded = notify.settings
+    assert [d.id for d in letters_of(loaded, receipt.id)] == [receipt.id]
+
+    # Replayed while the mailbox still refuses it: it fails at the same attempt
+    # as before, and must come back to the queue for the operator.
+    assert [d.id for d in replay_dead_letters(loaded, ids=[receipt.id])] == [receipt.id]
+    assert notify.wait(receipt.id, 30).state is DeliveryState.FAILED
+    again = letters_of(loaded, receipt.id)
+    assert [d.id for d in again] == [receipt.id] and "550" in again[0].error
+
+    server.clear()  # the mailbox exists now
+    assert [d.id for d in replay_dead_letters(loaded, ids=[receipt.id])] == [receipt.id]
+    assert notify.wait(receipt.id, 30).state is DeliveryState.SENT
+    assert list(ids_of(server.messages)) == [receipt.id]
+    assert replay_dead_letters(loaded, dry_run=True, ids=[receipt.id]) == []
+
+
 def test_broker_down_raises_enqueue_error_then_recovers(
     run_id, smtp, server, worker, proxy: TcpProxy
 ):

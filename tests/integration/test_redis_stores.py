@@ -315,3 +315,67 @@ def test_save_first_never_overwrites_and_tells_a_repeat_lazily(statuses):
     statuses.save_first(other)
     statuses.discard_queued(other)
     assert statuses.get("n2") is None
+
+
+def test_every_key_about_a_notification_expires_within_the_retention(client):
+    """Sends, a repeat, an open, a click, a failure: each key the stores wrote has a
+    TTL of at most ``[stores] retention``; only the suppression list is kept."""
+    from tenant_notify import Notifier, load_settings
+    from tenant_notify.providers.memory import get_outbox
+
+    settings = load_settings(
+        {
+            "transport": "eager",
+            "email": {"provider": "memory", "outbox": "retention"},
+            "retry": {"max_attempts": 1},
+            "stores": {"retention": 3600},
+            "idempotency": {"ttl": 600},
+            "redis": {"key_prefix": client.prefix},
+            "tenants": {"acme": {"name": "Acme", "email_from": "orders@acme.test"}},
+        }
+    )
+    notify = Notifier(
+        settings,
+        status_store=RedisStatusStore.from_settings(settings, client),
+        idempotency_store=RedisIdempotencyStore.from_settings(settings, client),
+    )
+    get_outbox("retention").clear()
+    try:
+        receipts = [
+            notify.send_order_confirmation(
+                order_id=f"o-{n}",
+                customer_email=f"c{n}@example.com",
+                order_total="9.99",
+                currency="EUR",
+                tenant_id="acme",
+            )
+            for n in range(3)
+        ]
+        repeat = notify.send_order_confirmation(
+            order_id="o-0",
+            customer_email="c0@example.com",
+            order_total="9.99",
+            currency="EUR",
+            tenant_id="acme",
+        )
+        assert repeat.duplicate and len(get_outbox("retention").messages) == 3
+        sent = receipts[0].id
+        notify.reputation.record_open("acme", sent, "order_confirmation")
+        notify.reputation.record_click("acme", sent, "order_confirmation", "https://acme.test/")
+        notify.suppressions.add("acme", "gone@example.com")
+        notify.status_store.flush()  # type: ignore[attr-defined]
+    finally:
+        notify.close()
+
+    import redis
+
+    reader = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        found = {key: reader.pttl(key) for key in reader.scan_iter(match=client.prefix + "*")}
+    finally:
+        reader.close()
+    kinds = {key[len(client.prefix) :].split(":", 1)[0] for key in found}
+    assert {"status", "pmid", "idem", "eng", "clicks"} <= kinds
+    kept = {key for key, ttl in found.items() if not 0 < ttl <= 3_600_000}
+    assert kept == {key for key in found if key.startswith(client.prefix + "supp")}
+    assert kept  # the suppression list is there, without an expiry
