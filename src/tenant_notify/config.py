@@ -81,15 +81,15 @@ class StoresSettings(_Section):
             embedded default). Past the bound the oldest final status goes, in
             constant time; statuses still in flight are never evicted. About
             600 bytes each.
-        memory_max_keys: Entries the in-memory idempotency store keeps: a send
-            with an idempotency key takes two (the caller's key and the delivery
-            claim). Past the bound the oldest goes, in constant time; a claim held
-            by a running attempt is never evicted. About 250 bytes each.
+        memory_max_keys: Entries the in-memory idempotency store keeps: one
+            delivery claim per notification. Past the bound the oldest goes, in
+            constant time; a claim held by a running attempt is never evicted.
+            About 250 bytes each.
     """
 
     retention: float = Field(default=7 * 86_400.0, gt=0)
     memory_max_statuses: int = Field(default=50_000, ge=1)
-    memory_max_keys: int = Field(default=100_000, ge=2)
+    memory_max_keys: int = Field(default=50_000, ge=1)
 
 
 class TransportSettings(_Section):

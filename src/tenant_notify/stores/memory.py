@@ -148,7 +148,7 @@ class MemoryIdempotencyStore:
     _LEASED = "\0leased"
     _DONE = "\0done"
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 50_000) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         # key -> (value, expires_at on the monotonic clock); oldest write first
