@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from tenant_notify.config import CONFIG_FILE_VARIABLE
 from tenant_notify.log import LOGGER_NAME
 from tenant_notify.testing import clear_outboxes
 
@@ -29,6 +31,19 @@ def _fresh_outboxes() -> Iterator[None]:
     clear_outboxes()
     yield
     clear_outboxes()
+
+
+@pytest.fixture(autouse=True)
+def _config_file_variable_as_it_was() -> Iterator[None]:
+    # The CLI's --config sets TENANT_NOTIFY_CONFIG_FILE in its process's environment
+    # (so worker processes read the same file), and main() runs in the test process:
+    # keep one test's file out of the next test's Notifier.from_env().
+    before = os.environ.get(CONFIG_FILE_VARIABLE)
+    yield
+    if before is None:
+        os.environ.pop(CONFIG_FILE_VARIABLE, None)
+    else:
+        os.environ[CONFIG_FILE_VARIABLE] = before
 
 
 @pytest.fixture(autouse=True)

@@ -57,10 +57,10 @@ def test_over_email_daily_raises_at_the_call_and_queues_nothing(tenants):
 def test_a_refused_send_leaves_no_status_behind(tenants):
     with make_notifier(tenants=tenants, limits={"email_daily": 1}) as notify:
         send(notify, 1)
-        before = len(notify.status_store._statuses)
+        before = len(notify.status_store)
         with pytest.raises(RateLimitedError):
             send(notify, 1)
-        assert len(notify.status_store._statuses) == before
+        assert len(notify.status_store) == before
 
 
 def test_limits_are_per_tenant_and_per_channel(tenants):
