@@ -102,7 +102,7 @@ class ServerPool:
                 self.open += 1
                 self.peak = max(self.peak, self.open)
         if evicted is not None:
-            _quit(evicted)
+            quit_quietly(evicted)
         try:
             conn = connect()
         except BaseException:
@@ -201,7 +201,7 @@ class SmtpPool:
         due: list[float] = []
         for pool in self.servers():
             for conn in pool.take_idle(older_than=pool.idle_timeout):
-                _quit(conn)
+                quit_quietly(conn)
             expiry = pool.next_expiry()
             if expiry is not None:
                 due.append(expiry)
@@ -254,7 +254,8 @@ class _Reaper:
         self._thread = None
 
 
-def _quit(conn: smtplib.SMTP) -> None:
+def quit_quietly(conn: smtplib.SMTP) -> None:
+    """QUIT and close, ignoring a connection that is already gone."""
     try:
         conn.quit()
     except (smtplib.SMTPException, OSError):

@@ -99,7 +99,7 @@ from ..errors import (
 from ..log import get_logger
 from ..models import Channel, DeliveryResult, EmailMessage, Feature
 from ._dkim import DkimSigner
-from ._smtp_pool import Lease, shared_pool
+from ._smtp_pool import Lease, quit_quietly, shared_pool
 from .base import Capabilities, Provider, ProviderConfig
 
 __all__ = ["SmtpConfig", "SmtpProvider"]
@@ -653,7 +653,7 @@ class SmtpProvider(Provider):
         cfg = self._config
         server = shared_pool().server(cfg.host, cfg.port, cfg.max_connections, cfg.idle_timeout)
         for conn in server.take_idle(self._identity):
-            _quit(conn)
+            quit_quietly(conn)
 
     # --- errors ----------------------------------------------------------------------
 
@@ -824,12 +824,3 @@ def _default_local_hostname() -> str:
         return f"[{socket.gethostbyname(socket.gethostname())}]"
     except OSError:
         return "[127.0.0.1]"
-
-
-def _quit(conn: smtplib.SMTP) -> None:
-    try:
-        conn.quit()
-    except (smtplib.SMTPException, OSError):
-        pass
-    finally:
-        conn.close()
