@@ -131,8 +131,8 @@ class TemplateSettings(_Section):
         max_output_chars: Most characters one rendered part may have; also the
             largest value a template may build, and (times 8) the work one part
             may do. See ``docs/templates.md``.
-        render_timeout: Seconds one render call (a part, or all parts of an
-            email) may take.
+        render_timeout: CPU seconds one render call (a part, or all parts of an
+            email) may use in its thread; five times it in wall-clock time at most.
         auto_reload: Notice edited template files without a restart.
         cache_size: Compiled templates kept in memory (least recently used
             dropped first); lookup answers are kept for 4 x as many.

@@ -11,6 +11,7 @@ largest of the pool processes' peak resident memory (reset through
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,12 @@ from tenant_notify import Notifier
 from tests.integration.conftest import Worker, _cleanup, _toml, settings_table
 from tests.smtp_server import LoopbackSMTPServer
 from tests.templates.bombs import BOMBS
-from tests.templates.test_bombs import MAX_GROWTH_MB, MAX_SECONDS, RENDER_TIMEOUT
+from tests.templates.test_bombs import (
+    MAX_CPU_SECONDS,
+    MAX_GROWTH_MB,
+    MAX_SECONDS,
+    RENDER_TIMEOUT,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +40,12 @@ def status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise LookupError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, every thread) a process has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module")
@@ -94,26 +106,33 @@ def outcomes(bomb_settings: dict[str, Any], bomb_worker: Worker) -> dict[str, di
             for pid in pool:
                 Path(f"/proc/{pid}/clear_refs").write_text("5")
             before = {pid: status_kib(pid, "VmRSS") for pid in pool}
+            cpu_before = sum(cpu_seconds(pid) for pid in pool)
             started = time.monotonic()
             receipt = notify.send(
                 "bomb", tenant_id=name.replace("_", "-"), to="victim@example.test"
             )
             status = receipt.wait(60)
             seconds = time.monotonic() - started
+            cpu = sum(cpu_seconds(pid) for pid in pool) - cpu_before
             growth = max(status_kib(pid, "VmHWM") - before[pid] for pid in pool) / 1024
             results[name] = {
                 "state": status.state.value,
                 "error_type": status.error_type,
                 "error": status.error,
                 "seconds": round(seconds, 3),
+                "cpu_seconds": round(cpu, 3),
                 "growth_mb": round(growth, 1),
                 "pool": pool,
             }
         assert bomb_worker.children() == pool, "a pool process died on the way"
     # The figures for the record (pytest -s shows them).
     slowest = max(r["seconds"] for r in results.values())
+    most_cpu = max(r["cpu_seconds"] for r in results.values())
     largest = max(r["growth_mb"] for r in results.values())
-    print(f"\n{len(results)} bombs on celery: slowest {slowest} s, largest growth {largest} MB")
+    print(
+        f"\n{len(results)} bombs on celery: slowest {slowest} s, most CPU {most_cpu} s,"
+        f" largest growth {largest} MB"
+    )
     return results
 
 
@@ -123,5 +142,6 @@ def test_bomb_fails_on_a_celery_worker_in_time_and_memory(
 ) -> None:
     outcome = outcomes[name]
     assert (outcome["state"], outcome["error_type"]) == ("failed", "TemplateLimitError"), outcome
+    assert outcome["cpu_seconds"] < MAX_CPU_SECONDS, outcome
     assert outcome["seconds"] < MAX_SECONDS, outcome
     assert outcome["growth_mb"] < MAX_GROWTH_MB, outcome

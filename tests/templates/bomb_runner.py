@@ -2,9 +2,10 @@
 
 Run as ``python -m tests.templates.bomb_runner TRANSPORT RENDER_TIMEOUT [NAME ...]``;
 prints one JSON object per bomb: ``{"name", "state", "error_type", "error",
-"seconds", "growth_mb"}``. A child sends one ``bomb`` notification of a tenant
-whose folder holds that bomb and waits for its final status; ``seconds`` is
-from the send to that status, ``growth_mb`` the child's peak resident memory
+"seconds", "cpu_seconds", "growth_mb"}``. A child sends one ``bomb`` notification
+of a tenant whose folder holds that bomb and waits for its final status;
+``seconds`` is wall-clock time from the send to that status, ``cpu_seconds`` the
+CPU time the child spent meanwhile (all its threads), ``growth_mb`` the child's peak resident memory
 over what it had just before the send (``/proc/self/clear_refs`` resets the
 peak). Its address space is capped (``RLIMIT_AS``) at 1 GiB over its size, so a
 bomb that got through would fail the child rather than the machine.
@@ -34,6 +35,12 @@ def status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise LookupError(field)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, every thread (the render's, the caller's, the rest)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_one(
@@ -66,10 +73,11 @@ def run_one(
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
         before = status_kib("VmRSS")
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), cpu_seconds()
         receipt = notify.send("bomb", tenant_id="evil", to="victim@example.test")
         status = receipt.wait(60)
         seconds = time.monotonic() - started
+        cpu = cpu_seconds() - cpu_started
         growth = status_kib("VmHWM") - before
     finally:
         notify.close()
@@ -79,6 +87,7 @@ def run_one(
         "error_type": status.error_type,
         "error": (status.error or "")[:300],
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu, 3),
         "growth_mb": round(growth / 1024, 1),
     }
 

@@ -41,6 +41,8 @@ WORK_FACTOR = 8
 #: often an object of its own (a character of ``"..."|list``, an int of
 #: ``range()|list``), take the memory of about that many characters.
 ITEM_COST = 8
+#: The wall-clock backstop of a render, as a multiple of its CPU time limit.
+WALL_FACTOR = 5
 #: Exponents above this are refused (``2 ** 1000``).
 MAX_EXPONENT = 100
 #: About 4,900 decimal digits: past CPython's default int-to-str limit anyway.
@@ -61,14 +63,37 @@ class Budget:
     ``work`` counts, for the part being rendered, every character the template
     writes (emitted or captured), every character of a string and every item of
     a container it builds. The renderer resets it for each part
-    (:meth:`start_part`); the deadline is for the whole call.
+    (:meth:`start_part`).
+
+    ``timeout`` is CPU time of the rendering thread, for the whole call: a render
+    that waits for the interpreter lock behind other threads (a busy worker) is
+    not charged for the wait. A wall-clock backstop of ``WALL_FACTOR`` times it
+    still ends a render that the machine starves for that long. Reading a
+    thread's CPU clock is a system call, so it is read only when it could be
+    over: a thread cannot spend more CPU time than wall-clock time passes, so
+    until ``deadline`` (monotonic) the budget cannot have run out, and at it the
+    CPU clock tells how much is really left.
     """
 
-    __slots__ = ("deadline", "max_work", "timeout", "weights", "work")
+    __slots__ = (
+        "cpu_started",
+        "deadline",
+        "max_work",
+        "timeout",
+        "wall_deadline",
+        "wall_timeout",
+        "weights",
+        "work",
+    )
 
     def __init__(self, timeout: float, max_work: float, *, remember: bool = True) -> None:
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.wall_timeout = timeout * WALL_FACTOR
+        now = time.monotonic()
+        self.cpu_started = time.thread_time()
+        # The next moment the CPU clock is worth reading.
+        self.deadline = now + timeout
+        self.wall_deadline = now + self.wall_timeout
         self.max_work = max_work
         self.work = 0
         # id -> (container, weight, height) of the containers weighed so far.
@@ -93,7 +118,19 @@ class Budget:
             self.expired()
 
     def expired(self) -> None:
-        raise LimitExceeded(f"rendering took longer than the {self.timeout:g} s time limit")
+        """Past ``deadline``: raise if the CPU time or the backstop ran out, else move it on."""
+        now = time.monotonic()
+        left = self.timeout - (time.thread_time() - self.cpu_started)
+        if left <= 0:
+            raise LimitExceeded(
+                f"rendering used more than the {self.timeout:g} s time limit (CPU time)"
+            )
+        if now >= self.wall_deadline:
+            raise LimitExceeded(
+                f"rendering took longer than {self.wall_timeout:g} s of wall-clock time"
+                f" ({WALL_FACTOR} times the {self.timeout:g} s time limit)"
+            )
+        self.deadline = min(now + left, self.wall_deadline)
 
 
 #: The budget outside a render call (the environment used on its own): no limits.

@@ -123,8 +123,9 @@ class TemplateRenderer:
         app_templates_dir: The host application's template folder, searched after
             the tenant's and before the built-in templates.
         max_output_chars: Most characters one rendered part may have.
-        render_timeout: Seconds one render call (a part, or all parts of an email)
-            may take.
+        render_timeout: CPU seconds (of the rendering thread) one render call (a
+            part, or all parts of an email) may use; a wall-clock backstop of
+            five times it ends a render the machine starves.
         auto_reload: Notice edited template files without a restart (a few
             ``stat`` calls per render). Turn off when templates never change while
             the process runs.

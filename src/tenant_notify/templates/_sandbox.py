@@ -42,7 +42,10 @@ render is bounded, whatever the template does:
 * **Time**: the clock is checked whenever work is counted, at every call a
   template makes (macros and ``caller()`` included), every iteration of every
   loop and every step of ``range()`` (which keeps the sandbox's limit of 100,000
-  items). As no step is large, a render stops soon after ``render_timeout``.
+  items). As no step is large, a render stops soon after it has used
+  ``render_timeout`` of its thread's CPU time (time spent waiting for the
+  interpreter lock is not charged), or at the latest after ``WALL_FACTOR`` (5)
+  times that in wall-clock time.
 * **Recursion** (a macro or an include calling itself) ends at Python's
   recursion limit, as a :class:`~tenant_notify.errors.TemplateLimitError`.
 * **No state between renders**: an imported template is rendered afresh for
