@@ -22,6 +22,11 @@ wait on the network and for many tenants on one broker:
   (RabbitMQ closes a channel that holds a message unacknowledged for too long).
 * Acknowledgement is late, as in the Celery worker: a message is acknowledged
   (by the thread that owns the connection) only once its attempt is recorded.
+* The connection's thread sleeps in one ``select`` on the broker's socket and a
+  socket pair the delivery threads write to when they finish: an
+  acknowledgement goes out as soon as its delivery is done, and nothing polls
+  (a 5 ms poll was a third of a busy worker's loop). Transports without a
+  socket to wait on (not AMQP) are polled as before.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import json
 import logging
 import multiprocessing
 import os
+import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -58,10 +65,16 @@ __all__ = ["MAX_HOLD", "Consumer", "run_worker"]
 
 #: Seconds a worker holds a message with an ETA before publishing it again for later.
 MAX_HOLD = 600.0
-# How long the connection's thread waits for a frame while deliveries are running
-# (their acknowledgements go out between waits) and while none are.
+# Transports without a socket to select on: how long the connection's thread waits
+# for a frame while deliveries are running (their acknowledgements go out between
+# waits) and while none are.
 _BUSY_TICK = 0.005
 _IDLE_TICK = 0.25
+# With a socket: the longest sleep in select (stop, parent gone and held messages
+# are also looked at on every wake-up), and how long a frame that has started to
+# arrive may take to arrive whole.
+_SELECT_MAX = 1.0
+_FRAME_TIMEOUT = 5.0
 # The broker's heartbeat is 30 s; kombu wants heartbeat_check at least twice per
 # interval. Once a second is plenty, and calling it on every 5 ms tick cost about
 # a tenth of a busy worker's CPU (bench/profile_delivery.py worker).
@@ -123,6 +136,11 @@ class Consumer:
         self._depths: dict[str, int] = {}
         self._depths_at = 0.0
         self._conn: Any = None
+        # The delivery threads wake the connection's thread through this pair.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_pending = False
         # The broker queues' depths are read (every 5 s) only for a recorder that exports them.
         self._exports_backlog = hasattr(runtime.dispatcher.metrics, "watch_backlog")
         watch_backlog(runtime.dispatcher.metrics, self)
@@ -202,41 +220,112 @@ class Consumer:
             consumer = kombu.Consumer(
                 channel,
                 queues=[queue],
-                callbacks=[self._on_message],
+                # The raw message: the body is read here with the standard library's
+                # JSON (kombu's decoder, with its object hook for its own types,
+                # was a tenth of a worker's CPU per message).
+                on_message=self._on_message,
                 accept=["json"],
                 auto_declare=False,
             )
             consumer.consume()
             consumers.append(consumer)
         self._log.info("worker_ready", queues=len(consumers), threads=self.threads, pid=os.getpid())
-        next_heartbeat = 0.0
-        while not self.stop.is_set():
-            busy = self._in_flight or self._done
-            with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=_BUSY_TICK if busy else _IDLE_TICK)
-            self._settle()
-            self._release_due()
-            now = time.monotonic()
-            if now >= next_heartbeat:
-                conn.heartbeat_check()
-                next_heartbeat = now + _HEARTBEAT_EVERY
-            self._refresh_depths(channel)
-            if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                self._log.warning("worker_parent_gone", pid=os.getpid())
-                self.stop.set()
+        amqp = conn.connection
+        sock = getattr(amqp, "sock", None)
+        if isinstance(sock, socket.socket) and hasattr(amqp, "blocking_read"):
+            self._select_loop(conn, channel, amqp, sock)
+        else:
+            self._poll_loop(conn, channel)
         for consumer in consumers:
             try:
                 consumer.cancel()
             except Exception:
                 self._log.debug("worker_cancel_failed", exc_info=True)
 
-    def _on_message(self, body: Any, message: Any) -> None:
+    def _housekeeping(self, conn: Any, channel: Any, next_heartbeat: float) -> float:
+        """Acks, due messages, heartbeat, depths, the parent; the next heartbeat's time."""
+        self._settle()
+        self._release_due()
+        now = time.monotonic()
+        if now >= next_heartbeat:
+            conn.heartbeat_check()
+            next_heartbeat = now + _HEARTBEAT_EVERY
+        self._refresh_depths(channel)
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self._log.warning("worker_parent_gone", pid=os.getpid())
+            self.stop.set()
+        return next_heartbeat
+
+    def _poll_loop(self, conn: Any, channel: Any) -> None:
+        """A transport without a socket: wait for frames on a short tick while busy."""
+        next_heartbeat = 0.0
+        while not self.stop.is_set():
+            busy = self._in_flight or self._done
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=_BUSY_TICK if busy else _IDLE_TICK)
+            next_heartbeat = self._housekeeping(conn, channel, next_heartbeat)
+
+    def _select_loop(self, conn: Any, channel: Any, amqp: Any, sock: socket.socket) -> None:
+        """Sleep until the broker sends a frame or a delivery finishes, then settle.
+
+        py-amqp reads a socket exactly as far as the frame it wants, so what select
+        reports readable is all that is waiting (but for an SSL socket's own buffer,
+        and a frame cut short, which py-amqp keeps: both looked at below).
+        """
+        selector = selectors.DefaultSelector()
+        ready_now = selectors.DefaultSelector()
+        try:
+            selector.register(sock, selectors.EVENT_READ, "broker")
+            selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            ready_now.register(sock, selectors.EVENT_READ)
+            pending = getattr(sock, "pending", None)
+            transport = amqp.transport
+            next_heartbeat = 0.0
+            while not self.stop.is_set():
+                timeout = max(0.0, min(_SELECT_MAX, next_heartbeat - time.monotonic()))
+                if self._held:
+                    timeout = min(timeout, max(0.0, self._held[0][0] - time.monotonic()))
+                if self._done:
+                    timeout = 0.0
+                readable = False
+                for key, _ in selector.select(timeout):
+                    if key.data == "wake":
+                        self._clear_wake()
+                    else:
+                        readable = True
+                self._wake_pending = False  # before settling: a later finish writes again
+                while readable:
+                    # One frame at a time (a heartbeat is a frame with no method).
+                    amqp.blocking_read(_FRAME_TIMEOUT)
+                    readable = bool(
+                        (pending is not None and pending())
+                        or getattr(transport, "_read_buffer", b"")
+                        or ready_now.select(0)
+                    )
+                next_heartbeat = self._housekeeping(conn, channel, next_heartbeat)
+        finally:
+            selector.close()
+            ready_now.close()
+
+    def _clear_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def wake(self) -> None:
+        """Wake the connection's thread (a delivery finished, or :attr:`stop` was set)."""
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _on_message(self, message: Any) -> None:
         headers = message.headers or {}
         try:
             if headers.get("task") != TASK_NAME:
                 raise ValueError(f"not a {TASK_NAME} message")
-            if isinstance(body, bytes | str):
-                body = json.loads(body)
+            body = _decode(message, headers)
             args = body[0]
             data = args[0]
             tenant_id = str(data["tenant_id"])
@@ -347,6 +436,8 @@ class Consumer:
                 conn.release()  # unacknowledged messages go back to their queues
             except Exception:
                 self._log.debug("worker_release_failed", exc_info=True)
+        self._wake_r.close()
+        self._wake_w.close()
 
     # --- delivery threads ------------------------------------------------------------
 
@@ -364,6 +455,7 @@ class Consumer:
             finally:
                 self._done.append((item, requeue))
                 self._queue.task_done()
+                self.wake()
 
     def _run(self, item: _Item) -> bool:
         """Deliver one message; True to hand it back to the broker."""
@@ -386,6 +478,21 @@ class Consumer:
             task_id=item.task_id,
             attempt=item.attempt,
         )
+
+
+def _decode(message: Any, headers: Mapping[str, Any]) -> Any:
+    """A task message's body: plain JSON read directly; anything else as kombu would."""
+    raw = message.body
+    if (
+        message.content_type == "application/json"
+        and "compression" not in headers
+        and isinstance(raw, bytes | str)
+        and ("__type__" not in raw if isinstance(raw, str) else b"__type__" not in raw)
+    ):
+        return json.loads(raw)
+    # kombu's own JSON types, compression, other content types (refused unless JSON).
+    body = message.decode()
+    return json.loads(body) if isinstance(body, bytes | str) else body
 
 
 def deliver_message(
@@ -502,13 +609,21 @@ def _child_main(
     from .worker import WorkerRuntime, build_dispatcher
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    consumer: Consumer | None = None
+
+    def on_term(*_: Any) -> None:
+        stop.set()
+        if consumer is not None:
+            consumer.wake()
+
+    signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
     if runtime_factory is not None:
         runtime = runtime_factory(settings)
     else:
         runtime = WorkerRuntime(settings, build_dispatcher(settings))
-    Consumer(runtime, threads=threads, stop=stop, parent_pid=parent_pid).run()
+    consumer = Consumer(runtime, threads=threads, stop=stop, parent_pid=parent_pid)
+    consumer.run()
     runtime.publisher.close()
     runtime.dispatcher.providers.close()
 
