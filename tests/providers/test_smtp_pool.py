@@ -91,6 +91,38 @@ def test_idle_connections_close_after_the_idle_timeout(server: LoopbackSMTPServe
         provider.close()
 
 
+def test_the_reaper_is_not_woken_by_every_message(
+    server: LoopbackSMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenant_notify.providers import _smtp_pool
+
+    reaps = 0
+    reap = _smtp_pool._POOL.reap
+
+    def counted() -> float | None:
+        nonlocal reaps
+        reaps += 1
+        return reap()
+
+    monkeypatch.setattr(_smtp_pool._POOL, "reap", counted)
+    provider = SmtpProvider(host="127.0.0.1", port=server.port, idle_timeout=0.4)
+    try:
+        provider.send(_email(0))
+        time.sleep(0.05)  # the reaper is waiting for the connection's expiry now
+        before = reaps
+        for n in range(1, 21):
+            provider.send(_email(n))
+            time.sleep(0.005)  # time enough for a woken reaper to look
+        # Each connection put back expires after the one the reaper waits for:
+        # nothing to look at before then (a wake-up per message cost a thread
+        # switch, and a new thread whenever the connection was out).
+        assert reaps - before <= 2
+        server.wait_until(lambda: server.open_connections == 0, timeout=10)
+        assert server.quits == 1  # still closed on time
+    finally:
+        provider.close()
+
+
 def test_a_send_waits_for_a_busy_server_and_then_gives_up(server: LoopbackSMTPServer) -> None:
     one = SmtpProvider(host="127.0.0.1", port=server.port, local_hostname="a.test", timeout=10)
     other = SmtpProvider(

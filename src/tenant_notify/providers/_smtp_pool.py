@@ -11,7 +11,8 @@ credentials and 16 worker threads hold at most ``max_connections`` connections t
 their one server, not one per tenant and thread.
 
 Idle connections are closed (QUIT) after ``idle_timeout`` seconds by a reaper
-thread that runs only while some connection is idle. After a fork the child
+thread that runs only while some connection is idle (and a second after the last
+one was taken, so that a busy pool does not start a thread per message). After a fork the child
 forgets the parent's connections without a word to the server (closing its copy
 of the socket only), as the parent's sessions go on.
 """
@@ -132,7 +133,7 @@ class ServerPool:
             with self.cond:
                 self.idle.setdefault(lease.identity, []).append((conn, time.monotonic()))
                 self.cond.notify()
-            _REAPER.wake()
+            _REAPER.wake(time.monotonic() + self.idle_timeout)
             return
         with suppress(OSError):
             conn.close()
@@ -186,11 +187,14 @@ class SmtpPool:
             pool = self._servers.get(key)
             if pool is None:
                 pool = self._servers[key] = ServerPool(limit, idle_timeout)
-            else:
-                with pool.cond:
-                    pool.limit = min(pool.limit, limit)
-                    pool.idle_timeout = min(pool.idle_timeout, idle_timeout)
-            return pool
+                return pool
+            with pool.cond:
+                pool.limit = min(pool.limit, limit)
+                shorter = idle_timeout < pool.idle_timeout
+                pool.idle_timeout = min(pool.idle_timeout, idle_timeout)
+        if shorter:
+            _REAPER.wake()  # idle connections are due sooner than it waits for
+        return pool
 
     def servers(self) -> list[ServerPool]:
         with self._lock:
@@ -218,40 +222,62 @@ class SmtpPool:
                         conn.close()
 
 
+#: Seconds the reaper thread waits, with nothing idle, for a connection to come back
+#: before it stops.
+_LINGER = 1.0
+
+
 class _Reaper:
-    """One daemon thread closing idle connections on time; alive only while needed."""
+    """One daemon thread closing idle connections on time; alive only while needed.
+
+    A release wakes it only when the connection put back is due before the
+    reaper's next wake-up (another server's shorter ``idle_timeout``): a thread
+    wake-up per message would cost more than the send's own bookkeeping.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
+        self._due: float | None = None  # the timed wait's end (monotonic), if waiting for one
 
-    def wake(self) -> None:
+    def wake(self, due: float | None = None) -> None:
+        """Have the reaper look again, unless it is going to by ``due`` anyway."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
+                self._due = None
                 self._thread = threading.Thread(
                     target=self._run, name="tenant-notify-smtp-reaper", daemon=True
                 )
                 self._thread.start()
-        self._event.set()
+            elif self._due is None or due is None or due < self._due:
+                # Under the lock: a reaper about to stop sees it and goes on.
+                self._event.set()
 
     def _run(self) -> None:
         while True:
             self._event.clear()
             due = _POOL.reap()
-            if due is None:
-                with self._lock:
-                    # Nothing idle: stop, unless a release came in meanwhile.
-                    if not self._event.is_set():
-                        self._thread = None
-                        return
+            with self._lock:
+                if self._event.is_set():
+                    continue  # woken meanwhile: look again
+                self._due = due
+            if due is not None:
+                self._event.wait(max(0.01, due - time.monotonic()))
                 continue
-            self._event.wait(max(0.01, due - time.monotonic()))
+            # Nothing idle: wait a little for a connection to come back, then stop.
+            if self._event.wait(_LINGER):
+                continue
+            with self._lock:
+                if not self._event.is_set():
+                    self._thread = None
+                    return
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._thread = None
+        self._due = None
 
 
 def quit_quietly(conn: smtplib.SMTP) -> None:

@@ -101,6 +101,7 @@ class InProcessTransport(Transport):
         self._seq = itertools.count()
         self._retry_changed = threading.Condition()
         self._stopping = False
+        self._draining = False  # close() is waiting for the queue to empty
 
     def _ensure_started(self) -> None:
         pid = os.getpid()
@@ -194,7 +195,11 @@ class InProcessTransport(Transport):
             finally:
                 with self._retry_changed:
                     self._queue.task_done()
-                    self._retry_changed.notify_all()
+                    if self._draining:
+                        # close() waits for the last one; nobody else does (the
+                        # retry scheduler waits for retries only): a wake-up per
+                        # delivery would cost a thread switch each.
+                        self._retry_changed.notify_all()
 
     def _schedule_retry(self, notification: Notification, attempt: int, delay: float) -> None:
         with self._retry_changed:
@@ -240,6 +245,7 @@ class InProcessTransport(Transport):
             return  # never started in this process: nothing to drain
         deadline = time.monotonic() + (self.drain_timeout if timeout is None else timeout)
         with self._retry_changed:
+            self._draining = True
             while self._queue.unfinished_tasks or self._retries:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
