@@ -113,6 +113,29 @@ def test_the_hosts_level_for_the_library_logger_applies(caplog, tenants):
     assert caplog.records[0].levelname == "ERROR"
 
 
+def test_an_event_below_the_level_is_dropped_before_it_is_built(caplog, monkeypatch):
+    from tenant_notify import log
+
+    seen: list[str] = []
+
+    def record(logger, method_name, event_dict):
+        seen.append(event_dict["event"])
+        return event_dict
+
+    monkeypatch.setattr(log, "PROCESSORS", [record, *log.PROCESSORS])
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    logger = get_logger().bind(tenant_id="acme")
+    logger.info("notification_sent", to="j***@example.com")
+    logger.debug("smtp_connected")
+    logger.warning("lease_lost", claims=1)
+    # The wanted one went the whole way; the others never reached a processor.
+    assert seen == ["lease_lost"]
+    assert [r.event for r in caplog.records] == ["lease_lost"]
+    with capture_logs() as logs:  # capture_logs still sees every level
+        logger.info("notification_sent")
+    assert [e["event"] for e in logs] == ["notification_sent"]
+
+
 def test_context_variables_and_tracebacks_reach_the_record(caplog):
     caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
     with structlog.contextvars.bound_contextvars(request_id="r-1"):

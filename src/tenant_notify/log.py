@@ -181,9 +181,31 @@ PROCESSORS: list[Any] = [
 ]
 
 
+#: The ``logging`` level of each logger method.
+_METHOD_LEVELS = {
+    name: _level(name)
+    for name in ("debug", "info", "warning", "warn", "error", "exception", "critical", "fatal")
+}
+
+
+class _BoundLogger(structlog.stdlib.BoundLogger):
+    """structlog's standard-library logger that drops an event nobody wants before
+    building it: its keys merged, its processors run, ``DropEvent`` raised and
+    caught (about a tenth of a delivery's logging cost, with ``info`` off)."""
+
+    def _proxy_to_logger(
+        self, method_name: str, event: str | None = None, *event_args: str, **event_kw: Any
+    ) -> Any:
+        if not _captures and not self._logger.isEnabledFor(
+            _METHOD_LEVELS.get(method_name) or _level(method_name)
+        ):
+            return None
+        return super()._proxy_to_logger(method_name, event, *event_args, **event_kw)
+
+
 def get_logger() -> Any:
     """The library's logger: structlog's standard-library logger over ``tenant_notify``."""
-    return structlog.stdlib.BoundLogger(_stdlib_logger, PROCESSORS, {})
+    return _BoundLogger(_stdlib_logger, PROCESSORS, {})
 
 
 @contextmanager

@@ -190,3 +190,43 @@ def test_built_in_templates_are_not_held_to_the_time_limit_and_tenant_ones_are(
         renderer.render_email(
             "order_confirmation", _context("order_confirmation", "de"), templates_dir=tmp_path
         )
+
+
+@pytest.mark.parametrize(
+    ("obj", "attribute"),
+    [
+        ({"name": "Acme"}, "name"),
+        ({"name": "Acme"}, "missing"),
+        ({"items": "a key", "name": "x"}, "items"),  # the method, as Jinja has it
+        ({"get": 1}, "get"),
+        ({}, "__class__"),
+        ({"x": None}, "x"),
+        (type("Obj", (), {"name": "attr"})(), "name"),
+        (["a"], "name"),
+        ("text", "upper"),
+    ],
+)
+def test_attribute_lookups_are_jinjas(obj: Any, attribute: str) -> None:
+    env = TemplateRenderer()._builtin.get("en")
+    want = jinja2.Environment(undefined=jinja2.StrictUndefined).getattr(obj, attribute)
+    got = env.getattr(obj, attribute)
+    if isinstance(want, jinja2.Undefined):
+        assert isinstance(got, jinja2.StrictUndefined)
+        assert got._undefined_obj is obj and got._undefined_name == attribute
+        with pytest.raises(jinja2.UndefinedError, match=attribute):
+            str(got)
+    else:
+        assert got == want
+
+
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_built_in_templates_without_branding_render_as_jinja_does(locale: str) -> None:
+    renderer = TemplateRenderer()
+    reference = _jinja_reference(locale)
+    for kind in KINDS:
+        for part in PARTS:
+            if not (BUILTIN_DIR / kind / part).is_file():
+                continue
+            context = {**_context(kind, locale), "tenant": {"id": "t", "name": "T", "branding": {}}}
+            want = reference.get_template(f"builtin:{kind}/{part}").render(context)
+            assert renderer.render(kind, part, context, locale=locale) == want, (kind, part)

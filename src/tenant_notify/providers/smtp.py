@@ -305,12 +305,15 @@ def _transaction(
     in the same cases, so :meth:`SmtpProvider._map_error` treats both alike.
     """
     size = f" SIZE={len(raw)}" if conn.has_extn("size") else ""
-    commands = [f"MAIL FROM:<{sender}>{size}\r\n"]
-    commands += [f"RCPT TO:<{rcpt}>\r\n" for rcpt in recipients]
-    commands.append("DATA\r\n")
+    # As bytes: smtplib would run each text command through a line-ending regex and
+    # encode it; these are ASCII (the addresses were put in ASCII form) and end in
+    # CRLF already.
+    commands = [f"MAIL FROM:<{sender}>{size}\r\n".encode("ascii")]
+    commands += [f"RCPT TO:<{rcpt}>\r\n".encode("ascii") for rcpt in recipients]
+    commands.append(b"DATA\r\n")
     pipelined = conn.has_extn("pipelining")
     if pipelined:
-        conn.send("".join(commands))
+        conn.send(b"".join(commands))
 
     def exchange(index: int) -> tuple[int, bytes]:
         if not pipelined:

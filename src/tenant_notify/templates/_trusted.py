@@ -57,6 +57,10 @@ __all__ = ["PREFIX", "BuiltinEnvironments", "TrustedEnvironment", "is_builtin_na
 #: How the environment's names of built-in templates start.
 PREFIX = f"{BUILTIN}:"
 
+#: What ``getattr(a_dict, name)`` finds before any key: the dict type's attributes.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+_MISSING = object()
+
 
 def is_builtin_name(name: str) -> bool:
     """Whether ``name`` (an environment name from the renderer) is a built-in template."""
@@ -145,15 +149,36 @@ class TrustedEnvironment(jinja2.Environment):
         # What every render sees besides its variables, as one plain dict: Jinja
         # would copy its chain of globals into each render's context otherwise.
         self._globals = dict(self.globals)
+        # What Template.new_context gives each context as its globals' names (for
+        # {% import %}), worked out once: Jinja lists the ChainMap for every render.
+        self._globals_keys = frozenset(self._globals)
 
     def render(self, name: str, variables: dict[str, Any]) -> str:
         """Render template ``name`` with ``variables`` as ``Template.render`` does."""
         template = self.get_template(name)
-        context = template.new_context({**self._globals, **variables}, shared=True)
+        # template.new_context({**globals, **variables}, shared=True), less its
+        # walk over the ChainMap of globals (a template loaded here has none of
+        # its own, so the names are the environment's).
+        context = self.context_class(
+            self, {**self._globals, **variables}, template.name, template.blocks
+        )
+        context.globals_keys = self._globals_keys  # type: ignore[assignment]
         try:
             return self.concat(template.root_render_func(context))
         except Exception:
             self.handle_exception()
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``obj.attribute`` as Jinja's :meth:`jinja2.Environment.getattr` has it, with
+        a plain dict's key found without the AttributeError (and, for a key it does
+        not have, the KeyError) Jinja raises and catches first: the templates read
+        ``tenant.name`` and ``branding.*`` a dozen times a message."""
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            value = obj.get(attribute, _MISSING)
+            if value is _MISSING:
+                return self.undefined(obj=obj, name=attribute)
+            return value
+        return super().getattr(obj, attribute)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
