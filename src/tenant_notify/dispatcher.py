@@ -137,11 +137,16 @@ class Outcome:
             tenant limit (``on_limit = "delay"``) or a paused provider account.
             The transport runs the *same* attempt number again after
             ``retry_in`` seconds; nothing was claimed or recorded.
+        repeat: True when an earlier delivery of the same notification had already
+            finished it (a redelivered message, a repeat of a keyed send): nothing
+            was attempted, and ``status`` is that earlier delivery's. A transport
+            does nothing more for it (no second dead letter).
     """
 
     status: DeliveryStatus | None
     retry_in: float | None = None
     deferred: bool = False
+    repeat: bool = False
 
 
 class Dispatcher:
@@ -306,7 +311,7 @@ class Dispatcher:
         claim = self.idempotency_store.claim(claim_key, self.delivery_lease)
         if claim.state is ClaimState.DONE:
             log.info("notification_already_delivered")
-            return Outcome(self.status_store.get(notification.id))
+            return Outcome(self.status_store.get(notification.id), repeat=True)
         if claim.state is ClaimState.BUSY:
             log.info("notification_delivery_in_progress", retry_in=round(claim.retry_in, 3))
             return Outcome(self.status_store.get(notification.id), retry_in=claim.retry_in)
@@ -339,7 +344,7 @@ class Dispatcher:
             self._settle(
                 lambda: self.idempotency_store.complete(claim_key, self.idempotency_ttl), log
             )
-            return Outcome(previous)
+            return Outcome(previous, repeat=True)
         current = previous if previous is not None else DeliveryStatus.queued(notification)
         status = current.evolve(state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None)
         self._record(status)

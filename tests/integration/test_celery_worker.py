@@ -18,6 +18,8 @@ from tenant_notify import DeliveryState, Notifier, load_settings
 from tenant_notify.errors import EnqueueError
 from tenant_notify.stores.redis import RedisStatusStore, connect
 from tenant_notify.transports.celery import replay_dead_letters
+from tenant_notify.transports.celery.message import Routes
+from tenant_notify.transports.celery.publisher import Publisher
 from tests.integration.conftest import TENANTS, TcpProxy, Worker, settings_table
 from tests.smtp_server import LoopbackSMTPServer, ReceivedMessage
 
@@ -208,6 +210,43 @@ def test_a_replayed_dead_letter_that_fails_again_is_dead_lettered_again(notify, 
     assert notify.wait(receipt.id, 30).state is DeliveryState.SENT
     assert list(ids_of(server.messages)) == [receipt.id]
     assert replay_dead_letters(loaded, dry_run=True, ids=[receipt.id]) == []
+
+
+def test_a_finished_notification_delivered_again_is_not_dead_lettered_again(notify, server, worker):
+    # A copy of a notification that comes back after it has finished (the retry a
+    # worker publishes when it meets the claim of an attempt still running, a
+    # caller's retry after an in-doubt publish, a redelivery) carries a later
+    # attempt number. The worker finds the notification finished and must not add
+    # a second dead letter for the operator to replay.
+    kwargs: dict[str, Any] = {
+        "to_email": "repeat@example.com",
+        "subject": "Once",
+        "body": "b",
+        "tenant_id": "globex",
+        "idempotency_key": "dead-once",
+    }
+    server.reject_recipient("repeat@example.com")
+    first = notify.send_email(**kwargs)
+    assert first.wait(30).state is DeliveryState.FAILED
+    loaded = notify.settings
+    assert [d.id for d in letters_of(loaded, first.id)] == [first.id]
+
+    copy = notify.build(notify.send_email, **kwargs)
+    assert copy.id == first.id
+    publisher = Publisher(loaded.celery, routes=Routes.from_settings(loaded))
+    try:
+        publisher.publish(copy, attempt=2, wait=True)
+    finally:
+        publisher.close()
+    # The worker takes the copy and finds it finished (its log says so); a dead
+    # letter it published would come right after.
+    deadline = time.monotonic() + 30
+    while "notification_already_delivered" not in worker.log_file.read_text():
+        assert time.monotonic() < deadline, worker.log_file.read_text()[-3000:]
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert [d.id for d in replay_dead_letters(loaded, dry_run=True, ids=[first.id])] == [first.id]
+    assert server.messages == []
 
 
 def test_broker_down_raises_enqueue_error_then_recovers(

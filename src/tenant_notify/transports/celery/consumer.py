@@ -528,7 +528,8 @@ def deliver_message(
                 )
                 return False
             status = outcome.status
-            if status is not None and status.state is DeliveryState.FAILED:
+            # (A repeat found it finished by an earlier delivery, which dead-lettered it.)
+            if status is not None and status.state is DeliveryState.FAILED and not outcome.repeat:
                 runtime.dead_letter(notification, attempt, status.error or "failed")
         except NotifyError as err:
             log.warning("task_requeued", error=f"{type(err).__name__}: {err}", attempt=attempt)

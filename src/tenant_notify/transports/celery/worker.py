@@ -145,7 +145,8 @@ def _deliver_task(task: Any, data: Mapping[str, Any]) -> dict[str, Any]:
                 )
                 return {"state": DeliveryState.RETRYING.value, "attempt": attempt}
             status = outcome.status
-            if status is not None and status.state is DeliveryState.FAILED:
+            # (A repeat found it finished by an earlier delivery, which dead-lettered it.)
+            if status is not None and status.state is DeliveryState.FAILED and not outcome.repeat:
                 runtime.dead_letter(notification, attempt, status.error or "failed")
         except NotifyError as err:
             # The shared store or the broker is out of reach: put the message back
