@@ -32,8 +32,10 @@ extracted with ``git archive`` and run from its own source tree.
 HTTP API (each tenant's sends from 8 threads). Reported per variant: B's
 send-to-sent latency (from the return of each of B's sends to its arrival at the
 server; p50, p99) and the Jain fairness index ``(a + b)^2 / (2 (a^2 + b^2))`` of
-A's and B's delivery rates between B's first and last arrival (while both have a
-backlog). Against today's FIFO: the
+A's and B's delivery rates while both have a backlog: A's lasts the round, B's is
+the time when more of B's sends have returned than arrived (a send that returns
+late, held up on the sender's side, does not stretch it; the older window, B's
+first arrival to its last whatever its backlog, is a column too). Against today's FIFO: the
 same worker with ``[celery] fair = false`` (one queue, first in, first out). A
 round ends when B's last notification has arrived (the rest of A's backlog is
 purged).
@@ -420,20 +422,48 @@ def noisy_round(
         stop(process)
         cleanup(queues_of(table), f"bench:{tag}:")
     latencies = [b_arrived[to] - sent for to, sent in b_sent.items()]
-    # While both have a backlog: from B's first arrival to its last (A's never runs out here).
+    a_times = [t for t, who, _ in arrivals if a_sender in who]
+    intervals = backlog_intervals(list(b_sent.values()), list(b_arrived.values()))
+    window = max(1e-6, sum(end - begin for begin, end in intervals))
+    a_in, b_in = count_in(a_times, intervals), count_in(list(b_arrived.values()), intervals)
+    # The figure before: from B's first arrival to its last, B's backlog or not.
     b_times = sorted(b_arrived.values())
-    start_at, end_at = b_times[0], b_times[-1]
-    window = max(1e-6, end_at - start_at)
-    a_in = sum(1 for t, who, _ in arrivals if a_sender in who and start_at <= t <= end_at)
-    b_in = len(b_times)
+    span = max(1e-6, b_times[-1] - b_times[0])
+    a_span = sum(1 for t in a_times if b_times[0] <= t <= b_times[-1])
     return {
         "p50": statistics.median(latencies),
         "p99": percentile(latencies, 0.99),
         "jain": jain([a_in / window, b_in / window]),
         "a_rate": a_in / window,
         "b_rate": b_in / window,
+        "backlog_s": window,
+        "jain_span": jain([a_span / span, len(b_times) / span]),
+        "span_s": span,
         "load": os.getloadavg()[0],
     }
+
+
+def backlog_intervals(sent: list[float], arrived: list[float]) -> list[tuple[float, float]]:
+    """The times B has a backlog: more of its sends returned than arrived at the server.
+
+    A send counts from its return (as B's latency does); an arrival closes the
+    interval it ends. A's backlog (20,000) lasts the whole round.
+    """
+    events = sorted([(t, 1) for t in sent] + [(t, -1) for t in arrived])
+    intervals: list[tuple[float, float]] = []
+    waiting, begin = 0, 0.0
+    for t, step in events:
+        if waiting <= 0 < waiting + step:
+            begin = t
+        waiting += step
+        if waiting <= 0 < waiting - step:
+            intervals.append((begin, t))
+    return intervals
+
+
+def count_in(times: list[float], intervals: list[tuple[float, float]]) -> int:
+    """Arrivals inside the intervals (both ends included)."""
+    return sum(1 for t in times if any(begin <= t <= end for begin, end in intervals))
 
 
 def noisy(run: str, args: Any, folder: Path) -> str:
@@ -462,8 +492,9 @@ def noisy(run: str, args: Any, folder: Path) -> str:
         f"{statistics.median(loads):.2f} [{min(loads):.2f}-{max(loads):.2f}] on "
         f"{os.cpu_count()} cores. Median [min-max] over the rounds.",
         "",
-        "| Variant | B send-to-sent p50 (s) | B p99 (s) | Jain index (A, B) | A /s | B /s |",
-        "|---|---|---|---|---|---|",
+        "| Variant | B send-to-sent p50 (s) | B p99 (s) | Jain index (A, B) | A /s | B /s "
+        "| B's backlog (s) | Jain, B's first to last arrival |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for fair, name in (
         (True, "fair (`[celery] fair = true`, the default)"),
@@ -473,7 +504,8 @@ def noisy(run: str, args: Any, folder: Path) -> str:
         lines.append(
             f"| {name} | {cell(rows, 'p50', '.2f')} | {cell(rows, 'p99', '.2f')} | "
             f"{cell(rows, 'jain', '.3f')} | {cell(rows, 'a_rate', '.0f')} | "
-            f"{cell(rows, 'b_rate', '.0f')} |"
+            f"{cell(rows, 'b_rate', '.0f')} | {cell(rows, 'backlog_s', '.2f')} | "
+            f"{cell(rows, 'jain_span', '.3f')} |"
         )
     p99 = statistics.median(row["p99"] for row in results[True])
     index = statistics.median(row["jain"] for row in results[True])

@@ -93,3 +93,20 @@ def test_a_section_replaces_only_itself(tmp_path: Path) -> None:
     assert "Prose after." in text
     assert text.count("<!-- bench:one begin") == 1
     assert text.count("<!-- bench:one end -->") == 1
+
+
+def test_the_noisy_neighbour_measures_sharing_only_while_b_has_a_backlog():
+    import bench_scheduler
+
+    # B's third send returned late (held up on the sender's side): B had nothing
+    # waiting between its second arrival and that send, so A's deliveries then
+    # say nothing about sharing.
+    sent = [0.0, 0.0, 5.0]
+    arrived = [0.5, 1.0, 5.5]
+    intervals = bench_scheduler.backlog_intervals(sent, arrived)
+    assert intervals == [(0.0, 1.0), (5.0, 5.5)]
+    a_arrivals = [0.2, 0.7, 3.0, 4.0, 5.2]
+    assert bench_scheduler.count_in(a_arrivals, intervals) == 3
+    assert bench_scheduler.count_in(arrived, intervals) == 3
+    assert bench_scheduler.jain([2.0, 2.0]) == 1.0
+    assert bench_scheduler.jain([1.0, 0.0]) == 0.5

@@ -67,9 +67,46 @@ def test_a_429_with_a_reset_pauses_the_account_for_everyone_behind_it(api: FakeP
     # One refused request, then one per notification, none before the reset.
     assert len(api.requests) == 10
     assert all(s.updated_at.timestamp() >= reset - 0.05 for s in statuses)
-    # The ones behind it waited without spending an attempt.
-    assert {s.attempts for s in statuses[1:]} == {1}
-    assert statuses[0].attempts == 2
+    # The ones behind it waited without spending an attempt; so did the one that
+    # met the limit (a throttling is no failed attempt while the pause is known).
+    assert {s.attempts for s in statuses} == {1}
+
+
+def test_a_throttled_notification_does_not_fail_with_no_attempts_left(api: FakeProviderAPI):
+    api.script(
+        sendgrid_error(429, "too many", headers={"Retry-After": "0.5"}),
+        sendgrid_error(429, "still", headers={"Retry-After": "0.5"}),
+    )
+    config = settings(api)
+    config["retry"] = {"initial_delay": 0.05, "jitter": 0, "max_attempts": 1}
+    with Notifier.from_settings(config) as notify:
+        [receipt] = send(notify, 1)
+        status = receipt.wait(30)
+    assert status.state is DeliveryState.SENT
+    assert status.attempts == 1
+    assert len(api.requests) == 3  # two throttled, then through
+
+
+def test_after_a_pause_one_probe_goes_first_and_the_rest_wait_for_its_answer(
+    api: FakeProviderAPI,
+):
+    from tests.http_fakes import Reply
+
+    # The first meets the limit; after the pause, the probe's answer takes 0.5 s.
+    api.script(sendgrid_error(429, "too many", headers={"Retry-After": "1"}), Reply.stall(0.5))
+    with Notifier.from_settings(settings(api)) as notify:
+        [first] = send(notify, 1)
+        deadline = time.monotonic() + 10
+        while not notify.dispatcher.pacing.pauses():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        later = send(notify, 6)
+        statuses = [r.wait(30) for r in [first, *later]]
+    assert [s.state for s in statuses] == [DeliveryState.SENT] * 7
+    assert len(api.requests) == 8
+    probe, *rest = sorted(request.at for request in api.requests[1:])
+    # Four delivery threads, yet nothing went with the probe: all waited for its answer.
+    assert all(at >= probe + 0.45 for at in rest), [round(at - probe, 3) for at in rest]
 
 
 def test_twilio_20429_pauses_the_sms_account(api: FakeProviderAPI):
@@ -201,3 +238,115 @@ def test_pauses_are_counted_and_shown_as_seconds_left(api: FakeProviderAPI):
         assert 15 < left <= 20
         assert KEY not in prometheus_client.generate_latest(registry).decode()
         notify.close(timeout=0.1)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[str]:
+    """A redis-server of this test's own (its MONITOR sees this test's commands only)."""
+    import shutil
+    import socket
+    import subprocess
+
+    redis = pytest.importorskip("redis")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_timeout=1).ping()
+                break
+            except redis.RedisError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_workers_hear_of_pauses_and_read_no_pause_per_delivery(
+    api: FakeProviderAPI, private_redis: str
+):
+    import threading
+
+    import redis
+
+    from tenant_notify.config import load_settings
+    from tenant_notify.stores.redis import RedisIdempotencyStore, RedisStatusStore
+    from tenant_notify.tenants import StaticTenantResolver
+
+    config = load_settings({**settings(api), "redis": {"url": private_redis, "key_prefix": "p:"}})
+
+    def worker() -> Dispatcher:
+        status = RedisStatusStore.from_settings(config)
+        return Dispatcher.from_settings(
+            config,
+            tenants=StaticTenantResolver(config.tenants),
+            status_store=status,
+            idempotency_store=RedisIdempotencyStore.from_settings(config, status.client),
+        )
+
+    def note(tenant: str) -> Notification:
+        return Notification(
+            id=uuid.uuid4().hex,
+            tenant_id=tenant,
+            kind="email",
+            channel=Channel.EMAIL,
+            to="a@example.com",
+            context={"subject": "s", "body": "b"},
+        )
+
+    commands: list[str] = []
+    monitor = redis.Redis.from_url(private_redis).monitor()
+    monitor.__enter__()
+
+    def watch() -> None:
+        try:
+            for command in monitor.listen():
+                if command.get("client_type") != "lua":  # not the commands of a script
+                    commands.append(str(command["command"]))
+        except Exception:  # the server stops at the end of the test
+            return
+
+    threading.Thread(target=watch, daemon=True).start()
+    one, two = worker(), worker()
+    try:
+        assert two.deliver(note("globex")).status.state is DeliveryState.SENT  # type: ignore[union-attr]
+        assert one.deliver(note("acme")).status.state is DeliveryState.SENT  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while not (one.pacing.listening and two.pacing.listening):
+            assert time.monotonic() < deadline, "the pause listeners did not start"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        commands.clear()
+        for _ in range(5):
+            assert two.deliver(note("globex")).status.state is DeliveryState.SENT  # type: ignore[union-attr]
+        time.sleep(0.2)  # the monitor's last lines
+        assert commands and not [c for c in commands if "pace:pause" in c], commands
+
+        api.script(sendgrid_error(429, "slow down", headers={"Retry-After": "30"}))
+        throttled = one.deliver(note("acme"))
+        assert throttled.deferred and 29 <= throttled.retry_in <= 32  # type: ignore[operator]
+        account = two.providers.account(None, Channel.EMAIL)
+        deadline = time.monotonic() + 5
+        while two.pacing.paused(account) is None:  # heard, not read: no GET
+            assert time.monotonic() < deadline, "the other worker never heard of the pause"
+            time.sleep(0.01)
+        deferred = two.deliver(note("globex"))
+        assert deferred.deferred and 28 <= deferred.retry_in <= 33  # type: ignore[operator]
+        assert len(api.requests) == 8  # 7 sent, 1 throttled; the deferred one never tried
+        assert not [c for c in commands if c.startswith("GET ") and "pace:pause" in c], commands
+    finally:
+        one.close()
+        two.close()

@@ -37,7 +37,7 @@ from .errors import (
     StoreUnavailableError,
     TransientDeliveryError,
 )
-from .limiting import Account, Pacing, TenantLimits
+from .limiting import Account, Pacing, Slot, TenantLimits
 from .log import get_logger, mask_recipient
 from .metrics import MetricsRecorder, NullMetrics
 from .models import (
@@ -147,6 +147,14 @@ class Outcome:
     retry_in: float | None = None
     deferred: bool = False
     repeat: bool = False
+
+
+class _Deferred(Exception):
+    """The provider account cannot take the call now: defer, no attempt made."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
 
 
 class Dispatcher:
@@ -304,7 +312,7 @@ class Dispatcher:
             channel=notification.channel.value,
             attempt=attempt,
         )
-        deferred = self._admission(notification, log)
+        deferred, tenant, account = self._admission(notification, log)
         if deferred is not None:
             return deferred
         claim_key = f"delivery:{notification.id}"
@@ -317,7 +325,7 @@ class Dispatcher:
             return Outcome(self.status_store.get(notification.id), retry_in=claim.retry_in)
         self._leases.hold(claim_key)
         try:
-            return self._attempt(notification, attempt, claim, claim_key, log)
+            return self._attempt(notification, attempt, claim, claim_key, log, tenant, account)
         except StoreUnavailableError:
             # Redis failed before anything was sent: give the claim back if it can
             # be (else its lease runs out), and let the transport redeliver.
@@ -330,7 +338,14 @@ class Dispatcher:
             self._leases.drop(claim_key)
 
     def _attempt(
-        self, notification: Notification, attempt: int, claim: Claim, claim_key: str, log: Any
+        self,
+        notification: Notification,
+        attempt: int,
+        claim: Claim,
+        claim_key: str,
+        log: Any,
+        tenant: Tenant | None = None,
+        account: Account | None = None,
     ) -> Outcome:
         # What the last attempt recorded, read with the claim when the store can.
         previous = claim.status if claim.status_read else self.status_store.get(notification.id)
@@ -354,17 +369,27 @@ class Dispatcher:
         if held is not None:
             return self._held(notification, status, held, claim_key, log, started)
         tried: list[str] = []  # provider names, as they are tried
+        paused: list[DeliveryError] = []  # throttlings whose pause every worker knows now
         provider_name: str | None = None
         try:
-            tenant = self.tenants.get(notification.tenant_id)
+            if tenant is None:  # admission could not resolve it: the error is recorded here
+                tenant = self.tenants.get(notification.tenant_id)
             chain = self.providers.chain(tenant, notification.channel, notification.options)
             provider_name = chain[0][1]
             message = self.build_message(notification, tenant)
             if isinstance(message, EmailMessage):
                 native = self.providers.tracking(tenant, notification.channel)
                 message = self.reputation.decorate(message, notification, tenant, native)
-            result = self._send(tenant, notification.channel, chain, message, tried, log)
+            result = self._send(
+                tenant, notification.channel, chain, message, tried, log, account, paused
+            )
+        except _Deferred as wait:
+            return self._deferred(notification, current, claim_key, wait.seconds, log)
         except NotifyError as err:
+            if isinstance(err, DeliveryError) and any(err is known for known in paused):
+                # Throttled, and the pause is known everywhere: wait for its end
+                # like every notification behind it; not an attempt spent.
+                return self._throttled(notification, status, err, claim_key, log, started)
             if isinstance(err, DeliveryError) and err.provider is not None:
                 provider_name = err.provider
             elif tried:
@@ -401,36 +426,101 @@ class Dispatcher:
         self._observe(notification, result.provider, DeliveryState.SENT, started, log)
         return Outcome(status)
 
-    def _admission(self, notification: Notification, log: Any) -> Outcome | None:
+    def _admission(
+        self, notification: Notification, log: Any
+    ) -> tuple[Outcome | None, Tenant | None, Account | None]:
         """Whether ``notification`` must wait before an attempt: for its tenant's
         limit (``on_limit = "delay"``) or for its provider account's pause.
 
         Returns:
-            A deferred Outcome, or None to go ahead. Problems resolving the
-            tenant or its provider are left to the attempt, which records them.
+            A deferred Outcome or None to go ahead; with the tenant and the
+            channel's provider account, resolved once for the attempt too
+            (None when they cannot be: the attempt records that problem).
         """
         try:
             tenant = self.tenants.get(notification.tenant_id)
             account = self.providers.account(tenant, notification.channel)
         except NotifyError:
-            return None
-        paused = self.pacing.paused(account)
+            return None, None, None
+        paused = self.pacing.paused(account)  # from memory while no account is paused
         if paused is not None:
-            # Spread the comeback over a little time: not every worker at once.
-            wait = paused + random.uniform(0, min(1.0, paused / 10))
-            log.info("delivery_deferred", reason="provider_paused", retry_in=round(wait, 3))
-            return Outcome(self._current(notification), retry_in=wait, deferred=True)
+            log.info("delivery_deferred", reason="provider_paused", retry_in=round(paused, 3))
+            return self._defer_for(notification, paused), tenant, account
         limited = self.limits.admit(tenant, notification.channel)
         if limited is not None:
             limited += random.uniform(0, min(1.0, max(limited, 0.05)))
             log.info("delivery_deferred", reason="tenant_limit", retry_in=round(limited, 3))
-            return Outcome(self._current(notification), retry_in=limited, deferred=True)
+            outcome = Outcome(self._current(notification), retry_in=limited, deferred=True)
+            return outcome, tenant, account
         # The channel's own provider's max_rate turn (a short wait happens here).
         turn = self.pacing.acquire(account)
         if turn is not None:
             log.info("delivery_deferred", reason="provider_max_rate", retry_in=round(turn, 3))
-            return Outcome(self._current(notification), retry_in=turn, deferred=True)
-        return None
+            outcome = Outcome(self._current(notification), retry_in=turn, deferred=True)
+            return outcome, tenant, account
+        return None, tenant, account
+
+    def _defer_for(self, notification: Notification, paused: float) -> Outcome:
+        # Spread the comeback over a little time: not every worker at once.
+        wait = paused + random.uniform(0, min(1.0, paused / 10))
+        return Outcome(self._current(notification), retry_in=wait, deferred=True)
+
+    def _deferred(
+        self,
+        notification: Notification,
+        before: DeliveryStatus,
+        claim_key: str,
+        paused: float,
+        log: Any,
+    ) -> Outcome:
+        """The account was paused (or its probe was out) when the call was due:
+        put the status back as it was, free the claim, come back after the pause."""
+        wait = paused + random.uniform(0, min(1.0, paused / 10))
+
+        def undo() -> None:
+            self.status_store.save(before)
+            self.idempotency_store.release(claim_key)
+
+        self._settle(undo, log)
+        notify_observer(self.observer, before)
+        log.info("delivery_deferred", reason="provider_paused", retry_in=round(wait, 3))
+        return Outcome(before, retry_in=wait, deferred=True)
+
+    def _throttled(
+        self,
+        notification: Notification,
+        status: DeliveryStatus,
+        error: DeliveryError,
+        claim_key: str,
+        log: Any,
+        started: float,
+    ) -> Outcome:
+        """The provider throttled this call and every worker knows the pause now:
+        retry after it as the same attempt (a throttling is no failed attempt)."""
+        paused = error.retry_after if error.retry_after is not None else 0.0
+        wait = paused + random.uniform(0, min(1.0, max(paused, 0.05) / 10))
+        status = status.evolve(
+            state=DeliveryState.RETRYING,
+            provider=error.provider,
+            error=str(error),
+            error_type=type(error).__name__,
+            next_attempt_at=utcnow() + dt.timedelta(seconds=wait),
+        )
+
+        def retrying() -> None:
+            self.status_store.save(status)
+            self.idempotency_store.release(claim_key)
+
+        self._settle(retrying, log)
+        notify_observer(self.observer, status)
+        log.warning(
+            "delivery_throttled",
+            provider=error.provider,
+            error=str(error),
+            retry_in=round(wait, 3),
+        )
+        self._observe(notification, error.provider, DeliveryState.RETRYING, started, log)
+        return Outcome(status, retry_in=wait, deferred=True)
 
     def _record(self, status: DeliveryStatus) -> None:
         """Save ``status`` and tell the observer."""
@@ -495,6 +585,8 @@ class Dispatcher:
         message: Message,
         tried: list[str],
         log: Any,
+        primary: Account | None = None,
+        paused: list[DeliveryError] | None = None,
     ) -> DeliveryResult:
         """Send through the channel's provider, failing over down ``chain``
         (``(position, name)`` pairs from :meth:`ProviderPool.chain`).
@@ -508,11 +600,23 @@ class Dispatcher:
         errors: list[DeliveryError] = []
         for index, (position, name) in enumerate(chain):
             tried.append(name)
-            account = self.providers.account(tenant, channel, position)
+            if position == 0 and primary is not None:
+                account = primary  # resolved at admission
+            else:
+                account = self.providers.account(tenant, channel, position)
+            slot: float | Slot | None = None
             try:
                 if position:  # the channel's own provider had its turn at admission
                     self._pace(account)
-                return self.providers.get(tenant, channel, position).send(message)
+                # Paused since admission, or coming back from a pause (one probe first)?
+                slot = self.pacing.before_call(account)
+                if isinstance(slot, float):
+                    if not errors:
+                        raise _Deferred(slot)  # no provider called yet: no attempt
+                    raise TransientDeliveryError(
+                        "the provider account is paused", provider=name, retry_after=slot
+                    )
+                result = self.providers.get(tenant, channel, position).send(message)
             except DeliveryError as err:
                 if err.provider is None:
                     err.provider = name
@@ -520,9 +624,13 @@ class Dispatcher:
                     # Every worker waits for the account now, not only this attempt.
                     try:
                         err.retry_after = self.pacing.throttled(account, err.retry_after)
+                        if paused is not None:
+                            paused.append(err)
                     except NotifyError:
                         # Unrecorded, the pause is this attempt's alone; it still retries.
                         log.exception("provider_pause_not_recorded", provider=name)
+                if isinstance(slot, Slot):
+                    self.pacing.after_call(slot, throttled=err.throttled)
                 errors.append(err)
                 if index + 1 == len(chain) or not err.may_fail_over:
                     break
@@ -533,6 +641,14 @@ class Dispatcher:
                     error=str(err),
                     error_type=type(err).__name__,
                 )
+                continue
+            except BaseException:
+                if isinstance(slot, Slot):
+                    self.pacing.after_call(slot, answered=False)
+                raise
+            if isinstance(slot, Slot):
+                self.pacing.after_call(slot)
+            return result
         raise next((err for err in errors if self.retry_policy.is_retryable(err)), errors[-1])
 
     def _pace(self, account: Account) -> None:
@@ -723,6 +839,7 @@ class Dispatcher:
     def close(self) -> None:
         """Close every provider and the renderer; let the observer finish."""
         self._leases.stop()
+        self.pacing.close()
         try:
             self.observer.close()
         finally:

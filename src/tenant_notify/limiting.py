@@ -37,13 +37,17 @@ operation there (the package's Lua scripts)::
     <prefix>limits:...                   the package's counters (moving windows, days)
     <prefix>pace:pause:<account>         a paused account: until when (epoch seconds)
     <prefix>pace:pauses                  sorted set of paused accounts by end time
+    <prefix>pace:announce                pub/sub channel: "pause <account> <until>", "open <account>"
+    <prefix>pace:probe:<account>         the process whose call goes first after a pause
 
 .. _limits: https://limits.readthedocs.io/
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import random
 import threading
 import time
@@ -68,6 +72,7 @@ __all__ = [
     "Account",
     "LimitSettings",
     "Pacing",
+    "Slot",
     "TenantLimits",
     "parse_rate",
 ]
@@ -457,14 +462,56 @@ local ends = tonumber(ARGV[1])
 if ends > current then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   redis.call('ZADD', KEYS[2], ends, ARGV[3])
+  redis.call('PUBLISH', KEYS[3], 'pause ' .. ARGV[3] .. ' ' .. ARGV[1])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 return tostring(math.max(ends, current))
 """
 
+#: Seconds a delivery thread waits in line for the probe's answer (or for a
+#: place while calls ramp up again after a pause) before its notification is
+#: deferred instead.
+GATE_WAIT = 1.0
+#: Seconds a probe's turn lasts in Redis: a prober that died frees it after this.
+PROBE_TTL = 15.0
+#: Calls in flight per process while an account ramps up after a pause: the
+#: probe alone, then two, one more with each answer that is not a throttling,
+#: until this many (then no gate at all).
+RAMP_END = 64
+
+
+@dataclass(eq=False, slots=True)
+class _Gate:
+    """The calls one account lets through while it comes back from a pause."""
+
+    probing: bool = True  # the next call is a probe: one at a time, in every process
+    probe_out: bool = False  # this process's probe is in flight
+    next_try: float = 0.0  # monotonic: when to ask Redis for the probe's turn again
+    cap: int = 1
+    inflight: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """A provider call let through an account's gate (see :meth:`Pacing.before_call`);
+    give it back with :meth:`Pacing.after_call`."""
+
+    account: Account
+    gate: _Gate
+    probe: bool
+
 
 class Pacing:
     """Paces deliveries per provider account: ``max_rate`` and learned pauses.
+
+    A pause (a throttling reply) is written to Redis and announced on a Redis
+    channel that every process listens to, so each process knows every pause
+    from memory: checking an account before a delivery costs nothing while no
+    account is paused (a process that cannot listen reads Redis instead). When
+    a pause ends, one call goes first (the *probe*, one in all processes); the
+    others wait for its answer, then come back a few at a time (in flight per
+    process: 2, then one more with each answer, up to :data:`RAMP_END`), so a
+    limit that is still there is met by one call, not by every thread at once.
 
     Args:
         client: Redis to share the pacing with every process, or None for memory.
@@ -472,6 +519,8 @@ class Pacing:
         metrics: Told of every pause (``observe_provider_pause``), if it counts them.
         clock: Wall-clock seconds (replaceable in tests).
         sleep: How a worker thread waits for its turn (replaceable in tests).
+        listen: Listen for other processes' pauses (with ``client``); off, every
+            check reads Redis.
     """
 
     def __init__(
@@ -482,9 +531,11 @@ class Pacing:
         metrics: Any = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        listen: bool = True,
     ) -> None:
         self._client = client
         self._prefix = key_prefix
+        self._channel = f"{key_prefix}pace:announce"
         self._storage_args = (client, key_prefix)
         self._counter: _Counter | None = None
         self._metrics = metrics
@@ -493,8 +544,15 @@ class Pacing:
         self._items: dict[str, Any] = {}
         # What this process knows: account key -> paused until (epoch seconds).
         self._paused: dict[str, float] = {}
+        # Accounts coming back from a pause.
+        self._gates: dict[str, _Gate] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._pause_script: Any = None
+        self._listen = listen and client is not None
+        self._listener_pid = 0
+        self._listening = False  # subscribed, and caught up with the pauses in Redis
+        self._stop = threading.Event()
 
     # --- max_rate ------------------------------------------------------------------
 
@@ -538,24 +596,112 @@ class Pacing:
     def paused(self, account: Account) -> float | None:
         """Seconds left of a pause of ``account``, or None when it is not paused.
 
+        From memory while this process listens to the pause announcements (the
+        listener starts on the first call); a Redis GET otherwise.
+
         Raises:
             StoreUnavailableError: Redis did not answer.
         """
         now = self._clock()
-        until = self._paused.get(account.key, 0.0)
-        if until <= now and self._client is not None:
-            key = f"{self._prefix}pace:pause:{account.key}"
+        key = account.key
+        until = self._paused.get(key, 0.0)
+        if until <= now and self._client is not None and not self._heard():
             try:
-                value = self._client.get(key)
+                value = self._client.get(f"{self._prefix}pace:pause:{key}")
             except Exception as err:
                 raise _unanswered(err) from err
-            until = float(value) if value else 0.0
-            if until > now:
-                self._paused[account.key] = until
+            if value and float(value) > now:
+                until = self._learn(key, float(value))
         if until <= now:
-            self._paused.pop(account.key, None)
             return None
         return until - now
+
+    def _heard(self) -> bool:
+        """Whether this process hears every pause (starting the listener if need be)."""
+        if not self._listen:
+            return False
+        if self._listener_pid != os.getpid():
+            with self._lock:
+                if self._listener_pid != os.getpid():
+                    self._listener_pid = os.getpid()
+                    self._listening = False
+                    self._stop = threading.Event()
+                    threading.Thread(
+                        target=self._run_listener,
+                        args=(self._stop,),
+                        name="tenant-notify-pauses",
+                        daemon=True,
+                    ).start()
+        return self._listening
+
+    def _learn(self, key: str, until: float) -> float:
+        """Record a pause of ``key`` until ``until`` heard of (or read) from elsewhere."""
+        with self._changed:
+            until = max(until, self._paused.get(key, 0.0))
+            self._paused[key] = until
+            gate = self._gates.get(key)
+            if gate is None:
+                self._gates[key] = _Gate()
+            else:
+                gate.probing, gate.cap = True, 1
+            self._changed.notify_all()
+        return until
+
+    def _opened(self, key: str) -> None:
+        """Another process's probe got an answer that was no throttling."""
+        with self._changed:
+            gate = self._gates.get(key)
+            if gate is not None and gate.probing and not gate.probe_out:
+                gate.probing, gate.cap = False, max(gate.cap, 2)
+                if self._paused.get(key, 0.0) <= self._clock():
+                    self._paused.pop(key, None)
+                self._changed.notify_all()
+
+    def _run_listener(self, stop: threading.Event) -> None:
+        assert self._client is not None
+        log = get_logger()
+        while not stop.is_set():
+            pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self._channel)
+                # Subscribed: what was announced before is in the sorted set.
+                now = self._clock()
+                entries: list[tuple[Any, Any]] = self._client.zrangebyscore(  # type: ignore[assignment]
+                    f"{self._prefix}pace:pauses", now, "+inf", withscores=True
+                )
+                for member, score in entries:
+                    name = member.decode() if isinstance(member, bytes) else str(member)
+                    self._learn(name, float(score))
+                self._listening = True
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    data = message["data"]
+                    text = data.decode() if isinstance(data, bytes) else str(data)
+                    verb, _, rest = text.partition(" ")
+                    if verb == "pause":
+                        key, _, until = rest.rpartition(" ")
+                        self._learn(key, float(until))
+                    elif verb == "open":
+                        self._opened(rest)
+            except Exception as err:
+                self._listening = False
+                log.warning("pause_listener_failed", error=f"{type(err).__name__}: {err}")
+                stop.wait(1.0)
+            finally:
+                self._listening = False
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    @property
+    def listening(self) -> bool:
+        """Whether this process hears every pause (from Redis's announcements)."""
+        return self._listening
+
+    def close(self) -> None:
+        """Stop listening for pause announcements."""
+        self._stop.set()
 
     def throttled(self, account: Account, retry_after: float | None) -> float:
         """Record that the provider throttled ``account``: pause it for
@@ -564,10 +710,14 @@ class Pacing:
         Returns:
             The seconds the account is paused for (a longer pause already
             recorded stands).
+
+        Raises:
+            StoreUnavailableError: Redis did not answer (this process knows of
+                the pause all the same).
         """
         now = self._clock()
         seconds = DEFAULT_THROTTLE_PAUSE if retry_after is None else max(0.0, retry_after)
-        until = now + seconds
+        until = self._learn(account.key, now + seconds)
         if self._client is not None:
             if self._pause_script is None:
                 self._pause_script = self._client.register_script(_PAUSE)
@@ -576,15 +726,13 @@ class Pacing:
                     keys=[
                         f"{self._prefix}pace:pause:{account.key}",
                         f"{self._prefix}pace:pauses",
+                        self._channel,
                     ],
                     args=[repr(until), max(1, int(seconds * 1000)), account.key, repr(now)],
                 )
             except Exception as err:
                 raise _unanswered(err) from err
-            until = float(answer)
-        with self._lock:
-            until = max(until, self._paused.get(account.key, 0.0))
-            self._paused[account.key] = until
+            until = self._learn(account.key, float(answer))
         get_logger().warning(
             "provider_account_paused",
             provider=account.provider,
@@ -598,6 +746,90 @@ class Pacing:
             except Exception:
                 get_logger().exception("metrics_failed", metric="observe_provider_pause")
         return until - now
+
+    # --- the gate around each call -----------------------------------------------
+
+    def before_call(self, account: Account) -> float | Slot | None:
+        """Right before a provider call through ``account``: may it go?
+
+        Returns:
+            None: go (the account is not coming back from a pause). A
+            :class:`Slot`: go, and give it back with :meth:`after_call`. A number:
+            do not call; defer the notification by that many seconds (the account
+            is paused, or the probe's answer did not come within :data:`GATE_WAIT`).
+        """
+        key = account.key
+        if key not in self._gates:
+            return None
+        deadline = time.monotonic() + GATE_WAIT
+        with self._changed:
+            while True:
+                gate = self._gates.get(key)
+                if gate is None:
+                    return None
+                now = self._clock()
+                until = self._paused.get(key, 0.0)
+                if until > now:
+                    return until - now
+                if gate.probing:
+                    if not gate.probe_out and time.monotonic() >= gate.next_try:
+                        if self._take_probe(key):
+                            gate.probe_out = True
+                            gate.inflight += 1
+                            return Slot(account, gate, probe=True)
+                        gate.next_try = time.monotonic() + 0.1
+                elif gate.inflight < gate.cap:
+                    gate.inflight += 1
+                    return Slot(account, gate, probe=False)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return GATE_WAIT + random.uniform(0, GATE_WAIT / 2)
+                self._changed.wait(min(left, 0.1))
+
+    def after_call(self, slot: Slot, *, throttled: bool = False, answered: bool = True) -> None:
+        """The call ``slot`` let through is over.
+
+        Args:
+            throttled: The provider throttled it (:meth:`throttled` was told).
+            answered: The provider answered (False: the call broke off in a way
+                that says nothing about the limit).
+        """
+        key = slot.account.key
+        opened = False
+        with self._changed:
+            gate = slot.gate
+            gate.inflight -= 1
+            current = self._gates.get(key) is gate
+            if slot.probe:
+                gate.probe_out = False
+                if current and answered and not throttled and gate.probing:
+                    gate.probing, gate.cap, opened = False, 2, True
+            elif current and answered and not throttled and not gate.probing:
+                gate.cap += 1
+                if gate.cap >= RAMP_END:
+                    del self._gates[key]
+            self._changed.notify_all()
+        if slot.probe and self._client is not None:
+            with contextlib.suppress(Exception):  # else it expires after PROBE_TTL
+                self._client.delete(f"{self._prefix}pace:probe:{key}")
+                if opened:
+                    self._client.publish(self._channel, f"open {key}")
+
+    def _take_probe(self, key: str) -> bool:
+        """The probe's turn for this process, if no other process has it (Redis)."""
+        if self._client is None:
+            return True
+        try:
+            return bool(
+                self._client.set(
+                    f"{self._prefix}pace:probe:{key}",
+                    str(os.getpid()),
+                    nx=True,
+                    px=int(PROBE_TTL * 1000),
+                )
+            )
+        except Exception:
+            return True  # Redis is out of reach: this process probes on its own
 
     def pauses(self) -> Mapping[str, float]:
         """Accounts paused now -> seconds left (this process's, or every process's with Redis)."""
