@@ -67,6 +67,8 @@ class FairQueue(Generic[T]):
         self._vtime = 0.0
         self._size = 0
         self._woken = 0  # get() calls to return None (a wake-up), not an item
+        self._getters = 0  # get() calls waiting: put wakes one only when there is one
+        self._putters = 0  # put() calls waiting for room
 
     # --- putting ---------------------------------------------------------------------
 
@@ -93,10 +95,17 @@ class FairQueue(Generic[T]):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise queue.Full
-                    self.not_full.wait(remaining)
+                    self._putters += 1
+                    try:
+                        self.not_full.wait(remaining)
+                    finally:
+                        self._putters -= 1
             self._put(tenant, item, urgent)
             self.unfinished_tasks += 1
-            self.not_empty.notify()
+            if self._getters:
+                # (Without a waiting get there is nobody to wake: a busy worker's
+                # threads take the next item as they finish, and notify costs.)
+                self.not_empty.notify()
 
     def _put(self, tenant: str, item: T, urgent: bool) -> None:
         lane = self._lanes.get(tenant)
@@ -126,12 +135,17 @@ class FairQueue(Generic[T]):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise queue.Empty
-                self.not_empty.wait(remaining)
+                self._getters += 1
+                try:
+                    self.not_empty.wait(remaining)
+                finally:
+                    self._getters -= 1
             if self._woken:
                 self._woken -= 1
                 return None
             item = self._take()
-            self.not_full.notify()
+            if self._putters:
+                self.not_full.notify()
             return item
 
     def _take(self) -> T:

@@ -638,6 +638,8 @@ class Pacing:
         """Record a pause of ``key`` until ``until`` heard of (or read) from elsewhere."""
         with self._changed:
             until = max(until, self._paused.get(key, 0.0))
+            if until <= self._clock() and key not in self._gates:
+                return until  # over already (a late announcement): nothing to wait for
             self._paused[key] = until
             gate = self._gates.get(key)
             if gate is None:
