@@ -37,7 +37,7 @@ operation there (the package's Lua scripts)::
     <prefix>limits:...                   the package's counters (moving windows, days)
     <prefix>pace:pause:<account>         a paused account: until when (epoch seconds)
     <prefix>pace:pauses                  sorted set of paused accounts by end time
-    <prefix>pace:announce                pub/sub channel: "pause <account> <until>", "open <account>"
+    <prefix>pace:announce                pub/sub: "pause <account> <until>", "open <account>"
     <prefix>pace:probe:<account>         the process whose call goes first after a pause
 
 .. _limits: https://limits.readthedocs.io/
