@@ -286,19 +286,21 @@ def test_a_delivery_claim_reads_the_status_in_the_same_round_trip(statuses, keys
 
 
 def test_a_renewed_lease_outlives_its_length_and_a_dropped_one_runs_out(keys, client):
-    assert keys.claim("delivery:a", 0.3).state is ClaimState.ACQUIRED
-    assert keys.claim("delivery:b", 0.3).state is ClaimState.ACQUIRED
-    deadline = time.monotonic() + 0.9
+    # A 1 s lease renewed every 0.1 s: a loaded machine may stall this test for most
+    # of a second between renewals without the lease running out.
+    assert keys.claim("delivery:a", 1.0).state is ClaimState.ACQUIRED
+    assert keys.claim("delivery:b", 1.0).state is ClaimState.ACQUIRED
+    deadline = time.monotonic() + 3.2
     while time.monotonic() < deadline:
-        assert keys.renew(["delivery:a"], 0.3) == []
+        assert keys.renew(["delivery:a"], 1.0) == []
         time.sleep(0.1)
     # a was renewed past three leases; b ran out and another worker may take it.
-    assert keys.claim("delivery:a", 0.3).state is ClaimState.BUSY
-    assert keys.claim("delivery:b", 0.3).state is ClaimState.ACQUIRED
+    assert keys.claim("delivery:a", 1.0).state is ClaimState.BUSY
+    assert keys.claim("delivery:b", 1.0).state is ClaimState.ACQUIRED
     # A lease another process took (or one completed) is reported lost, never extended.
     keys.complete("delivery:a", 60)
-    assert keys.renew(["delivery:a", "delivery:never"], 0.3) == ["delivery:a", "delivery:never"]
-    assert keys.claim("delivery:a", 0.3).state is ClaimState.DONE
+    assert keys.renew(["delivery:a", "delivery:never"], 1.0) == ["delivery:a", "delivery:never"]
+    assert keys.claim("delivery:a", 1.0).state is ClaimState.DONE
 
 
 def test_save_first_never_overwrites_and_tells_a_repeat_lazily(statuses):
