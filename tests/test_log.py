@@ -136,6 +136,27 @@ def test_an_event_below_the_level_is_dropped_before_it_is_built(caplog, monkeypa
     assert [e["event"] for e in logs] == ["notification_sent"]
 
 
+def test_a_delivery_binds_its_ids_in_the_context_variables_and_restores_them(tenants):
+    seen: list[dict[str, object]] = []
+
+    class Recording(ScriptedProvider):
+        def _run(self, message):
+            seen.append(structlog.contextvars.get_contextvars())
+            return super()._run(message)
+
+    with (
+        make_notifier(tenants=tenants, provider=Recording(), transport="eager") as notify,
+        structlog.contextvars.bound_contextvars(tenant_id="outer", request_id="r-1"),
+    ):
+        receipt = notify.send_welcome_email(
+            user_email="jane@example.com", user_name="J", tenant_id="acme"
+        )
+        after = structlog.contextvars.get_contextvars()
+    assert seen == [{"tenant_id": "acme", "request_id": "r-1", "notification_id": receipt.id}]
+    assert after == {"tenant_id": "outer", "request_id": "r-1"}
+    assert structlog.contextvars.get_contextvars() == {}
+
+
 def test_context_variables_and_tracebacks_reach_the_record(caplog):
     caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
     with structlog.contextvars.bound_contextvars(request_id="r-1"):

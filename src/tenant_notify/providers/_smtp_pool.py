@@ -179,6 +179,9 @@ class SmtpPool:
     def __init__(self) -> None:
         self._servers: dict[tuple[str, int], ServerPool] = {}
         self._lock = threading.Lock()
+        #: Changes when the servers' pools are dropped (in a forked child): a
+        #: ServerPool kept from before belongs to the parent.
+        self.epoch = 0
 
     def server(self, host: str, port: int, limit: int, idle_timeout: float) -> ServerPool:
         """The pool of ``host:port``; tables that disagree on the bound get the smallest."""
@@ -215,6 +218,7 @@ class SmtpPool:
         # The child shares the parent's sockets: close its copies, say nothing.
         with self._lock:
             servers, self._servers = list(self._servers.values()), {}
+            self.epoch += 1
         for pool in servers:
             for conns in pool.idle.values():
                 for conn, _ in conns:

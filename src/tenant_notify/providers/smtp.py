@@ -99,7 +99,7 @@ from ..errors import (
 from ..log import get_logger
 from ..models import Channel, DeliveryResult, EmailMessage, Feature
 from ._dkim import DkimSigner
-from ._smtp_pool import Lease, quit_quietly, shared_pool
+from ._smtp_pool import Lease, ServerPool, quit_quietly, shared_pool
 from .base import Capabilities, Provider, ProviderConfig
 
 __all__ = ["SmtpConfig", "SmtpProvider"]
@@ -485,6 +485,7 @@ class SmtpProvider(Provider):
         )
         # close() moves it on: connections leased before are not kept after.
         self._generation = 0
+        self._server: tuple[int, ServerPool] | None = None  # (pool epoch, this server's pool)
 
     @property
     def config(self) -> SmtpConfig:
@@ -609,7 +610,15 @@ class SmtpProvider(Provider):
     def _lease(self, context: _ErrorContext) -> Lease:
         """A connection from the process's pool for this server (see the module doc)."""
         cfg = self._config
-        server = shared_pool().server(cfg.host, cfg.port, cfg.max_connections, cfg.idle_timeout)
+        pool = shared_pool()
+        held = self._server
+        if held is not None and held[0] == pool.epoch:
+            server = held[1]
+        else:
+            # Registered once (the smallest bound of the tables naming the server
+            # holds for all), then kept: two locks a message less.
+            server = pool.server(cfg.host, cfg.port, cfg.max_connections, cfg.idle_timeout)
+            self._server = (pool.epoch, server)
         lease = server.acquire(self._identity, lambda: self._connect(context), cfg.timeout)
         if lease is None:
             raise TransientDeliveryError(

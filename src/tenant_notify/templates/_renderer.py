@@ -400,17 +400,31 @@ class TemplateRenderer:
         # seconds (a part a tenant adds is noticed soon after) and only while its
         # file is still there (a part a tenant removes falls back at once).
         key = (templates_dir, kind, part, locale)
-        cached = self._resolved.get(key)
-        if cached is not None:
-            hit, valid_until = cached
-            if valid_until is None or (time.monotonic() < valid_until and os.path.isfile(hit.path)):
-                return hit, []
+        hit = self._cached_lookup(key)
+        if hit is not None:
+            return hit, []
+        self._check_name(kind, "kind")
+        self._check_name(part, "part")
         resolved, tried = self._resolve(templates_dir, kind, part, locale)
         if resolved is None:
             return resolved, tried  # the error message lists what was tried
         expires = time.monotonic() + _NEGATIVE_TTL if self.auto_reload else None
         self._resolved[key] = (resolved, expires)
         return resolved, tried
+
+    def _cached_lookup(self, key: tuple[Path | None, str, str, str]) -> _Resolved | None:
+        """Where a part was found, if that is known and still holds. Only parts whose
+        names were checked are remembered, so a hit needs no check of the names."""
+        try:
+            cached = self._resolved.get(key)
+        except TypeError:  # a name that is no string: the checks say what is wrong
+            return None
+        if cached is None:
+            return None
+        hit, valid_until = cached
+        if valid_until is None or (time.monotonic() < valid_until and os.path.isfile(hit.path)):
+            return hit
+        return None
 
     @staticmethod
     def _not_found_message(
@@ -468,9 +482,9 @@ class TemplateRenderer:
         *,
         required: bool,
     ) -> _Resolved | None:
-        self._check_name(kind, "kind")
-        self._check_name(part, "part")
-        tdir = Path(templates_dir) if templates_dir is not None else None
+        tdir = templates_dir
+        if tdir is not None and not isinstance(tdir, Path):
+            tdir = Path(tdir)
         resolved, tried = self._resolve_cached(tdir, kind, part, locale)
         if resolved is None and required:
             message, template = self._not_found_message(kind, part, locale, tried)
