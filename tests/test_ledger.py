@@ -52,7 +52,7 @@ def test_a_final_status_found_with_the_claim_is_not_sent_again(tenants):
     # The claim's completion was lost, the status was not: the attempt that claims
     # it next finds the earlier one completed.
     notify.idempotency_store.release(f"delivery:{receipt.id}")
-    notify.idempotency_store._entries.pop(f"delivery:{receipt.id}", None)
+    notify.idempotency_store.forget(f"delivery:{receipt.id}")
     notification = notify.build(notify.send_order_confirmation, **ORDER)
     outcome = notify.dispatcher.deliver(notification, 1)
     assert outcome.status is not None and outcome.status.state is DeliveryState.SENT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -59,7 +60,8 @@ def deliver(store: MemoryStatusStore, n: int) -> None:
 
 def test_status_store_keeps_its_bound_and_the_newest_statuses_without_scanning():
     store = MemoryStatusStore(max_entries=1000)
-    store._final = Watched()  # type: ignore[assignment]
+    (shard,) = store._shards  # a bound this small is one shard: exactly the oldest goes
+    shard.final = Watched()
     for n in range(5000):
         deliver(store, n)
         assert len(store) <= 1000
@@ -69,7 +71,7 @@ def test_status_store_keeps_its_bound_and_the_newest_statuses_without_scanning()
     # The provider-id index went with the evicted statuses.
     assert store.find_by_provider_message_id("smtp", "m10") is None
     assert store.find_by_provider_message_id("smtp", "m4500").id == "n4500"  # type: ignore[union-attr]
-    assert len(store._by_provider_id) == 1000
+    assert sum(map(len, store._index)) == 1000
     # 15,000 saves, 4,000 evictions: no save looked at any other entry.
     assert Watched.visited == 0
 
@@ -102,7 +104,8 @@ def test_a_final_status_written_again_is_the_newest():
 
 def test_idempotency_store_keeps_its_bound_without_scanning():
     store = MemoryIdempotencyStore(max_entries=1000)
-    store._entries = Watched()  # type: ignore[assignment]
+    (shard,) = store._shards
+    shard.entries = Watched()
     for n in range(5000):
         assert store.reserve(f"send:acme:order:{n}", f"n{n}", 600) is None
         assert store.claim(f"delivery:n{n}", 60).state is ClaimState.ACQUIRED
@@ -159,7 +162,7 @@ def test_stores_are_thread_safe_at_their_bound():
     for thread in threads:
         thread.join()
     assert len(statuses) == 200 and len(keys) == 200
-    assert len(statuses._by_provider_id) == 200
+    assert sum(map(len, statuses._index)) == 200
 
 
 def test_the_notifier_builds_its_memory_stores_from_the_settings():
@@ -192,3 +195,33 @@ def test_keys_cannot_outlive_the_retention():
     assert settings.status_retention == 3600
     # The deprecated [redis] status_ttl still sets the statuses' retention.
     assert load_settings({"redis": {"status_ttl": 60}}).status_retention == 60
+
+
+def test_a_large_bound_is_split_in_shards_so_no_table_is_large():
+    """A dict of 50,000 entries is megabytes, re-allocated every ~120,000 writes as
+    keys come and go; glibc serves blocks that size from its heap once it has freed
+    one, and the holes never go back (a million in-process sends grew the host by
+    126 MiB). Split, no table any store keeps at the default bound passes 128 KiB,
+    and what goes is still (about) the oldest."""
+    statuses = MemoryStatusStore(max_entries=50_000)
+    keys = MemoryIdempotencyStore(max_entries=50_000)
+    for n in range(100_000):
+        deliver(statuses, n)
+        assert keys.claim(f"delivery:n{n}", 60).state is ClaimState.ACQUIRED
+        keys.complete(f"delivery:n{n}", 600)
+    assert len(statuses) == 50_000 and statuses.evicted == 50_000
+    assert len(keys) == 50_000 and keys.evicted == 50_000
+    tables: list[object] = [*statuses._index]
+    tables += [table for shard in statuses._shards for table in (shard.final, shard.active)]
+    tables += [shard.entries for shard in keys._shards]
+    assert max(map(sys.getsizeof, tables)) < 128 * 1024
+    # The newest 40,000 are all kept, the oldest 40,000 all gone, in both stores.
+    assert all(statuses.get(f"n{n}") is not None for n in range(60_000, 100_000))
+    assert all(statuses.get(f"n{n}") is None for n in range(40_000))
+    assert statuses.find_by_provider_message_id("smtp", "m99999").id == "n99999"  # type: ignore[union-attr]
+    assert statuses.find_by_provider_message_id("smtp", "m10") is None
+    assert sum(map(len, statuses._index)) == 50_000
+    assert all(
+        keys.claim(f"delivery:n{n}", 60).state is ClaimState.DONE for n in range(60_000, 100_000)
+    )
+    assert all(keys.claim(f"delivery:n{n}", 60).state is ClaimState.ACQUIRED for n in range(40_000))

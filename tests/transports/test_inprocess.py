@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tenant_notify import DeliveryState
-from tenant_notify.errors import EnqueueError, QueueFullError
+from tenant_notify.errors import EnqueueError, QueueFullError, StoreUnavailableError
 from tenant_notify.models import DeliveryResult
 from tenant_notify.testing import ScriptedProvider, make_notifier
 
@@ -152,3 +152,35 @@ def test_threads_start_lazily_and_after_fork(tenants):
     send(notify)
     assert len(notify.transport._threads) == notify.transport.workers + 1
     notify.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        StoreUnavailableError("redis: connection reset"),  # a shared store out of reach
+        RuntimeError("a bug"),  # anything else deliver() lets out
+    ],
+    ids=["store-unavailable", "bug"],
+)
+def test_an_attempt_that_raises_is_delivered_later_not_dropped(tenants, error):
+    """deliver() raises only before the provider call; the worker used to log it and
+    drop the notification, which then stayed ``queued`` for ever, sent by nobody."""
+    with make_notifier(tenants=tenants, transport="inprocess") as notify:
+        store = notify.idempotency_store
+        real_claim = store.claim
+        raised = []
+
+        def claim(key: str, lease: float):
+            if not raised:
+                raised.append(key)
+                raise error
+            return real_claim(key, lease)
+
+        store.claim = claim  # type: ignore[method-assign]
+        [receipt] = send(notify)
+        status = receipt.wait(10)
+        assert raised == [f"delivery:{receipt.id}"]
+        assert status.state is DeliveryState.SENT and status.attempts == 1
+        assert len(notify.outbox) == 1
+        assert notify.transport.pending == 0
+    assert len(notify.outbox) == 1

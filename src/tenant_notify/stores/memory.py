@@ -6,6 +6,21 @@ evict the oldest entry in constant time: entries sit in insertion order (an
 and eviction pops it without looking at any other. What a running attempt still
 needs (a status in flight, a held delivery lease) is never evicted. Every method
 is thread-safe.
+
+A large bound is split in *shards* of about :data:`SHARD_ENTRIES` entries, chosen
+by the hash of the id, each with its share of the bound and its own insertion
+order; past its share a shard lets its oldest entry go, which (ids hash evenly)
+is within a few dozen of the oldest in the whole store. The reason is memory, not
+speed. A dict that always holds as many entries while new keys come and old ones
+go re-allocates its table every so often (every 120,000 writes or so at 50,000
+entries), and one table of 50,000 entries is megabytes: glibc's malloc soon
+serves blocks that big from its heaps instead of mapping them (its mmap threshold
+rises to the largest block freed), and the holes the old tables leave, carved up
+by small allocations in between, are not given back. A million sends grew the
+host by over 120 MiB that way with the stores at their bound. A shard's tables
+stay under 128 KiB (about 50 KiB at the default bound), and every shard's
+re-allocation asks for one of the same few sizes, so the blocks freed are the
+blocks taken next.
 """
 
 from __future__ import annotations
@@ -19,7 +34,50 @@ from ..config import Settings
 from ..models import DeliveryStatus
 from .base import Claim, ClaimState
 
-__all__ = ["MemoryIdempotencyStore", "MemoryStatusStore"]
+__all__ = ["SHARD_ENTRIES", "MemoryIdempotencyStore", "MemoryStatusStore"]
+
+#: About how many entries one shard of a memory store holds (see the module's text).
+SHARD_ENTRIES = 512
+_MAX_SHARDS = 4096
+
+
+def _shares(max_entries: int) -> list[int]:
+    """``max_entries`` split into shares of about SHARD_ENTRIES: one for a small bound."""
+    count = max(1, min(_MAX_SHARDS, max_entries // SHARD_ENTRIES))
+    share, extra = divmod(max_entries, count)
+    return [share + (index < extra) for index in range(count)]
+
+
+class _Statuses:
+    """One shard of a status store: final statuses oldest change first, and those in flight."""
+
+    __slots__ = ("active", "final", "max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        self.final: OrderedDict[str, DeliveryStatus] = OrderedDict()
+        self.active: dict[str, DeliveryStatus] = {}
+        self.max_entries = max_entries
+
+    def pop(self, notification_id: str) -> DeliveryStatus | None:
+        status = self.active.pop(notification_id, None)
+        return self.final.pop(notification_id, None) if status is None else status
+
+    def lookup(self, notification_id: str) -> DeliveryStatus | None:
+        status = self.active.get(notification_id)
+        return self.final.get(notification_id) if status is None else status
+
+    def __len__(self) -> int:
+        return len(self.final) + len(self.active)
+
+
+class _Keys:
+    """One shard of an idempotency store: key -> (value, expires_at), oldest write first."""
+
+    __slots__ = ("entries", "max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        self.entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.max_entries = max_entries
 
 
 class MemoryStatusStore:
@@ -28,7 +86,7 @@ class MemoryStatusStore:
     Final statuses are kept in the order of their last change, statuses still in
     flight apart (they are never evicted, and are as many as the transport has in
     hand), so a save costs the same whether the store holds ten statuses or its
-    bound.
+    bound. A bound of 1,024 or more is split in shards (see the module).
 
     Args:
         max_entries: How many statuses to keep (``[stores] memory_max_statuses``).
@@ -37,10 +95,10 @@ class MemoryStatusStore:
     def __init__(self, max_entries: int = 50_000) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
-        self._final: OrderedDict[str, DeliveryStatus] = OrderedDict()  # oldest change first
-        self._active: dict[str, DeliveryStatus] = {}  # in flight
-        # (provider, provider_message_id) -> notification id, for delivery webhooks.
-        self._by_provider_id: dict[tuple[str, str], str] = {}
+        self._shards = [_Statuses(share) for share in _shares(max_entries)]
+        # (provider, provider_message_id) -> notification id, for delivery webhooks;
+        # in as many shards, by the hash of the pair.
+        self._index: list[dict[tuple[str, str], str]] = [{} for _ in self._shards]
         self._changed = threading.Condition(threading.Lock())
         self.max_entries = max_entries
         #: Statuses evicted so far to keep the bound.
@@ -54,26 +112,37 @@ class MemoryStatusStore:
         with self._changed:
             self._save(status)
 
+    def _shard(self, notification_id: str) -> _Statuses:
+        shards = self._shards
+        return shards[hash(notification_id) % len(shards)] if len(shards) > 1 else shards[0]
+
+    def _index_for(self, key: tuple[str, str]) -> dict[tuple[str, str], str]:
+        index = self._index
+        return index[hash(key) % len(index)] if len(index) > 1 else index[0]
+
     def _save(self, status: DeliveryStatus) -> None:
         """``save`` under the lock."""
-        previous = self._pop(status.id)
+        shard = self._shard(status.id)
+        previous = shard.pop(status.id)
         if previous is not None:
             self._unindex(previous)
         if status.is_final:
-            self._final[status.id] = status  # popped above: now the newest
+            shard.final[status.id] = status  # popped above: now the newest
         else:
-            self._active[status.id] = status
+            shard.active[status.id] = status
         if status.provider and status.provider_message_id:
-            self._by_provider_id[(status.provider, status.provider_message_id)] = status.id
-        while self._final and len(self._final) + len(self._active) > self.max_entries:
-            self._unindex(self._final.popitem(last=False)[1])
+            key = (status.provider, status.provider_message_id)
+            self._index_for(key)[key] = status.id
+        final = shard.final
+        while final and len(final) + len(shard.active) > shard.max_entries:
+            self._unindex(final.popitem(last=False)[1])
             self.evicted += 1
         self._changed.notify_all()
 
     def save_first(self, status: DeliveryStatus) -> bool:
         """Record ``status`` unless its id has a status; True when it had one."""
         with self._changed:
-            if self._lookup(status.id) is not None:
+            if self._shard(status.id).lookup(status.id) is not None:
                 return True
             self._save(status)
             return False
@@ -81,22 +150,19 @@ class MemoryStatusStore:
     def discard_queued(self, status: DeliveryStatus) -> None:
         """Forget ``status.id`` only while its status is still ``status``."""
         with self._changed:
-            if self._lookup(status.id) == status:
-                self._unindex(self._pop(status.id))  # type: ignore[arg-type]
-
-    def _pop(self, notification_id: str) -> DeliveryStatus | None:
-        status = self._active.pop(notification_id, None)
-        return self._final.pop(notification_id, None) if status is None else status
+            shard = self._shard(status.id)
+            if shard.lookup(status.id) == status:
+                self._unindex(shard.pop(status.id))  # type: ignore[arg-type]
 
     def _lookup(self, notification_id: str) -> DeliveryStatus | None:
-        status = self._active.get(notification_id)
-        return self._final.get(notification_id) if status is None else status
+        return self._shard(notification_id).lookup(notification_id)
 
     def _unindex(self, status: DeliveryStatus) -> None:
         if status.provider and status.provider_message_id:
             key = (status.provider, status.provider_message_id)
-            if self._by_provider_id.get(key) == status.id:
-                del self._by_provider_id[key]
+            index = self._index_for(key)
+            if index.get(key) == status.id:
+                del index[key]
 
     def get(self, notification_id: str) -> DeliveryStatus | None:
         with self._changed:
@@ -105,13 +171,14 @@ class MemoryStatusStore:
     def find_by_provider_message_id(
         self, provider: str, provider_message_id: str
     ) -> DeliveryStatus | None:
+        key = (provider, provider_message_id)
         with self._changed:
-            notification_id = self._by_provider_id.get((provider, provider_message_id))
+            notification_id = self._index_for(key).get(key)
             return None if notification_id is None else self._lookup(notification_id)
 
     def discard(self, notification_id: str) -> None:
         with self._changed:
-            status = self._pop(notification_id)
+            status = self._shard(notification_id).pop(notification_id)
             if status is not None:
                 self._unindex(status)
 
@@ -129,7 +196,7 @@ class MemoryStatusStore:
 
     def __len__(self) -> int:
         with self._changed:
-            return len(self._final) + len(self._active)
+            return sum(map(len, self._shards))
 
 
 class MemoryIdempotencyStore:
@@ -139,7 +206,8 @@ class MemoryIdempotencyStore:
     marker, a lapsed lease); a lease still running is moved to the back instead
     (there are only as many as attempts in flight). Expired entries at the front
     are dropped as they come up, a couple per call. Each call costs the same
-    whatever the store holds.
+    whatever the store holds. A bound of 1,024 or more is split in shards (see the
+    module), each with its own order and share of the bound.
 
     Args:
         max_entries: How many keys to keep (``[stores] memory_max_keys``).
@@ -152,7 +220,7 @@ class MemoryIdempotencyStore:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         # key -> (value, expires_at on the monotonic clock); oldest write first
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._shards = [_Keys(share) for share in _shares(max_entries)]
         self._lock = threading.Lock()
         self.max_entries = max_entries
         #: Entries evicted so far to keep the bound (expired ones not counted).
@@ -162,18 +230,24 @@ class MemoryIdempotencyStore:
     def from_settings(cls, settings: Settings) -> MemoryIdempotencyStore:
         return cls(settings.stores.memory_max_keys)
 
+    def _shard(self, key: str) -> _Keys:
+        shards = self._shards
+        return shards[hash(key) % len(shards)] if len(shards) > 1 else shards[0]
+
     def _live(self, key: str, now: float) -> str | None:
-        entry = self._entries.get(key)
+        entries = self._shard(key).entries
+        entry = entries.get(key)
         if entry is None:
             return None
         if entry[1] <= now:
-            del self._entries[key]
+            del entries[key]
             return None
         return entry[0]
 
     def _put(self, key: str, value: str, expires_at: float, now: float) -> None:
         """Write ``key`` as the newest entry, then keep the bound (under the lock)."""
-        entries = self._entries
+        shard = self._shard(key)
+        entries = shard.entries
         entries[key] = (value, expires_at)
         entries.move_to_end(key)
         # Expired entries at the front go first: two at most per write, so the
@@ -184,7 +258,7 @@ class MemoryIdempotencyStore:
                 break
             del entries[oldest]
         moved = 0
-        while len(entries) > self.max_entries and moved < len(entries):
+        while len(entries) > shard.max_entries and moved < len(entries):
             oldest, entry = entries.popitem(last=False)
             if entry[0] == self._LEASED and entry[1] > now:
                 entries[oldest] = entry  # an attempt holds it: to the back
@@ -203,7 +277,7 @@ class MemoryIdempotencyStore:
 
     def forget(self, key: str) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            self._shard(key).entries.pop(key, None)
 
     def claim(self, key: str, lease: float) -> Claim:
         now = time.monotonic()
@@ -212,7 +286,7 @@ class MemoryIdempotencyStore:
             if current == self._DONE:
                 return Claim(ClaimState.DONE)
             if current == self._LEASED:
-                return Claim(ClaimState.BUSY, retry_in=self._entries[key][1] - now)
+                return Claim(ClaimState.BUSY, retry_in=self._shard(key).entries[key][1] - now)
             self._put(key, self._LEASED, now + lease, now)
             return Claim(ClaimState.ACQUIRED)
 
@@ -234,12 +308,13 @@ class MemoryIdempotencyStore:
 
     def release(self, key: str) -> None:
         with self._lock:
-            if self._entries.get(key, ("",))[0] == self._LEASED:
-                del self._entries[key]
+            entries = self._shard(key).entries
+            if entries.get(key, ("",))[0] == self._LEASED:
+                del entries[key]
 
     def close(self) -> None:
         pass
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._entries)
+            return sum(len(shard.entries) for shard in self._shards)

@@ -9,7 +9,10 @@ several tenants have notifications waiting, the workers take them in turn,
 weighted by each tenant's ``weight``, and a tenant's urgent kinds before its
 other ones. ``close()`` drains: it lets the workers finish what is queued
 (and retries that fall due in time) and records anything left as failed, so no
-notification is dropped without a trace.
+notification is dropped without a trace. An attempt that raises instead of
+returning (the dispatcher does only before the provider call: a shared store
+out of reach, or a bug) goes back in the retry heap as the same attempt, 1 s
+later, then 2, 4, ... up to 30 s, as a broker would redeliver it.
 
 Threads start on the first submit and again in a forked child, so a Notifier
 built before a pre-forking server forks works in every worker process.
@@ -32,13 +35,17 @@ from .._concurrency import declare_concurrency
 from .._fair import FairQueue
 from ..config import Settings
 from ..dispatcher import Dispatcher
-from ..errors import NotQueuedError, QueueFullError
+from ..errors import NotifyError, NotQueuedError, QueueFullError
 from ..log import get_logger
 from ..metrics import observe_queue_wait, watch_backlog
 from ..models import Notification
 from .base import Transport
 
 __all__ = ["InProcessTransport"]
+
+# An attempt that raised comes back after this, doubled each time it raises again.
+_REDELIVER_DELAY = 1.0
+_REDELIVER_MAX_DELAY = 30.0
 
 
 class InProcessTransport(Transport):
@@ -102,6 +109,8 @@ class InProcessTransport(Transport):
         self._retry_changed = threading.Condition()
         self._stopping = False
         self._draining = False  # close() is waiting for the queue to empty
+        # Notification id -> attempts in a row that raised (under _retry_changed).
+        self._raised: dict[str, int] = {}
 
     def _ensure_started(self) -> None:
         pid = os.getpid()
@@ -184,13 +193,20 @@ class InProcessTransport(Transport):
                     tenant_id=notification.tenant_id,
                     seconds=time.monotonic() - queued_at,
                 )
-                outcome = self.dispatcher.deliver(notification, attempt)
+                try:
+                    outcome = self.dispatcher.deliver(notification, attempt)
+                except Exception as err:
+                    self._redeliver(notification, attempt, err)
+                    continue
+                if self._raised:
+                    with self._retry_changed:
+                        self._raised.pop(notification.id, None)
                 if outcome.retry_in is not None:
                     # A deferral (a limit, a paused account) was no attempt.
                     again = attempt if outcome.deferred else attempt + 1
                     self._schedule_retry(notification, again, outcome.retry_in)
             except Exception:
-                # deliver() records failures itself; this is a bug in the library.
+                # Never reached by a delivery problem: a bug in this loop.
                 self._log.exception("inprocess_worker_error")
             finally:
                 with self._retry_changed:
@@ -200,6 +216,36 @@ class InProcessTransport(Transport):
                         # retry scheduler waits for retries only): a wake-up per
                         # delivery would cost a thread switch each.
                         self._retry_changed.notify_all()
+
+    def _redeliver(self, notification: Notification, attempt: int, err: Exception) -> None:
+        """``deliver`` raised: run the same attempt again later, never drop it.
+
+        The dispatcher records every delivery problem and returns; it raises only
+        before the provider is called (a store out of reach: the claim given back),
+        or for a bug. Either way nothing was sent, and dropping the notification
+        here would leave it ``queued`` for ever, delivered by nobody.
+        """
+        with self._retry_changed:
+            times = self._raised[notification.id] = self._raised.get(notification.id, 0) + 1
+        delay = min(_REDELIVER_MAX_DELAY, _REDELIVER_DELAY * 2 ** (times - 1))
+        if isinstance(err, NotifyError):
+            self._log.warning(
+                "delivery_redelivered",
+                tenant_id=notification.tenant_id,
+                notification_id=notification.id,
+                attempt=attempt,
+                error=f"{type(err).__name__}: {err}",
+                retry_in=delay,
+            )
+        else:
+            self._log.exception(
+                "delivery_raised",
+                tenant_id=notification.tenant_id,
+                notification_id=notification.id,
+                attempt=attempt,
+                retry_in=delay,
+            )
+        self._schedule_retry(notification, attempt, delay)
 
     def _schedule_retry(self, notification: Notification, attempt: int, delay: float) -> None:
         with self._retry_changed:
