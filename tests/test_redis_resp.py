@@ -1,0 +1,37 @@
+"""The Redis writer packs its commands as redis-py does, byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tenant_notify.stores.redis import _resp
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "tn:status:abc", '{"id":"abc","state":"queued"}', "NX", "PX", 604800000),
+        ("EVAL", "return redis.call('GET', KEYS[1])", 1, "k:ü€", 0, -5),
+        ("SET", "k", ""),
+        ("SET", "k", "x" * 100_000),  # over redis-py's buffer cut-off: it writes parts
+        ("CONFIG GET", "maxmemory"),  # a name with a space: redis-py splits it
+        ("SET", "k", b"raw bytes"),
+        ("SET", "k", 1.5),
+    ],
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_a_command_is_packed_as_redis_py_packs_it(args, encoding):
+    conn = redis.Connection(encoding=encoding, encoding_errors="replace")
+    expected = b"".join(conn.pack_command(*args))
+    packed = _resp(conn, args)
+    # A list of bytes: what Connection.send_packed_command takes (a bare bytes
+    # object it would iterate over, number by number).
+    assert isinstance(packed, list)
+    assert b"".join(packed) == expected
+
+
+def test_what_redis_py_refuses_is_still_refused():
+    conn = redis.Connection()
+    with pytest.raises(redis.DataError):
+        _resp(conn, ("SET", "k", True))
