@@ -1,4 +1,4 @@
-"""The publisher's ready-made AMQP frames are the bytes py-amqp would write.
+"""The publisher's own AMQP framing: the bytes py-amqp would write, the confirms it would read.
 
 The publisher writes a task message as the frames of one ``basic.publish``
 (tenant_notify.transports.celery.publisher._Frames) instead of going through
@@ -9,6 +9,8 @@ trip through RabbitMQ is in tests/integration/test_celery_frames.py).
 
 from __future__ import annotations
 
+import socket
+import struct
 import types
 import uuid
 from typing import Any
@@ -18,9 +20,10 @@ from amqp import Message, spec
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
+from tenant_notify.config import CelerySettings
 from tenant_notify.models import Channel, Notification
 from tenant_notify.transports.celery.message import build_message
-from tenant_notify.transports.celery.publisher import _Frames, _Pending
+from tenant_notify.transports.celery.publisher import Publisher, _Frames, _Link, _Pending
 
 
 def _by_py_amqp(pending: _Pending, channel_id: int, frame_max: int) -> bytes:
@@ -92,3 +95,95 @@ def test_a_queue_name_too_long_for_amqp_is_refused_before_anything_is_written():
     pending.queue = "q" * 256
     with pytest.raises(ValueError, match="255 bytes"):
         _Frames(1, 131072).encode(pending)
+
+
+# --- confirms read from the socket ----------------------------------------------------
+
+
+def _confirm(method: int, tag: int, *, multiple: bool = False, channel: int = 1) -> bytes:
+    payload = struct.pack(">HHQB", 60, method, tag, 1 if multiple else 0)
+    return struct.pack(">BHI", 1, channel, len(payload)) + payload + b"\xce"
+
+
+class _Transport:
+    """What poll() reads through: py-amqp's TCPTransport's socket and read buffer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._read_buffer = b""
+
+
+def _link(sock: socket.socket, handed: list[bytes]) -> _Link:
+    publisher = Publisher(CelerySettings(broker_url="amqp://guest:guest@127.0.0.1:1//"))
+    link = _Link(publisher)
+    transport = _Transport(sock)
+
+    def drain_events(timeout: float) -> None:
+        # py-amqp's part: it takes the frames handed over (here: records them).
+        handed.append(transport._read_buffer)
+        transport._read_buffer = b""
+
+    link.conn = types.SimpleNamespace(
+        transport=types.SimpleNamespace(driver_type="amqp"),
+        connection=types.SimpleNamespace(transport=transport),
+        drain_events=drain_events,
+    )
+    link.channel = types.SimpleNamespace(channel_id=1)
+    link.confirming = link.fast_read = True
+    for tag in range(1, 11):
+        link.unconfirmed[tag] = _pending(ORDER)
+    link.next_tag = 11
+    return link
+
+
+def test_confirms_in_the_socket_are_settled_and_the_first_other_frame_goes_to_py_amqp():
+    ours, broker = socket.socketpair()
+    with ours, broker:
+        handed: list[bytes] = []
+        link = _link(ours, handed)
+        refused = link.unconfirmed[5]
+        close = struct.pack(">BHI", 1, 1, 4) + struct.pack(">HH", 20, 40) + b"\xce"
+        broker.sendall(
+            _confirm(80, 2)
+            + _confirm(80, 4, multiple=True)  # 1, 3 and 4 (2 is already done)
+            + _confirm(120, 5)  # refused: written again on a new connection
+            + _confirm(80, 1, channel=2)  # another channel's: py-amqp's business
+            + _confirm(80, 7)
+            + close
+        )
+        link.poll()
+        assert sorted(link.unconfirmed) == [6, 7, 8, 9, 10]
+        assert link.redo == [refused]
+        assert handed == [_confirm(80, 1, channel=2) + _confirm(80, 7) + close]
+        # A confirm cut by the read: py-amqp reads the rest of the frame.
+        broker.sendall(_confirm(80, 10, multiple=True)[:9])
+        link.poll()
+        assert handed[-1] == _confirm(80, 10, multiple=True)[:9]
+        assert sorted(link.unconfirmed) == [6, 7, 8, 9, 10]
+
+
+def test_a_multiple_confirm_covers_every_tag_up_to_it_once():
+    ours, broker = socket.socketpair()
+    with ours, broker:
+        link = _link(ours, [])
+        broker.sendall(_confirm(80, 3, multiple=True) + _confirm(80, 3, multiple=True))
+        link.poll()
+        assert sorted(link.unconfirmed) == list(range(4, 11))
+        broker.sendall(_confirm(120, 6, multiple=True) + _confirm(80, 10, multiple=True))
+        link.poll()
+        assert link.unconfirmed == {}
+        assert len(link.redo) == 3  # 4, 5 and 6, refused
+
+
+def test_a_connection_the_broker_closed_is_noticed_before_the_next_write():
+    ours, broker = socket.socketpair()
+    with ours:
+        link = _link(ours, [])
+        broker.sendall(_confirm(80, 1))
+        broker.close()
+        # One read takes what there is (a short read ends it: no second system
+        # call to learn there is no more); the close is the next read's.
+        link.check()
+        assert 1 not in link.unconfirmed  # what came before the close counts
+        with pytest.raises(ConnectionError, match="closed"):
+            link.check()

@@ -68,6 +68,10 @@ _BASIC, _PUBLISH = 60, 40
 _PROPERTY_FLAGS = 0xFC00
 _JSON_UTF8 = b"\x10application/json\x05utf-8"
 _SCALARS = (str, int, bool, float, type(None))
+# A basic.ack or basic.nack frame: type, channel, size; class, method, delivery tag, bits; end.
+_CONFIRM = struct.Struct(">BHIHHQBB")
+_ACK, _NACK = 80, 120
+_READ_SIZE = 65536
 
 
 def _shortstr(value: str) -> bytes:
@@ -185,6 +189,7 @@ class _Link:
         # py-amqp (RabbitMQ): task messages are written as ready frames (see _Frames).
         self.frames: _Frames | None = None
         self._write: Callable[[bytes], object] | None = None
+        self.fast_read = False  # confirms parsed from the socket (see poll)
 
     @property
     def connected(self) -> bool:
@@ -224,11 +229,16 @@ class _Link:
             raise
         self.conn, self.channel, self.confirming = conn, channel, confirming
         self.declared = declared
-        self.frames, self._write = None, None
+        self.frames, self._write, self.fast_read = None, None, False
         if conn.transport.driver_type == "amqp":
             amqp_conn = conn.connection
             self.frames = _Frames(channel.channel_id, amqp_conn.frame_max)
             self._write = amqp_conn.transport.write
+            # Plain TCP only (an SSL socket's recv takes no flags), and only while
+            # py-amqp keeps its read buffer where poll() hands bytes over.
+            self.fast_read = type(amqp_conn.transport).__name__ == "TCPTransport" and isinstance(
+                getattr(amqp_conn.transport, "_read_buffer", None), bytes
+            )
         self.events_channel = events_channel
         self.next_tag = self.floor = 1
         again = [self.unconfirmed[tag] for tag in sorted(self.unconfirmed)] + self.redo
@@ -327,47 +337,88 @@ class _Link:
                 self.redo.append(pending)
 
     def check(self) -> None:
-        """Raise if the broker has closed the connection; leave confirms for the reader.
+        """Raise if the broker has closed the connection; read what confirms have come.
 
         A write into a socket the peer has closed may still "succeed", so this
         is how a dead connection is noticed before a message is written into it.
-        Reading the confirms is the background reader's work: done here, it
-        would cost the caller one frame per message.
+        The confirms waiting in the socket are read at the same time: parsed
+        here (see :meth:`poll`) they cost the sender less than the background
+        reader's taking the connection and the interpreter lock in turn.
         """
         if not self.confirming:
             return
         sock = self.conn.connection.transport.sock
         if sock is None:
             raise ConnectionError("the broker connection is closed")
-        if len(self.unconfirmed) > 1000:
+        if len(self.unconfirmed) > 1000 or select.select([sock], [], [], 0)[0]:
             self.poll()
-        elif select.select([sock], [], [], 0)[0] and not sock.recv(1, socket.MSG_PEEK):
-            raise ConnectionError("the broker closed the connection")
 
     def poll(self) -> None:
         """Read whatever has arrived (confirms, a close), without blocking.
 
         Also how a connection the broker has closed is noticed before a message
         is written into it (a write into a closed socket may still "succeed").
+        On a plain TCP connection the bytes are read in one go and the confirms
+        at their head (``basic.ack`` and ``basic.nack`` frames, 21 bytes each)
+        are settled here; from the first other frame on (a ``channel.close``,
+        ``connection.blocked``, a frame cut by the read) they are handed to
+        py-amqp, which reads them as it would have.
         """
         if self.conn.transport.driver_type != "amqp":
             return
-        sock = self.conn.connection.transport.sock
+        transport = self.conn.connection.transport
+        sock = transport.sock
         if sock is None:
             raise ConnectionError("the broker connection is closed")
-        while select.select([sock], [], [], 0)[0]:
-            self.conn.drain_events(timeout=1.0)
+        if not self.fast_read:
+            while select.select([sock], [], [], 0)[0]:
+                self.conn.drain_events(timeout=1.0)
+            return
+        while True:
+            if transport._read_buffer:  # py-amqp's: part of a frame, or frames handed over
+                self.conn.drain_events(timeout=1.0)
+                continue
+            try:
+                data = sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                raise ConnectionError("the broker closed the connection")
+            settled = self._confirms(data)
+            if settled < len(data):
+                transport._read_buffer = data[settled:]
+            elif len(data) < _READ_SIZE:
+                return
+
+    def _confirms(self, data: bytes) -> int:
+        """Settle the confirm frames at the head of ``data``; return where they end."""
+        offset, size, channel_id = 0, len(data), self.channel.channel_id
+        while size - offset >= _CONFIRM.size:
+            kind, channel, length, class_id, method, tag, bits, end = _CONFIRM.unpack_from(
+                data, offset
+            )
+            if (kind, channel, length, class_id, end) != (1, channel_id, 13, _BASIC, 0xCE):
+                break
+            if method == _ACK:
+                self._on_ack(tag, bool(bits & 1))
+            elif method == _NACK:
+                self._on_nack(tag, bool(bits & 1))
+            else:
+                break
+            offset += _CONFIRM.size
+        return offset
 
     def wait_for(self, tag: int, pending: _Pending, deadline: float) -> None:
         """Block until ``tag`` is confirmed; raise _Nacked or TimeoutError."""
+        sock = self.conn.connection.transport.sock
         while tag in self.unconfirmed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("the broker did not confirm the message in time")
-            try:
-                self.conn.drain_events(timeout=remaining)
-            except TimeoutError:
-                continue
+            if sock is None:
+                raise ConnectionError("the broker connection is closed")
+            if select.select([sock], [], [], remaining)[0]:
+                self.poll()
         if pending in self.redo:
             self.redo.remove(pending)
             raise _Nacked(pending)
@@ -375,7 +426,7 @@ class _Link:
     def drop(self) -> None:
         """Forget the connection (it failed); unconfirmed messages stay for ``connect``."""
         conn, self.conn, self.channel = self.conn, None, None
-        self.frames, self._write = None, None
+        self.frames, self._write, self.fast_read = None, None, False
         if conn is not None:
             _quietly(conn.release)
 
