@@ -79,8 +79,9 @@ class StoresSettings(_Section):
             leases). Suppression lists are not notification data and do not expire.
         memory_max_statuses: Statuses the in-memory status store keeps (the
             embedded default). Past the bound the oldest final status goes, in
-            constant time; statuses still in flight are never evicted. About
-            600 bytes each.
+            constant time (of its shard, for a bound of 1,024 or more: see
+            :mod:`tenant_notify.stores.memory`); statuses still in flight are
+            never evicted. About 600 bytes each.
         memory_max_keys: Entries the in-memory idempotency store keeps: one
             delivery claim per notification. Past the bound the oldest goes, in
             constant time; a claim held by a running attempt is never evicted.
