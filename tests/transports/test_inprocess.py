@@ -184,3 +184,31 @@ def test_an_attempt_that_raises_is_delivered_later_not_dropped(tenants, error):
         assert len(notify.outbox) == 1
         assert notify.transport.pending == 0
     assert len(notify.outbox) == 1
+
+
+def test_an_attempt_that_ends_after_close_gave_up_is_recorded_not_left_waiting(tenants):
+    """close() settles what is queued or waiting when its time is up; an attempt still
+    at the provider then asked for a retry after it, into a heap nobody serves: the
+    notification stayed ``retrying`` for ever."""
+
+    class Stuck(ScriptedProvider):
+        def __init__(self) -> None:
+            super().__init__(then="transient")
+            self.inside = threading.Event()
+            self.gate = threading.Event()
+
+        def _run(self, message) -> DeliveryResult:
+            self.inside.set()
+            self.gate.wait(10)
+            return super()._run(message)
+
+    provider = Stuck()
+    notify = make_notifier(tenants=tenants, provider=provider, transport="inprocess")
+    [receipt] = send(notify)
+    assert provider.inside.wait(5)
+    notify.close(timeout=0.1)
+    provider.gate.set()
+    status = receipt.wait(5)
+    assert status.state is DeliveryState.FAILED
+    assert "closed" in (status.error or "")
+    assert notify.transport.pending == 0

@@ -46,6 +46,7 @@ __all__ = ["InProcessTransport"]
 # An attempt that raised comes back after this, doubled each time it raises again.
 _REDELIVER_DELAY = 1.0
 _REDELIVER_MAX_DELAY = 30.0
+_CLOSED = "the in-process transport closed before it could be delivered"
 
 
 class InProcessTransport(Transport):
@@ -249,9 +250,15 @@ class InProcessTransport(Transport):
 
     def _schedule_retry(self, notification: Notification, attempt: int, delay: float) -> None:
         with self._retry_changed:
-            due = time.monotonic() + delay
-            heapq.heappush(self._retries, (due, next(self._seq), notification, attempt))
-            self._retry_changed.notify_all()
+            if not self._stopping:
+                due = time.monotonic() + delay
+                heapq.heappush(self._retries, (due, next(self._seq), notification, attempt))
+                self._retry_changed.notify_all()
+                return
+        # close() has given up waiting and settled what was left: an attempt still
+        # running then comes back here, after it, and is recorded as the rest were
+        # (in the heap, with the scheduler stopped, it would wait for ever).
+        self.dispatcher.abandon(notification, _CLOSED)
 
     def _schedule(self) -> None:
         while True:
@@ -303,9 +310,7 @@ class InProcessTransport(Transport):
             self._retry_changed.notify_all()
         abandoned.extend((n, a) for n, a, _ in self._queue.drain())
         for notification, _ in abandoned:
-            self.dispatcher.abandon(
-                notification, "the in-process transport closed before it could be delivered"
-            )
+            self.dispatcher.abandon(notification, _CLOSED)
         if abandoned:
             self._log.error("inprocess_close_abandoned", count=len(abandoned))
         self._queue.wake(self.workers)
