@@ -299,29 +299,60 @@ def worker_env(queue: str, smtp_port: int = 0, ca_file: Path | None = None) -> d
     return env
 
 
+#: Seconds a worker may take to deliver its first email (start-up on a loaded machine),
+#: and then to make any progress at all, before its round fails (with its log).
+FIRST_ARRIVAL = 240.0
+STALLED = 120.0
+
+
 def drain(
     worker: Callable[[], subprocess.Popen[bytes]],
     count: Callable[[], int],
     expected: int,
-    sink: SmtpSink,
+    sink: SmtpSink | None,
+    *,
+    log: Path | None = None,
+    sink_pid: int | None = None,
 ) -> Sample:
-    """Start a worker on a filled queue; measure from the first arrival to the last."""
-    sink_cpu = TreeCpu([sink.pid], children=False)
+    """Start a worker on a filled queue; measure from the first arrival to the last.
+
+    A round fails (:class:`RuntimeError` with the tail of the worker's ``log``) when
+    the worker exits, delivers nothing within :data:`FIRST_ARRIVAL` seconds, or
+    stops making progress for :data:`STALLED` seconds; a slow round on a loaded
+    machine is not a failure.
+    """
+    pid = sink_pid if sink_pid is not None else sink.pid if sink is not None else None
+    sink_cpu = TreeCpu([pid], children=False) if pid is not None else None
     process = worker()
+
+    def fail(what: str) -> RuntimeError:
+        code = process.poll()
+        status = "still running" if code is None else f"exited with {code}"
+        tail = ""
+        if log is not None and log.exists():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        return RuntimeError(f"{what} (the worker {status}); its log ends:\n{tail}")
+
     try:
         tree = TreeCpu([process.pid])
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + FIRST_ARRIVAL
         while count() < 1:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the worker delivered nothing")
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise fail(f"the worker delivered nothing in {FIRST_ARRIVAL:.0f} s")
             time.sleep(0.0005)
-        wall, cpu, server = time.perf_counter(), tree.seconds(), sink_cpu.seconds()
-        while count() < expected:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{count()} of {expected} delivered")
+        wall, cpu = time.perf_counter(), tree.seconds()
+        server = sink_cpu.seconds() if sink_cpu is not None else 0.0
+        seen, progress_at = 1, time.monotonic()
+        while (now_count := count()) < expected:
+            now = time.monotonic()
+            if now_count > seen:
+                seen, progress_at = now_count, now
+            if process.poll() is not None or now - progress_at > STALLED:
+                raise fail(f"{now_count} of {expected} delivered, none for {STALLED:.0f} s")
             time.sleep(0.0005)
         wall = time.perf_counter() - wall
-        cpu, server = tree.seconds() - cpu, sink_cpu.seconds() - server
+        cpu = tree.seconds() - cpu
+        server = sink_cpu.seconds() - server if sink_cpu is not None else 0.0
     finally:
         stop(process)
     return Sample(ops=expected - 1, wall=wall, cpu={"delivery": cpu, "sink": server})
@@ -351,7 +382,8 @@ class Throughput:
         with Notifier.from_settings(table) as notify:
             for i in range(self.emails):
                 send_order(notify, i, tag)
-            notify.transport.flush(30)  # type: ignore[attr-defined]
+            if not notify.transport.flush(300):  # type: ignore[attr-defined]
+                raise RuntimeError("the fill was not confirmed by the broker")
         self.sink.reset()
         command = [
             *(sys.executable, "-m", "tenant_notify.cli", "worker", "--config", str(config)),
@@ -360,12 +392,14 @@ class Throughput:
         if pool != "consumer":  # Celery's own worker, with that pool
             command += ["--", "--without-gossip", "--without-mingle", f"--pool={pool}"]
         env = worker_env(f"bench_tn_{tag}")
+        log = self.folder / f"{tag}.log"
         try:
             return drain(
-                lambda: start(command, env, self.folder / f"{tag}.log"),
+                lambda: start(command, env, log),
                 lambda: self.sink.count,
                 self.emails,
                 self.sink,
+                log=log,
             )
         finally:
             cleanup([f"bench_tn_{tag}"], f"bench:{tag}:")
@@ -380,12 +414,14 @@ class Throughput:
                 task.apply_async(kwargs=task_args(i, queue), queue=queue)
             self.sink.reset()
             env = worker_env(queue, self.sink.port, self.ca)
+            log = self.folder / f"{queue}.log"
             try:
                 return drain(
-                    lambda: celery_worker(env, self.events, self.folder / f"{queue}.log"),
+                    lambda: celery_worker(env, self.events, log),
                     lambda: self.sink.count,
                     self.emails,
                     self.sink,
+                    log=log,
                 )
             finally:
                 cleanup([queue], None)
@@ -417,12 +453,14 @@ class Throughput:
             task.apply_async((i,), queue=queue)
         client = redis.Redis.from_url(REDIS)
         key = f"bench:empty:{queue}"
+        log = self.folder / f"{queue}.log"
         try:
             return drain(
-                lambda: celery_worker(worker_env(queue), self.events, self.folder / f"{queue}.log"),
+                lambda: celery_worker(worker_env(queue), self.events, log),
                 lambda: int(client.get(f"{key}:count") or 0),
                 self.emails,
                 self.sink,
+                log=log,
             )
         finally:
             client.delete(*(f"{key}:{end}" for end in ("first", "last", "count")))

@@ -60,8 +60,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _harness import Comparison, Sample, Target, TreeCpu, Variant, arguments, publish
+from _harness import Comparison, Sample, Target, Variant, arguments, publish
 from bench_celery import AMQP, REDIS, _toml, cleanup, send_order, start, stop, task_args
+from bench_celery import drain as celery_drain
 from handwritten import TENANTS
 from http_sink import HttpSink
 from smtp_sink import SmtpSink
@@ -129,27 +130,11 @@ def drain(
     count: Callable[[], int],
     expected: int,
     sink_pid: int,
+    log: Path | None = None,
 ) -> Sample:
-    """Start a worker on a filled queue; measure from the first arrival to the last."""
-    sink_cpu = TreeCpu([sink_pid], children=False)
-    process = process_factory()
-    try:
-        tree = TreeCpu([process.pid])
-        deadline = time.monotonic() + 600
-        while count() < 1:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the worker delivered nothing")
-            time.sleep(0.001)
-        wall, cpu, server = time.perf_counter(), tree.seconds(), sink_cpu.seconds()
-        while count() < expected:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{count()} of {expected} delivered")
-            time.sleep(0.001)
-        wall = time.perf_counter() - wall
-        cpu, server = tree.seconds() - cpu, sink_cpu.seconds() - server
-    finally:
-        stop(process)
-    return Sample(ops=expected - 1, wall=wall, cpu={"delivery": cpu, "sink": server})
+    """Start a worker on a filled queue; measure from the first arrival to the last
+    (bench_celery's drain: a round fails with the worker's log if it stalls)."""
+    return celery_drain(process_factory, count, expected, None, sink_pid=sink_pid, log=log)
 
 
 def fill(table: dict[str, Any], emails: int, tag: str) -> None:
@@ -188,6 +173,7 @@ class Latency:
                 lambda: self.sink.count,
                 self.emails,
                 self.sink.pid,
+                self.folder / f"{tag}.log",
             )
         finally:
             cleanup(queues_of(table), f"bench:{tag}:")
@@ -223,6 +209,7 @@ class Latency:
                     lambda: self.sink.count,
                     emails,
                     self.sink.pid,
+                    self.folder / f"{queue}.log",
                 )
             finally:
                 cleanup([queue], None)
@@ -316,6 +303,7 @@ def zero_latency(run: str, args: Any, folder: Path) -> str:
                         lambda: sink.count,
                         args.emails,
                         sink.pid,
+                        folder / f"{tag}.log",
                     )
                 finally:
                     cleanup(

@@ -12,7 +12,9 @@ so waiting on sockets is not counted) per part of the pipeline, most first:
   ``--celery`` runs it as Celery's own worker (the main process, which talks to the
   broker and the pool, and the pool processes, which deliver); ``--events`` turns
   task events on, ``--empty`` drains the hand-written empty task instead (Celery's
-  own cost per task).
+  own cost per task), ``--http`` delivers to bench/http_sink.py's Postmark-shaped API
+  answering after 100 ms (bench_scheduler.py's provider-latency scenario) instead of
+  the SMTP sink.
 
 A profile is a breakdown, not a benchmark: its shares are what to read, and the
 benchmarks' tables are where figures come from.
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +61,7 @@ CONSUMER = [
     ("rendering", "TemplateRenderer.render_email"),
     ("MIME", "wire_bytes"),
     ("SMTP", "SmtpProvider"),
+    ("HTTP provider (httpx)", "HttpProvider"),
     ("dispatcher, rest", "Dispatcher._deliver"),
     ("the message to a delivery, rest", "deliver_message"),
     ("delivery threads, rest", "Consumer._work"),
@@ -123,16 +127,18 @@ def profile_inprocess(n: int, out: Path) -> None:
 
 
 def profile_worker(
-    n: int, out: Path, *, events: bool, empty: bool, celery: bool, seconds: int
+    n: int, out: Path, *, events: bool, empty: bool, celery: bool, seconds: int, http: bool = False
 ) -> None:
     import bench_celery as bc
+    from http_sink import HttpSink
     from smtp_sink import SmtpSink
 
     from tenant_notify import Notifier
 
     folder = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     tag = "profile" + os.urandom(3).hex()
-    with SmtpSink() as sink:
+    sink_cm: Any = HttpSink(latency=0.1) if http else SmtpSink()
+    with sink_cm as sink:
         if empty:
             from handwritten_app import make_app
 
@@ -143,7 +149,13 @@ def profile_worker(
             worker = bc.celery_worker(bc.worker_env(queue), events, folder / "worker.log")
         else:
             queue = f"bench_tn_{tag}"
-            table = bc.settings(tag, sink.port, send_events=events)
+            if http:
+                import bench_scheduler as bs
+
+                table = bs.settings(tag, bs.http_provider(sink.url), send_events=events)
+                queue = table["celery"]["queue"]
+            else:
+                table = bc.settings(tag, sink.port, send_events=events)
             (folder / "notify.toml").write_text(bc._toml(table))
             with Notifier.from_settings(table) as notify:
                 for i in range(n):
@@ -167,7 +179,7 @@ def profile_worker(
             subprocess.run(spy(target, out, rate=300), check=True, capture_output=True)
         finally:
             bc.stop(worker)
-            bc.cleanup([queue], f"bench:{tag}:")
+            bc.cleanup([queue], f"bench:{tag}:")  # with its tenant and deferred queues
     breakdown(out, WORKER if celery or empty else CONSUMER)
 
 
@@ -178,6 +190,9 @@ def main() -> None:
     parser.add_argument("--events", action="store_true", help="worker: task events on")
     parser.add_argument("--empty", action="store_true", help="worker: the empty task")
     parser.add_argument("--celery", action="store_true", help="worker: Celery's own worker")
+    parser.add_argument(
+        "--http", action="store_true", help="worker: into the HTTP API answering after 100 ms"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="worker: seconds sampled")
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw samples here")
     args = parser.parse_args()
@@ -194,6 +209,7 @@ def main() -> None:
                 empty=args.empty,
                 celery=args.celery,
                 seconds=args.seconds,
+                http=args.http,
             )
 
 

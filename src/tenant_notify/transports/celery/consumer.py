@@ -511,30 +511,39 @@ def deliver_message(
     """
     log = get_logger()
     notification = Notification.from_dict(data)
-    with structlog.contextvars.bound_contextvars(
-        tenant_id=notification.tenant_id, notification_id=notification.id
-    ):
-        if header_tenant != notification.tenant_id or task_id != notification.id:
+
+    def ids() -> Any:
+        return structlog.contextvars.bound_contextvars(
+            tenant_id=notification.tenant_id, notification_id=notification.id
+        )
+
+    if header_tenant != notification.tenant_id or task_id != notification.id:
+        with ids():
             log.error("task_message_mismatch", header_tenant=header_tenant, task_id=task_id)
             runtime.dead_letter(notification, 1, "the message's headers do not match its body")
-            return False
-        try:
-            outcome = runtime.dispatcher.deliver(notification, attempt)
-            if outcome.retry_in is not None:
-                # A wait for a limit or a paused account (deferred) runs the same attempt again.
-                again = attempt if getattr(outcome, "deferred", False) else attempt + 1
+        return False
+    try:
+        # The dispatcher binds the ids for its own log lines; the rest here binds them
+        # only on the paths that log or publish (binding costs on every message).
+        outcome = runtime.dispatcher.deliver(notification, attempt)
+        if outcome.retry_in is not None:
+            # A wait for a limit or a paused account (deferred) runs the same attempt again.
+            again = attempt if getattr(outcome, "deferred", False) else attempt + 1
+            with ids():
                 runtime.publisher.publish(
                     notification, attempt=again, countdown=outcome.retry_in, wait=True
                 )
-                return False
-            status = outcome.status
-            # (A repeat found it finished by an earlier delivery, which dead-lettered it.)
-            if status is not None and status.state is DeliveryState.FAILED and not outcome.repeat:
+            return False
+        status = outcome.status
+        # (A repeat found it finished by an earlier delivery, which dead-lettered it.)
+        if status is not None and status.state is DeliveryState.FAILED and not outcome.repeat:
+            with ids():
                 runtime.dead_letter(notification, attempt, status.error or "failed")
-        except NotifyError as err:
+    except NotifyError as err:
+        with ids():
             log.warning("task_requeued", error=f"{type(err).__name__}: {err}", attempt=attempt)
-            time.sleep(1.0)
-            return True
+        time.sleep(1.0)
+        return True
     return False
 
 
