@@ -11,7 +11,9 @@ filled with ``--emails`` order confirmations (2,000) is drained into
 * a loopback Postmark-shaped HTTP API that answers each request after 100 ms
   (bench/http_sink.py), or
 * an SMTP server that answers each command (EHLO, MAIL, RCPT, end of DATA, RSET,
-  NOOP) after 20 ms (bench/smtp_sink.py),
+  NOOP) after 20 ms (bench/smtp_sink.py), and the same server offering PIPELINING
+  (``scheduler-latency-smtp-pipelining``), as production servers do (smtplib, and
+  so the hand-written task, never uses it),
 
 by ``tenant-notify worker -c 2`` (two processes, ``[celery] threads`` each: 32 by
 default) and by a hand-written Celery task doing one provider call per message
@@ -221,9 +223,12 @@ def latency(run: str, kind: str, args: Any, folder: Path) -> str:
     if kind == "http":
         sink_cm: Any = HttpSink(latency=0.1)
         title = "HTTP API answering after 100 ms"
-    else:
+    elif kind == "smtp":
         sink_cm = SmtpSink(latency=0.02)
         title = "SMTP server answering each command after 20 ms"
+    else:  # smtp-pipelining
+        sink_cm = SmtpSink(latency=0.02, pipelining=True)
+        title = "SMTP server answering each command after 20 ms, offering PIPELINING"
     with sink_cm as sink:
         bench = Latency(run, kind, sink, folder, args.emails, args.baseline_emails)
         result = Comparison(
@@ -523,7 +528,7 @@ def main() -> None:
     parser.add_argument("--base", default="1c350ba", help="main's commit for the zero-latency row")
     parser.add_argument(
         "--only",
-        choices=("http", "smtp", "zero", "noisy", "pacing"),
+        choices=("http", "smtp", "smtp-pipelining", "zero", "noisy", "pacing"),
         action="append",
         help="run only these comparisons (repeatable)",
     )
@@ -534,7 +539,7 @@ def main() -> None:
         if hasattr(pacing, "add_arguments"):
             pacing.add_arguments(parser)
     args = parser.parse_args()
-    chosen = set(args.only or ("http", "smtp", "zero", "noisy", "pacing"))
+    chosen = set(args.only or ("http", "smtp", "smtp-pipelining", "zero", "noisy", "pacing"))
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as name:
         folder = Path(name)
@@ -542,6 +547,12 @@ def main() -> None:
             publish("scheduler-latency-http", latency(run, "http", args, folder), write=args.write)
         if "smtp" in chosen:
             publish("scheduler-latency-smtp", latency(run, "smtp", args, folder), write=args.write)
+        if "smtp-pipelining" in chosen:
+            publish(
+                "scheduler-latency-smtp-pipelining",
+                latency(run, "smtp-pipelining", args, folder),
+                write=args.write,
+            )
         if "zero" in chosen:
             publish("scheduler-zero-latency", zero_latency(run, args, folder), write=args.write)
         if "noisy" in chosen:

@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,45 @@ _FRAME_TIMEOUT = 5.0
 # interval. Once a second is plenty, and calling it on every 5 ms tick cost about
 # a tenth of a busy worker's CPU (bench/profile_delivery.py worker).
 _HEARTBEAT_EVERY = 1.0
+
+
+class _Acks:
+    """Which finished messages one ``basic.ack`` with ``multiple`` may cover.
+
+    Every message received on the connection has its delivery tag here until it
+    is settled. Of the finished ones, those from the oldest unsettled tag on,
+    without a gap, are acknowledged by one frame with ``multiple``: it covers
+    exactly them, since every older tag is settled already. The others (behind
+    one still in hand) are acknowledged one by one, at once: none waits.
+    """
+
+    def __init__(self) -> None:
+        self._unsettled: list[int] = []  # a heap
+        self._settled: set[int] = set()  # settled out of order, still in the heap
+
+    def received(self, tag: int) -> None:
+        heapq.heappush(self._unsettled, tag)
+
+    def rejected(self, tag: int) -> None:
+        self._settled.add(tag)
+
+    def plan(self, finished: Iterable[int]) -> tuple[int | None, int, list[int]]:
+        """For the tags of ``finished`` messages, to be acknowledged now: the tag to
+        acknowledge with ``multiple`` (None: no run), how many that covers, and the
+        tags to acknowledge one by one."""
+        done = set(finished)
+        unsettled, settled = self._unsettled, self._settled
+        run_end: int | None = None
+        covered = 0
+        while unsettled and (unsettled[0] in done or unsettled[0] in settled):
+            tag = heapq.heappop(unsettled)
+            if tag in done:
+                done.discard(tag)
+                run_end, covered = tag, covered + 1
+            else:
+                settled.discard(tag)
+        settled.update(done)
+        return run_end, covered, sorted(done)
 
 
 @dataclass(slots=True)
@@ -131,6 +170,9 @@ class Consumer:
         self._seq = itertools.count()
         self._generation = 0
         self._in_flight = 0
+        self._acks = _Acks()
+        self.acks_sent = 0  # acknowledgement frames sent, and the messages they covered
+        self.acks_covered = 0
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         self._depths: dict[str, int] = {}
@@ -209,6 +251,7 @@ class Consumer:
         conn.connect()
         self._conn = conn
         self._generation += 1
+        self._acks = _Acks()
         channel = conn.channel()
         consumers = []
         for name in self.routes.names():
@@ -353,6 +396,7 @@ class Consumer:
             ready_at=ready_at,
             seq=next(self._seq),
         )
+        self._acks.received(message.delivery_tag)
         wait = ready_at - now
         if wait > 0:
             hold = min(wait, MAX_HOLD)
@@ -375,20 +419,38 @@ class Consumer:
             self._enqueue(item)
 
     def _settle(self) -> None:
+        """Acknowledge (or hand back) what the delivery threads have finished (:class:`_Acks`)."""
+        if not self._done:
+            return
+        acks: dict[int, _Item] = {}
         while self._done:
             item, requeue = self._done.popleft()
             with self._lock:
                 self._in_flight -= 1
             if item.generation != self._generation:
                 continue  # its connection is gone: the broker has handed it back already
-            try:
-                if requeue:
-                    item.message.reject(requeue=True)
-                else:
-                    item.message.ack()
-            except Exception as err:
-                # A broken channel: the broker redelivers it, the claim skips it.
-                self._log.warning("task_ack_failed", error=f"{type(err).__name__}: {err}")
+            tag = item.message.delivery_tag
+            if requeue:
+                self._send(item.message.reject, requeue=True)
+                self._acks.rejected(tag)
+            else:
+                acks[tag] = item
+        if not acks:
+            return
+        run_end, covered, singles = self._acks.plan(acks)
+        if run_end is not None:
+            self._send(acks[run_end].message.ack, multiple=covered > 1)
+        for tag in singles:
+            self._send(acks[tag].message.ack)
+        self.acks_sent += (run_end is not None) + len(singles)
+        self.acks_covered += len(acks)
+
+    def _send(self, method: Callable[..., Any], **kwargs: Any) -> None:
+        try:
+            method(**kwargs)
+        except Exception as err:
+            # A broken channel: the broker redelivers it, the claim skips it.
+            self._log.warning("task_ack_failed", error=f"{type(err).__name__}: {err}")
 
     def _forget_connection(self) -> None:
         # What this process holds of the old connection goes back to the broker with it.
@@ -438,6 +500,7 @@ class Consumer:
                 self._log.debug("worker_release_failed", exc_info=True)
         self._wake_r.close()
         self._wake_w.close()
+        self._log.info("worker_stopped", ack_frames=self.acks_sent, acknowledged=self.acks_covered)
 
     # --- delivery threads ------------------------------------------------------------
 
