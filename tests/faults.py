@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.processes import Worker, cleanup, toml
+
 REDIS = ("127.0.0.1", 6379)
 RABBITMQ = ("127.0.0.1", 5672)
 REDIS_DB = 15
@@ -169,124 +166,21 @@ def settings_for(
     }
 
 
-def _toml(table: dict[str, Any], prefix: str = "") -> str:
-    scalars, tables = [], []
-    for key, value in table.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            scalars.append(f"{key} = {_value(value)}")
-    out = ([f"[{prefix[:-1]}]"] if prefix and scalars else []) + scalars
-    for key, value in tables:
-        out.append(_toml(value, f"{prefix}{key}."))
-    return "\n".join(out)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-class FaultWorker:
+class FaultWorker(Worker):
     """``tenant-notify worker`` in a process group of its own (restartable)."""
 
     def __init__(self, settings: dict[str, Any], folder: Path, concurrency: int = 2) -> None:
-        self.folder = folder
-        self.config_file = folder / f"worker-{uuid.uuid4().hex[:6]}.toml"
-        self.config_file.write_text(_toml(settings) + "\n", encoding="utf-8")
-        self.concurrency = concurrency
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def log_file(self) -> Path:
-        return self.folder / f"{self.config_file.stem}-{self.starts}.log"
-
-    def start(self, timeout: float = 60.0) -> float:
-        """Start it; return the monotonic time it said it was ready."""
-        self.starts += 1
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-        env.pop("CELERY_BROKER_URL", None)
-        env.pop("CELERY_RESULT_BACKEND", None)
-        env.setdefault("C_FORCE_ROOT", "1")
-        script = Path(sys.executable).with_name("tenant-notify")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "tenant_notify.cli"]
-        command += ["worker", "--config", str(self.config_file), "-c", str(self.concurrency)]
-        with self.log_file.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while b"worker ready" not in self.log_file.read_bytes():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not start:\n{self.log_file.read_text()}")
-            time.sleep(0.05)
-        return time.monotonic()
-
-    def kill_group(self) -> None:
-        """SIGKILL the worker's whole process group at once (an OOM kill, a lost node)."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-        deadline = time.monotonic() + 10
-        while _group_alive(self.process.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
-        self.process = None
-
-    def log(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace") for p in sorted(self.folder.glob("worker-*.log"))
+        name = f"worker-{uuid.uuid4().hex[:6]}"
+        config_file = folder / f"{name}.toml"
+        config_file.write_text(toml(settings) + "\n", encoding="utf-8")
+        super().__init__(
+            config_file,
+            folder,
+            name,
+            library_worker=["-c", str(concurrency)],
+            new_session=True,
+            name=name,
         )
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def cleanup(settings: dict[str, Any]) -> None:
-    """Delete the run's queues and keys (on the real services, not through a proxy)."""
-    import kombu
-    import redis
-
-    from tenant_notify import load_settings
-    from tenant_notify.transports.celery.message import Routes
-
-    queues = [*Routes.from_settings(load_settings(settings)).names()]
-    queues.append(settings["celery"]["dead_letter_queue"])
-    with kombu.Connection(f"amqp://guest:guest@{RABBITMQ[0]}:{RABBITMQ[1]}//") as conn:
-        channel = conn.channel()
-        for name in queues:
-            for delete in (channel.queue_delete, channel.exchange_delete):
-                try:
-                    delete(name)
-                except Exception:
-                    channel = conn.channel()
-    client = redis.Redis(host=REDIS[0], port=REDIS[1], db=REDIS_DB)
-    keys = list(client.scan_iter(match=settings["redis"]["key_prefix"] + "*", count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
-    client.close()
 
 
 # --- the faults ----------------------------------------------------------------------

@@ -14,23 +14,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+# Re-exported: the test modules take them from here.
+from tests.processes import AMQP_URL, REDIS_URL, ROOT, Worker  # noqa: F401
+from tests.processes import cleanup as _cleanup
+from tests.processes import toml as _toml
 from tests.smtp_server import LoopbackSMTPServer
-
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-REDIS_URL = "redis://127.0.0.1:6379/15"
-ROOT = Path(__file__).resolve().parents[2]
 
 TENANTS = {
     "acme": ("Acme Shop", "orders@acme.test"),
@@ -109,133 +104,6 @@ def settings_table(
     }
 
 
-def _toml(table: dict[str, Any], prefix: str = "") -> str:
-    """Just enough TOML for settings_table (no arrays of tables)."""
-    scalars, tables = [], []
-    for key, value in table.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            scalars.append(f"{key} = {_value(value)}")
-    out = ([f"[{prefix[:-1]}]"] if prefix and scalars else []) + scalars
-    for key, value in tables:
-        out.append(_toml(value, f"{prefix}{key}."))
-    return "\n".join(out)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-class Worker:
-    """A real ``celery -A tenant_notify.celery_app worker`` process, restartable."""
-
-    def __init__(
-        self,
-        config_file: Path,
-        log_dir: Path,
-        run_id: str,
-        extra_env: dict[str, str] | None = None,
-        wrapper: list[str] | None = None,
-        library_worker: list[str] | None = None,
-    ) -> None:
-        self.config_file = config_file
-        self.log_dir = log_dir
-        self.run_id = run_id
-        self.extra_env = extra_env or {}
-        # A command the worker runs under (["prlimit", "--as=...", "--"]), if any.
-        self.wrapper = wrapper or []
-        # ``tenant-notify worker`` with these options instead of ``celery worker``.
-        self.library_worker = library_worker
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def log_file(self) -> Path:
-        return self.log_dir / f"worker-{self.starts}.log"
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.starts += 1
-        env = dict(os.environ)
-        env["TENANT_NOTIFY_CONFIG_FILE"] = str(self.config_file)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")]
-        ).rstrip(os.pathsep)
-        env.pop("CELERY_BROKER_URL", None)
-        env.pop("CELERY_RESULT_BACKEND", None)
-        env.update(self.extra_env)
-        if self.library_worker is not None:
-            command = [*self.wrapper, sys.executable, "-m", "tenant_notify.cli", "worker"]
-            command += [*self.library_worker, "--loglevel", "INFO"]
-            ready, count = b"worker_ready", self._processes()
-            timeout = max(timeout, 120.0)  # several processes, each connecting, on a busy machine
-        else:
-            command = [*self.wrapper, sys.executable, "-m", "celery", "-A"]
-            command += ["tenant_notify.celery_app", "worker"]
-            command += ["--concurrency", "2", "--loglevel", "INFO", "--without-mingle"]
-            command += ["--without-gossip", "--hostname", f"tn-it-{self.run_id}-{self.starts}@%h"]
-            ready, count = b" ready.", 1
-        with self.log_file.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-            )
-        deadline = time.monotonic() + timeout
-        while self.log_file.read_bytes().count(ready) < count:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                # Not left behind, still consuming, when the test gives up on it.
-                self.stop()
-                raise RuntimeError(f"the worker did not start:\n{self.log_file.read_text()}")
-            time.sleep(0.05)
-
-    def _processes(self) -> int:
-        options = self.library_worker or []
-        for flag in ("-c", "--concurrency"):
-            if flag in options:
-                return int(options[options.index(flag) + 1])
-        return os.cpu_count() or 1
-
-    def children(self) -> list[int]:
-        assert self.process is not None
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
-        ).stdout
-        return [int(pid) for pid in out.split()]
-
-    def kill(self) -> None:
-        """SIGKILL the main process, then wait until its pool processes are gone."""
-        assert self.process is not None
-        children = self.children()
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        deadline = time.monotonic() + 15
-        while any(Path(f"/proc/{pid}").exists() for pid in children):
-            if time.monotonic() > deadline:
-                for pid in children:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.process = None
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
-
-
 @pytest.fixture(scope="session")
 def settings(run_id: str, smtp: LoopbackSMTPServer) -> dict[str, Any]:
     return settings_table(run_id, smtp.port)
@@ -277,25 +145,6 @@ def queued(settings: dict[str, Any]) -> int:
             with contextlib.suppress(Exception):
                 total += int(conn.channel().queue_declare(name, passive=True).message_count)
     return total
-
-
-def _cleanup(settings: dict[str, Any]) -> None:
-    import kombu
-    import redis
-
-    with kombu.Connection(AMQP_URL, connect_timeout=2) as conn:
-        channel = conn.channel()
-        for name in [*work_queues(settings), settings["celery"]["dead_letter_queue"]]:
-            for delete in (channel.queue_delete, channel.exchange_delete):
-                try:
-                    delete(name)
-                except Exception:
-                    channel = conn.channel()
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=settings["redis"]["key_prefix"] + "*", count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
-    client.close()
 
 
 class TcpProxy:
