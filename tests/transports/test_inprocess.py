@@ -216,3 +216,28 @@ def test_an_attempt_that_ends_after_close_gave_up_is_recorded_not_left_waiting(t
     while notify.transport.pending and time.monotonic() < deadline:
         time.sleep(0.01)
     assert notify.transport.pending == 0
+
+
+def test_a_send_that_races_close_is_settled_not_left_queued(tenants):
+    """A send that passed the closed check just before close() ran, and put its
+    notification on the queue just after close() had drained it, left it ``queued``
+    for ever in a queue no worker reads any more."""
+    notify = make_notifier(tenants=tenants, transport="inprocess")
+    send(notify)  # the workers are running
+    transport = notify.transport
+    queue = transport._queue
+    real_put = queue.put
+
+    def put(*args, **kwargs):
+        transport.close(timeout=1)  # another thread's close(), at the worst moment
+        return real_put(*args, **kwargs)
+
+    queue.put = put  # type: ignore[method-assign]
+    receipt = notify.send_email(
+        to_email="late@example.com", subject="s", body="b", tenant_id="acme"
+    )
+    status = notify.status(receipt.id)
+    assert status is not None and status.state is DeliveryState.FAILED
+    assert "closed" in (status.error or "")
+    assert transport.pending == 0
+    notify.close()

@@ -169,6 +169,11 @@ class InProcessTransport(Transport):
                 tenant_id=notification.tenant_id,
                 notification_id=notification.id,
             ) from None
+        if self._stopping:
+            # close() ran between the check above and the put, and has settled the
+            # queue already: settle what came in after it, as close() would have.
+            for late, _, _ in self._queue.drain():
+                self.dispatcher.abandon(late, _CLOSED)
 
     def backlog(self) -> dict[str, int]:
         """Notifications waiting for a worker, by tenant (retries not yet due left out)."""
