@@ -62,7 +62,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _harness import Comparison, Sample, Target, Variant, arguments, publish
+from _harness import (
+    Comparison,
+    Sample,
+    Target,
+    Variant,
+    arguments,
+    command_line,
+    git_commit,
+    publish,
+)
 from bench_celery import AMQP, REDIS, _toml, cleanup, send_order, start, stop, task_args
 from bench_celery import drain as celery_drain
 from handwritten import TENANTS
@@ -461,6 +470,7 @@ def count_in(times: list[float], intervals: list[tuple[float, float]]) -> int:
 
 def noisy(run: str, args: Any, folder: Path) -> str:
     results: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    began = time.time()
     with HttpSink(latency=0.1) as sink:
         for round_no in range(args.noisy_rounds or args.rounds):
             order = [True, False] if round_no % 2 == 0 else [False, True]
@@ -477,7 +487,11 @@ def noisy(run: str, args: Any, folder: Path) -> str:
         )
 
     loads = [row["load"] for rows in results.values() for row in rows]
+    minutes = (time.time() - began) / 60
     lines = [
+        f"Command: `{command_line()}` at {git_commit()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(began))} UTC, {minutes:.1f} minutes.",
+        "",
         f"Tenant A sends {args.noisy_a:,} order confirmations, then tenant B {args.noisy_b:,}, "
         "to a Postmark-shaped API answering after 100 ms; `tenant-notify worker -c 2` (32 threads "
         f"each) running throughout. {args.noisy_rounds or args.rounds} interleaved rounds "

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 
 from tenant_notify import DeliveryState
-from tenant_notify.dispatcher import Dispatcher
 from tenant_notify.errors import ConfigurationError
 from tenant_notify.models import Channel, Notification
 from tenant_notify.notifier import Notifier
@@ -43,6 +42,14 @@ def settings(api: FakeProviderAPI, **email: object) -> dict[str, object]:
     }
 
 
+def wait_for_pause(notify: Notifier) -> None:
+    """Until the notifier's pacing knows of a paused account."""
+    deadline = time.monotonic() + 10
+    while not notify.dispatcher.pacing.pauses():
+        assert time.monotonic() < deadline, "no account was paused"
+        time.sleep(0.01)
+
+
 def send(notify: Notifier, n: int, tenant: str = "acme") -> list:
     return [
         notify.send_email(to_email=f"u{i}@example.com", subject=f"s{i}", body="b", tenant_id=tenant)
@@ -57,10 +64,7 @@ def test_a_429_with_a_reset_pauses_the_account_for_everyone_behind_it(api: FakeP
         [first] = send(notify, 1)
         # Wait until the first one met the limit, then send more, for two tenants
         # that share the platform's account.
-        deadline = time.monotonic() + 10
-        while not notify.dispatcher.pacing.pauses():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_pause(notify)
         later = send(notify, 4, "acme") + send(notify, 4, "globex")
         statuses = [r.wait(30) for r in [first, *later]]
     assert [s.state for s in statuses] == [DeliveryState.SENT] * 9
@@ -96,10 +100,7 @@ def test_after_a_pause_one_probe_goes_first_and_the_rest_wait_for_its_answer(
     api.script(sendgrid_error(429, "too many", headers={"Retry-After": "1"}), Reply.stall(0.5))
     with Notifier.from_settings(settings(api)) as notify:
         [first] = send(notify, 1)
-        deadline = time.monotonic() + 10
-        while not notify.dispatcher.pacing.pauses():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_pause(notify)
         later = send(notify, 6)
         statuses = [r.wait(30) for r in [first, *later]]
     assert [s.state for s in statuses] == [DeliveryState.SENT] * 7
@@ -122,10 +123,7 @@ def test_twilio_20429_pauses_the_sms_account(api: FakeProviderAPI):
     with Notifier.from_settings(config) as notify:
         started = time.monotonic()
         first = notify.send_sms(to_phone="+14155550100", body="one", tenant_id="acme")
-        deadline = time.monotonic() + 10
-        while not notify.dispatcher.pacing.pauses():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_pause(notify)
         second = notify.send_sms(to_phone="+14155550101", body="two", tenant_id="acme")
         assert first.wait(20).state is DeliveryState.SENT
         assert second.wait(20).state is DeliveryState.SENT
@@ -165,22 +163,12 @@ def test_two_dispatchers_sharing_redis_share_the_pause(api: FakeProviderAPI):
     except redis.RedisError as err:
         pytest.skip(f"Redis is not reachable: {err}")
     from tenant_notify.config import load_settings
-    from tenant_notify.stores.redis import RedisIdempotencyStore, RedisStatusStore
-    from tenant_notify.tenants import StaticTenantResolver
+    from tenant_notify.transports.celery.worker import build_dispatcher
 
     prefix = f"tn_pacing:{uuid.uuid4().hex[:10]}:"
     config = load_settings({**settings(api), "redis": {"url": url, "key_prefix": prefix}})
 
-    def worker() -> Dispatcher:  # what each worker process builds, sharing only Redis
-        status = RedisStatusStore.from_settings(config)
-        return Dispatcher.from_settings(
-            config,
-            tenants=StaticTenantResolver(config.tenants),
-            status_store=status,
-            idempotency_store=RedisIdempotencyStore.from_settings(config, status.client),
-        )
-
-    one, two = worker(), worker()
+    one, two = build_dispatcher(config), build_dispatcher(config)  # two processes' worth
     try:
         api.script(sendgrid_error(429, "slow down", headers={"Retry-After": "30"}))
         first = Notification(
@@ -221,10 +209,7 @@ def test_pauses_are_counted_and_shown_as_seconds_left(api: FakeProviderAPI):
     api.script(sendgrid_error(429, "too many", headers={"Retry-After": "20"}))
     with Notifier.from_settings(settings(api), metrics=registry) as notify:
         send(notify, 1)
-        deadline = time.monotonic() + 10
-        while not notify.dispatcher.pacing.pauses():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_pause(notify)
         [account] = notify.dispatcher.pacing.pauses()
         assert (
             registry.get_sample_value(
@@ -283,19 +268,9 @@ def test_workers_hear_of_pauses_and_read_no_pause_per_delivery(
     import redis
 
     from tenant_notify.config import load_settings
-    from tenant_notify.stores.redis import RedisIdempotencyStore, RedisStatusStore
-    from tenant_notify.tenants import StaticTenantResolver
+    from tenant_notify.transports.celery.worker import build_dispatcher
 
     config = load_settings({**settings(api), "redis": {"url": private_redis, "key_prefix": "p:"}})
-
-    def worker() -> Dispatcher:
-        status = RedisStatusStore.from_settings(config)
-        return Dispatcher.from_settings(
-            config,
-            tenants=StaticTenantResolver(config.tenants),
-            status_store=status,
-            idempotency_store=RedisIdempotencyStore.from_settings(config, status.client),
-        )
 
     def note(tenant: str) -> Notification:
         return Notification(
@@ -320,7 +295,7 @@ def test_workers_hear_of_pauses_and_read_no_pause_per_delivery(
             return
 
     threading.Thread(target=watch, daemon=True).start()
-    one, two = worker(), worker()
+    one, two = build_dispatcher(config), build_dispatcher(config)  # two processes' worth
     try:
         assert two.deliver(note("globex")).status.state is DeliveryState.SENT  # type: ignore[union-attr]
         assert one.deliver(note("acme")).status.state is DeliveryState.SENT  # type: ignore[union-attr]

@@ -481,13 +481,7 @@ class Dispatcher:
         """The account was paused (or its probe was out) when the call was due:
         put the status back as it was, free the claim, come back after the pause."""
         wait = paused + random.uniform(0, min(1.0, paused / 10))
-
-        def undo() -> None:
-            self.status_store.save(before)
-            self.idempotency_store.release(claim_key)
-
-        self._settle(undo, log)
-        notify_observer(self.observer, before)
+        self._release(claim_key, before, log)
         log.info("delivery_deferred", reason="provider_paused", retry_in=round(wait, 3))
         return Outcome(before, retry_in=wait, deferred=True)
 
@@ -511,13 +505,7 @@ class Dispatcher:
             error_type=type(error).__name__,
             next_attempt_at=utcnow() + dt.timedelta(seconds=wait),
         )
-
-        def retrying() -> None:
-            self.status_store.save(status)
-            self.idempotency_store.release(claim_key)
-
-        self._settle(retrying, log)
-        notify_observer(self.observer, status)
+        self._release(claim_key, status, log)
         log.warning(
             "delivery_throttled",
             provider=error.provider,
@@ -538,6 +526,18 @@ class Dispatcher:
         def write() -> None:
             self.idempotency_store.complete(claim_key, self.idempotency_ttl)
             self.status_store.save(status)
+
+        self._settle(write, log)
+        notify_observer(self.observer, status)
+
+    def _release(self, claim_key: str, status: DeliveryStatus, log: Any) -> None:
+        """Record ``status`` and free the claim (a later attempt may take it), held
+        until both land; then tell the observer."""
+
+        def write() -> None:
+            # The status first: once the claim is free, a repeat may take it.
+            self.status_store.save(status)
+            self.idempotency_store.release(claim_key)
 
         self._settle(write, log)
         notify_observer(self.observer, status)
@@ -713,14 +713,7 @@ class Dispatcher:
                 error_type=type(error).__name__,
                 next_attempt_at=utcnow() + dt.timedelta(seconds=retry_in),
             )
-
-            def retrying() -> None:
-                # The status first: once the claim is free, a repeat may take it.
-                self.status_store.save(status)
-                self.idempotency_store.release(claim_key)
-
-            self._settle(retrying, log)
-            notify_observer(self.observer, status)
+            self._release(claim_key, status, log)
             log.warning(
                 "delivery_retry_scheduled",
                 provider=provider_name,
@@ -743,13 +736,7 @@ class Dispatcher:
             and notification.idempotency_key is None
         ):
             # Certainly not accepted: a replayed dead letter may go through.
-
-            def failed() -> None:
-                self.status_store.save(status)
-                self.idempotency_store.release(claim_key)
-
-            self._settle(failed, log)
-            notify_observer(self.observer, status)
+            self._release(claim_key, status, log)
         else:
             # Perhaps accepted, never sendable, or the key's first send (a failed
             # send keeps its key): a redelivery or a repeat must not try again.

@@ -762,7 +762,12 @@ class Pacing:
         """
         key = account.key
         if key not in self._gates:
-            return None
+            if not self._listen or self._listening:
+                return None
+            # Not listening yet (a process starting, its listener not caught up):
+            # read the pause, or a pause since admission would go unnoticed.
+            if self.paused(account) is None and key not in self._gates:
+                return None
         deadline = time.monotonic() + GATE_WAIT
         with self._changed:
             while True:
