@@ -123,3 +123,33 @@ def test_an_in_doubt_send_keeps_its_status_and_a_retry_is_sent_once(tenants):
     time.sleep(0.2)
     assert len(notify.outbox) == 1
     notify.close()
+
+
+def test_a_forked_child_renews_its_own_claims(tenants):
+    import os
+    import threading
+    import warnings
+
+    notify = make_notifier(tenants=tenants)
+    leases = notify.dispatcher._leases
+    leases.hold("delivery:parent")
+    assert any(t.name == "tenant-notify-leases" for t in threading.enumerate())
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12 warns about forking a process with threads (the heartbeat's).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child inherits no thread: its first claim starts a heartbeat
+        try:
+            leases.hold("delivery:child")
+            alive = any(t.name == "tenant-notify-leases" for t in threading.enumerate())
+            os.write(write, b"yes" if alive else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 10)
+    os.close(read)
+    os.waitpid(pid, 0)
+    leases.drop("delivery:parent")
+    notify.close()
+    assert answer == b"yes"

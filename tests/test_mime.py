@@ -212,6 +212,36 @@ def test_make_message_id_uses_the_sender_domain_without_getfqdn(
     build_mime(make_email())  # no getfqdn on the way either
 
 
+def test_message_ids_are_make_msgids_with_the_pid_of_the_process_that_sends() -> None:
+    import email.utils
+    import os
+    import re
+    import warnings
+
+    shape = r"<(\d+)\.(\d+)\.(\d+)@acme\.test>"
+    ours = re.fullmatch(shape, make_message_id(Address("orders@acme.test")))
+    stdlib = re.fullmatch(shape, email.utils.make_msgid(domain="acme.test"))
+    assert ours is not None and stdlib is not None
+    assert ours.group(2) == stdlib.group(2) == str(os.getpid())
+    assert abs(int(ours.group(1)) - int(stdlib.group(1))) <= 100  # the same clock
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12 warns about forking a process with threads (other tests' daemons).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: its own pid in its ids
+        try:
+            os.write(write, make_message_id(Address("orders@acme.test")).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    child = re.fullmatch(shape, child_id)
+    assert child is not None and child.group(2) == str(pid)
+
+
 # --- attachments and inline images ------------------------------------------------------
 
 

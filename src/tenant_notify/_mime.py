@@ -19,6 +19,7 @@ import email.message
 import email.policy
 import email.utils
 import functools
+import os
 import quopri
 import random
 import re
@@ -49,7 +50,18 @@ def make_message_id(from_addr: Address) -> str:
     """
     _, at, domain = from_addr.email.rpartition("@")
     domain = (_idna_domain(domain) if at else None) or _FALLBACK_DOMAIN
-    return email.utils.make_msgid(domain=domain)
+    # email.utils.make_msgid(domain=domain), with the process id read once (and again
+    # in a forked child) rather than by a system call per message.
+    return f"<{int(time.time() * 100)}.{_pid}.{random.getrandbits(64)}@{domain}>"
+
+
+def _read_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+_pid = os.getpid()
+os.register_at_fork(after_in_child=_read_pid)
 
 
 def envelope_address(address: str, field: str) -> str:

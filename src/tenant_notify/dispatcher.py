@@ -66,6 +66,17 @@ _T = TypeVar("_T")
 _NOT_ENQUEUED = "EnqueueError"
 
 
+def _read_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# The process id, read again in a forked child: os.getpid() is a system call, and
+# _Leases.hold asks for every claim.
+_pid = os.getpid()
+os.register_at_fork(after_in_child=_read_pid)
+
+
 class _Leases:
     """The delivery claims this process holds, renewed while their attempts run.
 
@@ -87,8 +98,8 @@ class _Leases:
     def hold(self, key: str) -> None:
         with self._lock:
             self._held[key] = self._held.get(key, 0) + 1
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._pid != _pid:  # the first claim in this process (or a forked child)
+                self._pid = _pid
                 self._wake = threading.Event()
                 threading.Thread(
                     target=self._run, args=(self._wake,), name="tenant-notify-leases", daemon=True

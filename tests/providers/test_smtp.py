@@ -327,7 +327,7 @@ def test_pipelining_sends_the_envelope_and_data_in_one_write(
         writes.clear()
         provider.send(make_email(2, to=(Address("jane@example.com"), Address("joe@example.com"))))
     commands, message, end = writes[:3]
-    # Bytes, written as they are (smtplib would run text through a regex first).
+    # Bytes, written as they are.
     assert isinstance(commands, bytes)
     assert commands.startswith(b"MAIL FROM:<orders@acme.test> SIZE=")
     assert commands.endswith(

@@ -305,9 +305,8 @@ def _transaction(
     in the same cases, so :meth:`SmtpProvider._map_error` treats both alike.
     """
     size = f" SIZE={len(raw)}" if conn.has_extn("size") else ""
-    # As bytes: smtplib would run each text command through a line-ending regex and
-    # encode it; these are ASCII (the addresses were put in ASCII form) and end in
-    # CRLF already.
+    # As bytes, encoded here once: they are ASCII (the addresses were put in ASCII
+    # form) and end in CRLF already.
     commands = [f"MAIL FROM:<{sender}>{size}\r\n".encode("ascii")]
     commands += [f"RCPT TO:<{rcpt}>\r\n".encode("ascii") for rcpt in recipients]
     commands.append(b"DATA\r\n")

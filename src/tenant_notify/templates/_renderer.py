@@ -278,10 +278,17 @@ class TemplateRenderer:
         text_t = self._lookup(kind, "body.txt", context, templates_dir, locale, required=True)
         html_t = self._lookup(kind, "body.html", context, templates_dir, locale, required=False)
         babel_locale(context.get("locale", locale))  # its data read outside the time limit
-        with self._budget():
+        if all(is_builtin_name(t.name) for t in (subject_t, text_t, html_t) if t is not None):
+            # Library templates only, which no time limit is for (see _generate):
+            # no budget to set (and no CPU clock to read) for them.
             subject = self._render_resolved(subject_t, context, locale)
             text = self._render_resolved(text_t, context, locale)
             html = self._render_resolved(html_t, context, locale) if html_t else None
+        else:
+            with self._budget():
+                subject = self._render_resolved(subject_t, context, locale)
+                text = self._render_resolved(text_t, context, locale)
+                html = self._render_resolved(html_t, context, locale) if html_t else None
         subject = check_header_value(subject.strip(), "subject")
         if html is not None and not html.strip():
             html = None
