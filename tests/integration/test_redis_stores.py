@@ -381,3 +381,79 @@ def test_every_key_about_a_notification_expires_within_the_retention(client):
     kept = {key for key, ttl in found.items() if not 0 < ttl <= 3_600_000}
     assert kept == {key for key in found if key.startswith(client.prefix + "supp")}
     assert kept  # the suppression list is there, without an expiry
+
+
+# --- a caller's first status, written with others ------------------------------------
+
+
+def test_first_statuses_wait_to_be_written_together_and_land_without_a_call(client, monkeypatch):
+    import redis
+
+    from tenant_notify.stores.redis import _Writer
+
+    store = RedisStatusStore(
+        redis.Redis.from_url(REDIS_URL, decode_responses=True), key_prefix=client.prefix, ttl=60
+    )
+    try:
+        store.save(status("warm", state=DeliveryState.SENDING, attempts=1))
+        store.flush()
+        writes: list[int] = []
+        conn = store._writer._conn
+        real = conn.send_packed_command
+
+        def counted(command: list[bytes], check_health: bool = True) -> None:
+            writes.append(len(b"".join(command)))
+            real(command, check_health=check_health)
+
+        monkeypatch.setattr(conn, "send_packed_command", counted)
+        monkeypatch.setattr(_Writer, "_LINGER", 60.0)  # only a full batch writes
+        for n in range(_Writer._BATCH):
+            store.save_first(status(f"b{n}", state=DeliveryState.QUEUED))
+        assert len(writes) == 1  # 64 statuses, one system call
+        assert client.get(f"{client.prefix}status:b63") is not None
+    finally:
+        store.close()
+
+
+def test_fewer_first_statuses_than_a_batch_land_a_moment_later_without_a_call(client):
+    import redis
+
+    store = RedisStatusStore(
+        redis.Redis.from_url(REDIS_URL, decode_responses=True), key_prefix=client.prefix, ttl=60
+    )
+    try:
+        store.save_first(status("late1", state=DeliveryState.QUEUED))
+        store.save_first(status("late2", state=DeliveryState.QUEUED))
+        deadline = time.monotonic() + 10
+        while client.get(f"{client.prefix}status:late2") is None:  # another client's read
+            assert time.monotonic() < deadline, "the buffered status never landed"
+            time.sleep(0.01)
+        assert client.get(f"{client.prefix}status:late1") is not None
+    finally:
+        store.close()
+
+
+def test_a_buffered_first_status_is_seen_by_the_process_at_once(statuses, monkeypatch):
+    from tenant_notify.stores.redis import _Writer
+
+    monkeypatch.setattr(_Writer, "_LINGER", 60.0)
+    statuses.save_first(status("mine", state=DeliveryState.QUEUED))
+    got = statuses.get("mine")  # the read writes what waits first
+    assert got is not None and got.state is DeliveryState.QUEUED
+    # A later write of the same notification lands after it, in call order.
+    gone = status("gone", state=DeliveryState.QUEUED)
+    statuses.save_first(gone)
+    statuses.discard_queued(gone)
+    assert statuses.get("gone") is None
+
+
+def test_a_first_status_raises_at_once_when_redis_refuses_the_connection(services):
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    dead = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    with pytest.raises(StoreUnavailableError, match="Redis did not answer"):
+        RedisStatusStore(dead).save_first(status("n1", state=DeliveryState.QUEUED))

@@ -21,6 +21,7 @@ Every Redis failure is raised as :class:`~tenant_notify.errors.StoreUnavailableE
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
@@ -32,8 +33,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from .._json import compact
 from ..config import Settings
 from ..errors import MissingDependencyError, StoreUnavailableError
+from ..log import get_logger
 from ..models import DeliveryState, DeliveryStatus
 from .base import Claim, ClaimState
 
@@ -129,11 +132,23 @@ class _Writer:
     to pay for three (its ``sending`` status and its completed claim ride along
     with its final status).
 
+    ``send_later`` (a caller's first ``queued`` status) does not even write: the
+    command waits in the writer, to be written together with others in one
+    system call, by the first of: :data:`_BATCH` of them buffered, any other
+    command or flush of this writer (so the order stays that of the calls, and
+    a read in the process sees it), or :data:`_LINGER` seconds later, written by
+    the writer's flusher thread. A caller's send then costs no system call (and
+    no wake-up of Redis) on Redis's side; the status is in Redis a few
+    milliseconds later, or never if the process dies first (the notification is
+    queued all the same, and a worker records its statuses from there).
+
     Both stores built on one client share its writer (see :func:`_writer_for`).
     redis-py's health check (a PING before a command on a connection that has been
     quiet) runs only while no reply is owed: its read would take a write's reply.
     """
 
+    _BATCH = 64  # buffered commands written in one go once there are this many
+    _LINGER = 0.005  # seconds a buffered command waits at most for others
     _MAX_OWED = 1000  # block for replies beyond this many
     # Read the replies that have come only once this many are owed: a write then
     # costs one system call (the write), not three (a poll, with its two timeout
@@ -151,6 +166,12 @@ class _Writer:
         # With some of them: what to tell the reply to (by position in _owed).
         self._on_reply: dict[int, Callable[[Any], None]] = {}
         self._sent = 0  # writes ever sent on this connection; _owed[0] is number _sent - len
+        # send_later's commands, packed, not written yet; with their keys and callbacks.
+        self._buffer: list[bytes] = []
+        self._buffered: list[tuple[str, Callable[[Any], None] | None]] = []
+        self._due = threading.Event()  # set while something is buffered
+        self._flusher_pid = 0
+        self._closed = False
 
     def send(self, key: str, *args: Any, on_reply: Callable[[Any], None] | None = None) -> None:
         """Write a command on ``key``; its reply is read later (errors surface then).
@@ -161,36 +182,116 @@ class _Writer:
         with self._lock:
             conn = self._connection()
             try:
+                if self._buffer:
+                    self._write_buffer(conn)
                 if len(self._owed) >= self._READ_EVERY:
                     self._read(conn, block=len(self._owed) >= self._MAX_OWED)
                 conn.send_packed_command(_resp(conn, args), check_health=not self._owed)
             except self._errors as err:
                 raise self._broken(err) from err
-            self._owed.append(key)
-            if on_reply is not None:
-                self._on_reply[self._sent] = on_reply
-            self._sent += 1
+            self._owe(key, on_reply)
+
+    def send_later(
+        self, key: str, *args: Any, on_reply: Callable[[Any], None] | None = None
+    ) -> None:
+        """Like :meth:`send`, but the command may wait to be written with others.
+
+        It is written within :data:`_LINGER` seconds, and before any later
+        command of this writer (see the class). The connection is made now: a
+        Redis that refuses it raises here, before the caller goes on.
+        """
+        with self._lock:
+            conn = self._connection()
+            self._buffer += _resp(conn, args)
+            self._buffered.append((key, on_reply))
+            if len(self._buffer) >= self._BATCH:
+                try:
+                    self._write_buffer(conn)
+                except self._errors as err:
+                    raise self._broken(err) from err
+            elif len(self._buffer) == 1:
+                self._start_flusher()
+                self._due.set()
+
+    def _owe(self, key: str, on_reply: Callable[[Any], None] | None) -> None:
+        self._owed.append(key)
+        if on_reply is not None:
+            self._on_reply[self._sent] = on_reply
+        self._sent += 1
+
+    def _write_buffer(self, conn: Any) -> None:
+        """Write every buffered command in one go (the lock held)."""
+        if len(self._owed) >= self._READ_EVERY:
+            # (A refused earlier write raises here, with the buffer still to write.)
+            self._read(conn, block=len(self._owed) + len(self._buffered) >= self._MAX_OWED)
+        buffer, buffered = self._buffer, self._buffered
+        self._buffer, self._buffered = [], []
+        self._due.clear()
+        try:
+            conn.send_packed_command([b"".join(buffer)], check_health=not self._owed)
+        finally:
+            # Owed even if the write failed part-way: _broken names them.
+            for key, on_reply in buffered:
+                self._owe(key, on_reply)
+
+    def _start_flusher(self) -> None:
+        pid = os.getpid()
+        if self._flusher_pid == pid:
+            return
+        self._flusher_pid = pid
+        # The thread holds the writer weakly; a writer collected unclosed wakes it to end.
+        weakref.finalize(self, self._due.set)
+        threading.Thread(
+            target=_flush_buffered,
+            args=(weakref.ref(self), self._due),
+            name="tenant-notify-redis",
+            daemon=True,
+        ).start()
+        global _AT_EXIT_PID
+        if pid != _AT_EXIT_PID:
+            _AT_EXIT_PID = pid
+            atexit.register(_flush_at_exit)
+
+    def _flush_buffer(self) -> None:
+        """The flusher thread's turn: write what waited for :data:`_LINGER` seconds."""
+        with self._lock:
+            if not self._buffer or self._conn is None or self._pid != os.getpid():
+                self._due.clear()
+                return
+            try:
+                self._write_buffer(self._conn)
+            except self._errors as err:
+                # The statuses are lost with the connection (the notifications
+                # are queued all the same); the next command connects afresh.
+                get_logger().warning("redis_buffered_writes_lost", error=str(self._broken(err)))
+            except StoreUnavailableError as err:
+                # An earlier write refused: said here (no caller waits for it);
+                # the buffer is written on the next turn.
+                get_logger().warning("redis_write_refused", error=str(err))
 
     def call(self, key: str, *args: Any) -> Any:
         """Write a command on ``key`` and wait: every earlier write is done when this returns."""
         with self._lock:
             conn = self._connection()
             try:
+                if self._buffer:
+                    self._write_buffer(conn)
                 conn.send_packed_command(_resp(conn, args), check_health=not self._owed)
-                self._owed.append(key)
-                self._sent += 1
+                self._owe(key, None)
                 return self._read(conn, block=True)
             except self._errors as err:
                 raise self._broken(err) from err
 
     def flush(self) -> None:
-        """Read every reply owed."""
-        if not self._owed:
+        """Write what is buffered, and read every reply owed."""
+        if not self._owed and not self._buffer:
             return
         with self._lock:
             if self._conn is None or self._pid != os.getpid():
                 return
             try:
+                if self._buffer:
+                    self._write_buffer(self._conn)
                 self._read(self._conn, block=True)
             except self._errors as err:
                 raise self._broken(err) from err
@@ -199,6 +300,8 @@ class _Writer:
         with suppress(StoreUnavailableError):
             self.flush()
         with self._lock:
+            self._closed = True
+            self._due.set()  # the flusher finds it closed and ends
             conn, self._conn = self._conn, None
             if conn is not None and self._pid == os.getpid():
                 self._client.connection_pool.release(conn)
@@ -212,6 +315,8 @@ class _Writer:
             except self._errors as err:
                 self._conn = None
                 raise self._broken(err) from err
+            if self._pid != os.getpid():  # the parent's buffered writes are its own
+                self._buffer, self._buffered = [], []
             self._pid, self._owed = os.getpid(), deque()
             self._on_reply, self._sent = {}, 0
         return self._conn
@@ -237,8 +342,10 @@ class _Writer:
         return reply
 
     def _broken(self, err: BaseException) -> StoreUnavailableError:
-        conn, self._conn, owed = self._conn, None, self._owed
+        conn, self._conn = self._conn, None
+        owed = list(self._owed) + [key for key, _ in self._buffered]
         self._owed, self._on_reply, self._sent = deque(), {}, 0
+        self._buffer, self._buffered = [], []
         if conn is not None:
             with suppress(*self._errors):
                 conn.disconnect()
@@ -247,6 +354,28 @@ class _Writer:
                     self._client.connection_pool.release(conn)
         unknown = f"; unconfirmed writes: {', '.join(owed)}" if owed else ""
         return _unanswered(err, unknown)
+
+
+def _flush_buffered(ref: weakref.ReferenceType[_Writer], due: threading.Event) -> None:
+    """A writer's flusher thread: once something is buffered, write it a moment later."""
+    while True:
+        due.wait()
+        time.sleep(_Writer._LINGER)
+        writer = ref()
+        if writer is None or writer._closed:
+            return
+        writer._flush_buffer()
+        del writer
+
+
+_AT_EXIT_PID = 0
+
+
+def _flush_at_exit() -> None:
+    # An interpreter that exits without closing the stores still writes what waits.
+    for writer in list(_WRITERS.values()):
+        with suppress(Exception):
+            writer.flush()
 
 
 _WRITERS: weakref.WeakKeyDictionary[Any, _Writer] = weakref.WeakKeyDictionary()
@@ -402,13 +531,13 @@ class RedisStatusStore(_RedisStore):
         other state waits, so a status that decides what happens next (sent,
         failed, retrying) is stored when this returns.
         """
-        data = json.dumps(status.to_dict(), separators=(",", ":"))
+        data = compact(status.to_dict())
         key = self._key(status.id)
         if status.state is DeliveryState.QUEUED and status.attempts == 0:
             # The first status of a new notification, written on the caller's
             # side of a send, and only where there is no status yet, so it can
             # never overwrite what a worker recorded meanwhile.
-            self._writer.send(key, "SET", key, data, "NX", "PX", _ms(self.ttl))
+            self._writer.send_later(key, "SET", key, data, "NX", "PX", _ms(self.ttl))
             return
         command = (
             "EVAL",
@@ -438,15 +567,17 @@ class RedisStatusStore(_RedisStore):
         Redis's reply, waiting for it only if it has not come yet, and says False
         when Redis never answered.
         """
-        data = json.dumps(status.to_dict(), separators=(",", ":"))
+        data = compact(status.to_dict())
         key = self._key(status.id)
         seen = _FirstSave(self._writer)
-        self._writer.send(key, "SET", key, data, "NX", "PX", _ms(self.ttl), on_reply=seen.reply)
+        self._writer.send_later(
+            key, "SET", key, data, "NX", "PX", _ms(self.ttl), on_reply=seen.reply
+        )
         return seen
 
     def discard_queued(self, status: DeliveryStatus) -> None:
         """Forget ``status.id`` only while its stored status is still ``status``."""
-        data = json.dumps(status.to_dict(), separators=(",", ":"))
+        data = compact(status.to_dict())
         key = self._key(status.id)
         self._writer.call(key, "EVAL", self._DISCARD_UNCHANGED, 1, key, data)
 

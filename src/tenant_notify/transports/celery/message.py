@@ -16,6 +16,7 @@ import os
 import socket
 from typing import Any
 
+from ..._json import compact
 from ...config import Settings
 from ...errors import MissingDependencyError
 from ...log import mask_recipient
@@ -158,7 +159,7 @@ def build_message(
     A standard Celery worker consumes it as a call of :data:`TASK_NAME` with the
     notification's dict as its only argument; ``retries`` is ``attempt - 1``.
     """
-    body = json.dumps([[notification.to_dict()], {}, _EMBED], separators=(",", ":"))
+    body = compact([[notification.to_dict()], {}, _EMBED])
     headers: dict[str, Any] = {
         "lang": "py",
         "task": TASK_NAME,

@@ -114,15 +114,25 @@ class _Frames:
         parts = []
         keys, entries = self._keys, self._entries
         for key, value in headers.items():
-            if type(value) is str:
+            kind = type(value)
+            hit = entries.get(key)
+            if kind is str:
+                # The same text as the last message's (the task name, the origin):
+                # the entry as encoded then; else (an id) encoded now.
+                if hit is not None and hit[0][0] is str and hit[0][1] == value:
+                    parts.append(hit[1])
+                    continue
                 prefix = keys.get(key)
                 if prefix is None:
                     prefix = keys[key] = _shortstr(key) + b"S"
                 raw = value.encode("utf-8", "surrogatepass")
-                parts.append(prefix + len(raw).to_bytes(4, "big") + raw)
+                entry = prefix + len(raw).to_bytes(4, "big") + raw
+                entries[key] = ((str, value), entry)
+                parts.append(entry)
                 continue
-            marker = (type(value), value if type(value) in _SCALARS else repr(value))
-            hit = entries.get(key)
+            # Scalars compare as themselves, their type with them (True is not 1);
+            # containers by their repr ([True] is not [1]).
+            marker = (kind, value if kind in _SCALARS else repr(value))
             if hit is None or hit[0] != marker:
                 from amqp.serialization import dumps
 
