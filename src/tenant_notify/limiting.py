@@ -468,6 +468,19 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 return tostring(math.max(ends, current))
 """
 
+# The probe's turn, unless the account is paused again (a probe that met the limit
+# records the new pause before it gives the turn back).
+_PROBE = """
+local ends = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ends > tonumber(ARGV[1]) then
+  return tostring(ends)
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return 'probe'
+end
+return ''
+"""
+
 #: Seconds a delivery thread waits in line for the probe's answer (or for a
 #: place while calls ramp up again after a pause) before its notification is
 #: deferred instead.
@@ -549,6 +562,7 @@ class Pacing:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._pause_script: Any = None
+        self._probe_script: Any = None
         self._listen = listen and client is not None
         self._listener_pid = 0
         self._listening = False  # subscribed, and caught up with the pauses in Redis
@@ -780,11 +794,15 @@ class Pacing:
                     return until - now
                 if gate.probing:
                     if not gate.probe_out and time.monotonic() >= gate.next_try:
-                        if self._take_probe(key):
+                        turn = self._take_probe(key, now)
+                        if turn is True:
                             gate.probe_out = True
                             gate.inflight += 1
                             return Slot(account, gate, probe=True)
                         gate.next_try = time.monotonic() + 0.1
+                        if turn is not False:  # paused again, not yet heard of here
+                            self._paused[key] = max(turn, self._paused.get(key, 0.0))
+                            continue
                 elif gate.inflight < gate.cap:
                     gate.inflight += 1
                     return Slot(account, gate, probe=False)
@@ -822,21 +840,25 @@ class Pacing:
                 if opened:
                     self._client.publish(self._channel, f"open {key}")
 
-    def _take_probe(self, key: str) -> bool:
-        """The probe's turn for this process, if no other process has it (Redis)."""
+    def _take_probe(self, key: str, now: float) -> bool | float:
+        """The probe's turn for this process (True), unless another process has it
+        (False) or the account is paused again (until when, from Redis)."""
         if self._client is None:
             return True
+        if self._probe_script is None:
+            self._probe_script = self._client.register_script(_PROBE)
         try:
-            return bool(
-                self._client.set(
-                    f"{self._prefix}pace:probe:{key}",
-                    str(os.getpid()),
-                    nx=True,
-                    px=int(PROBE_TTL * 1000),
-                )
+            answer = self._probe_script(
+                keys=[f"{self._prefix}pace:pause:{key}", f"{self._prefix}pace:probe:{key}"],
+                args=[repr(now), str(os.getpid()), int(PROBE_TTL * 1000)],
             )
         except Exception:
             return True  # Redis is out of reach: this process probes on its own
+        if isinstance(answer, bytes):
+            answer = answer.decode()
+        if answer == "probe":
+            return True
+        return float(answer) if answer else False
 
     def pauses(self) -> Mapping[str, float]:
         """Accounts paused now -> seconds left (this process's, or every process's with Redis)."""

@@ -145,6 +145,34 @@ def test_a_retry_waits_in_the_deferred_queue_and_is_delivered(notify, api, fair_
     assert len(api.requests) == 2
 
 
+def test_a_429_pauses_every_process_and_fails_nothing(notify, api, fair_worker):
+    # Two throttled replies, then normal ones; a retry policy of one attempt would
+    # fail both if a throttling spent an attempt.
+    for _ in range(2):
+        reply = postmark_error(429, 0, "Rate limit exceeded")
+        reply.headers["Retry-After"] = "2"
+        api.script(reply)
+    first = send(notify, "acme", 1, "pace")
+    deadline = time.monotonic() + 30
+    while not notify.dispatcher.pacing.pauses():  # the pause, in Redis for every process
+        assert time.monotonic() < deadline, "the 429 paused no account"
+        time.sleep(0.02)
+    later = send(notify, "acme", 6, "pacea") + send(notify, "globex", 6, "paceg")
+    statuses = [notify.wait(notification_id, 60) for notification_id in first + later]
+    assert [s.state for s in statuses] == [DeliveryState.SENT] * 13
+    # None spent an attempt on the pause: not the one that met the limit, nor those
+    # behind it, in either worker process.
+    assert {s.attempts for s in statuses} == {1}
+    throttled, *rest = api.requests
+    offsets = [round(r.at - throttled.at, 3) for r in rest]
+    # Nothing went to the API until the pause was over (the notifications sent
+    # meanwhile waited in both processes); then one call alone, the probe, which
+    # met the limit again; the rest after that second pause.
+    assert len(rest) == 14, offsets
+    assert all(offset >= 1.9 for offset in offsets), offsets
+    assert len([offset for offset in offsets if offset < 3.9]) == 1, offsets
+
+
 def test_killed_worker_loses_nothing_and_doubles_nothing(notify, api, fair_worker):
     api.latency = 0.05
     queue_first(notify, fair_worker, ("acme", 200, "ka"), ("globex", 200, "kg"))
