@@ -457,3 +457,31 @@ def test_a_first_status_raises_at_once_when_redis_refuses_the_connection(service
     )
     with pytest.raises(StoreUnavailableError, match="Redis did not answer"):
         RedisStatusStore(dead).save_first(status("n1", state=DeliveryState.QUEUED))
+
+
+def test_a_process_forked_while_the_writer_is_busy_writes_on_its_own(statuses, monkeypatch):
+    import multiprocessing
+
+    from tenant_notify.stores.redis import _Writer
+
+    monkeypatch.setattr(_Writer, "_LINGER", 60.0)
+    statuses.save_first(status("parent", state=DeliveryState.QUEUED))  # buffered
+    writer = statuses._writer
+
+    def child() -> None:
+        statuses.save_first(status("child", state=DeliveryState.QUEUED))
+        got = statuses.get("child")
+        parents = statuses.get("parent")  # the parent's buffered status is not the child's
+        ok = got is not None and parents is None
+        raise SystemExit(0 if ok else 3)
+
+    with writer._lock:  # the flusher's turn, say, at the moment of the fork
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+    process.join(20)
+    if process.is_alive():  # stuck on the lock it inherited
+        process.kill()
+        process.join()
+    assert process.exitcode == 0
+    got = statuses.get("parent")
+    assert got is not None and got.state is DeliveryState.QUEUED

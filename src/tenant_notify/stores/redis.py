@@ -172,6 +172,17 @@ class _Writer:
         self._due = threading.Event()  # set while something is buffered
         self._flusher_pid = 0
         self._closed = False
+        if hasattr(os, "register_at_fork"):
+            # A fork while the flusher (or any thread) held the lock would leave
+            # the child's copy locked for ever; the child starts afresh.
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _forked(ref))
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._due = threading.Event()
+        self._buffer, self._buffered = [], []  # the parent's, to write
+        self._flusher_pid = 0
 
     def send(self, key: str, *args: Any, on_reply: Callable[[Any], None] | None = None) -> None:
         """Write a command on ``key``; its reply is read later (errors surface then).
@@ -369,6 +380,12 @@ def _flush_buffered(ref: weakref.ReferenceType[_Writer], due: threading.Event) -
 
 
 _AT_EXIT_PID = 0
+
+
+def _forked(ref: weakref.ReferenceType[_Writer]) -> None:
+    writer = ref()
+    if writer is not None:
+        writer._after_fork()
 
 
 def _flush_at_exit() -> None:
