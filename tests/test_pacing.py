@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -225,43 +226,63 @@ def test_pauses_are_counted_and_shown_as_seconds_left(api: FakeProviderAPI):
         notify.close(timeout=0.1)
 
 
-@pytest.fixture
-def private_redis() -> Iterator[str]:
-    """A redis-server of this test's own (its MONITOR sees this test's commands only)."""
-    import shutil
-    import socket
-    import subprocess
+class PrivateRedis:
+    """A redis-server of the test's own, stopped and started again at will on one port
+    (its MONITOR sees the test's commands only)."""
 
-    redis = pytest.importorskip("redis")
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
+    OPTIONS = ("--save", "", "--appendonly", "no")
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+
+        self.redis = pytest.importorskip("redis")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("no redis-server")
+        self.binary = binary
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.server: Any = None
+
+    def start(self) -> None:
+        import subprocess
+
+        self.server = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *self.OPTIONS],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis.from_url(url, socket_timeout=1).ping()
-                break
-            except redis.RedisError:
+                self.redis.Redis.from_url(self.url, socket_timeout=1).ping()
+                return
+            except self.redis.RedisError:
                 assert time.monotonic() < deadline, "redis-server did not start"
                 time.sleep(0.05)
-        yield url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(10)
+            self.server = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
 
 
 def test_workers_hear_of_pauses_and_read_no_pause_per_delivery(
-    api: FakeProviderAPI, private_redis: str
+    api: FakeProviderAPI, private_redis: PrivateRedis
 ):
     import threading
 
@@ -270,7 +291,9 @@ def test_workers_hear_of_pauses_and_read_no_pause_per_delivery(
     from tenant_notify.config import load_settings
     from tenant_notify.transports.celery.worker import build_dispatcher
 
-    config = load_settings({**settings(api), "redis": {"url": private_redis, "key_prefix": "p:"}})
+    config = load_settings(
+        {**settings(api), "redis": {"url": private_redis.url, "key_prefix": "p:"}}
+    )
 
     def note(tenant: str) -> Notification:
         return Notification(
@@ -283,7 +306,7 @@ def test_workers_hear_of_pauses_and_read_no_pause_per_delivery(
         )
 
     commands: list[str] = []
-    monitor = redis.Redis.from_url(private_redis).monitor()
+    monitor = redis.Redis.from_url(private_redis.url).monitor()
     monitor.__enter__()
 
     def watch() -> None:
@@ -322,6 +345,41 @@ def test_workers_hear_of_pauses_and_read_no_pause_per_delivery(
         assert deferred.deferred and 28 <= deferred.retry_in <= 33  # type: ignore[operator]
         assert len(api.requests) == 8  # 7 sent, 1 throttled; the deferred one never tried
         assert not [c for c in commands if c.startswith("GET ") and "pace:pause" in c], commands
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_listener_that_lost_redis_catches_up_with_the_pauses_it_missed(
+    api: FakeProviderAPI, private_redis: PrivateRedis
+):
+    from tenant_notify.config import load_settings
+    from tenant_notify.transports.celery.worker import build_dispatcher
+
+    config = load_settings(
+        {**settings(api), "redis": {"url": private_redis.url, "key_prefix": "q:"}}
+    )
+    one, two = build_dispatcher(config), build_dispatcher(config)
+    account = two.providers.account(None, Channel.EMAIL)
+    try:
+        assert two.pacing.paused(account) is None  # starts the listener
+
+        def until(condition: Any, what: str) -> None:
+            deadline = time.monotonic() + 15
+            while not condition():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.02)
+
+        until(lambda: two.pacing.listening, "the listener never started")
+        private_redis.stop()
+        until(lambda: not two.pacing.listening, "the listener did not notice Redis going")
+        private_redis.start()
+        # Recorded while the listener may still be reconnecting: its announcement
+        # can be missed, the sorted set of pauses is not.
+        one.pacing.throttled(account, 30.0)
+        until(lambda: two.pacing.listening, "the listener did not come back")
+        left = two.pacing.paused(account)
+        assert left is not None and 25 < left <= 30
     finally:
         one.close()
         two.close()
