@@ -170,6 +170,7 @@ class _Writer:
         self._buffer: list[bytes] = []
         self._buffered: list[tuple[str, Callable[[Any], None] | None]] = []
         self._due = threading.Event()  # set while something is buffered
+        self._buffered_at = 0.0  # when the oldest buffered command was (monotonic)
         self._flusher_pid = 0
         self._closed = False
         if hasattr(os, "register_at_fork"):
@@ -211,18 +212,23 @@ class _Writer:
         command of this writer (see the class). The connection is made now: a
         Redis that refuses it raises here, before the caller goes on.
         """
+        now = time.monotonic()
         with self._lock:
             conn = self._connection()
             self._buffer += _resp(conn, args)
             self._buffered.append((key, on_reply))
-            if len(self._buffer) >= self._BATCH:
+            if len(self._buffer) == 1:
+                self._buffered_at = now
+                self._start_flusher()
+                self._due.set()
+            elif len(self._buffer) >= self._BATCH or now - self._buffered_at >= self._LINGER / 2:
+                # A sender that keeps sending writes its own buffer (half the
+                # linger, so the flusher, a thread taking the interpreter lock
+                # in turn with it, seldom has to).
                 try:
                     self._write_buffer(conn)
                 except self._errors as err:
                     raise self._broken(err) from err
-            elif len(self._buffer) == 1:
-                self._start_flusher()
-                self._due.set()
 
     def _owe(self, key: str, on_reply: Callable[[Any], None] | None) -> None:
         self._owed.append(key)
@@ -371,12 +377,17 @@ def _flush_buffered(ref: weakref.ReferenceType[_Writer], due: threading.Event) -
     """A writer's flusher thread: once something is buffered, write it a moment later."""
     while True:
         due.wait()
-        time.sleep(_Writer._LINGER)
         writer = ref()
         if writer is None or writer._closed:
             return
-        writer._flush_buffer()
+        # Until the oldest buffered command is _LINGER old (a sender that went on
+        # sending has written it meanwhile, and newer ones are younger).
+        left = writer._buffered_at + writer._LINGER - time.monotonic()
+        if left <= 0:
+            writer._flush_buffer()
         del writer
+        if left > 0:
+            time.sleep(left)
 
 
 _AT_EXIT_PID = 0
