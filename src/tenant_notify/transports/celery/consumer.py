@@ -286,18 +286,21 @@ class Consumer:
                 self._log.debug("worker_cancel_failed", exc_info=True)
 
     def _housekeeping(self, conn: Any, channel: Any, next_heartbeat: float) -> float:
-        """Acks, due messages, heartbeat, depths, the parent; the next heartbeat's time."""
+        """Acks and due messages on every wake-up; once a second the heartbeat, the
+        depths and the parent (a system call each wake-up cost 2.5% of a busy worker).
+        Returns when to do the latter again."""
         self._settle()
-        self._release_due()
+        if self._held:
+            self._release_due()
         now = time.monotonic()
-        if now >= next_heartbeat:
-            conn.heartbeat_check()
-            next_heartbeat = now + _HEARTBEAT_EVERY
+        if now < next_heartbeat:
+            return next_heartbeat
+        conn.heartbeat_check()
         self._refresh_depths(channel)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             self._log.warning("worker_parent_gone", pid=os.getpid())
             self.stop.set()
-        return next_heartbeat
+        return now + _HEARTBEAT_EVERY
 
     def _poll_loop(self, conn: Any, channel: Any) -> None:
         """A transport without a socket: wait for frames on a short tick while busy."""
