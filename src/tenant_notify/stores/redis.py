@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from .. import _process
 from .._json import compact
 from ..config import Settings
 from ..errors import MissingDependencyError, StoreUnavailableError
@@ -252,7 +253,7 @@ class _Writer:
                 self._owe(key, on_reply)
 
     def _start_flusher(self) -> None:
-        pid = os.getpid()
+        pid = _process.pid()
         if self._flusher_pid == pid:
             return
         self._flusher_pid = pid
@@ -272,7 +273,7 @@ class _Writer:
     def _flush_buffer(self) -> None:
         """The flusher thread's turn: write what waited for :data:`_LINGER` seconds."""
         with self._lock:
-            if not self._buffer or self._conn is None or self._pid != os.getpid():
+            if not self._buffer or self._conn is None or self._pid != _process.pid():
                 self._due.clear()
                 return
             try:
@@ -304,7 +305,7 @@ class _Writer:
         if not self._owed and not self._buffer:
             return
         with self._lock:
-            if self._conn is None or self._pid != os.getpid():
+            if self._conn is None or self._pid != _process.pid():
                 return
             try:
                 if self._buffer:
@@ -320,11 +321,11 @@ class _Writer:
             self._closed = True
             self._due.set()  # the flusher finds it closed and ends
             conn, self._conn = self._conn, None
-            if conn is not None and self._pid == os.getpid():
+            if conn is not None and self._pid == _process.pid():
                 self._client.connection_pool.release(conn)
 
     def _connection(self) -> Any:
-        if self._conn is None or self._pid != os.getpid():
+        if self._conn is None or self._pid != _process.pid():
             # After a fork the parent's connection (and its owed replies) stay
             # with the parent.
             try:
@@ -332,9 +333,9 @@ class _Writer:
             except self._errors as err:
                 self._conn = None
                 raise self._broken(err) from err
-            if self._pid != os.getpid():  # the parent's buffered writes are its own
+            if self._pid != _process.pid():  # the parent's buffered writes are its own
                 self._buffer, self._buffered = [], []
-            self._pid, self._owed = os.getpid(), deque()
+            self._pid, self._owed = _process.pid(), deque()
             self._on_reply, self._sent = {}, 0
         return self._conn
 
@@ -366,7 +367,7 @@ class _Writer:
         if conn is not None:
             with suppress(*self._errors):
                 conn.disconnect()
-            if self._pid == os.getpid():
+            if self._pid == _process.pid():
                 with suppress(*self._errors):
                     self._client.connection_pool.release(conn)
         unknown = f"; unconfirmed writes: {', '.join(owed)}" if owed else ""

@@ -31,6 +31,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from ... import _process
 from ...config import CelerySettings
 from ...errors import InDoubtError, NotQueuedError
 from ...log import get_logger
@@ -500,7 +501,7 @@ class Publisher:
         self._reader: threading.Thread | None = None
 
     def _check_pid(self) -> None:
-        pid = os.getpid()
+        pid = _process.pid()
         if self._pid == pid:
             return
         with self._lock:
@@ -765,7 +766,7 @@ class Publisher:
         if self._closed:
             return
         self._closed = True
-        if self._pid != os.getpid():
+        if self._pid != _process.pid():
             return
         self.flush(self.settings.publish_timeout if timeout is None else timeout)
         self._stop.set()
