@@ -364,12 +364,24 @@ class Throughput:
     """The variants of one throughput comparison, sharing one sink."""
 
     def __init__(
-        self, run: str, emails: int, folder: Path, sink: SmtpSink, *, tls: bool, events: bool
+        self,
+        run: str,
+        emails: int,
+        folder: Path,
+        sink: SmtpSink,
+        *,
+        tls: bool,
+        events: bool,
+        pipelining: bool = False,
     ) -> None:
         self.run, self.emails, self.folder, self.sink = run, emails, folder, sink
         self.tls, self.events = tls, events
         self.ca = sink.cert_file if tls else None
-        self.label = f"{'tls' if tls else 'plain'}, {'ev' if events else 'noev'}"
+        # Names (queues, keys) differ between tables: a table that reused an earlier one's
+        # queue name published into the exchange kombu remembered declaring, which the
+        # earlier table's cleanup had deleted, and its worker found nothing to deliver.
+        pipe = "pipe" if pipelining else "nopipe"
+        self.label = f"{'tls' if tls else 'plain'}, {'ev' if events else 'noev'}, {pipe}"
 
     def tag(self, name: str, round_no: int) -> str:
         return f"{self.run}_{name}_{self.label.replace(', ', '_')}_{round_no}"
@@ -507,7 +519,7 @@ def throughput(
         f"task events {'on' if events else 'off'}"
     )
     with SmtpSink(cert_dir=folder if tls else None, pipelining=pipelining) as sink:
-        t = Throughput(run, emails, folder, sink, tls=tls, events=events)
+        t = Throughput(run, emails, folder, sink, tls=tls, events=events, pipelining=pipelining)
         at_least_once = "delivered at least once, claimed and recorded in Redis; acked late"
         variants = [
             Variant(LIBRARY, t.library, guarantee=at_least_once, short="library"),
