@@ -41,6 +41,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bench_celery import _toml
+
 ROOT = Path(__file__).resolve().parents[1]
 AMQP = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -164,19 +166,6 @@ class _Tracer:
         self.ports.update(_ports_by_pid(self.root_pid))
         self._stop.set()
         self._thread.join(5)
-
-
-def _toml(table: dict[str, Any], prefix: str = "") -> str:
-    """Just enough TOML for these settings (strings, numbers, nested tables)."""
-    lines, tables = [], []
-    for key, value in table.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    out = ([f"[{prefix[:-1]}]"] if prefix and lines else []) + lines
-    out += [_toml(value, f"{prefix}{key}.") for key, value in tables]
-    return "\n".join(out) + "\n"
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -11,7 +11,7 @@ from tenant_notify import InDoubtError, NotQueuedError
 from tenant_notify.errors import EnqueueError, QueueFullError, StoreUnavailableError
 from tenant_notify.models import DeliveryState
 from tenant_notify.stores import ClaimState
-from tests.test_notifier import ORDER, make_notifier
+from tests.test_notifier import ORDER, first_submit_fails, make_notifier
 
 
 def test_the_two_errors_are_enqueue_errors_and_exported():
@@ -84,16 +84,7 @@ def test_the_heartbeat_renews_the_lease_of_a_slow_attempt(tenants):
 
 def test_a_refused_keyed_send_leaves_nothing_and_a_retry_sends(tenants):
     notify = make_notifier(tenants=tenants)
-    real_submit = notify.transport.submit
-    calls = []
-
-    def submit(notification):
-        calls.append(notification.id)
-        if len(calls) == 1:
-            raise NotQueuedError("broker down")
-        real_submit(notification)
-
-    notify.transport.submit = submit
+    calls = first_submit_fails(notify, NotQueuedError("broker down"))
     with pytest.raises(NotQueuedError):
         notify.send_order_confirmation(**ORDER)
     assert notify.status_store.get(calls[0]) is None
@@ -105,16 +96,8 @@ def test_a_refused_keyed_send_leaves_nothing_and_a_retry_sends(tenants):
 
 def test_an_in_doubt_send_keeps_its_status_and_a_retry_is_sent_once(tenants):
     notify = make_notifier(tenants=tenants)
-    real_submit = notify.transport.submit
-    calls = []
-
-    def submit(notification):
-        calls.append(notification.id)
-        real_submit(notification)  # it did get through ...
-        if len(calls) == 1:
-            raise InDoubtError("no confirm")  # ... but the caller cannot know
-
-    notify.transport.submit = submit
+    # It did get through, but the caller cannot know.
+    calls = first_submit_fails(notify, InDoubtError("no confirm"), got_through=True)
     with pytest.raises(InDoubtError):
         notify.send_order_confirmation(**ORDER)
     again = notify.send_order_confirmation(**ORDER)

@@ -313,18 +313,29 @@ def test_explicit_idempotency_key_on_any_send(notify):
     assert other.id not in ids
 
 
-def test_a_failed_enqueue_frees_the_idempotency_key(tenants):
-    notify = make_notifier(tenants=tenants)
+def first_submit_fails(notify, error, *, got_through=False):
+    """Make the transport's first ``submit`` raise ``error`` (after handing the
+    notification on when ``got_through``: the caller cannot know it did); the ids
+    submitted, in order."""
     real_submit = notify.transport.submit
     calls = []
 
     def submit(notification):
         calls.append(notification.id)
+        if got_through:
+            real_submit(notification)
         if len(calls) == 1:
-            raise EnqueueError("broker down")
-        real_submit(notification)
+            raise error
+        if not got_through:
+            real_submit(notification)
 
     notify.transport.submit = submit
+    return calls
+
+
+def test_a_failed_enqueue_frees_the_idempotency_key(tenants):
+    notify = make_notifier(tenants=tenants)
+    first_submit_fails(notify, EnqueueError("broker down"))
     with pytest.raises(EnqueueError):
         notify.send_order_confirmation(**ORDER)
     assert len(notify.status_store) == 0

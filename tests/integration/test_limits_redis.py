@@ -9,7 +9,6 @@ exactly the accepted messages and Redis holds exactly their statuses.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -18,11 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kombu
 import pytest
 import redis
 
-from tests.integration.conftest import AMQP_URL, REDIS_URL, ROOT, _cleanup, settings_table
+from tests.integration.conftest import REDIS_URL, ROOT, _cleanup, queued, settings_table
 
 pytestmark = pytest.mark.integration
 
@@ -35,27 +33,7 @@ def limited_settings(run_id: str, smtp: Any) -> Iterator[dict[str, Any]]:
     settings = settings_table(f"{run_id}lim", smtp.port)
     settings["limits"] = {"email_daily": CAP, "on_limit": "raise"}
     yield settings
-    _cleanup(settings)
-    with kombu.Connection(AMQP_URL, connect_timeout=2) as conn:
-        for name in _queues(settings):
-            with contextlib.suppress(Exception):
-                conn.channel().queue_delete(name)
-
-
-def _queues(settings: dict[str, Any]) -> list[str]:
-    # The tenant's own queue, where the scheduler routes tenants known to the settings.
-    base = settings["celery"]["queue"]
-    return [base, f"{base}.tenant.acme"]
-
-
-def queued(settings: dict[str, Any]) -> int:
-    total = 0
-    with kombu.Connection(AMQP_URL, connect_timeout=2) as conn:
-        for name in _queues(settings):
-            # Never declared: nothing was published there.
-            with contextlib.suppress(Exception):
-                total += int(conn.channel().queue_declare(name, passive=True).message_count)
-    return total
+    _cleanup(settings)  # its queues (the tenants' included) and keys
 
 
 def test_two_processes_share_the_daily_cap_and_queue_nothing_over_it(

@@ -209,3 +209,14 @@ def css_color_filter(value: Any, default: str = "#1f2937") -> str:
     if isinstance(value, str) and _CSS_COLOR.fullmatch(value.strip()):
         return value.strip()
     return default
+
+
+#: The filters every environment of the library has, the trusted built-in one and
+#: the tenants' sandbox alike (``env.filters.update(FILTERS)``).
+FILTERS: dict[str, Any] = {
+    "money": money_filter,
+    "number": number_filter,
+    "date": date_filter,
+    "datetime": datetime_filter,
+    "css_color": css_color_filter,
+}

@@ -85,13 +85,7 @@ from jinja2.utils import generate_lorem_ipsum
 from markupsafe import escape
 
 from ._cache import LRUCache
-from ._filters import (
-    css_color_filter,
-    date_filter,
-    datetime_filter,
-    money_filter,
-    number_filter,
-)
+from ._filters import FILTERS
 from ._i18n import install_gettext
 from ._limits import (
     BUDGET,
@@ -278,11 +272,7 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
         self.cache: LRUCache[Any, jinja2.Template] = LRUCache(cache_size)  # type: ignore[assignment]
         self.globals["range"] = template_range
         self.globals["lipsum"] = self._lipsum
-        self.filters["money"] = money_filter
-        self.filters["number"] = number_filter
-        self.filters["date"] = date_filter
-        self.filters["datetime"] = datetime_filter
-        self.filters["css_color"] = css_color_filter
+        self.filters.update(FILTERS)
         install_gettext(self)
         self.filters["join"] = self._guarded_join(self.filters["join"])
         self.filters["sum"] = self._linear_sum

@@ -41,13 +41,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.visitor import NodeTransformer
 
-from ._filters import (
-    css_color_filter,
-    date_filter,
-    datetime_filter,
-    money_filter,
-    number_filter,
-)
+from ._filters import FILTERS
 from ._i18n import DOMAIN, LOCALE_DIR, install_gettext, translations
 from ._loader import BUILTIN, ChainLoader, split_key
 from ._locale import locale_folders
@@ -139,11 +133,7 @@ class TrustedEnvironment(jinja2.Environment):
             lstrip_blocks=True,
         )
         self.cache = cache
-        self.filters["money"] = money_filter
-        self.filters["number"] = number_filter
-        self.filters["date"] = date_filter
-        self.filters["datetime"] = datetime_filter
-        self.filters["css_color"] = css_color_filter
+        self.filters.update(FILTERS)
         install_gettext(self)
         self._translate = _Translate(catalog)
         # What every render sees besides its variables, as one plain dict: Jinja
