@@ -32,12 +32,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TypeVar
 
 from ..config import Settings
 from ..models import DeliveryStatus
 from .base import Claim, ClaimState
 
 __all__ = ["SHARD_ENTRIES", "MemoryIdempotencyStore", "MemoryStatusStore"]
+
+_T = TypeVar("_T")
 
 #: About how many entries one shard of a memory store holds (see the module's text).
 SHARD_ENTRIES = 512
@@ -49,6 +52,11 @@ def _shares(max_entries: int) -> list[int]:
     count = max(1, min(_MAX_SHARDS, max_entries // SHARD_ENTRIES))
     share, extra = divmod(max_entries, count)
     return [share + (index < extra) for index in range(count)]
+
+
+def _pick(shards: list[_T], key: object) -> _T:
+    """The shard that holds ``key`` (by its hash; no hashing with one shard)."""
+    return shards[hash(key) % len(shards)] if len(shards) > 1 else shards[0]
 
 
 class _Statuses:
@@ -116,12 +124,10 @@ class MemoryStatusStore:
             self._save(status)
 
     def _shard(self, notification_id: str) -> _Statuses:
-        shards = self._shards
-        return shards[hash(notification_id) % len(shards)] if len(shards) > 1 else shards[0]
+        return _pick(self._shards, notification_id)
 
     def _index_for(self, key: tuple[str, str]) -> dict[tuple[str, str], str]:
-        index = self._index
-        return index[hash(key) % len(index)] if len(index) > 1 else index[0]
+        return _pick(self._index, key)
 
     def _save(self, status: DeliveryStatus) -> None:
         """``save`` under the lock."""
@@ -234,8 +240,7 @@ class MemoryIdempotencyStore:
         return cls(settings.stores.memory_max_keys)
 
     def _shard(self, key: str) -> _Keys:
-        shards = self._shards
-        return shards[hash(key) % len(shards)] if len(shards) > 1 else shards[0]
+        return _pick(self._shards, key)
 
     def _live(self, key: str, now: float) -> str | None:
         entries = self._shard(key).entries

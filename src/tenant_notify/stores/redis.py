@@ -560,14 +560,14 @@ class RedisStatusStore(_RedisStore):
         other state waits, so a status that decides what happens next (sent,
         failed, retrying) is stored when this returns.
         """
-        data = compact(status.to_dict())
-        key = self._key(status.id)
         if status.state is DeliveryState.QUEUED and status.attempts == 0:
             # The first status of a new notification, written on the caller's
             # side of a send, and only where there is no status yet, so it can
             # never overwrite what a worker recorded meanwhile.
-            self._writer.send_later(key, "SET", key, data, "NX", "PX", _ms(self.ttl))
+            self._write_first(status)
             return
+        data = compact(status.to_dict())
+        key = self._key(status.id)
         command = (
             "EVAL",
             self._SAVE,
@@ -596,13 +596,17 @@ class RedisStatusStore(_RedisStore):
         Redis's reply, waiting for it only if it has not come yet, and says False
         when Redis never answered.
         """
+        seen = _FirstSave(self._writer)
+        self._write_first(status, on_reply=seen.reply)
+        return seen
+
+    def _write_first(
+        self, status: DeliveryStatus, on_reply: Callable[[Any], None] | None = None
+    ) -> None:
+        # SET NX, written with others (send_later): no round trip on the caller's side.
         data = compact(status.to_dict())
         key = self._key(status.id)
-        seen = _FirstSave(self._writer)
-        self._writer.send_later(
-            key, "SET", key, data, "NX", "PX", _ms(self.ttl), on_reply=seen.reply
-        )
-        return seen
+        self._writer.send_later(key, "SET", key, data, "NX", "PX", _ms(self.ttl), on_reply=on_reply)
 
     def discard_queued(self, status: DeliveryStatus) -> None:
         """Forget ``status.id`` only while its stored status is still ``status``."""
