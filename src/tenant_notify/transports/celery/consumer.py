@@ -48,13 +48,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
 from ..._concurrency import declare_concurrency
 from ..._fair import FairQueue
 from ...config import Settings
+from ...dispatcher import Outcome
 from ...errors import NotifyError
 from ...log import get_logger
 from ...metrics import observe_queue_wait, watch_backlog
@@ -543,7 +544,7 @@ class Consumer:
             header_tenant=item.header_tenant,
             task_id=item.task_id,
             attempt=item.attempt,
-        )
+        ).requeue
 
 
 def _decode(message: Any, headers: Mapping[str, Any]) -> Any:
@@ -561,6 +562,18 @@ def _decode(message: Any, headers: Mapping[str, Any]) -> Any:
     return json.loads(body) if isinstance(body, bytes | str) else body
 
 
+class Delivery(NamedTuple):
+    """What :func:`deliver_message` did with one task message."""
+
+    #: Hand the message back to the broker: the shared store or the broker was out
+    #: of reach (``error``); another delivery will find the claim.
+    requeue: bool
+    #: The dispatcher's outcome; None when the message was refused (its headers
+    #: disagree with its body: dead-lettered) or handed back.
+    outcome: Outcome | None
+    error: NotifyError | None = None
+
+
 def deliver_message(
     runtime: Any,
     data: Mapping[str, Any],
@@ -568,12 +581,13 @@ def deliver_message(
     header_tenant: str | None,
     task_id: str | None,
     attempt: int,
-) -> bool:
-    """One attempt of a task message's notification; True to hand the message back.
+) -> Delivery:
+    """One attempt of a task message's notification, for both workers.
 
-    What the Celery task does too: refuse a message whose headers disagree with
-    its body, publish the retry the dispatcher asks for (confirmed) before the
-    message is acknowledged, dead-letter a failed one.
+    ``tenant-notify worker``'s threads and the Celery task both run it: refuse a
+    message whose headers disagree with its body, publish the retry the
+    dispatcher asks for (confirmed) before the message is acknowledged,
+    dead-letter a failed one.
     """
     log = get_logger()
     notification = Notification.from_dict(data)
@@ -584,22 +598,23 @@ def deliver_message(
         )
 
     if header_tenant != notification.tenant_id or task_id != notification.id:
+        # Never deliver under an identity the message does not agree on.
         with ids():
             log.error("task_message_mismatch", header_tenant=header_tenant, task_id=task_id)
             runtime.dead_letter(notification, 1, "the message's headers do not match its body")
-        return False
+        return Delivery(False, None)
     try:
         # The dispatcher binds the ids for its own log lines; the rest here binds them
         # only on the paths that log or publish (binding costs on every message).
         outcome = runtime.dispatcher.deliver(notification, attempt)
         if outcome.retry_in is not None:
             # A wait for a limit or a paused account (deferred) runs the same attempt again.
-            again = attempt if getattr(outcome, "deferred", False) else attempt + 1
+            again = attempt if outcome.deferred else attempt + 1
             with ids():
                 runtime.publisher.publish(
                     notification, attempt=again, countdown=outcome.retry_in, wait=True
                 )
-            return False
+            return Delivery(False, outcome)
         status = outcome.status
         # (A repeat found it finished by an earlier delivery, which dead-lettered it.)
         if status is not None and status.state is DeliveryState.FAILED and not outcome.repeat:
@@ -609,8 +624,8 @@ def deliver_message(
         with ids():
             log.warning("task_requeued", error=f"{type(err).__name__}: {err}", attempt=attempt)
         time.sleep(1.0)
-        return True
-    return False
+        return Delivery(True, None, err)
+    return Delivery(False, outcome)
 
 
 # --- the parent ---------------------------------------------------------------------------

@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-import structlog
-
 from ...config import CelerySettings, Settings, load_settings
 from ...dispatcher import Dispatcher
-from ...errors import NotifyError
-from ...log import get_logger
 from ...metrics import resolve_metrics
 from ...models import DeliveryState, DeliveryStatus, Notification
 from ...tenants import StaticTenantResolver, TenantResolver
+from .consumer import deliver_message
 from .deadletters import dead_letter
 from .message import TASK_NAME, TENANT_HEADER, Routes, celery_module
 from .publisher import Publisher
@@ -120,41 +116,22 @@ def _runtime(app: Any) -> WorkerRuntime:
 
 def _deliver_task(task: Any, data: Mapping[str, Any]) -> dict[str, Any]:
     request = task.request
-    log = get_logger()
-    runtime = _runtime(task.app)
-    notification = Notification.from_dict(data)
     # A message from the broker has its headers on the request; an eager
     # apply(headers=...) keeps them in request.headers.
     header_tenant = request.get(TENANT_HEADER) or (request.get("headers") or {}).get(TENANT_HEADER)
-    with structlog.contextvars.bound_contextvars(
-        tenant_id=notification.tenant_id, notification_id=notification.id
-    ):
-        if header_tenant != notification.tenant_id or request.id != notification.id:
-            # Never deliver under an identity the message does not agree on.
-            log.error("task_message_mismatch", header_tenant=header_tenant, task_id=request.id)
-            runtime.dead_letter(notification, 1, "the message's headers do not match its body")
-            return {"state": "rejected"}
-        attempt = int(request.retries or 0) + 1
-        try:
-            outcome = runtime.dispatcher.deliver(notification, attempt)
-            if outcome.retry_in is not None:
-                # A deferral (a limit, a paused account) was no attempt.
-                again = attempt if outcome.deferred else attempt + 1
-                runtime.publisher.publish(
-                    notification, attempt=again, countdown=outcome.retry_in, wait=True
-                )
-                return {"state": DeliveryState.RETRYING.value, "attempt": attempt}
-            status = outcome.status
-            # (A repeat found it finished by an earlier delivery, which dead-lettered it.)
-            if status is not None and status.state is DeliveryState.FAILED and not outcome.repeat:
-                runtime.dead_letter(notification, attempt, status.error or "failed")
-        except NotifyError as err:
-            # The shared store or the broker is out of reach: put the message back
-            # rather than lose it; another delivery will find the claim.
-            log.warning("task_requeued", error=f"{type(err).__name__}: {err}", attempt=attempt)
-            time.sleep(1.0)
-            raise celery_module().exceptions.Reject(str(err), requeue=True) from err
-    return _result(status)
+    attempt = int(request.retries or 0) + 1
+    delivery = deliver_message(
+        _runtime(task.app), data, header_tenant=header_tenant, task_id=request.id, attempt=attempt
+    )
+    if delivery.requeue:
+        # Put the message back rather than lose it; another delivery will find the claim.
+        err = delivery.error
+        raise celery_module().exceptions.Reject(str(err), requeue=True) from err
+    if delivery.outcome is None:
+        return {"state": "rejected"}
+    if delivery.outcome.retry_in is not None:
+        return {"state": DeliveryState.RETRYING.value, "attempt": attempt}
+    return _result(delivery.outcome.status)
 
 
 def _result(status: DeliveryStatus | None) -> dict[str, Any]:
