@@ -20,54 +20,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Counter:
-    def __init__(
-        self, count: Any, first: Any, last: Any, pipelining: bool, latency: float = 0.0
-    ) -> None:
+    def __init__(self, count: Any, first: Any, last: Any, pipelining: bool) -> None:
         self.count, self.first, self.last = count, first, last
         self.pipelining = pipelining
-        self.latency = latency
-
-    async def _wait(self) -> None:
-        if self.latency:
-            import asyncio
-
-            await asyncio.sleep(self.latency)
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
-        await self._wait()
         session.host_name = hostname
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        await self._wait()
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        await self._wait()
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(options)
-        return "250 OK"
-
-    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
-        await self._wait()
-        return "250 OK"
-
-    async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> str:
-        await self._wait()
-        return "250 OK"
-
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        await self._wait()
         now = time.perf_counter()
         with self.count.get_lock():
             if self.count.value == 0:
@@ -75,6 +40,54 @@ class _Counter:
             self.count.value += 1
             self.last.value = now
         return "250 2.0.0 OK"
+
+
+def _latent_smtp(latency: float) -> type:
+    """aiosmtpd's SMTP session with every reply held ``latency`` seconds on its way out.
+
+    A model of a server in another network: each reply reaches the client
+    ``latency`` after the server read the command it answers (the round trip),
+    and the server goes on reading meanwhile. Commands that arrive together (a
+    client's PIPELINING group, RFC 2920) are answered together ``latency`` later;
+    a client that waits for each reply before its next command pays ``latency``
+    per command. (Sleeping in the handler's hooks instead, as this sink did
+    before, serialises the session: aiosmtpd reads the next command only after
+    the hook returns, so a pipelined group of MAIL, RCPT and DATA cost the sum of
+    its replies' delays, as from a slow server, not one round trip; and the 354
+    after DATA, which has no hook, came at once.)
+    """
+    import asyncio
+    import collections
+
+    from aiosmtpd.smtp import SMTP
+
+    class LatentSMTP(SMTP):  # type: ignore[misc]
+        _held: collections.deque[tuple[float, bytes]]
+
+        async def push(self, status: Any) -> None:
+            response = status if isinstance(status, bytes) else status.encode("utf-8")
+            if response.startswith(b"221 "):  # QUIT: the session ends after it
+                await asyncio.sleep(latency)
+                await super().push(response)
+                return
+            loop = asyncio.get_running_loop()
+            if not hasattr(self, "_held"):
+                self._held = collections.deque()
+            due = loop.time() + latency
+            self._held.append((due, response + b"\r\n"))
+            loop.call_at(due, self._release)
+
+        def _release(self) -> None:
+            # Everything due goes out, oldest first (one timer per reply; a timer
+            # may find its reply sent by an earlier one that fired in the same tick).
+            now = asyncio.get_running_loop().time()
+            held, out = self._held, []
+            while held and held[0][0] <= now:
+                out.append(held.popleft()[1])
+            if out and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(out))
+
+    return LatentSMTP
 
 
 def _serve(
@@ -99,8 +112,17 @@ def _serve(
     with socket.socket() as probe:  # a free port (aiosmtpd's start-up check needs a real one)
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    controller = Controller(
-        _Counter(count, first, last, pipelining, latency),
+    controller_class: Any = Controller
+    if latency:
+        session_class = _latent_smtp(latency)
+
+        class LatentController(Controller):  # type: ignore[misc]
+            def factory(self) -> Any:
+                return session_class(self.handler, **self.SMTP_kwargs)
+
+        controller_class = LatentController
+    controller = controller_class(
+        _Counter(count, first, last, pipelining),
         hostname="127.0.0.1",
         port=free,
         server_hostname="localhost",
@@ -119,8 +141,9 @@ class SmtpSink:
 
     ``pipelining=True`` offers PIPELINING (RFC 2920) in the EHLO reply, as
     production mail servers do; aiosmtpd itself does not offer it. ``latency``:
-    seconds before each reply to EHLO, MAIL, RCPT, RSET, NOOP and the end of DATA
-    (a relay in another network).
+    seconds between the server reading a command and its reply reaching the
+    client, for every reply, the greeting and the 354 after DATA included (a
+    relay in another network: see :func:`_latent_smtp`). Not with TLS.
     """
 
     def __init__(
@@ -128,6 +151,8 @@ class SmtpSink:
     ) -> None:
         self.cert_file: Path | None = None
         tls = ""
+        if cert_dir is not None and latency:
+            raise ValueError("the latency model holds replies back, which STARTTLS cannot take")
         if cert_dir is not None:
             if str(ROOT) not in sys.path:
                 sys.path.insert(0, str(ROOT))  # for tests.smtp_server

@@ -27,7 +27,47 @@ from collections.abc import Callable, Hashable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-__all__ = ["Lease", "ServerPool", "SmtpPool", "shared_pool"]
+__all__ = ["Lease", "PooledSMTP", "ServerPool", "SmtpPool", "shared_pool"]
+
+
+class PooledSMTP(smtplib.SMTP):
+    """An SMTP connection that may be handed on with a reply still to come.
+
+    Over PIPELINING the sender of a message gives its connection back as soon as
+    the final dot has gone out, and reads the final reply while the next message's
+    envelope follows the dot (see :mod:`tenant_notify.providers.smtp`). Until that
+    reply is read, ``replying`` is an unset event; a connection that failed then
+    is ``broken``. Anyone else reading from the connection (the next message, a
+    QUIT) waits for its turn with :meth:`settle`.
+    """
+
+    replying: threading.Event | None = None
+    broken: bool = False
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """Whether a handed-on message's final reply is still to be read."""
+        turn = self.replying
+        return turn is not None and not turn.is_set()
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until no earlier reply is pending; whether the connection is usable.
+
+        Args:
+            timeout: Seconds to wait at most; default: the connection's timeout and
+                a second (the reply's reader gives up within its timeout).
+        """
+        turn = self.replying
+        if turn is not None and not turn.is_set():
+            wait = timeout if timeout is not None else _reply_wait(self)
+            if not turn.wait(wait):
+                return False
+        return not self.broken and self.sock is not None
+
+
+def _reply_wait(conn: smtplib.SMTP) -> float:
+    timeout = conn.timeout
+    return (timeout if isinstance(timeout, int | float) else 10.0) + 1.0
 
 
 @dataclass(eq=False)
@@ -112,19 +152,32 @@ class ServerPool:
         return Lease(conn, False, identity, self)
 
     def _oldest_idle(self) -> smtplib.SMTP | None:
-        """Take the connection idle the longest, of whatever identity (under the lock)."""
+        """Take the connection idle the longest, of whatever identity (under the lock).
+
+        Not one whose last message's final reply is still coming: it is not idle
+        yet (only a send of its own identity may follow that message on it).
+        """
         oldest: tuple[Hashable, int, float] | None = None
         for identity, conns in self.idle.items():
-            since = conns[0][1]
-            if oldest is None or since < oldest[2]:
-                oldest = (identity, 0, since)
+            for index, (conn, since) in enumerate(conns):
+                if isinstance(conn, PooledSMTP) and conn.awaiting_reply:
+                    continue
+                if oldest is None or since < oldest[2]:
+                    oldest = (identity, index, since)
+                break  # the first settled one is that identity's oldest
         if oldest is None:
             return None
         conns = self.idle[oldest[0]]
-        conn = conns.pop(0)[0]
+        conn = conns.pop(oldest[1])[0]
         if not conns:
             del self.idle[oldest[0]]
         return conn
+
+    def settled(self) -> None:
+        """A handed-on connection's final reply has been read: it may be evicted now
+        (wakes a send of another identity waiting for room)."""
+        with self.cond:
+            self.cond.notify()
 
     def release(self, lease: Lease, *, keep: bool) -> None:
         """Give ``lease`` back: idle for reuse when ``keep``, else closed."""
@@ -285,7 +338,12 @@ class _Reaper:
 
 
 def quit_quietly(conn: smtplib.SMTP) -> None:
-    """QUIT and close, ignoring a connection that is already gone."""
+    """QUIT and close, ignoring a connection that is already gone (after the reply
+    to a message that went out just before, if one is still coming)."""
+    if isinstance(conn, PooledSMTP) and not conn.settle():
+        with suppress(OSError):
+            conn.close()
+        return
     try:
         conn.quit()
     except (smtplib.SMTPException, OSError):

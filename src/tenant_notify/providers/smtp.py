@@ -16,8 +16,12 @@ is dot-stuffed with a byte replacement. When the server offers PIPELINING (RFC
 2920; Postfix, Exim, Exchange and the big providers' submission servers do),
 MAIL, every RCPT and DATA go out in one write and the message follows the 354:
 two exchanges with the server per message instead of three plus one per
-recipient. Replies are checked exactly as ``sendmail`` checks them, so errors map
-the same either way.
+recipient. And once the final dot has gone out, the sender gives the connection
+back to the pool and reads the final reply while the next message's MAIL, RCPT
+and DATA follow the dot in the same round trip (RFC 2920 3.1 lets message content
+open a group): a busy connection carries a message per round trip, not per two.
+Replies are checked exactly as ``sendmail`` checks them, so errors map the same
+either way.
 
 Error mapping (every error carries ``provider="smtp"``, the notification and
 tenant ids, and the server's reply as ``"<code> <text>"`` when there is one):
@@ -56,6 +60,11 @@ connection sent again at once on a fresh one. Only a connection that ends
 cleanly (or times out) after the final dot went out, while waiting for the final
 reply, may have delivered the message: ``AmbiguousDeliveryError``, never retried
 here.
+A message handed on after its final dot (PIPELINING, a connection that has
+already carried a message) has the next message's envelope behind its dot: a
+reset while waiting for its final reply may then be about that envelope, so it is
+ambiguous too; the next message, whose data had not gone out, is sent again at
+once on a fresh connection.
 
 Credentials may be any Unicode text: AUTH PLAIN and LOGIN carry the UTF-8 form
 (RFC 4954 AUTH over SASL, whose PLAIN mechanism, RFC 4616, is UTF-8) and
@@ -80,8 +89,10 @@ import select
 import smtplib
 import socket
 import ssl as _ssl
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypedDict, cast
 
 import pydantic
@@ -99,7 +110,7 @@ from ..errors import (
 from ..log import get_logger
 from ..models import Channel, DeliveryResult, EmailMessage, Feature
 from ._dkim import DkimSigner
-from ._smtp_pool import Lease, ServerPool, quit_quietly, shared_pool
+from ._smtp_pool import Lease, PooledSMTP, ServerPool, quit_quietly, shared_pool
 from .base import Capabilities, Provider, ProviderConfig
 
 __all__ = ["SmtpConfig", "SmtpProvider"]
@@ -191,13 +202,15 @@ def _check_credential(field: str, value: str | None) -> None:
         raise ValueError(f"the SMTP {field} has a control character, which AUTH cannot carry")
 
 
-class _TrackingMixin(smtplib.SMTP):
-    """Keeps whether the whole message has gone out (``data_sent``, set by
-    :func:`_transaction`) and the final reply; speaks AUTH in UTF-8."""
+class _TrackingMixin(PooledSMTP):
+    """A pooled connection (see :class:`PooledSMTP`) that speaks AUTH in UTF-8."""
 
     _host: str
-    data_sent: bool = False
-    last_reply: tuple[int, bytes] | None = None
+    #: Written behind a final dot whose reply was still to come (a reset seen by
+    #: that reply's reader may then be about the data that followed it).
+    followed: bool = False
+    #: Messages the server has confirmed on this connection.
+    carried: int = 0
 
     def connect(
         self, host: str = "localhost", port: int = 0, source_address: Any = None
@@ -290,8 +303,43 @@ def _spoke_during_data(conn: _TrackingMixin) -> None:
     raise smtplib.SMTPDataError(code, text)
 
 
+@dataclass
+class _Attempt:
+    """One message's go on a connection (its own: the connection may be carrying
+    the next message while this one's final reply is read)."""
+
+    #: The whole message, final dot included, has gone out.
+    data_sent: bool = False
+    #: The server's reply to the final dot.
+    last_reply: tuple[int, bytes] | None = None
+    #: The connection was handed on after the final dot (see _transaction).
+    handed_on: bool = False
+
+
+def _follow(conn: _TrackingMixin, commands: bytes) -> None:
+    """Write ``commands`` behind a final dot whose reply another thread is reading,
+    then wait for that reply to be read (our replies come after it)."""
+    conn.followed = True
+    # Not smtplib's send(): the reader closes the connection if its read fails,
+    # which must not turn into an AttributeError halfway through our write.
+    sock = conn.sock
+    if sock is None or conn.broken:
+        raise smtplib.SMTPServerDisconnected("the connection failed under the message before")
+    try:
+        sock.sendall(commands)
+    except OSError as err:
+        raise smtplib.SMTPServerDisconnected(f"the connection failed: {err}") from err
+    if not conn.settle():
+        raise smtplib.SMTPServerDisconnected("the connection failed under the message before")
+
+
 def _transaction(
-    conn: _TrackingMixin, sender: str, recipients: Sequence[str], raw: bytes
+    conn: _TrackingMixin,
+    sender: str,
+    recipients: Sequence[str],
+    raw: bytes,
+    attempt: _Attempt,
+    hand_on: Callable[[], None] | None = None,
 ) -> dict[str, tuple[int, bytes]]:
     """What ``conn.sendmail`` does, without re-parsing the addresses.
 
@@ -299,11 +347,19 @@ def _transaction(
     validated and put in ASCII form (:func:`~tenant_notify._mime.envelope_address`),
     so they go into MAIL and RCPT as they are, where ``sendmail`` would parse each
     again with ``email.utils.parseaddr``. When the server offers PIPELINING (RFC
-    2920), MAIL, every RCPT and DATA go out in one write.
+    2920), MAIL, every RCPT and DATA go out in one write, and ``hand_on`` (when
+    given) gives the connection back once the final dot has gone out: the next
+    message's MAIL, RCPT and DATA may follow the dot in the same round trip
+    (RFC 2920 3.1: message content may open a group), while this thread reads the
+    final reply. The next user reads its own replies after that one
+    (:meth:`PooledSMTP.settle`); nothing is sent on this message's behalf after
+    the dot (the transaction is over whatever the reply: no RSET).
 
     Returns the refused recipients and raises the exceptions ``sendmail`` raises,
     in the same cases, so :meth:`SmtpProvider._map_error` treats both alike.
     """
+    if conn.broken:  # its last reply's reader saw it fail
+        raise smtplib.SMTPServerDisconnected("the connection failed under the message before")
     size = f" SIZE={len(raw)}" if conn.has_extn("size") else ""
     # As bytes, encoded here once: they are ASCII (the addresses were put in ASCII
     # form) and end in CRLF already.
@@ -311,8 +367,14 @@ def _transaction(
     commands += [f"RCPT TO:<{rcpt}>\r\n".encode("ascii") for rcpt in recipients]
     commands.append(b"DATA\r\n")
     pipelined = conn.has_extn("pipelining")
+    prior = conn.replying
     if pipelined:
-        conn.send(b"".join(commands))
+        if prior is not None and not prior.is_set():
+            _follow(conn, b"".join(commands))
+        elif conn.broken:  # seen by the reader of the reply before, just now
+            raise smtplib.SMTPServerDisconnected("the connection failed under the message before")
+        else:
+            conn.send(b"".join(commands))
 
     def exchange(index: int) -> tuple[int, bytes]:
         if not pipelined:
@@ -361,19 +423,46 @@ def _transaction(
     _spoke_during_data(conn)
     conn.send(_END_OF_DATA)
     # From here the server may have the whole message: a failure is ambiguous...
-    conn.data_sent = True
+    attempt.data_sent = True
+    turn: threading.Event | None = None
+    if pipelined and hand_on is not None and conn.carried:
+        # Only a connection that has carried a message is handed on: a reset after
+        # the dot with the next envelope behind it is ambiguous (see above), so a
+        # connection not yet known to work (a server that refuses us mid-DATA, a
+        # drop during the first message) keeps the narrow window.
+        turn = threading.Event()  # set once this message's final reply is read
+        conn.followed = False
+        conn.replying = turn
+        attempt.handed_on = True
+        hand_on()
     try:
-        reply = conn.last_reply = conn.getreply()
+        reply = attempt.last_reply = conn.getreply()
+        if reply[0] == 250:
+            conn.carried += 1
+        elif turn is not None and reply[0] == 421:
+            conn.broken = True  # the server is closing: the next message finds out
     except smtplib.SMTPServerDisconnected as err:
         # ...but for a reset. A peer resets a connection that receives data after
         # it closed, or that it closes with data unread; TCP keeps order, so the
         # unread data is the end of ours, the final dot: it cannot have accepted.
         # (A server that read the dot and closed answers with FIN, never RST.)
-        if isinstance(err.__context__, ConnectionResetError):
-            conn.data_sent = False
+        # Unless the next message's envelope followed the dot: the unread data
+        # may be that, and the dot may have been read.
+        if isinstance(err.__context__, ConnectionResetError) and not conn.followed:
+            attempt.data_sent = False
+        conn.broken = turn is not None
         raise
+    except BaseException:
+        conn.broken = turn is not None
+        raise
+    finally:
+        if turn is not None:
+            turn.set()
     if reply[0] != 250:
-        give_up(reply[0])
+        if turn is None:
+            give_up(reply[0])
+        # Else nothing more goes out for this message: the transaction ended with
+        # the dot whatever the reply, and the next message's envelope follows it.
         raise smtplib.SMTPDataError(*reply)
     return refused
 
@@ -542,16 +631,27 @@ class SmtpProvider(Provider):
         lease = self._lease(context)
         generation = self._generation
         keep = False
+        released = False
+
+        def hand_on() -> None:
+            # The final dot is out: the next message may follow it (see _transaction).
+            nonlocal released
+            released = True
+            lease.server.release(lease, keep=generation == self._generation)
+
         try:
             conn = cast(_TrackingMixin, lease.conn)  # the pool holds what _connect made
+            attempt = _Attempt()
             try:
-                result = self._sendmail(conn, sender, recipients, raw)
+                result = self._sendmail(conn, sender, recipients, raw, attempt, hand_on)
                 keep = True
                 return result
             except smtplib.SMTPException as err:
-                if not (lease.reused and self._connection_was_stale(conn, err)):
+                if attempt.handed_on or not (
+                    lease.reused and self._connection_was_stale(attempt, err)
+                ):
                     keep = self._reusable_after(err)
-                    raise self._map_error(err, conn.data_sent, context) from err
+                    raise self._map_error(err, attempt.data_sent, context) from err
                 # The server had closed the idle connection; nothing was delivered.
                 get_logger().debug(
                     "smtp_reconnect",
@@ -560,35 +660,42 @@ class SmtpProvider(Provider):
                     port=self._config.port,
                 )
             except OSError as err:
-                if not (lease.reused and not conn.data_sent):
-                    raise self._map_error(err, conn.data_sent, context) from err
+                if attempt.handed_on or not (lease.reused and not attempt.data_sent):
+                    raise self._map_error(err, attempt.data_sent, context) from err
             conn.close()
             # A fresh connection in the same slot of the pool.
             conn = self._connect(context)
             lease.conn = conn
+            attempt = _Attempt()
             try:
-                result = self._sendmail(conn, sender, recipients, raw)
+                result = self._sendmail(conn, sender, recipients, raw, attempt, hand_on)
                 keep = True
                 return result
             except OSError as err:  # SMTPException included
                 keep = self._reusable_after(err)
-                raise self._map_error(err, conn.data_sent, context) from err
+                raise self._map_error(err, attempt.data_sent, context) from err
         finally:
-            lease.server.release(lease, keep=keep and generation == self._generation)
+            if not released:
+                lease.server.release(lease, keep=keep and generation == self._generation)
+            else:
+                lease.server.settled()
 
     @staticmethod
     def _sendmail(
-        conn: _TrackingMixin, sender: str, recipients: Sequence[str], raw: bytes
+        conn: _TrackingMixin,
+        sender: str,
+        recipients: Sequence[str],
+        raw: bytes,
+        attempt: _Attempt,
+        hand_on: Callable[[], None],
     ) -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes] | None]:
-        conn.data_sent = False
-        conn.last_reply = None
-        refused = _transaction(conn, sender, recipients, raw)
-        return refused, conn.last_reply
+        refused = _transaction(conn, sender, recipients, raw, attempt, hand_on)
+        return refused, attempt.last_reply
 
     @staticmethod
-    def _connection_was_stale(conn: _TrackingMixin, err: smtplib.SMTPException) -> bool:
+    def _connection_was_stale(attempt: _Attempt, err: smtplib.SMTPException) -> bool:
         """Whether ``err`` says the connection had died before this message went out."""
-        if conn.data_sent:
+        if attempt.data_sent:
             return False
         if isinstance(err, smtplib.SMTPServerDisconnected):
             return True
