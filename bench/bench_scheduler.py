@@ -10,10 +10,13 @@ filled with ``--emails`` order confirmations (2,000) is drained into
 
 * a loopback Postmark-shaped HTTP API that answers each request after 100 ms
   (bench/http_sink.py), or
-* an SMTP server that answers each command (EHLO, MAIL, RCPT, end of DATA, RSET,
-  NOOP) after 20 ms (bench/smtp_sink.py), and the same server offering PIPELINING
-  (``scheduler-latency-smtp-pipelining``), as production servers do (smtplib, and
-  so the hand-written task, never uses it),
+* an SMTP server 20 ms away: every reply (the greeting, EHLO, MAIL, RCPT, the 354
+  after DATA, the end of the data, ...) reaches the client 20 ms after the command
+  it answers reached the server, which goes on reading meanwhile (bench/smtp_sink.py:
+  the delay is in the reply's path, not in the session), and the same server
+  offering PIPELINING (``scheduler-latency-smtp-pipelining``), as production
+  servers do: a pipelined group costs one round trip (smtplib, and so the
+  hand-written task, never pipelines: four round trips a message),
 
 by ``tenant-notify worker -c 2`` (two processes, ``[celery] threads`` each: 32 by
 default) and by a hand-written Celery task doing one provider call per message
@@ -234,10 +237,10 @@ def latency(run: str, kind: str, args: Any, folder: Path) -> str:
         title = "HTTP API answering after 100 ms"
     elif kind == "smtp":
         sink_cm = SmtpSink(latency=0.02)
-        title = "SMTP server answering each command after 20 ms"
+        title = "SMTP server 20 ms away (each reply 20 ms after its command)"
     else:  # smtp-pipelining
         sink_cm = SmtpSink(latency=0.02, pipelining=True)
-        title = "SMTP server answering each command after 20 ms, offering PIPELINING"
+        title = "SMTP server 20 ms away (each reply 20 ms after its command), offering PIPELINING"
     with sink_cm as sink:
         bench = Latency(run, kind, sink, folder, args.emails, args.baseline_emails)
         result = Comparison(

@@ -158,6 +158,10 @@ class LoopbackSMTPServer:
         self.auth_failure_reply: str | None = None
         self._rejected_rcpts: dict[str, str] = {}
         self._data_delays: deque[float] = deque()
+        self._holds: deque[float] = deque()
+        #: What went in and out of every connection, in order: (connection id,
+        #: "in" or "out", bytes).
+        self._transcript: list[tuple[int, str, bytes]] = []
         #: Scripted faults during DATA, taken one a message (see drop_during_data).
         self._data_faults: deque[tuple[str, int | str]] = deque()
 
@@ -284,6 +288,8 @@ class LoopbackSMTPServer:
                 replies.clear()
             self._rejected_rcpts.clear()
             self._data_delays.clear()
+            self._holds.clear()
+            self._transcript.clear()
             self._data_faults.clear()
             self._peak_open = len(self._open)
 
@@ -311,6 +317,24 @@ class LoopbackSMTPServer:
         """
         with self._lock:
             self._data_delays.extend([seconds] * times)
+
+    def hold_final_reply(self, seconds: float, times: int = 1) -> None:
+        """Wait ``seconds`` after the final dot of the next ``times`` messages before
+        doing anything with them (recording, a scripted reply, a drop): what the
+        client sends meanwhile is in :attr:`transcript` before the reply."""
+        with self._lock:
+            self._holds.extend([seconds] * times)
+
+    @property
+    def transcript(self) -> list[tuple[int, str, bytes]]:
+        """Every chunk read from and reply written to a client, in order:
+        ``(connection id, "in" | "out", bytes)``."""
+        with self._lock:
+            return list(self._transcript)
+
+    def received_bytes(self) -> bytes:
+        """Everything read from clients so far, joined."""
+        return b"".join(data for _, way, data in self.transcript if way == "in")
 
     def drop_during_data(self, after_bytes: int = 0, times: int = 1) -> None:
         """Close the next ``times`` connections in the middle of DATA: after the 354,
@@ -465,6 +489,14 @@ class LoopbackSMTPServer:
         with self._lock:
             return self._data_delays.popleft() if self._data_delays else 0.0
 
+    def _next_hold(self) -> float:
+        with self._lock:
+            return self._holds.popleft() if self._holds else 0.0
+
+    def _log(self, protocol: SMTP, way: str, data: bytes) -> None:
+        with self._lock:
+            self._transcript.append((id(protocol), way, data))
+
 
 class _Handler:
     """aiosmtpd handler hooks; all state lives on the owning server."""
@@ -524,6 +556,9 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        hold = self.owner._next_hold()
+        if hold:
+            await asyncio.sleep(hold)
         scripted = self.owner._next_reply("DATA")
         if scripted is not None:
             return scripted
@@ -548,11 +583,13 @@ class _TrackedSMTP(SMTP):
         self.drop_after: int | None = None
 
     async def push(self, status: Any) -> None:
+        self._owner._log(self, "out", status if isinstance(status, bytes) else status.encode())
         await super().push(status)
         if status[:3] in ("354", b"354"):
             self._owner._data_started(self)
 
     def data_received(self, data: bytes) -> None:
+        self._owner._log(self, "in", data)
         if self.drop_after is not None:
             self.drop_after -= len(data)
             if self.drop_after <= 0:
