@@ -647,9 +647,7 @@ class SmtpProvider(Provider):
                 keep = True
                 return result
             except smtplib.SMTPException as err:
-                if attempt.handed_on or not (
-                    lease.reused and self._connection_was_stale(attempt, err)
-                ):
+                if not (lease.reused and self._connection_was_stale(attempt, err)):
                     keep = self._reusable_after(err)
                     raise self._map_error(err, attempt.data_sent, context) from err
                 # The server had closed the idle connection; nothing was delivered.
@@ -660,12 +658,24 @@ class SmtpProvider(Provider):
                     port=self._config.port,
                 )
             except OSError as err:
-                if attempt.handed_on or not (lease.reused and not attempt.data_sent):
+                if not (lease.reused and not attempt.data_sent):
                     raise self._map_error(err, attempt.data_sent, context) from err
-            conn.close()
-            # A fresh connection in the same slot of the pool.
-            conn = self._connect(context)
-            lease.conn = conn
+            if released:
+                # Handed on after the dot, then reset before the server read it (and
+                # nothing followed): a slot again, most likely this same connection,
+                # marked broken. One of ours with a reply coming is used as it is.
+                released = False
+                lease = self._lease(context)
+                conn = cast(_TrackingMixin, lease.conn)
+                if conn.broken or conn.sock is None:
+                    conn.close()
+                    conn = self._connect(context)
+                    lease.conn = conn
+            else:
+                conn.close()
+                # A fresh connection in the same slot of the pool.
+                conn = self._connect(context)
+                lease.conn = conn
             attempt = _Attempt()
             try:
                 result = self._sendmail(conn, sender, recipients, raw, attempt, hand_on)
