@@ -39,6 +39,12 @@ prefork processes, timed from the first email the sink accepts to the last):
 * an empty task (it only counts itself in Redis) drained by the same worker: what
   Celery itself does per second here (its rate is tasks, not emails).
 
+With ``--base-python`` (an interpreter with another install of the library, as
+bench_inprocess.py takes it) the throughput tables run that install's worker too, on
+the same queues' kind of fill, in the same interleaved rounds: its CPU per email is the
+baseline of a paired ratio. ``--variants`` runs only the variants named (short names),
+for a quick comparison.
+
 CPU per email is read over the same window for the delivering processes (the
 worker's whole tree: main process and pool; for in-process delivery, the process
 minus its caller's thread) and for the sink (not the system under test).
@@ -386,8 +392,8 @@ class Throughput:
     def tag(self, name: str, round_no: int) -> str:
         return f"{self.run}_{name}_{self.label.replace(', ', '_')}_{round_no}"
 
-    def library(self, round_no: int, pool: str = "consumer") -> Sample:
-        tag = self.tag(f"lib{pool}", round_no)
+    def library(self, round_no: int, pool: str = "consumer", python: str | None = None) -> Sample:
+        tag = self.tag(f"lib{pool}{'base' if python else ''}", round_no)
         table = settings(tag, self.sink.port, send_events=self.events)
         if self.tls:
             table["email"].update(starttls=True, ca_file=str(self.ca))
@@ -400,7 +406,8 @@ class Throughput:
                 raise RuntimeError("the fill was not confirmed by the broker")
         self.sink.reset()
         command = [
-            *(sys.executable, "-m", "tenant_notify.cli", "worker", "--config", str(config)),
+            *(python or sys.executable, "-m", "tenant_notify.cli", "worker"),
+            *("--config", str(config)),
             *("-c", "2", "--loglevel", "WARNING"),
         ]
         if pool != "consumer":  # Celery's own worker, with that pool
@@ -512,6 +519,8 @@ def throughput(
     pipelining: bool,
     events: bool,
     threads_pool: bool = False,
+    base: tuple[str, str] | None = None,
+    variants: frozenset[str] | None = None,
 ) -> str:
     title = (
         f"{'STARTTLS' if tls else 'plain'} SMTP, server "
@@ -521,7 +530,7 @@ def throughput(
     with SmtpSink(cert_dir=folder if tls else None, pipelining=pipelining) as sink:
         t = Throughput(run, emails, folder, sink, tls=tls, events=events, pipelining=pipelining)
         at_least_once = "delivered at least once, claimed and recorded in Redis; acked late"
-        variants = [
+        chosen = [
             Variant(LIBRARY, t.library, guarantee=at_least_once, short="library"),
             Variant(
                 PREFORK,
@@ -546,7 +555,7 @@ def throughput(
             Variant(EMPTY, t.empty, guarantee="-", short="empty task"),
         ]
         if threads_pool:
-            variants.insert(
+            chosen.insert(
                 2,
                 Variant(
                     THREADS,
@@ -556,7 +565,7 @@ def throughput(
                 ),
             )
         if not tls:
-            variants.insert(
+            chosen.insert(
                 4 if threads_pool else 3,
                 Variant(
                     INPROCESS,
@@ -566,9 +575,23 @@ def throughput(
                     short="in-process",
                 ),
             )
+        if base is not None:
+            python, label = base
+            chosen.insert(
+                1,
+                Variant(
+                    base_name(label),
+                    lambda round_no: t.library(round_no, python=python),
+                    guarantee=at_least_once,
+                    baseline=True,
+                    short=label,
+                ),
+            )
+        if variants is not None:
+            chosen = [v for v in chosen if v.short in variants]
         result = Comparison(
             f"celery throughput, {title}",
-            variants,
+            chosen,
             rounds=rounds,
             cpu_scopes={
                 "delivery": "the delivering processes: a worker's whole tree (main process and "
@@ -576,6 +599,7 @@ def throughput(
                 "sink": "the SMTP sink's process (not the system under test)",
             },
         ).run()
+    names = {v.name for v in chosen}
     targets = [Target("earlier target: at least 2.5x the seed's way", LIBRARY, SEED, at_least=2.5)]
     if not tls:
         targets.append(
@@ -596,10 +620,27 @@ def throughput(
                 of="delivery",
             )
         )
+    if base is not None:
+        targets.append(
+            Target(
+                f"worker CPU per email vs {base[1]}'s worker",
+                LIBRARY,
+                base_name(base[1]),
+                at_most=1.0,
+                of="delivery",
+            )
+        )
     baselines = [SEED, FAIR] + ([INPROCESS] if not tls else [])
+    baselines += [base_name(base[1])] if base is not None else []
+    targets = [g for g in targets if g.variant in names and g.baseline in names]
+    baselines = [b for b in baselines if b in names]
     return f"**{title}**\n\n" + result.markdown(
         targets=targets, ratios_to=baselines, cpu_ratios_to=baselines
     )
+
+
+def base_name(label: str) -> str:
+    return f"`tenant-notify worker -c 2` at {label} (the same, another install of the library)"
 
 
 def _toml(table: dict[str, Any], prefix: str = "") -> str:
@@ -653,12 +694,22 @@ def main() -> None:
     parser.add_argument(
         "--pipelining", choices=both, default="both", help="the sink offers PIPELINING"
     )
+    parser.add_argument("--base-python", help="an interpreter with another install of the library")
+    parser.add_argument("--base-label", default="base", help="what --base-python has installed")
+    parser.add_argument(
+        "--variants",
+        help="throughput: only these variants, by short name, comma-separated (library, "
+        "celery prefork, threads pool, seed's way, in-process, fair task, empty task, the "
+        "base label); a quick comparison, not a table for the docs",
+    )
     parser.add_argument(
         "--threads-pool",
         action="store_true",
         help="also run the library's worker with Celery's threads pool (no pool processes)",
     )
     args = parser.parse_args()
+    base = (args.base_python, args.base_label) if args.base_python else None
+    variants = frozenset(v.strip() for v in args.variants.split(",")) if args.variants else None
     run = uuid.uuid4().hex[:8]
     caller = f"{run}_caller"
     try:
@@ -681,6 +732,8 @@ def main() -> None:
                                     pipelining=pipelining,
                                     events=ev,
                                     threads_pool=args.threads_pool,
+                                    base=base,
+                                    variants=variants,
                                 )
                             )
                             if args.write:  # table by table: a late failure keeps the rest

@@ -332,7 +332,14 @@ class Dispatcher:
         if deferred is not None:
             return deferred
         claim_key = f"delivery:{notification.id}"
-        claim = self.idempotency_store.claim(claim_key, self.delivery_lease)
+        # On one Redis, the claim reads the reputation's pause and suppression entries
+        # too: one round trip for both.
+        reads = self.reputation.hold_reads(notification, self.idempotency_store)
+        if reads:
+            store: Any = self.idempotency_store
+            claim = store.claim(claim_key, self.delivery_lease, reads=reads)
+        else:
+            claim = self.idempotency_store.claim(claim_key, self.delivery_lease)
         if claim.state is ClaimState.DONE:
             log.info("notification_already_delivered")
             return Outcome(self.status_store.get(notification.id), repeat=True)
@@ -381,7 +388,7 @@ class Dispatcher:
         self._record(status)
         started = time.perf_counter()
         # Suppressed recipient or paused channel: settle it without a provider call.
-        held = self.reputation.hold(notification)
+        held = self.reputation.hold(notification, claim.reads)
         if held is not None:
             return self._held(notification, status, held, claim_key, log, started)
         tried: list[str] = []  # provider names, as they are tried

@@ -285,6 +285,34 @@ def test_a_delivery_claim_reads_the_status_in_the_same_round_trip(statuses, keys
     assert not keys.claim("other:n1", 10).status_read
 
 
+def test_a_claim_makes_the_reads_asked_for_once_it_holds_the_lease(statuses, keys, client):
+    prefix = client.prefix
+    client.set(f"{prefix}x", "one")
+    client.hset(f"{prefix}h", mapping={"a": "1", "b": "2"})
+    reads = [("GET", f"{prefix}x"), ("HGETALL", f"{prefix}h"), ("GET", f"{prefix}none")]
+    reads.append(("HGETALL", f"{prefix}none"))
+    claim = keys.claim("delivery:r1", 10, reads=reads)
+    assert claim.state is ClaimState.ACQUIRED and claim.status_read and claim.status is None
+    assert claim.reads == ("one", {"a": "1", "b": "2"}, None, {})
+    assert keys.claim("other:r1", 10, reads=reads[:1]).reads == ("one",)
+    # Busy or done: nothing read, as nothing is to be delivered.
+    assert keys.claim("delivery:r1", 10, reads=reads).reads == ()
+    keys.complete("delivery:r1", 60)
+    done = keys.claim("delivery:r1", 10, reads=reads)
+    assert done.state is ClaimState.DONE and done.reads == ()
+    # Only reads: the claim's script never writes what it is given.
+    with pytest.raises(ValueError, match="DEL"):
+        keys.claim("delivery:r2", 10, reads=[("DEL", f"{prefix}x")])
+    assert client.get(f"{prefix}x") == "one" and client.get(f"{prefix}idem:delivery:r2") is None
+
+
+def test_a_claim_waits_for_this_process_s_earlier_writes(statuses, keys, client):
+    # The sending status goes out without a wait; a claim after it sees it.
+    statuses.save(status("w1", state=DeliveryState.SENDING, attempts=1))
+    claim = keys.claim("delivery:w1", 10)
+    assert claim.status is not None and claim.status.state is DeliveryState.SENDING
+
+
 def test_a_renewed_lease_outlives_its_length_and_a_dropped_one_runs_out(keys, client):
     # A 1 s lease renewed every 0.1 s: a loaded machine may stall this test for most
     # of a second between renewals without the lease running out.

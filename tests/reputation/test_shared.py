@@ -106,3 +106,49 @@ def test_a_paused_channel_fails_on_the_delivery_side_without_a_provider_call(
         )
         assert notify.wait(after.id).state is DeliveryState.SENT
     assert len(smtp.messages) == 1
+
+
+def test_on_one_redis_the_claim_reads_the_pause_and_the_entries_in_its_round_trip(
+    settings: dict[str, Any], smtp: LoopbackSMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/15", decode_responses=True)
+    now = dt.datetime.now(dt.UTC)
+    with on_redis(settings, client) as notify:
+        store = notify.reputation.store
+        assert isinstance(store, RedisReputationStore)
+        claims = notify.dispatcher.idempotency_store
+        assert store.shares_redis_with(claims)
+        # Another client (another process's) is not this store's Redis connection.
+        assert not store.shares_redis_with(RedisIdempotencyStore(redis.Redis()))
+
+        def asked_apart(*args: object) -> None:
+            raise AssertionError("the reputation was read apart from the claim")
+
+        monkeypatch.setattr(store, "hold_state", asked_apart)
+        notify.suppressions.add("acme", "jane@example.com", reason="complaint")
+        held = notify.send_email(
+            to_email="jane@example.com", subject="Hi", body="Hello", tenant_id="acme"
+        )
+        assert notify.status(held.id).state is DeliveryState.SUPPRESSED
+        store.pause(
+            Pause("globex", Channel.EMAIL, "550 5.7.26", 5, now, now + dt.timedelta(minutes=5))
+        )
+        paused = notify.send_email(
+            to_email="joe@example.com", subject="Hi", body="Hello", tenant_id="globex"
+        )
+        status = notify.status(paused.id)
+        assert status.state is DeliveryState.FAILED
+        assert status.error_type == TenantPausedError.__name__
+        sent = notify.send_email(
+            to_email="joe@example.com", subject="Hi", body="Hello", tenant_id="acme"
+        )
+        assert notify.wait(sent.id).state is DeliveryState.SENT
+        # What the claim read decides as the store's own question does.
+        monkeypatch.undo()
+        for tenant_id, to in (("acme", "jane@example.com"), ("globex", "joe@example.com")):
+            reads = store.hold_reads(tenant_id, Channel.EMAIL, to)
+            claim = claims.claim(f"other:{tenant_id}", 5, reads=reads)
+            assert store.hold_from(claim.reads) == store.hold_state(tenant_id, Channel.EMAIL, to)
+    assert [list(m.rcpt_tos) for m in smtp.messages] == [["joe@example.com"]]

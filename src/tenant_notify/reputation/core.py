@@ -20,8 +20,9 @@ and the engagement store, and answers the few questions the pipeline has:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 from ..config import KindSettings, Settings
@@ -238,14 +239,32 @@ class Reputation:
 
     # --- the delivery side ---------------------------------------------------------------
 
-    def hold(self, notification: Notification) -> Held | None:
+    def hold_reads(self, notification: Notification, claims: object) -> tuple[tuple[str, str], ...]:
+        """What :meth:`hold` needs read, for the delivery claim on ``claims`` (the
+        idempotency store) to read in its own round trip: ``(command, key)`` pairs
+        when both stores are on one Redis client, else none (``hold`` asks the
+        store itself)."""
+        store: Any = self.store
+        shares = getattr(store, "shares_redis_with", None)
+        if shares is None or not shares(claims):
+            return ()
+        reads: tuple[tuple[str, str], ...] = store.hold_reads(
+            notification.tenant_id, notification.channel, notification.to
+        )
+        return reads
+
+    def hold(self, notification: Notification, replies: Sequence[Any] = ()) -> Held | None:
         """Why ``notification`` must not reach a provider now, or None to send it.
 
         One question to the store (one round trip on Redis) for both the pause and
-        the recipient's entries.
+        the recipient's entries; none when ``replies`` are the replies to
+        :meth:`hold_reads`, read with the delivery's claim.
         """
         tenant_id, channel, to = notification.tenant_id, notification.channel, notification.to
-        pause, entries = self.store.hold_state(tenant_id, channel, to)
+        if replies:
+            pause, entries = cast(Any, self.store).hold_from(replies)
+        else:
+            pause, entries = self.store.hold_state(tenant_id, channel, to)
         if pause is not None:
             return Held(DeliveryState.FAILED, paused_error(pause, notification_id=notification.id))
         entry = self._suppression(tenant_id, notification.kind, channel, to, entries)

@@ -23,7 +23,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote
 
@@ -232,25 +232,45 @@ class RedisReputationStore:
         raw = self._call(lambda: self._redis.get(key))
         return Pause.from_dict(json.loads(str(raw))) if raw else None
 
-    def hold_state(
+    def hold_reads(
         self, tenant_id: str, channel: Channel, recipient: str
-    ) -> tuple[Pause | None, list[Suppression]]:
-        """The pause and the recipient's entries in one round trip (a pipeline): the
-        delivery side asks it for every notification."""
-        pause_key = f"{self._prefix}pause:{self._scope(tenant_id, channel)}"
-        entry_key = self._entry_key(tenant_id, channel, recipient)
+    ) -> tuple[tuple[str, str], ...]:
+        """The reads :meth:`hold_state` makes, as ``(command, key)``: for a claim on the
+        same Redis to make in its own round trip (see :meth:`shares_redis_with`);
+        :meth:`hold_from` reads their replies."""
+        return (
+            ("GET", f"{self._prefix}pause:{self._scope(tenant_id, channel)}"),
+            ("HGETALL", self._entry_key(tenant_id, channel, recipient)),
+        )
 
-        def read() -> list[Any]:
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(pause_key)
-                pipe.hgetall(entry_key)
-                return pipe.execute()
-
-        pause, entries = self._call(read)
+    def hold_from(self, replies: Sequence[Any]) -> tuple[Pause | None, list[Suppression]]:
+        """The pause and the entries from the replies to :meth:`hold_reads`."""
+        pause, entries = replies
         return (
             Pause.from_dict(json.loads(str(pause))) if pause else None,
             _entries(entries.values()),
         )
+
+    def shares_redis_with(self, store: object) -> bool:
+        """Whether ``store`` (an idempotency store) is on this store's client, so its
+        claim can make :meth:`hold_reads` (a ``claim(..., reads=...)`` of its own)."""
+        return getattr(store, "client", None) is self._redis and hasattr(store, "CLAIM_READS")
+
+    def hold_state(
+        self, tenant_id: str, channel: Channel, recipient: str
+    ) -> tuple[Pause | None, list[Suppression]]:
+        """The pause and the recipient's entries in one round trip (a pipeline): the
+        delivery side asks it for every notification whose claim did not read them."""
+        reads = self.hold_reads(tenant_id, channel, recipient)
+
+        def read() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                (_, pause_key), (_, entry_key) = reads
+                pipe.get(pause_key)
+                pipe.hgetall(entry_key)
+                return pipe.execute()
+
+        return self.hold_from(self._call(read))
 
     def list_pauses(self) -> list[Pause]:
         index = f"{self._prefix}pauses"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..models import DeliveryStatus
 
@@ -71,6 +71,9 @@ class Claim:
     # attempt completed without asking the status store again.
     status: DeliveryStatus | None = None
     status_read: bool = False
+    # With ACQUIRED: the replies of the reads asked for with the claim (a Redis
+    # store's ``claim(..., reads=...)``), in their order; empty otherwise.
+    reads: tuple[Any, ...] = ()
 
 
 @runtime_checkable

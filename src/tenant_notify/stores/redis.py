@@ -93,6 +93,11 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _hash(flat: list[Any]) -> dict[Any, Any]:
+    """HGETALL's reply to a script (field, value, field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _unanswered(err: BaseException, detail: str = "") -> StoreUnavailableError:
     return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}{detail}")
 
@@ -685,16 +690,22 @@ class RedisIdempotencyStore(_RedisStore):
     return redis.call('GET', KEYS[1])
     """
 
-    # KEYS[2], when given, is the notification's status: read with the claim, so
-    # the worker knows whether an earlier attempt completed in the same round trip.
+    # KEYS[2..], when given, are read once the lease is taken, each with the
+    # command ARGV[4..] (GET, HGETALL) of the same place: for a delivery claim, its
+    # status first (so the worker knows whether an earlier attempt completed),
+    # then what the caller asked for (the reputation's pause and suppression
+    # entries), all in the claim's one round trip.
     _CLAIM = """
     local current = redis.call('GET', KEYS[1])
     if current == ARGV[1] then return {'done', 0} end
     if current then return {'busy', redis.call('PTTL', KEYS[1])} end
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    if KEYS[2] then return {'acquired', 0, redis.call('GET', KEYS[2])} end
-    return {'acquired', 0}
+    local reply = {'acquired', 0}
+    for i = 2, #KEYS do reply[i + 1] = redis.call(ARGV[i + 2], KEYS[i]) end
+    return reply
     """
+    #: What ``claim(..., reads=...)`` may read: read-only commands on one key.
+    CLAIM_READS = frozenset({"GET", "HGETALL"})
 
     _RENEW = """
     if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -709,7 +720,6 @@ class RedisIdempotencyStore(_RedisStore):
     def __init__(self, client: redis.Redis, *, key_prefix: str = "tenant_notify:") -> None:
         super().__init__(client, key_prefix=key_prefix)
         self._reserve = client.register_script(self._RESERVE)
-        self._claim = client.register_script(self._CLAIM)
         self._release = client.register_script(self._RELEASE)
         self._renew = client.register_script(self._RENEW)
         # key -> the token of the lease this process holds on it
@@ -737,18 +747,33 @@ class RedisIdempotencyStore(_RedisStore):
             self._leases.pop(key, None)
         self._call(lambda: self._redis.delete(self._key(key)))
 
-    def claim(self, key: str, lease: float) -> Claim:
+    def claim(self, key: str, lease: float, *, reads: Sequence[tuple[str, str]] = ()) -> Claim:
         """Take a lease on ``key``.
 
         For a delivery claim (``delivery:<notification id>``) the notification's
         status is read in the same script, and given with an ACQUIRED claim.
+        ``reads``, ``(command, key)`` pairs of :data:`CLAIM_READS` on full Redis
+        keys, are made in the same script too once the lease is taken; their
+        replies come with an ACQUIRED claim as :attr:`Claim.reads` (a hash as a
+        dict). The claim waits on this process's ordered writer: every write made
+        before it is done when it is taken, and it costs one round trip.
         """
         token = _LEASE + uuid.uuid4().hex
-        keys = [self._key(key)]
+        redis_key = self._key(key)
+        keys = [redis_key]
+        commands: list[str] = []
         delivery = key.startswith("delivery:")
         if delivery:
             keys.append(f"{self._prefix}status:{key[len('delivery:') :]}")
-        reply = self._call(lambda: self._claim(keys=keys, args=[_DONE, token, _ms(lease)]))
+            commands.append("GET")
+        for command, read_key in reads:
+            if command not in self.CLAIM_READS:
+                raise ValueError(f"not a read a claim can make: {command!r}")
+            keys.append(read_key)
+            commands.append(command)
+        reply = self._writer.call(
+            redis_key, "EVAL", self._CLAIM, len(keys), *keys, _DONE, token, _ms(lease), *commands
+        )
         state, pttl = reply[0], reply[1]
         if state == "done":
             return Claim(ClaimState.DONE)
@@ -758,11 +783,15 @@ class RedisIdempotencyStore(_RedisStore):
             return Claim(ClaimState.BUSY, retry_in=max(int(pttl), 100) / 1000)
         with self._lock:
             self._leases[key] = token
+        replies: list[Any] = [
+            _hash(value) if command == "HGETALL" else value
+            for command, value in zip(commands, reply[2:], strict=True)
+        ]
         if not delivery:
-            return Claim(ClaimState.ACQUIRED)
-        raw = reply[2] if len(reply) > 2 else None
+            return Claim(ClaimState.ACQUIRED, reads=tuple(replies))
+        raw = replies[0]
         status = None if raw is None else DeliveryStatus.from_dict(json.loads(raw))
-        return Claim(ClaimState.ACQUIRED, status=status, status_read=True)
+        return Claim(ClaimState.ACQUIRED, status=status, status_read=True, reads=tuple(replies[1:]))
 
     def renew(self, keys: Sequence[str], lease: float) -> list[str]:
         """Extend this process's leases on ``keys``: one round trip for all of them.
