@@ -14,11 +14,21 @@ Two variants, interleaved over ``--pacing-rounds`` rounds:
   prefork ``-c 2`` that posts to the same API and, on a 429, retries itself
   after the reset the reply names, as the seed did.
 
-Figures per variant and round: requests the API got during the window, per
-worker process (each request's connection is traced back to the process that
+Figures per variant and round: requests that reached the API during the window,
+per worker process (each request's connection is traced back to the process that
 holds it), notifications failed, and seconds from the window's end until the
 last notification went out. The issue's bar: no notification failed, at most 2
 attempts per worker process during the window.
+
+An attempt *during the window* is a request that reached the API after the first
+429 went out and before the reset: one sent when a worker could have known of the
+limit. When it reached the API is the kernel's receive stamp on its first bytes
+(``SO_TIMESTAMPNS``), not the moment this fake's handler thread got to it: the
+fake is Python sharing two cores with the workers, and requests that arrived
+before the window opened wait in its queue and are answered 429 inside the window.
+Those are counted apart ("answered during the window", this scenario's count
+before 2026-12-01), with, per process, the requests that arrived after the
+process itself had been answered a 429.
 
 ``run_pacing(args)`` is what bench_scheduler.py calls (``add_arguments`` adds
 its options); ``python bench/_scheduler_pacing.py`` runs it alone.
@@ -30,6 +40,8 @@ import argparse
 import contextlib
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -47,6 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 AMQP = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 API_KEY = "SG.bench-pacing"
+# Linux's SO_TIMESTAMPNS (the socket module does not name it): receive timestamps.
+SO_TIMESTAMPNS = 35
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,17 +86,36 @@ class ThrottlingAPI:
         self.accepted = 0
         self.window_start: float | None = None
         self.window_end: float | None = None
-        # (time, status, client port)
-        self.requests: list[tuple[float, int, int]] = []
+        # (time answered, status, client port, time the request arrived)
+        self.requests: list[tuple[float, int, int, float]] = []
+        # When the first 429 went out, overall and on each client port.
+        self.first_429: float | None = None
+        self.first_429_by_port: dict[int, float] = {}
+        self.tracer: _Tracer | None = None
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                # The kernel stamps each segment as it arrives: the moment a request
+                # reached the API, whenever this handler gets to read it.
+                self.connection.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                if owner.tracer is not None:
+                    owner.tracer.connected()
+
+            def handle_one_request(self) -> None:
+                self.arrived = _arrival(self.connection)
+                super().handle_one_request()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                status, headers = owner.answer(self.client_address[1], body)
+                port = self.client_address[1]
+                if owner.tracer is not None:
+                    owner.tracer.saw(port)
+                status, headers = owner.answer(port, body, self.arrived)
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -90,6 +123,9 @@ class ThrottlingAPI:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                self.wfile.flush()
+                if status == 429:
+                    owner.answered_429(port, time.time())
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -106,7 +142,7 @@ class ThrottlingAPI:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def answer(self, port: int, body: bytes) -> tuple[int, dict[str, str]]:
+    def answer(self, port: int, body: bytes, arrived: float) -> tuple[int, dict[str, str]]:
         now = time.time()
         with self.lock:
             if self.window_start is None and self.accepted >= self.warmup:
@@ -115,12 +151,18 @@ class ThrottlingAPI:
             status = 429 if throttled else 202
             if not throttled:
                 self.accepted += 1
-            self.requests.append((now, status, port))
+            self.requests.append((now, status, port, arrived))
         if throttled:
             return 429, {"X-RateLimit-Reset": f"{self.window_end:.3f}"}
         return 202, {"X-Message-Id": uuid.uuid4().hex}
 
-    def in_window(self) -> list[tuple[float, int, int]]:
+    def answered_429(self, port: int, at: float) -> None:
+        with self.lock:
+            if self.first_429 is None:
+                self.first_429 = at
+            self.first_429_by_port.setdefault(port, at)
+
+    def in_window(self) -> list[tuple[float, int, int, float]]:
         start, end = self.window_start or 0.0, self.window_end or 0.0
         with self.lock:
             return [r for r in self.requests if start <= r[0] < end]
@@ -128,6 +170,18 @@ class ThrottlingAPI:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _arrival(sock: socket.socket) -> float:
+    """When the next request's first bytes reached this host (the kernel's receive
+    timestamp, peeked without reading); now, if the stamp is missing."""
+    with contextlib.suppress(OSError):
+        _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                return seconds + nanoseconds / 1e9
+    return time.time()
 
 
 def _ports_by_pid(root_pid: int) -> dict[int, int]:
@@ -149,21 +203,42 @@ def _ports_by_pid(root_pid: int) -> dict[int, int]:
 
 
 class _Tracer:
-    """Samples which worker process holds which connection while the run goes on."""
+    """Which worker process holds which connection: sampled while the run goes on,
+    and looked up when a request comes on a connection not seen yet (while the
+    request waits for its reply, its connection is surely open: one the library
+    closes soon after, a call its gate stopped, is still traced)."""
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int, api: ThrottlingAPI) -> None:
         self.root_pid = root_pid
         self.ports: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._new = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        api.tracer = self
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
+    def connected(self) -> None:
+        """A connection was accepted: look it up soon, off the handler's thread."""
+        self._new.set()
+
+    def saw(self, port: int) -> None:
+        """A request came on ``port``: make sure its process is known."""
+        if port not in self.ports:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        with self._lock:
             self.ports.update(_ports_by_pid(self.root_pid))
 
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._new.wait(0.2)
+            self._new.clear()
+            self._refresh()
+
     def stop(self) -> None:
-        self.ports.update(_ports_by_pid(self.root_pid))
+        self._refresh()
         self._stop.set()
         self._thread.join(5)
 
@@ -221,6 +296,7 @@ def _library(api: ThrottlingAPI, n: int, folder: Path) -> dict[str, Any]:
     config = folder / f"{queue}.toml"
     config.write_text(_toml(settings))
     worker: subprocess.Popen[bytes] | None = None
+    announced = _Announcements(f"{prefix}pace:announce")
     try:
         with Notifier.from_settings(settings) as notify:
             receipts = [
@@ -252,7 +328,7 @@ def _library(api: ThrottlingAPI, n: int, folder: Path) -> dict[str, Any]:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-            tracer = _Tracer(worker.pid)
+            tracer = _Tracer(worker.pid, api)
             final = {DeliveryState.SENT, DeliveryState.FAILED}
 
             def settled() -> bool:
@@ -276,11 +352,43 @@ def _library(api: ThrottlingAPI, n: int, folder: Path) -> dict[str, Any]:
             "last_sent": last,
             "ports": tracer.ports,
             "pid": worker.pid,
+            "pause_announced": announced.first_pause,
         }
     finally:
+        announced.stop()
         if worker is not None:
             _stop(worker)
         _cleanup([queue, f"{queue}.dead"], prefix)
+
+
+class _Announcements:
+    """When the workers' first pause announcement (Redis pub/sub) went out."""
+
+    def __init__(self, channel: str) -> None:
+        import redis
+
+        self.first_pause: float | None = None
+        self._pubsub = redis.Redis.from_url(REDIS).pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.first_pause is None:
+            message = self._pubsub.get_message(timeout=0.2)
+            if message is None:
+                continue
+            data = message.get("data")
+            text = data.decode() if isinstance(data, bytes) else str(data)
+            if text.startswith("pause "):
+                self.first_pause = time.time()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
 
 
 def _baseline(api: ThrottlingAPI, n: int, folder: Path) -> dict[str, Any]:
@@ -323,7 +431,7 @@ def _baseline(api: ThrottlingAPI, n: int, folder: Path) -> dict[str, Any]:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        tracer = _Tracer(worker.pid)
+        tracer = _Tracer(worker.pid, api)
 
         # Done when every message went out, or when the queue stayed empty (a task
         # that gave up is acked too): whatever never got a 202 failed.
@@ -345,7 +453,7 @@ def _baseline(api: ThrottlingAPI, n: int, folder: Path) -> dict[str, Any]:
         tracer.stop()
         with api.lock:
             delivered = api.accepted  # the warm-up's are notifications too
-            last = max(t for t, status, _ in api.requests if status == 202)
+            last = max(r[0] for r in api.requests if r[1] == 202)
         return {
             "failed": n - delivered,
             "last_sent": last,
@@ -374,30 +482,13 @@ def _one(variant: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]
     try:
         run = _library if variant == LIBRARY else _baseline
         result = run(api, n, folder)
-        window = api.in_window()
-        per_process: dict[str, int] = {}
-        offsets: dict[str, list[int]] = {}
-        # A request on a keep-alive connection that had carried a 429 already was
-        # sent after its process read that 429 (a connection goes back to the pool
-        # only once its reply is read); the others were on their way before.
-        after_429: dict[str, int] = {}
-        throttled_ports: set[int] = set()
-        for at, status, port in window:
-            pid = result["ports"].get(port)
-            key = str(pid) if pid is not None else "unknown"
-            per_process[key] = per_process.get(key, 0) + 1
-            offsets.setdefault(key, []).append(round((at - (api.window_start or 0.0)) * 1000))
-            if port in throttled_ports:
-                after_429[key] = after_429.get(key, 0) + 1
-            if status == 429:
-                throttled_ports.add(port)
+        figures = _count(api, result["ports"])
+        announced, opened = result.get("pause_announced"), api.first_429
+        if announced is not None and opened is not None:
+            figures["pause_announced_ms"] = round((announced - opened) * 1000, 1)
         return {
             "variant": variant,
-            "attempts_in_window": len(window),
-            "attempts_per_process": per_process,
-            "max_per_process": max(per_process.values(), default=0),
-            "ms_into_window": {key: sorted(values) for key, values in offsets.items()},
-            "max_after_429": max(after_429.values(), default=0),
+            **figures,
             "failed": result["failed"],
             "why_failed": result.get("why_failed", {}),
             "drained_after_window_s": round(result["last_sent"] - (api.window_end or 0.0), 2),
@@ -405,6 +496,59 @@ def _one(variant: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]
         }
     finally:
         api.close()
+
+
+def _count(api: ThrottlingAPI, ports: dict[int, int]) -> dict[str, Any]:
+    """What reached the API during the window, per worker process.
+
+    The window opens when the first 429 is answered and ends at the reset. An
+    attempt *during the window* is a request that reached the API (the kernel's
+    receive stamp) after that first 429 went out and before the reset: one made
+    when a worker could have known of the limit. A request that had arrived
+    before, and only waited in this fake's queue for its turn to be answered (with
+    a 429 all the same), was on its way before anything could be known; it is
+    counted apart ("answered during the window"), as this scenario counted
+    everything before.
+    """
+
+    def process(port: int) -> str:
+        pid = ports.get(port)
+        return str(pid) if pid is not None else "unknown"
+
+    with api.lock:
+        requests = list(api.requests)
+        opened = api.first_429
+        first_by_port = dict(api.first_429_by_port)
+    end = api.window_end or 0.0
+    # When each process was first answered a 429 (on any of its connections).
+    first_by_process: dict[str, float] = {}
+    for port, at in first_by_port.items():
+        key = process(port)
+        first_by_process[key] = min(at, first_by_process.get(key, at))
+    answered: dict[str, int] = {}  # answered during the window (this scenario's old count)
+    during: dict[str, int] = {}  # reached the API during the window
+    after_own: dict[str, int] = {}  # ... and after their process had been answered a 429
+    offsets: dict[str, list[int]] = {}
+    for at, _status, port, arrived in requests:
+        key = process(port)
+        if api.window_start is not None and api.window_start <= at < end:
+            answered[key] = answered.get(key, 0) + 1
+        if opened is None or not opened <= arrived < end:
+            continue
+        during[key] = during.get(key, 0) + 1
+        offsets.setdefault(key, []).append(round((arrived - opened) * 1000, 1))
+        if arrived >= first_by_process.get(key, end):
+            after_own[key] = after_own.get(key, 0) + 1
+    return {
+        "attempts_in_window": sum(during.values()),
+        "attempts_per_process": during,
+        "max_per_process": max(during.values(), default=0),
+        "ms_into_window": {key: sorted(values) for key, values in offsets.items()},
+        "max_after_own_429": max(after_own.values(), default=0),
+        "answered_in_window": sum(answered.values()),
+        "max_answered_per_process": max(answered.values(), default=0),
+        "answered_per_process": answered,
+    }
 
 
 def run_pacing(args: argparse.Namespace) -> dict[str, Any]:
@@ -440,22 +584,37 @@ def _markdown(args: argparse.Namespace, rounds: list[dict[str, Any]], load: list
         f"{args.pacing_window:g} s ahead after {args.pacing_warmup} accepted requests; "
         f"{args.pacing_notifications} order confirmations wait in the queue. "
         f"{args.pacing_rounds} rounds, the variants interleaved; ranges over the rounds; "
-        f"1-minute load average {_range([round(x, 1) for x in load])} on 2 cores.",
+        f"1-minute load average {_range([round(x, 1) for x in load])} on 2 cores. "
+        "*During the window*: reached the API (kernel receive stamp) after the first 429 "
+        "went out and before the reset; *answered during the window*: every request the API "
+        "answered then, with those that had arrived before it opened and waited in its queue.",
         "",
         "| Variant | Requests during the window | Most by one worker process "
-        "| Of those, most sent after the process read a 429 "
+        "| Of those, most after its process was answered a 429 "
+        "| Answered during the window (most by one process) "
         "| Notifications failed | Last sent, s after the window |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for variant in (LIBRARY, BASELINE):
         mine = [r for r in rounds if r["variant"] == variant]
+        if not mine:
+            continue
         lines.append(
             f"| {variant} | {_range([r['attempts_in_window'] for r in mine])} "
             f"| {_range([r['max_per_process'] for r in mine])} "
-            f"| {_range([r.get('max_after_429', 0) for r in mine])} "
+            f"| {_range([r['max_after_own_429'] for r in mine])} "
+            f"| {_range([r['answered_in_window'] for r in mine])} "
+            f"({_range([r['max_answered_per_process'] for r in mine])}) "
             f"| {_range([r['failed'] for r in mine])} "
             f"| {_range([r['drained_after_window_s'] for r in mine])} |"
         )
+    announced = [r["pause_announced_ms"] for r in rounds if "pause_announced_ms" in r]
+    if announced:
+        lines += [
+            "",
+            f"The library's pause was announced on Redis {_range(announced)} ms after the "
+            "first 429 went out.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ refused recipient the attempt ends there.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
@@ -22,10 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 
+from . import _call_gate
 from ._pool import ProviderPool
 from .config import Settings
 from .errors import (
@@ -166,6 +168,61 @@ class _Deferred(Exception):
     def __init__(self, seconds: float) -> None:
         super().__init__(seconds)
         self.seconds = seconds
+
+
+class _CallGate:
+    """One provider call's last checks (:mod:`tenant_notify._call_gate`): the
+    account's pause right before the request leaves, and a throttling recorded
+    the moment the provider reads it.
+
+    Args:
+        first: No provider of the chain was called before this one: a pause
+            defers the notification (no attempt made) rather than failing over.
+    """
+
+    __slots__ = ("_pacing", "account", "first", "provider", "stopped", "until")
+
+    def __init__(self, pacing: Pacing, account: Account, provider: str, *, first: bool) -> None:
+        self._pacing = pacing
+        self.account = account
+        self.provider = provider
+        self.first = first
+        self.stopped = False  # the call did not go: the account was paused
+        self.until: float | None = None  # the pause this call recorded: until (monotonic)
+
+    def stop(self, seconds: float) -> NoReturn:
+        """Do not call: the account is paused for ``seconds``."""
+        self.stopped = True
+        if self.first:
+            raise _Deferred(seconds)  # no provider called yet: no attempt
+        raise TransientDeliveryError(
+            "the provider account is paused", provider=self.provider, retry_after=seconds
+        )
+
+    def before_request(self) -> None:
+        try:
+            seconds = self._pacing.paused(self.account)  # memory, while this process listens
+        except StoreUnavailableError:
+            return  # the checks before the call let it through; do not fail it here
+        if seconds is not None:
+            self.stop(seconds)
+
+    def throttled(self, retry_after: float | None) -> None:
+        with contextlib.suppress(NotifyError):  # record() tries again, and logs
+            self.record(retry_after)
+
+    def record(self, retry_after: float | None) -> float:
+        """Pause the account for every worker, once for the call's reply (each
+        provider reads ``retry_after`` from the same reply's headers); the seconds
+        it is paused for.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer.
+        """
+        now = time.monotonic()
+        if self.until is None:
+            self.until = now + self._pacing.throttled(self.account, retry_after)
+        return max(0.0, self.until - now)
 
 
 class Dispatcher:
@@ -628,32 +685,33 @@ class Dispatcher:
             else:
                 account = self.providers.account(tenant, channel, position)
             slot: float | Slot | None = None
+            gate = _CallGate(self.pacing, account, name, first=not errors)
             try:
                 if position:  # the channel's own provider had its turn at admission
                     self._pace(account)
                 # Paused since admission, or coming back from a pause (one probe first)?
                 slot = self.pacing.before_call(account)
                 if isinstance(slot, float):
-                    if not errors:
-                        raise _Deferred(slot)  # no provider called yet: no attempt
-                    raise TransientDeliveryError(
-                        "the provider account is paused", provider=name, retry_after=slot
-                    )
-                result = self.providers.get(tenant, channel, position).send(message)
+                    gate.stop(slot)
+                # The provider checks again right before its request leaves, and
+                # records a throttling the moment it reads one (HTTP providers).
+                with _call_gate.gated(gate):
+                    result = self.providers.get(tenant, channel, position).send(message)
             except DeliveryError as err:
                 if err.provider is None:
                     err.provider = name
                 if err.throttled:
                     # Every worker waits for the account now, not only this attempt.
                     try:
-                        err.retry_after = self.pacing.throttled(account, err.retry_after)
+                        err.retry_after = gate.record(err.retry_after)
                         if paused is not None:
                             paused.append(err)
                     except NotifyError:
                         # Unrecorded, the pause is this attempt's alone; it still retries.
                         log.exception("provider_pause_not_recorded", provider=name)
                 if isinstance(slot, Slot):
-                    self.pacing.after_call(slot, throttled=err.throttled)
+                    # A call the gate stopped said nothing of the limit.
+                    self.pacing.after_call(slot, throttled=err.throttled, answered=not gate.stopped)
                 errors.append(err)
                 if index + 1 == len(chain) or not err.may_fail_over:
                     break

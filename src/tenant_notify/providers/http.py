@@ -80,7 +80,7 @@ from urllib.parse import urlsplit
 import pydantic
 from pydantic import Field, field_validator
 
-from .. import __version__
+from .. import __version__, _call_gate
 from .._concurrency import delivery_concurrency
 from .._redact import redact_secrets, register_secret
 from ..errors import (
@@ -405,17 +405,33 @@ class HttpProvider(Provider, ABC):
     # --- one request -------------------------------------------------------------------
 
     def _post(self, request: HttpRequest, context: ErrorContext) -> httpx.Response:
-        """POST ``request``; return a 2xx response or raise a DeliveryError."""
+        """POST ``request``; return a 2xx response or raise a DeliveryError.
+
+        Inside a dispatcher's call (a :mod:`~tenant_notify._call_gate` is set) the
+        account's pause is checked again right before the request is written, and
+        a throttling reply pauses the account before the connection is free for
+        another thread (see :class:`_GateTrace`).
+        """
         headers = {"Content-Type": request.content_type, **request.headers}
+        gate = _call_gate.current()
+        trace = None if gate is None else _GateTrace(gate)
         try:
             response = self._http().post(
-                self._url(request.path), content=request.content, headers=headers
+                self._url(request.path),
+                content=request.content,
+                headers=headers,
+                extensions=None if trace is None else {"trace": trace},
             )
         except httpx.HTTPError as err:
             raise self._map_transport_error(err, context) from err
         if response.is_success:
             return response
-        raise self._refused(response, context)
+        error = self._refused(response, context)
+        if gate is not None and error.throttled:
+            # A throttling the status did not show (SES's or Twilio's code in the
+            # body); for a 429 the trace told the gate already, from the same reply.
+            gate.throttled(error.retry_after)
+        raise error
 
     def _refused(self, response: httpx.Response, context: ErrorContext) -> DeliveryError:
         status = response.status_code
@@ -516,6 +532,34 @@ class HttpProvider(Provider, ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self._http_config.base_url}>"
+
+
+class _GateTrace:
+    """httpcore's ``trace`` extension for one request, speaking to the call's gate.
+
+    httpcore calls it at each step of the request on the connection it got: the
+    step ``send_request_headers`` starts once the request has a connection, right
+    before its first byte is written, so :meth:`CallGate.before_request
+    <tenant_notify._call_gate.CallGate.before_request>` there sees a pause
+    recorded while this thread waited (for a connection, a connect, the
+    interpreter); stopping there closes that connection, the price of a call that
+    did not go. ``receive_response_headers`` completes with the status and headers
+    before the body is read and the connection goes back to the pool: a 429 tells
+    the gate then, so the next thread's check sees it.
+    """
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: _call_gate.CallGate) -> None:
+        self._gate = gate
+
+    def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        if event.endswith(".send_request_headers.started"):
+            self._gate.before_request()
+        elif event.endswith(".receive_response_headers.complete"):
+            answer = info.get("return_value")
+            if answer and answer[1] == 429:
+                self._gate.throttled(retry_after(httpx.Headers(answer[3])))
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
