@@ -383,3 +383,30 @@ def test_a_listener_that_lost_redis_catches_up_with_the_pauses_it_missed(
     finally:
         one.close()
         two.close()
+
+
+def test_a_thread_waiting_for_a_connection_does_not_send_after_a_429_was_answered(
+    api: FakeProviderAPI,
+):
+    from tests.http_fakes import Reply
+
+    # One connection: the second delivery passes every check while the first one's
+    # request is at the API, then waits for the connection; by the time it has it,
+    # the 429 was answered (and recorded before the connection was free).
+    throttled = sendgrid_error(429, "too many", headers={"Retry-After": "1.5"})
+    api.script(Reply(throttled.status, throttled.body, throttled.headers, delay=0.4))
+    with Notifier.from_settings(settings(api, max_connections=1)) as notify:
+        [first] = send(notify, 1)
+        deadline = time.monotonic() + 10
+        while not api.requests:  # the first one's request is at the API
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        [second] = send(notify, 1, "globex")
+        statuses = [first.wait(30), second.wait(30)]
+    assert [s.state for s in statuses] == [DeliveryState.SENT] * 2
+    assert {s.attempts for s in statuses} == {1}
+    refused, *later = api.requests
+    assert len(later) == 2
+    # Nothing reached the API between the 429 and the end of its pause.
+    answered = refused.at + 0.4
+    assert all(r.at >= answered + 1.4 for r in later), [round(r.at - answered, 3) for r in later]

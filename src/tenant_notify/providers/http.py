@@ -427,10 +427,11 @@ class HttpProvider(Provider, ABC):
         if response.is_success:
             return response
         error = self._refused(response, context)
-        if gate is not None and error.throttled:
-            # A throttling the status did not show (SES's or Twilio's code in the
-            # body); for a 429 the trace told the gate already, from the same reply.
-            gate.throttled(error.retry_after)
+        if trace is not None and error.throttled and not trace.told:
+            # A throttling the status did not show (SES's code in a 400, Twilio's
+            # in the body); a 429 was told already, at its headers.
+            trace.told = True
+            trace.gate.throttled(error.retry_after)
         raise error
 
     def _refused(self, response: httpx.Response, context: ErrorContext) -> DeliveryError:
@@ -548,18 +549,28 @@ class _GateTrace:
     the gate then, so the next thread's check sees it.
     """
 
-    __slots__ = ("_gate",)
+    __slots__ = ("gate", "told")
 
     def __init__(self, gate: _call_gate.CallGate) -> None:
-        self._gate = gate
+        self.gate = gate
+        self.told = False  # the gate heard of a throttling in this reply
+
+    # httpcore names its steps "<http11|http2>.<step>.<started|complete|failed>".
+    _WRITING = frozenset(
+        {"http11.send_request_headers.started", "http2.send_request_headers.started"}
+    )
+    _ANSWERED = frozenset(
+        {"http11.receive_response_headers.complete", "http2.receive_response_headers.complete"}
+    )
 
     def __call__(self, event: str, info: Mapping[str, Any]) -> None:
-        if event.endswith(".send_request_headers.started"):
-            self._gate.before_request()
-        elif event.endswith(".receive_response_headers.complete"):
+        if event in self._WRITING:
+            self.gate.before_request()
+        elif event in self._ANSWERED:
             answer = info.get("return_value")
             if answer and answer[1] == 429:
-                self._gate.throttled(retry_after(httpx.Headers(answer[3])))
+                self.told = True
+                self.gate.throttled(retry_after(httpx.Headers(answer[3])))
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
