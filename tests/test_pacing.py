@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tenant_notify import DeliveryState
-from tenant_notify.errors import ConfigurationError
+from tenant_notify.errors import ConfigurationError, TransientDeliveryError
 from tenant_notify.models import Channel, Notification
 from tenant_notify.notifier import Notifier
 from tests.http_fakes import FakeProviderAPI, sendgrid_error, twilio_error
@@ -410,3 +410,49 @@ def test_a_thread_waiting_for_a_connection_does_not_send_after_a_429_was_answere
     # Nothing reached the API between the 429 and the end of its pause.
     answered = refused.at + 0.4
     assert all(r.at >= answered + 1.4 for r in later), [round(r.at - answered, 3) for r in later]
+
+
+def test_the_check_before_the_request_sees_a_pause_another_process_recorded(
+    api: FakeProviderAPI,
+):
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except redis.RedisError as err:
+        pytest.skip(f"Redis is not reachable: {err}")
+    from tenant_notify.config import load_settings
+    from tenant_notify.dispatcher import _CallGate, _Deferred
+    from tenant_notify.transports.celery.worker import build_dispatcher
+
+    prefix = f"tn_pacing:{uuid.uuid4().hex[:10]}:"
+    config = load_settings({**settings(api), "redis": {"url": url, "key_prefix": prefix}})
+    one, two = build_dispatcher(config), build_dispatcher(config)  # two processes' worth
+    try:
+        account = two.providers.account(None, Channel.EMAIL)
+        gate = _CallGate(two.pacing, account, "sendgrid", first=True)
+        gate.before_request()  # nothing paused: the request may go (and the listener starts)
+        deadline = time.monotonic() + 10
+        while not two.pacing.listening:  # from here on, checks answer from memory
+            assert time.monotonic() < deadline, "the pause listener did not start"
+            time.sleep(0.01)
+        # The other process meets the limit while this one's request waits to be written.
+        one.pacing.throttled(one.providers.account(None, Channel.EMAIL), 30.0)
+        heard = time.monotonic() + 2
+        while two.pacing.paused(account) is None:  # the announcement is on its way
+            assert time.monotonic() < heard, "the announcement never reached this process"
+            time.sleep(0.001)
+        with pytest.raises(_Deferred) as caught:
+            gate.before_request()
+        assert 28 <= caught.value.seconds <= 30
+        assert gate.stopped
+        # A later provider of a failover chain is failed over from, not deferred.
+        later = _CallGate(two.pacing, account, "sendgrid", first=False)
+        with pytest.raises(TransientDeliveryError):
+            later.before_request()
+    finally:
+        client = one.status_store.client  # type: ignore[attr-defined]
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+        one.close()
+        two.close()
