@@ -42,8 +42,10 @@ class FaultProxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self._flowing = threading.Event()
+        self._flowing = threading.Event()  # bytes to the target
         self._flowing.set()
+        self._answering = threading.Event()  # bytes from the target
+        self._answering.set()
         self._refusing = False
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -66,14 +68,18 @@ class FaultProxy:
             for sock in pair:
                 _abort(sock)
 
-    def stall(self) -> None:
-        """Hold every byte in both directions (connections stay open) until :meth:`restore`."""
-        self._flowing.clear()
+    def stall(self, *, replies_only: bool = False) -> None:
+        """Hold every byte in both directions (connections stay open) until
+        :meth:`restore`; ``replies_only``: only those coming back from the target."""
+        if not replies_only:
+            self._flowing.clear()
+        self._answering.clear()
 
     def restore(self) -> None:
         with self._lock:
             self._refusing = False
         self._flowing.set()
+        self._answering.set()
 
     def close(self) -> None:
         self._closed = True
@@ -110,13 +116,16 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._pairs.append((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, gate in (
+                (client, upstream, self._flowing),
+                (upstream, client, self._answering),
+            ):
+                threading.Thread(target=self._pipe, args=(a, b, gate), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, gate: threading.Event) -> None:
         try:
             while data := source.recv(65536):
-                self._flowing.wait()
+                gate.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -130,6 +139,10 @@ def _abort(sock: socket.socket) -> None:
     """Close with a RST, as a peer that crashed or a middlebox that dropped it."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    # A pipe thread blocked reading it would keep the socket open (and the RST
+    # unsent) until the peer next writes: wake it first.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
     with contextlib.suppress(OSError):
         sock.close()
 

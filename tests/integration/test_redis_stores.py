@@ -513,3 +513,136 @@ def test_a_process_forked_while_the_writer_is_busy_writes_on_its_own(statuses, m
     assert process.exitcode == 0
     got = statuses.get("parent")
     assert got is not None and got.state is DeliveryState.QUEUED
+
+
+# --- the pipelined writer: writes never wait behind another thread's reply -------------
+
+
+def _through(proxy: object) -> object:
+    """A client of the test DB through ``proxy`` (a tests.faults.FaultProxy)."""
+    import redis
+
+    db = int(REDIS_URL.rsplit("/", 1)[1])
+    return redis.Redis(
+        host="127.0.0.1",
+        port=proxy.port,  # type: ignore[attr-defined]
+        db=db,
+        decode_responses=True,
+        socket_timeout=5,
+    )
+
+
+def test_a_write_goes_out_while_another_thread_waits_for_its_reply(client):
+    # A delivery's completion is written the moment its provider answers, not
+    # after the round trips other threads are waiting on.
+    from tests.faults import REDIS, FaultProxy
+
+    with FaultProxy(REDIS) as proxy:
+        store = RedisStatusStore(_through(proxy), key_prefix=client.prefix, ttl=60)
+        writer = store._writer
+        first, done = f"{client.prefix}first", f"{client.prefix}done"
+        got: list[object] = []
+        try:
+            assert writer.call(first, "PING") == "PONG"
+            proxy.stall(replies_only=True)
+            restore = threading.Timer(3.0, proxy.restore)
+            restore.start()
+            waiting = threading.Thread(
+                target=lambda: got.append(writer.call(first, "SET", first, "1", "PX", 60_000))
+            )
+            waiting.start()
+            time.sleep(0.2)  # it waits for its reply now
+            started = time.monotonic()
+            writer.send(done, "SET", done, "yes", "PX", 60_000)
+            took = time.monotonic() - started
+            while client.get(done) is None:  # landed, though no reply has come back yet
+                assert time.monotonic() - started < 2.0, "the write waited for the other's reply"
+                time.sleep(0.01)
+            assert took < 1.0 and waiting.is_alive() and not got
+            waiting.join(10)
+            restore.join()
+            assert got == ["OK"]
+            assert writer.call(done, "GET", done) == "yes"
+        finally:
+            proxy.restore()
+            store.close()
+
+
+def test_threads_waiting_at_once_each_get_their_own_reply_and_see_their_writes(statuses, client):
+    writer = statuses._writer
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        count, mark = f"{client.prefix}count:{n}", f"{client.prefix}mark:{n}"
+        try:
+            for i in range(1, 61):
+                writer.send(mark, "SET", mark, str(i), "PX", 60_000)  # not waited for
+                assert writer.call(count, "INCR", count) == i
+                assert writer.call(mark, "GET", mark) == str(i)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert not writer._waiting and not writer._link.owed
+
+
+def test_a_reset_fails_every_waiting_thread_at_once_and_the_next_write_reconnects(client):
+    from tests.faults import REDIS, FaultProxy
+
+    with FaultProxy(REDIS) as proxy:
+        store = RedisStatusStore(_through(proxy), key_prefix=client.prefix, ttl=60)
+        writer = store._writer
+        outcomes: dict[int, str] = {}
+
+        def wait(n: int) -> None:
+            key = f"{client.prefix}w{n}"
+            try:
+                writer.call(key, "SET", key, "1", "PX", 60_000)
+                outcomes[n] = "answered"
+            except StoreUnavailableError as err:
+                outcomes[n] = str(err)
+
+        try:
+            assert writer.call("warm", "PING") == "PONG"
+            proxy.stall(replies_only=True)
+            threads = [threading.Thread(target=wait, args=(n,)) for n in range(8)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.3)  # all eight wait: one reads, seven wait for their turn
+            reset = time.monotonic()
+            proxy.reset()
+            for thread in threads:
+                thread.join(10)
+            # Every one failed on the reset, not after the socket timeout (5 s).
+            assert time.monotonic() - reset < 3.0
+            assert sorted(outcomes) == list(range(8))
+            assert all(o.startswith("Redis did not answer") for o in outcomes.values())
+            assert any(f"{client.prefix}w" in o for o in outcomes.values())  # named
+            assert not writer._waiting
+            proxy.restore()
+            again = f"{client.prefix}again"
+            assert writer.call(again, "SET", again, "2", "PX", 60_000) == "OK"
+            assert client.get(again) == "2"
+        finally:
+            proxy.restore()
+            store.close()
+
+
+def test_replies_nobody_waits_for_are_read_once_too_many_are_owed(statuses, client, monkeypatch):
+    from tenant_notify.stores.redis import _Writer
+
+    monkeypatch.setattr(_Writer, "_MAX_OWED", 10)
+    writer = statuses._writer
+    for n in range(35):
+        key = f"{client.prefix}s{n}"
+        writer.send(key, "SET", key, str(n), "PX", 60_000)
+        assert len(writer._link.owed) <= 10
+    assert client.get(f"{client.prefix}s34") == "34"
+    statuses.flush()
+    assert not writer._link.owed

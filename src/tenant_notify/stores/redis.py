@@ -125,18 +125,57 @@ def _resp(conn: Any, args: tuple[Any, ...]) -> list[bytes]:
     return [b"".join(out)]
 
 
+class _Owed:
+    """One write whose reply has not been read yet."""
+
+    __slots__ = ("done", "error", "key", "on_reply", "reply", "seq", "waited", "waiters")
+
+    def __init__(self, key: str, on_reply: Callable[[Any], None] | None, seq: int) -> None:
+        self.key = key
+        self.on_reply = on_reply
+        self.seq = seq  # its place among the writer's writes (for handing the reading over)
+        self.waited = False  # a call waits for it: a refusal is that call's to raise
+        self.done = False  # its reply read, or its connection lost (error)
+        self.reply: Any = None
+        self.error: tuple[str, BaseException] | None = None
+        self.waiters: list[Any] | None = None  # locks of the threads waiting for it
+
+
+class _Link:
+    """One connection of a writer and the writes whose replies it still owes."""
+
+    __slots__ = ("broken", "conn", "owed", "refused")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.owed: deque[_Owed] = deque()  # in the order they were written
+        # The first refused write nobody waited for, raised by the next call or flush.
+        self.refused: tuple[str, BaseException] | None = None
+        self.broken: tuple[str, BaseException] | None = None  # why it was given up
+
+
 class _Writer:
-    """One process's ordered write connection for one Redis client.
+    """One process's ordered, pipelined write connection for one Redis client.
 
     ``send`` writes a command and returns without waiting for its reply; ``call``
-    writes one, reads every reply still owed and returns its own. Redis carries
-    out one connection's commands in the order they were written, so a status
-    written with ``send`` never lands after one written later, and once ``call``
-    or ``flush`` returns, every earlier ``send`` has been carried out. The stores
-    flush before a command that must see their own writes (a read, a claim), so a
-    process always sees what it wrote. A delivery pays for one wait where it used
-    to pay for three (its ``sending`` status and its completed claim ride along
-    with its final status).
+    writes one and waits for its own reply. Redis carries out one connection's
+    commands in the order they were written, so a status written with ``send``
+    never lands after one written later, and once ``call`` or ``flush`` returns,
+    every earlier write has been carried out. The stores flush before a command
+    that must see their own writes (a read, a claim), so a process always sees
+    what it wrote. A delivery pays for one wait where it used to pay for three
+    (its ``sending`` status and its completed claim ride along with its final
+    status).
+
+    Writing and reading are apart: the write lock is held only while a command
+    is written, never while a reply is waited for, so a write (a delivery's
+    completion, the moment its provider answered) goes to Redis at once, however
+    many threads are waiting for replies. Replies come back in the order of the
+    writes; one waiting thread at a time (the one whose turn it is to read) reads
+    them, hands each to its writer (the thread waiting for it, the ``on_reply``
+    of a ``send``) and, once its own has come, passes the turn to the next
+    thread still waiting. Nobody reads for a ``send``: its reply is read with a
+    later one, or once :data:`_MAX_OWED` are unread.
 
     ``send_later`` (a caller's first ``queued`` status) does not even write: the
     command waits in the writer, to be written together with others in one
@@ -150,28 +189,28 @@ class _Writer:
 
     Both stores built on one client share its writer (see :func:`_writer_for`).
     redis-py's health check (a PING before a command on a connection that has been
-    quiet) runs only while no reply is owed: its read would take a write's reply.
+    quiet) runs only while no reply is owed: its read would take a write's reply
+    (and nobody else reads then).
     """
 
     _BATCH = 64  # buffered commands written in one go once there are this many
     _LINGER = 0.005  # seconds a buffered command waits at most for others
-    _MAX_OWED = 1000  # block for replies beyond this many
-    # Read the replies that have come only once this many are owed: a write then
-    # costs one system call (the write), not three (a poll, with its two timeout
-    # changes, before it). The replies are a few bytes each; they wait in the
-    # socket's buffer meanwhile.
-    _READ_EVERY = 64
+    # A write past this many unread replies first reads the older half of them (they
+    # came long ago): the replies of sends nobody waits for do not pile up for ever.
+    _MAX_OWED = 1000
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._errors: tuple[type[BaseException], ...] = (_redis_module().RedisError,)
-        self._lock = threading.Lock()
-        self._conn: Any = None
+        module = _redis_module()
+        self._errors: tuple[type[BaseException], ...] = (module.RedisError,)
+        self._refusal: type[BaseException] = module.ResponseError
+        self._lock = threading.Lock()  # writing (and the connection, the buffer)
+        self._reading = threading.Lock()  # held by the thread whose turn it is to read
+        self._state = threading.Lock()  # replies handed over, waiters registered
+        self._link: _Link | None = None
         self._pid = 0
-        self._owed: deque[str] = deque()  # the key of each write whose reply is unread
-        # With some of them: what to tell the reply to (by position in _owed).
-        self._on_reply: dict[int, Callable[[Any], None]] = {}
-        self._sent = 0  # writes ever sent on this connection; _owed[0] is number _sent - len
+        self._seq = 0  # writes ever made (numbers every _Owed)
+        self._waiting: set[_Owed] = set()  # writes some thread is waiting for
         # send_later's commands, packed, not written yet; with their keys and callbacks.
         self._buffer: list[bytes] = []
         self._buffered: list[tuple[str, Callable[[Any], None] | None]] = []
@@ -180,16 +219,28 @@ class _Writer:
         self._flusher_pid = 0
         self._closed = False
         if hasattr(os, "register_at_fork"):
-            # A fork while the flusher (or any thread) held the lock would leave
+            # A fork while the flusher (or any thread) held a lock would leave
             # the child's copy locked for ever; the child starts afresh.
             ref = weakref.ref(self)
             os.register_at_fork(after_in_child=lambda: _forked(ref))
 
+    @property
+    def _conn(self) -> Any:
+        """The connection writes go to (None before the first, or after a failure)."""
+        link = self._link
+        return None if link is None else link.conn
+
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
+        self._state = threading.Lock()
         self._due = threading.Event()
+        # The parent's connection, its owed replies and its buffered writes stay its own.
+        self._link, self._waiting = None, set()
         self._buffer, self._buffered = [], []  # the parent's, to write
         self._flusher_pid = 0
+
+    # --- writing (the write lock held only for the write) ------------------------
 
     def send(self, key: str, *args: Any, on_reply: Callable[[Any], None] | None = None) -> None:
         """Write a command on ``key``; its reply is read later (errors surface then).
@@ -198,16 +249,9 @@ class _Writer:
         connection fails first).
         """
         with self._lock:
-            conn = self._connection()
-            try:
-                if self._buffer:
-                    self._write_buffer(conn)
-                if len(self._owed) >= self._READ_EVERY:
-                    self._read(conn, block=len(self._owed) >= self._MAX_OWED)
-                conn.send_packed_command(_resp(conn, args), check_health=not self._owed)
-            except self._errors as err:
-                raise self._broken(err) from err
-            self._owe(key, on_reply)
+            link = self._connection()
+            self._write(link, _resp(link.conn, args), [(key, on_reply)])
+        self._bound(link)
 
     def send_later(
         self, key: str, *args: Any, on_reply: Callable[[Any], None] | None = None
@@ -220,42 +264,96 @@ class _Writer:
         """
         now = time.monotonic()
         with self._lock:
-            conn = self._connection()
-            self._buffer += _resp(conn, args)
+            link = self._connection()
+            self._buffer += _resp(link.conn, args)
             self._buffered.append((key, on_reply))
-            if len(self._buffer) == 1:
+            if len(self._buffered) == 1:
                 self._buffered_at = now
                 self._start_flusher()
                 self._due.set()
-            elif len(self._buffer) >= self._BATCH or now - self._buffered_at >= self._LINGER / 2:
-                # A sender that keeps sending writes its own buffer (half the
-                # linger, so the flusher, a thread taking the interpreter lock
-                # in turn with it, seldom has to).
-                try:
-                    self._write_buffer(conn)
-                except self._errors as err:
-                    raise self._broken(err) from err
+                return
+            if len(self._buffered) < self._BATCH and now - self._buffered_at < self._LINGER / 2:
+                return
+            # A sender that keeps sending writes its own buffer (half the linger,
+            # so the flusher, a thread taking the interpreter lock in turn with
+            # it, seldom has to).
+            self._write(link, [], [])
+        self._bound(link)
 
-    def _owe(self, key: str, on_reply: Callable[[Any], None] | None) -> None:
-        self._owed.append(key)
-        if on_reply is not None:
-            self._on_reply[self._sent] = on_reply
-        self._sent += 1
+    def call(self, key: str, *args: Any) -> Any:
+        """Write a command on ``key`` and wait: every earlier write is done when this returns."""
+        with self._lock:
+            link = self._connection()
+            entry = self._write(link, _resp(link.conn, args), [(key, None)], waited=True)
+        self._wait(link, entry)
+        if entry.error is not None:
+            message, cause = entry.error
+            raise StoreUnavailableError(message) from cause
+        if isinstance(entry.reply, self._refusal):
+            raise StoreUnavailableError(
+                f"Redis refused the write of {entry.key}: {entry.reply}"
+            ) from entry.reply
+        self._raise_refused(link)
+        return entry.reply
 
-    def _write_buffer(self, conn: Any) -> None:
-        """Write every buffered command in one go (the lock held)."""
-        if len(self._owed) >= self._READ_EVERY:
-            # (A refused earlier write raises here, with the buffer still to write.)
-            self._read(conn, block=len(self._owed) + len(self._buffered) >= self._MAX_OWED)
-        buffer, buffered = self._buffer, self._buffered
-        self._buffer, self._buffered = [], []
-        self._due.clear()
+    def flush(self) -> None:
+        """Write what is buffered, and wait until every write made so far is done."""
+        link = self._link
+        if not self._buffer and (link is None or (not link.owed and link.refused is None)):
+            return
+        with self._lock:
+            link = self._link
+            if link is None or self._pid != _process.pid():
+                return
+            if self._buffer:
+                self._write(link, [], [])
+            last = link.owed[-1] if link.owed else None
+        if last is not None:
+            self._wait(link, last)
+            if last.error is not None:
+                message, cause = last.error
+                raise StoreUnavailableError(message) from cause
+        self._raise_refused(link)
+
+    def close(self) -> None:
+        with suppress(StoreUnavailableError):
+            self.flush()
+        with self._lock:
+            self._closed = True
+            self._due.set()  # the flusher finds it closed and ends
+            link, self._link = self._link, None
+            if link is not None and self._pid == _process.pid():
+                self._client.connection_pool.release(link.conn)
+
+    def _write(
+        self,
+        link: _Link,
+        packed: list[bytes],
+        writes: list[tuple[str, Callable[[Any], None] | None]],
+        *,
+        waited: bool = False,
+    ) -> _Owed:
+        """Write what is buffered and ``packed`` in one system call, owing a reply to
+        each of them (``writes``); the write lock held. Returns the last one owed
+        (``waited``: a call waits for it)."""
+        if self._buffer:
+            packed, writes = self._buffer + packed, self._buffered + writes
+            self._buffer, self._buffered = [], []
+            self._due.clear()
+        entries = []
+        for key, on_reply in writes:
+            entries.append(_Owed(key, on_reply, self._seq))
+            self._seq += 1
+        entries[-1].waited = waited
         try:
-            conn.send_packed_command([b"".join(buffer)], check_health=not self._owed)
-        finally:
-            # Owed even if the write failed part-way: _broken names them.
-            for key, on_reply in buffered:
-                self._owe(key, on_reply)
+            # (The replies are read after the write: no reply can come before
+            # its command is owed, since a reader reads only replies owed.)
+            link.conn.send_packed_command([b"".join(packed)], check_health=not link.owed)
+        except self._errors as err:
+            link.owed.extend(entries)  # named by _broken: they may have gone out
+            raise self._broken(link, err) from err
+        link.owed.extend(entries)
+        return entries[-1]
 
     def _start_flusher(self) -> None:
         pid = _process.pid()
@@ -278,105 +376,165 @@ class _Writer:
     def _flush_buffer(self) -> None:
         """The flusher thread's turn: write what waited for :data:`_LINGER` seconds."""
         with self._lock:
-            if not self._buffer or self._conn is None or self._pid != _process.pid():
+            link = self._link
+            if not self._buffer or link is None or self._pid != _process.pid():
                 self._due.clear()
                 return
             try:
-                self._write_buffer(self._conn)
-            except self._errors as err:
+                self._write(link, [], [])
+            except StoreUnavailableError as err:
                 # The statuses are lost with the connection (the notifications
                 # are queued all the same); the next command connects afresh.
-                get_logger().warning("redis_buffered_writes_lost", error=str(self._broken(err)))
-            except StoreUnavailableError as err:
-                # An earlier write refused: said here (no caller waits for it);
-                # the buffer is written on the next turn.
-                get_logger().warning("redis_write_refused", error=str(err))
-
-    def call(self, key: str, *args: Any) -> Any:
-        """Write a command on ``key`` and wait: every earlier write is done when this returns."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                if self._buffer:
-                    self._write_buffer(conn)
-                conn.send_packed_command(_resp(conn, args), check_health=not self._owed)
-                self._owe(key, None)
-                return self._read(conn, block=True)
-            except self._errors as err:
-                raise self._broken(err) from err
-
-    def flush(self) -> None:
-        """Write what is buffered, and read every reply owed."""
-        if not self._owed and not self._buffer:
-            return
-        with self._lock:
-            if self._conn is None or self._pid != _process.pid():
+                get_logger().warning("redis_buffered_writes_lost", error=str(err))
                 return
-            try:
-                if self._buffer:
-                    self._write_buffer(self._conn)
-                self._read(self._conn, block=True)
-            except self._errors as err:
-                raise self._broken(err) from err
+        try:
+            self._bound(link)
+        except StoreUnavailableError as err:
+            get_logger().warning("redis_buffered_writes_lost", error=str(err))
 
-    def close(self) -> None:
-        with suppress(StoreUnavailableError):
-            self.flush()
-        with self._lock:
-            self._closed = True
-            self._due.set()  # the flusher finds it closed and ends
-            conn, self._conn = self._conn, None
-            if conn is not None and self._pid == _process.pid():
-                self._client.connection_pool.release(conn)
-
-    def _connection(self) -> Any:
-        if self._conn is None or self._pid != _process.pid():
-            # After a fork the parent's connection (and its owed replies) stay
-            # with the parent.
-            try:
-                self._conn = self._client.connection_pool.get_connection()
-            except self._errors as err:
-                self._conn = None
-                raise self._broken(err) from err
-            if self._pid != _process.pid():  # the parent's buffered writes are its own
+    def _connection(self) -> _Link:
+        link = self._link
+        if link is None or self._pid != _process.pid():
+            if self._pid != _process.pid():
+                # After a fork the parent's connection (and its owed replies and
+                # buffered writes) stay with the parent.
                 self._buffer, self._buffered = [], []
-            self._pid, self._owed = _process.pid(), deque()
-            self._on_reply, self._sent = {}, 0
-        return self._conn
+            try:
+                conn = self._client.connection_pool.get_connection()
+            except self._errors as err:
+                unknown = [key for key, _ in self._buffered]
+                self._link, self._buffer, self._buffered = None, [], []
+                detail = f"; unconfirmed writes: {', '.join(unknown)}" if unknown else ""
+                raise _unanswered(err, detail) from err
+            self._pid = _process.pid()
+            link = self._link = _Link(conn)
+        return link
 
-    def _read(self, conn: Any, *, block: bool) -> Any:
-        reply: Any = None
-        refused: tuple[str, BaseException] | None = None
-        response_error = _redis_module().ResponseError
-        while self._owed and (block or conn.can_read(timeout=0)):
+    # --- reading (one thread at a time, never holding the write lock) ----------
+
+    def _wait(self, link: _Link, entry: _Owed) -> None:
+        """Until ``entry`` is done: read the replies if it is nobody's turn, else wait
+        to be woken (when it is done, or the turn is passed on)."""
+        reading = self._reading
+        while not entry.done:
+            if reading.acquire(blocking=False):
+                self._read_turn(link, entry)
+                return
+            wake = threading.Lock()
+            wake.acquire()
+            with self._state:
+                if entry.done:
+                    return
+                if entry.waiters is None:
+                    entry.waiters = []
+                entry.waiters.append(wake)
+                self._waiting.add(entry)
+            # Again, now that it is registered: a reader that left before saw
+            # no one to pass the turn to.
+            if reading.acquire(blocking=False):
+                self._read_turn(link, entry)
+                return
+            wake.acquire()
+
+    def _bound(self, link: _Link) -> None:
+        """Read the older half of the replies owed once :data:`_MAX_OWED` are."""
+        if len(link.owed) < self._MAX_OWED:
+            return
+        self._reading.acquire()
+        self._read_turn(link, None)
+        if link.broken is not None:
+            message, cause = link.broken
+            raise StoreUnavailableError(message) from cause
+
+    def _read_turn(self, link: _Link, until: _Owed | None) -> None:
+        """The turn to read, taken: read until ``until`` is done (None: until half
+        of :data:`_MAX_OWED` are left), then pass the turn on."""
+        try:
+            self._read(link, until)
+        finally:
+            self._reading.release()
+            self._pass_turn()
+
+    def _read(self, link: _Link, until: _Owed | None) -> None:
+        conn, owed, keep = link.conn, link.owed, self._MAX_OWED // 2
+        while owed and (not until.done if until is not None else len(owed) > keep):
             try:
                 reply = conn.read_response()
-            except response_error as err:
-                refused = refused or (self._owed[0], err)
+            except self._refusal as err:
                 reply = err
-            # (left in place when the connection fails: see _broken)
-            callback = self._on_reply.pop(self._sent - len(self._owed), None)
-            self._owed.popleft()
-            if callback is not None:
-                callback(reply)
+            except BaseException as err:
+                if link.broken is not None:
+                    return  # given up by a writer meanwhile (it disconnected)
+                if not isinstance(err, self._errors):
+                    raise
+                with self._lock:
+                    self._broken(link, err)
+                return
+            with self._state:
+                if link.broken is not None:
+                    return
+                entry = owed.popleft()
+                entry.reply, entry.done = reply, True
+                if not entry.waited and isinstance(reply, self._refusal):
+                    link.refused = link.refused or (entry.key, reply)
+                waiters, entry.waiters = entry.waiters, None
+                if waiters is not None:
+                    self._waiting.discard(entry)
+            if entry.on_reply is not None:
+                entry.on_reply(reply)
+            for wake in waiters or ():
+                wake.release()
+
+    def _pass_turn(self) -> None:
+        """Wake the thread waiting for the oldest write not done: it reads next."""
+        with self._state:
+            pending = [entry for entry in self._waiting if not entry.done and entry.waiters]
+            if not pending:
+                return
+            first = min(pending, key=lambda entry: entry.seq)
+            assert first.waiters is not None
+            wake = first.waiters.pop()
+            if not first.waiters:
+                first.waiters = None
+                self._waiting.discard(first)
+        wake.release()
+
+    def _raise_refused(self, link: _Link) -> None:
+        if link.refused is None:
+            return
+        with self._state:
+            refused, link.refused = link.refused, None
         if refused is not None:
             key, error = refused
             raise StoreUnavailableError(f"Redis refused the write of {key}: {error}") from error
-        return reply
 
-    def _broken(self, err: BaseException) -> StoreUnavailableError:
-        conn, self._conn = self._conn, None
-        owed = list(self._owed) + [key for key, _ in self._buffered]
-        self._owed, self._on_reply, self._sent = deque(), {}, 0
-        self._buffer, self._buffered = [], []
-        if conn is not None:
+    def _broken(self, link: _Link, err: BaseException) -> StoreUnavailableError:
+        """Give ``link`` up (the write lock held): every write owed on it fails."""
+        if link.broken is None:
+            with self._state:
+                owed = list(link.owed)
+                link.owed.clear()
+                unknown = [entry.key for entry in owed]
+                if self._link is link:
+                    unknown += [key for key, _ in self._buffered]
+                detail = f"; unconfirmed writes: {', '.join(unknown)}" if unknown else ""
+                link.broken = (str(_unanswered(err, detail)), err)
+                waiters: list[Any] = []
+                for entry in owed:
+                    entry.error, entry.done = link.broken, True
+                    waiters += entry.waiters or ()
+                    entry.waiters = None
+                    self._waiting.discard(entry)
+            for wake in waiters:
+                wake.release()
+            if self._link is link:
+                self._link, self._buffer, self._buffered = None, [], []
             with suppress(*self._errors):
-                conn.disconnect()
+                link.conn.disconnect()
             if self._pid == _process.pid():
                 with suppress(*self._errors):
-                    self._client.connection_pool.release(conn)
-        unknown = f"; unconfirmed writes: {', '.join(owed)}" if owed else ""
-        return _unanswered(err, unknown)
+                    self._client.connection_pool.release(link.conn)
+        return StoreUnavailableError(link.broken[0])
 
 
 def _flush_buffered(ref: weakref.ReferenceType[_Writer], due: threading.Event) -> None:
