@@ -224,6 +224,12 @@ class Counts:
     # accepted the message, its completion had not reached Redis).
     in_flight: int | None = None
     doubled_in_window: int = 0
+    # group-sigkill: of the doubles, how many the SMTP server answered (wrote its 250
+    # for the first copy) only after the kill: the worker cannot have read that reply,
+    # so it is the provider-side window for certain. The others: how long before the
+    # kill the server answered (ms): a reply that may still have been unread.
+    answered_after_kill: int = 0
+    answered_before_kill_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -235,9 +241,11 @@ class Counts:
         recovery = "" if self.recovery is None else f"{self.recovery:.1f} s"
         doubled = str(self.doubled)
         if self.in_flight is not None:
+            before = ", ".join(f"{ms:.1f}" for ms in sorted(self.answered_before_kill_ms))
             doubled += (
                 f" ({self.doubled_in_window} of the {self.in_flight} attempts in flight "
-                "at the kill)"
+                f"at the kill; {self.answered_after_kill} answered by the SMTP server only "
+                f"after the kill{f', the others {before} ms before it' if before else ''})"
             )
         return (
             f"| {FAULTS[self.fault]} | {self.notifications} | {self.sent} | {self.lost} | "
@@ -407,6 +415,7 @@ def _group_sigkill(
     worker.start()
     try:
         _wait_for(lambda: len(_ids(smtp)) >= max(1, count // 5), 120)
+        killed = time.monotonic()
         worker.kill_group()
         before = set(_ids(smtp))
         in_flight = _sending(settings, ids)
@@ -423,6 +432,16 @@ def _group_sigkill(
     counts.recovery = recovery if ids - before else 0.0
     counts.in_flight = len(in_flight)
     counts.doubled_in_window = sum(1 for i in in_flight if received[i] > 1)
+    first_answer: dict[str, float | None] = {}
+    for message, answered in zip(smtp.messages, smtp.answer_times(), strict=False):
+        first_answer.setdefault(str(message.message["X-Tenant-Notify-Id"]), answered)
+    for notification_id, n in received.items():
+        if n > 1:
+            answered = first_answer.get(notification_id)
+            if answered is None or answered > killed:
+                counts.answered_after_kill += 1
+            else:
+                counts.answered_before_kill_ms.append((killed - answered) * 1000)
     counts.seconds = time.monotonic() - started
     return counts
 

@@ -146,6 +146,8 @@ class LoopbackSMTPServer:
         self._lock = threading.Lock()
         self._received = threading.Condition(self._lock)
         self._messages: list[ReceivedMessage] = []
+        # When the 250 for each of them went out (time.monotonic), by position.
+        self._answered: dict[int, float] = {}
         self._connection_numbers: dict[int, int] = {}  # id(protocol) -> number
         self._open: dict[int, _TrackedSMTP] = {}  # id(protocol) -> protocol
         self._connections = 0
@@ -227,6 +229,12 @@ class LoopbackSMTPServer:
         with self._lock:
             return list(self._messages)
 
+    def answer_times(self) -> list[float | None]:
+        """For each of :attr:`messages`: when the server wrote its 250 for it
+        (``time.monotonic()``), or None while it has not."""
+        with self._lock:
+            return [self._answered.get(i) for i in range(len(self._messages))]
+
     @property
     def connections(self) -> int:
         """How many client connections have greeted (EHLO/HELO) so far."""
@@ -284,6 +292,7 @@ class LoopbackSMTPServer:
         the peak of open connections starts again from those open now)."""
         with self._lock:
             self._messages.clear()
+            self._answered.clear()
             for replies in self._scripted.values():
                 replies.clear()
             self._rejected_rcpts.clear()
@@ -445,7 +454,7 @@ class LoopbackSMTPServer:
             )
         return AuthResult(success=False, handled=False, message=reply)
 
-    def _record(self, protocol: SMTP, session: Session, envelope: Envelope) -> None:
+    def _record(self, protocol: SMTP, session: Session, envelope: Envelope) -> int:
         raw = envelope.original_content or b""
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(parsed, email.message.EmailMessage)
@@ -461,6 +470,11 @@ class LoopbackSMTPServer:
             )
             self._messages.append(received)
             self._received.notify_all()
+            return len(self._messages) - 1
+
+    def _answering(self, index: int) -> None:
+        with self._lock:
+            self._answered[index] = time.monotonic()
 
     def _data_started(self, protocol: _TrackedSMTP) -> None:
         # Called once the 354 is on its way.
@@ -562,7 +576,7 @@ class _Handler:
         scripted = self.owner._next_reply("DATA")
         if scripted is not None:
             return scripted
-        self.owner._record(server, session, envelope)
+        index = self.owner._record(server, session, envelope)
         if self.owner._drop_after_data():
             assert server.transport is not None
             server.transport.close()
@@ -570,7 +584,8 @@ class _Handler:
         delay = self.owner._next_data_delay()
         if delay:
             await asyncio.sleep(delay)
-        return f"250 2.0.0 OK queued as {len(self.owner.messages)}"
+        self.owner._answering(index)  # aiosmtpd writes the reply next, with no wait between
+        return f"250 2.0.0 OK queued as {index + 1}"
 
 
 class _TrackedSMTP(SMTP):

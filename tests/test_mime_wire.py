@@ -249,10 +249,19 @@ def test_the_same_checks_refuse_the_same_messages(changes: dict[str, Any], error
         wire_bytes(message)
 
 
-def test_message_ids_are_fresh_per_message() -> None:
+def test_a_message_id_is_its_notifications_and_fresh_without_one() -> None:
+    # Every attempt of a notification carries one Message-ID (a copy sent again in
+    # the provider-side window is the same message where it arrives).
     _, first = wire_bytes(make())
-    _, second = wire_bytes(make())
-    assert first != second and first.endswith("@acme.test")
+    _, again = wire_bytes(make())
+    _, other = wire_bytes(make(notification_id="n-2"))
+    assert first == again == "n-1@acme.test" and other == "n-2@acme.test"
+    assert build_mime(make())["Message-ID"] == "<n-1@acme.test>"  # the slow path agrees
+    # No notification id (or one that cannot be a Message-ID's left part): a new one each time.
+    for notification_id in ("", "a b", "x@y", "a..b"):
+        _, one = wire_bytes(make(notification_id=notification_id))
+        _, two = wire_bytes(make(notification_id=notification_id))
+        assert one != two and one.endswith("@acme.test")
 
 
 @pytest.mark.parametrize("recipients", RECIPIENTS)

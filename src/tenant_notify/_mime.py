@@ -48,11 +48,20 @@ def make_message_id(from_addr: Address) -> str:
     The domain is given to :func:`email.utils.make_msgid` explicitly, so it never
     falls back to ``socket.getfqdn()`` (which can block on a DNS lookup).
     """
-    _, at, domain = from_addr.email.rpartition("@")
-    domain = (_idna_domain(domain) if at else None) or _FALLBACK_DOMAIN
+    domain = _message_id_domain(from_addr)
     # email.utils.make_msgid(domain=domain), with the process id read once (and again
     # in a forked child) rather than by a system call per message.
     return f"<{int(time.time() * 100)}.{_pid}.{random.getrandbits(64)}@{domain}>"
+
+
+def _message_id_domain(from_addr: Address) -> str:
+    _, at, domain = from_addr.email.rpartition("@")
+    return (_idna_domain(domain) if at else None) or _FALLBACK_DOMAIN
+
+
+#: A notification id that can stand as a Message-ID's left part (a dot-atom; the
+#: library's ids are 32 hex digits).
+_ID_LEFT = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 def _read_pid() -> None:
@@ -94,8 +103,10 @@ def build_mime(
 
     Args:
         message: The rendered email.
-        message_id: The Message-ID to use, with or without angle brackets; a new
-            one under the sender's domain (:func:`make_message_id`) by default.
+        message_id: The Message-ID to use, with or without angle brackets. By
+            default ``<notification id@sender's domain>`` (every attempt of a
+            notification the same), or a new one (:func:`make_message_id`) for a
+            message without a notification id.
 
     Returns:
         A ``text/plain`` message, or ``multipart/alternative`` (text first, then
@@ -122,7 +133,7 @@ def build_mime(
         msg["Reply-To"] = _header_address(message.reply_to, "reply_to")
     msg["Subject"] = check_header_value(message.subject, "subject")
     msg["Date"] = email.utils.format_datetime(dt.datetime.now(dt.UTC))
-    msg["Message-ID"] = _message_id(message_id, message.from_addr)
+    msg["Message-ID"] = _message_id(message_id, message)
     msg["MIME-Version"] = "1.0"
     if message.notification_id:
         msg["X-Tenant-Notify-Id"] = check_header_value(message.notification_id, "notification_id")
@@ -223,9 +234,15 @@ def _header_address(address: Address, field: str) -> HeaderAddress:
         raise InvalidRecipientError("is not a valid email address", field=field) from err
 
 
-def _message_id(message_id: str | None, from_addr: Address) -> str:
+def _message_id(message_id: str | None, message: EmailMessage) -> str:
     if message_id is None:
-        return make_message_id(from_addr)
+        # Every attempt of a notification carries the same Message-ID: a copy sent
+        # again (the provider accepted the first, the worker died before it could
+        # record that) is recognisable as the same message where it arrives.
+        notification_id = message.notification_id
+        if notification_id and _ID_LEFT.fullmatch(notification_id):
+            return f"<{notification_id}@{_message_id_domain(message.from_addr)}>"
+        return make_message_id(message.from_addr)
     bare = check_header_value(message_id, "message_id").strip().strip("<>")
     if not bare or not bare.isascii() or any(char.isspace() for char in bare):
         raise ValidationError("is not a valid Message-ID", field="message_id")
@@ -318,7 +335,7 @@ def _fast_wire_bytes(message: EmailMessage, message_id: str | None) -> tuple[byt
         lines.append(_fold("Reply-To", _address_atoms(message.reply_to, "reply_to")))
     lines.append(_fold("Subject", _unstructured(check_header_value(message.subject, "subject"))))
     lines.append(_date_header())
-    msgid = _message_id(message_id, message.from_addr)
+    msgid = _message_id(message_id, message)
     if len(msgid) > 76 or not msgid.isprintable():
         raise _Unusual
     lines.append("Message-ID: " + msgid)
