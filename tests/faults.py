@@ -230,6 +230,7 @@ class Counts:
     # kill the server answered (ms): a reply that may still have been unread.
     answered_after_kill: int = 0
     answered_before_kill_ms: list[float] = field(default_factory=list)
+    same_message_id: int = 0  # doubles whose copies all carry one Message-ID
     seconds: float = 0.0
 
     @property
@@ -241,11 +242,17 @@ class Counts:
         recovery = "" if self.recovery is None else f"{self.recovery:.1f} s"
         doubled = str(self.doubled)
         if self.in_flight is not None:
-            before = ", ".join(f"{ms:.1f}" for ms in sorted(self.answered_before_kill_ms))
+            early = sorted(self.answered_before_kill_ms)
+            before = (
+                f", {len(early)} answered {', '.join(f'{ms:.1f}' for ms in early)} ms before it"
+                if early
+                else ""
+            )
             doubled += (
                 f" ({self.doubled_in_window} of the {self.in_flight} attempts in flight "
                 f"at the kill; {self.answered_after_kill} answered by the SMTP server only "
-                f"after the kill{f', the others {before} ms before it' if before else ''})"
+                f"after the kill{before}; one Message-ID on both copies: "
+                f"{self.same_message_id} of {self.doubled})"
             )
         return (
             f"| {FAULTS[self.fault]} | {self.notifications} | {self.sent} | {self.lost} | "
@@ -433,8 +440,14 @@ def _group_sigkill(
     counts.in_flight = len(in_flight)
     counts.doubled_in_window = sum(1 for i in in_flight if received[i] > 1)
     first_answer: dict[str, float | None] = {}
+    message_ids: dict[str, set[str]] = collections.defaultdict(set)
     for message, answered in zip(smtp.messages, smtp.answer_times(), strict=False):
-        first_answer.setdefault(str(message.message["X-Tenant-Notify-Id"]), answered)
+        notification_id = str(message.message["X-Tenant-Notify-Id"])
+        first_answer.setdefault(notification_id, answered)
+        message_ids[notification_id].add(str(message.message["Message-ID"]))
+    counts.same_message_id = sum(
+        1 for i, n in received.items() if n > 1 and len(message_ids[i]) == 1
+    )
     for notification_id, n in received.items():
         if n > 1:
             answered = first_answer.get(notification_id)

@@ -68,3 +68,5 @@ def test_a_killed_worker_group_is_recovered_within_30_seconds(smtp_server, folde
     # A second send only in the documented window: an attempt the kill caught after the
     # provider had accepted its message.
     assert counts.doubled_outside_window == 0, counts
+    # And a copy sent again is the same message where it arrives: one Message-ID.
+    assert counts.same_message_id == counts.doubled, counts
