@@ -1,12 +1,21 @@
 """A loop-lag monitor: how long the event loop makes a newly arrived event wait.
 
-A thread (not the loop) posts a callback into the loop with
-``call_soon_threadsafe`` every ``interval`` seconds and notes the time; the lag of
-that sample is how much later the loop ran it. An event loop that is blocked (by
-a socket read in a coroutine, say) for 3 ms makes a sample wait up to 3 ms. The
-monitor thread sleeps between samples, so it costs the loop one tiny callback per
-sample and keeps no core busy. Unlike a timer the loop sets for itself, it does not
-count the millisecond rounding of the loop's own ``epoll`` timeout as lag.
+A child process (not a thread of the process measured) writes a timestamp into a
+socket every ``interval`` seconds; the loop reads it with a reader callback, as it
+reads a request from the network, and the lag of that sample is how much later
+the loop ran the callback than the timestamp was taken. An event loop that is
+blocked (by a socket read in a coroutine, say) for 3 ms makes a sample wait up to
+3 ms. One sample is in flight at a time: the child writes the next one only once
+the loop has answered the last, so a blocked loop counts once, fully.
+
+Why a process: a monitor thread needs the GIL to post a sample, so it is itself
+a thread the loop can wait for. On a loaded machine the kernel can take the core
+from it while it holds the GIL or between its timestamp and its post; the loop
+then waits (or seems to) for the monitor, not for the code measured. Traced with
+``perf sched`` (docs/benchmarks.md, "Coroutine twins: event-loop lag"), a thread
+monitor counted a 25 ms stall in which the loop thread slept and the only thread
+of the process ready to run was the monitor, descheduled. The child's timestamp
+is ``CLOCK_MONOTONIC``, one clock for every process of the machine.
 
 Usage::
 
@@ -18,12 +27,36 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
-import threading
+import struct
+import subprocess
+import sys
 import time
 from types import TracebackType
 
 __all__ = ["LoopLag"]
+
+_STAMP = struct.Struct("=d")
+
+# The child: sleep, stamp, write; wait for the loop's answer; until the socket closes.
+_CHILD = """
+import os, select, socket, struct, sys, time
+sock = socket.socket(fileno=int(sys.argv[1]))
+interval, stamp = float(sys.argv[2]), struct.Struct("=d")
+clock = lambda: time.clock_gettime(time.CLOCK_MONOTONIC)
+try:
+    while not select.select([sock], [], [], interval)[0]:
+        sock.send(stamp.pack(clock()))
+        if not sock.recv(1):
+            break
+except OSError:
+    pass  # the loop's end closed the socket
+"""
+
+
+def _clock() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 class LoopLag:
@@ -32,14 +65,37 @@ class LoopLag:
     def __init__(self, interval: float = 0.001) -> None:
         self.interval = interval
         self.lags: list[float] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        #: When each sample was stamped (``CLOCK_MONOTONIC``), to line stalls up with traces.
+        self.posted: list[float] = []
+        self._sock: socket.socket | None = None
+        self._child: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> LoopLag:
         loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._sample, args=(loop,), daemon=True)
-        self._thread.start()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(theirs.fileno()), repr(self.interval)],
+                pass_fds=(theirs.fileno(),),
+            )
+        ours.setblocking(False)
+        self._sock = ours
+        loop.add_reader(ours.fileno(), self._arrived)
         return self
+
+    def _arrived(self) -> None:
+        now = _clock()
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(_STAMP.size)
+        except BlockingIOError:
+            return
+        if len(data) < _STAMP.size:
+            return  # the child has gone (or a short read: nothing to count)
+        (stamped,) = _STAMP.unpack(data)
+        self.lags.append(now - stamped)
+        self.posted.append(stamped)
+        self._sock.send(b"k")
 
     async def __aexit__(
         self,
@@ -47,24 +103,11 @@ class LoopLag:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        await asyncio.to_thread(self._thread.join)
-
-    def _sample(self, loop: asyncio.AbstractEventLoop) -> None:
-        done = threading.Event()
-
-        def ran(posted: float) -> None:
-            self.lags.append(time.perf_counter() - posted)
-            done.set()
-
-        while not self._stop.wait(self.interval):
-            done.clear()
-            loop.call_soon_threadsafe(ran, time.perf_counter())
-            # One sample in flight at a time: a blocked loop counts once, fully.
-            while not done.wait(0.1):
-                if self._stop.is_set() or loop.is_closed():
-                    return
+        loop = asyncio.get_running_loop()
+        assert self._sock is not None and self._child is not None
+        loop.remove_reader(self._sock.fileno())
+        self._sock.close()  # the child sees it closed and ends
+        await asyncio.to_thread(self._child.wait, 10)
 
     @property
     def samples(self) -> int:
