@@ -6,9 +6,9 @@ integration tests). Writes the ``async`` section of docs/benchmarks.md
 
 Every variant sends the same emails from one event loop, paced at ``--rate`` a
 second, on the celery transport (real RabbitMQ with publisher confirms, real
-Redis), while a loop-lag monitor runs (tests/loop_lag.py: a thread posts a
-callback into the loop every millisecond; its lag is how much later the loop ran
-it):
+Redis), while a loop-lag monitor runs (tests/loop_lag.py: a child process writes
+a timestamp into a socket every millisecond, which the loop reads as it reads a
+request; its lag is how much later the loop ran the reader):
 
 * **tenant-notify, asend_email**: the coroutine twin: checks in the loop, the
   enqueue on the notifier's bounded pool of threads;
