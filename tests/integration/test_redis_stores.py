@@ -646,3 +646,24 @@ def test_replies_nobody_waits_for_are_read_once_too_many_are_owed(statuses, clie
     assert client.get(f"{client.prefix}s34") == "34"
     statuses.flush()
     assert not writer._link.owed
+
+
+def test_anything_raised_mid_reply_gives_the_connection_up(statuses, client, monkeypatch):
+    # An interrupt while a reply is half read leaves the connection out of step: the
+    # next write must not read that reply as its own.
+    writer = statuses._writer
+    first = f"{client.prefix}first"
+    assert writer.call(first, "SET", first, "1", "PX", 60_000) == "OK"
+    conn = writer._conn
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("interrupted mid-reply")
+
+    monkeypatch.setattr(conn, "read_response", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        writer.call(first, "GET", first)
+    monkeypatch.undo()
+    assert writer._conn is None  # given up
+    second = f"{client.prefix}second"
+    assert writer.call(second, "SET", second, "2", "PX", 60_000) == "OK"
+    assert writer.call(first, "GET", first) == "1"

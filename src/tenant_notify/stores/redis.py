@@ -465,10 +465,12 @@ class _Writer:
             except BaseException as err:
                 if link.broken is not None:
                     return  # given up by a writer meanwhile (it disconnected)
-                if not isinstance(err, self._errors):
-                    raise
+                # Anything else mid-reply (an interrupt too) leaves the connection
+                # out of step: give it up, so no later reply goes to the wrong write.
                 with self._lock:
                     self._broken(link, err)
+                if not isinstance(err, self._errors):
+                    raise
                 return
             with self._state:
                 if link.broken is not None:
@@ -480,10 +482,12 @@ class _Writer:
                 waiters, entry.waiters = entry.waiters, None
                 if waiters is not None:
                     self._waiting.discard(entry)
-            if entry.on_reply is not None:
-                entry.on_reply(reply)
-            for wake in waiters or ():
-                wake.release()
+            try:
+                if entry.on_reply is not None:
+                    entry.on_reply(reply)  # before its waiters wake: they may look at it
+            finally:
+                for wake in waiters or ():
+                    wake.release()
 
     def _pass_turn(self) -> None:
         """Wake the thread waiting for the oldest write not done: it reads next."""
