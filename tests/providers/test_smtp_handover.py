@@ -67,6 +67,17 @@ def held_dot(server: LoopbackSMTPServer, dots: int) -> None:
     server.wait_until(lambda: server.received_bytes().count(b"\r\n.\r\n") >= dots)
 
 
+def message_3_behind_message_2(
+    server: LoopbackSMTPServer, provider: SmtpProvider
+) -> DeliveryResult | DeliveryError | None:
+    """Send message 2 (its final reply held, after whatever fault the test set up),
+    then message 3 behind its dot; return what message 2's send came to."""
+    first = Background(provider, 2)
+    held_dot(server, 2)
+    provider.send(make_email(3))  # max_connections=1: on the connection message 2 is on
+    return first.result()
+
+
 def marks(server: LoopbackSMTPServer) -> list[str]:
     """The transcript in short: "MAIL" for each MAIL command read, "OK" for each
     final 250 written, in the order the server saw them."""
@@ -98,17 +109,26 @@ def test_the_next_envelope_goes_out_before_the_reply_to_the_dot(
     assert len({m.connection for m in received}) == 1
 
 
+@pytest.mark.parametrize(
+    ("reply", "error", "connections"),
+    [
+        ("554 5.6.0 message content rejected", PermanentDeliveryError, 1),
+        # The server is closing: the next message finds out and reconnects.
+        ("421 4.3.2 shutting down", TransientDeliveryError, 2),
+    ],
+)
 def test_a_refused_dot_fails_its_message_alone_and_sends_no_rset(
-    server: LoopbackSMTPServer, provider: SmtpProvider
+    server: LoopbackSMTPServer,
+    provider: SmtpProvider,
+    reply: str,
+    error: type[DeliveryError],
+    connections: int,
 ) -> None:
     server.hold_final_reply(HOLD)
-    server.fail_next("DATA", "554 5.6.0 message content rejected")
-    first = Background(provider, 2)
-    held_dot(server, 2)
-    provider.send(make_email(3))
-    refused = first.result()
-    assert isinstance(refused, PermanentDeliveryError)
-    assert refused.provider_response == "554 5.6.0 message content rejected"
+    server.fail_next("DATA", reply)
+    refused = message_3_behind_message_2(server, provider)
+    assert type(refused) is error
+    assert refused.provider_response == reply
     assert refused.notification_id == "n-2"
     # The transaction ended with the dot: an RSET then would have gone into
     # message 3's data.
@@ -116,6 +136,7 @@ def test_a_refused_dot_fails_its_message_alone_and_sends_no_rset(
     received = server.wait_for(2)
     assert [m.message["Subject"] for m in received] == ["Order 1", "Order 3"]
     assert received[1].raw.count(b"Subject:") == 1
+    assert server.connections == connections
 
 
 def test_a_drop_after_the_dot_is_ambiguous_and_the_envelope_behind_it_is_resent(
@@ -123,30 +144,12 @@ def test_a_drop_after_the_dot_is_ambiguous_and_the_envelope_behind_it_is_resent(
 ) -> None:
     server.hold_final_reply(HOLD)
     server.drop_after_data()
-    first = Background(provider, 2)
-    held_dot(server, 2)
-    provider.send(make_email(3))  # its data never went out: sent again on a new connection
-    dropped = first.result()
+    # Message 3's data never went out: it is sent again on a new connection.
+    dropped = message_3_behind_message_2(server, provider)
     assert isinstance(dropped, AmbiguousDeliveryError)
     assert dropped.notification_id == "n-2"
     received = server.wait_for(3)
     assert sorted(str(m.message["Subject"]) for m in received) == ["Order 1", "Order 2", "Order 3"]
-    assert server.connections == 2
-
-
-def test_a_421_to_the_dot_is_transient_and_the_next_message_reconnects(
-    server: LoopbackSMTPServer, provider: SmtpProvider
-) -> None:
-    server.hold_final_reply(HOLD)
-    server.fail_next("DATA", "421 4.3.2 shutting down")
-    first = Background(provider, 2)
-    held_dot(server, 2)
-    provider.send(make_email(3))
-    closing = first.result()
-    assert isinstance(closing, TransientDeliveryError)
-    assert not isinstance(closing, AmbiguousDeliveryError)
-    received = server.wait_for(2)
-    assert [m.message["Subject"] for m in received] == ["Order 1", "Order 3"]
     assert server.connections == 2
 
 
