@@ -339,7 +339,7 @@ def _transaction(
     recipients: Sequence[str],
     raw: bytes,
     attempt: _Attempt,
-    hand_on: Callable[[], None] | None = None,
+    hand_on: Callable[[], bool] | None = None,
 ) -> dict[str, tuple[int, bytes]]:
     """What ``conn.sendmail`` does, without re-parsing the addresses.
 
@@ -348,7 +348,8 @@ def _transaction(
     so they go into MAIL and RCPT as they are, where ``sendmail`` would parse each
     again with ``email.utils.parseaddr``. When the server offers PIPELINING (RFC
     2920), MAIL, every RCPT and DATA go out in one write, and ``hand_on`` (when
-    given) gives the connection back once the final dot has gone out: the next
+    given) gives the connection back once the final dot has gone out (it returns
+    whether it did): the next
     message's MAIL, RCPT and DATA may follow the dot in the same round trip
     (RFC 2920 3.1: message content may open a group), while this thread reads the
     final reply. The next user reads its own replies after that one
@@ -433,8 +434,10 @@ def _transaction(
         turn = threading.Event()  # set once this message's final reply is read
         conn.followed = False
         conn.replying = turn
-        attempt.handed_on = True
-        hand_on()
+        if hand_on():
+            attempt.handed_on = True
+        else:  # still ours (the provider was closed meanwhile): read the reply first
+            conn.replying = turn = None
     try:
         reply = attempt.last_reply = conn.getreply()
         if reply[0] == 250:
@@ -633,11 +636,14 @@ class SmtpProvider(Provider):
         keep = False
         released = False
 
-        def hand_on() -> None:
+        def hand_on() -> bool:
             # The final dot is out: the next message may follow it (see _transaction).
             nonlocal released
+            if generation != self._generation:
+                return False  # closed meanwhile: not kept, closed once the reply is in
             released = True
-            lease.server.release(lease, keep=generation == self._generation)
+            lease.server.release(lease, keep=True)
+            return True
 
         try:
             conn = cast(_TrackingMixin, lease.conn)  # the pool holds what _connect made
@@ -697,7 +703,7 @@ class SmtpProvider(Provider):
         recipients: Sequence[str],
         raw: bytes,
         attempt: _Attempt,
-        hand_on: Callable[[], None],
+        hand_on: Callable[[], bool],
     ) -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes] | None]:
         refused = _transaction(conn, sender, recipients, raw, attempt, hand_on)
         return refused, attempt.last_reply
