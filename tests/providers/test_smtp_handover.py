@@ -199,3 +199,25 @@ def test_a_fresh_connection_is_not_handed_on(server: LoopbackSMTPServer) -> None
         smtp.send(make_email(2))
         assert isinstance(first.result(), DeliveryResult)
     assert marks(server) == ["MAIL", "OK", "MAIL", "OK"]
+
+
+def test_closed_between_the_dot_and_the_hand_over_the_reply_is_still_read(
+    server: LoopbackSMTPServer, provider: SmtpProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smtplib
+
+    send = smtplib.SMTP.send
+
+    def close_after_the_dot(self: smtplib.SMTP, data: str | bytes) -> None:
+        send(self, data)
+        if data == b".\r\n":
+            provider.close()  # as notify.close() on another thread, at the worst moment
+
+    monkeypatch.setattr(smtplib.SMTP, "send", close_after_the_dot)
+    result = provider.send(make_email(2))  # its connection is not kept, nor closed under it
+    assert isinstance(result, DeliveryResult)
+    server.wait_until(lambda: server.open_connections == 0)
+    monkeypatch.setattr(smtplib.SMTP, "send", send)
+    provider.send(make_email(3))
+    assert server.connections == 2
+    assert [m.message["Subject"] for m in server.wait_for(3)] == ["Order 1", "Order 2", "Order 3"]
