@@ -26,6 +26,9 @@ or the fastest stdlib MIME over one held SMTP connection per thread) on prefork
 bound by the latency alone (two messages in flight), so it drains
 ``--baseline-emails`` (400): its rate is the same for any count, and 2,000 would
 take minutes a round. Timed from the first arrival at the server to the last.
+``--latency-base COMMIT`` adds the same worker run from COMMIT's source tree
+(``git archive``, as the zero-latency row does) to each latency table, as a
+baseline: what a change did, in the same interleaved rounds.
 
 **Zero latency** (``scheduler-zero-latency``): the same into the plain counting SMTP
 sink, ``tenant-notify worker -c 2`` against the worker of main at this issue's start
@@ -173,7 +176,14 @@ class Latency:
         )
 
     def library(self, round_no: int) -> Sample:
-        tag = f"{self.run}_{self.kind}_lib_{round_no}"
+        return self.library_at("")(round_no)
+
+    def library_at(self, src: str) -> Callable[[int], Sample]:
+        """The worker run from ``src`` (another commit's source tree; "": this one)."""
+        return lambda round_no: self._library(round_no, src)
+
+    def _library(self, round_no: int, src: str) -> Sample:
+        tag = f"{self.run}_{self.kind}_lib{'_at' if src else ''}_{round_no}"
         table = settings(tag, self.email())
         config = self.folder / f"{tag}.toml"
         config.write_text(_toml(table))
@@ -181,9 +191,10 @@ class Latency:
         self.sink.reset()
         command = [sys.executable, "-m", "tenant_notify.cli", "worker", "--config", str(config)]
         command += ["-c", "2", "--loglevel", "WARNING"]
+        env = env_for(path=src)
         try:
             return drain(
-                lambda: start(command, env_for(), self.folder / f"{tag}.log"),
+                lambda: start(command, env, self.folder / f"{tag}.log"),
                 lambda: self.sink.count,
                 self.emails,
                 self.sink.pid,
@@ -243,10 +254,23 @@ def latency(run: str, kind: str, args: Any, folder: Path) -> str:
         title = "SMTP server 20 ms away (each reply 20 ms after its command), offering PIPELINING"
     with sink_cm as sink:
         bench = Latency(run, kind, sink, folder, args.emails, args.baseline_emails)
+        also: list[Variant] = []
+        if args.latency_base:  # the same worker at another commit, for what a change did
+            src = str(base_tree(args.latency_base, folder))
+            also.append(
+                Variant(
+                    f"`tenant-notify worker -c 2` at {args.latency_base}",
+                    bench.library_at(src),
+                    guarantee=AT_LEAST_ONCE,
+                    baseline=True,
+                    short=f"library@{args.latency_base}",
+                )
+            )
         result = Comparison(
             f"scheduler, {title}",
             [
                 Variant(LIBRARY, bench.library, guarantee=AT_LEAST_ONCE, short="library"),
+                *also,
                 Variant(
                     PREFORK,
                     bench.hand_written("prefork"),
@@ -272,8 +296,9 @@ def latency(run: str, kind: str, args: Any, folder: Path) -> str:
         Target("at least 10x the prefork -c 2 hand-written task", LIBRARY, PREFORK, at_least=10),
         Target("at least 1.5x the threaded hand-written task", LIBRARY, THREADED, at_least=1.5),
     ]
+    baselines = [PREFORK, THREADED, *(v.name for v in also)]
     return f"**{title}**\n\n" + result.markdown(
-        targets=targets, ratios_to=[PREFORK, THREADED], cpu_ratios_to=[PREFORK, THREADED]
+        targets=targets, ratios_to=baselines, cpu_ratios_to=baselines
     )
 
 
@@ -543,6 +568,11 @@ def main() -> None:
         "--noisy-rounds", type=int, help="rounds of the noisy neighbour (default: --rounds)"
     )
     parser.add_argument("--base", default="1c350ba", help="main's commit for the zero-latency row")
+    parser.add_argument(
+        "--latency-base",
+        metavar="COMMIT",
+        help="latency tables: also the worker at COMMIT (its src/, git archive), as a baseline",
+    )
     parser.add_argument(
         "--only",
         choices=("http", "smtp", "smtp-pipelining", "zero", "noisy", "pacing"),
