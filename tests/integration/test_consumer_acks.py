@@ -87,3 +87,57 @@ def test_the_broker_keeps_exactly_the_unfinished(services: None) -> None:
         finally:
             with kombu.Connection(AMQP) as cleanup:
                 cleanup.channel().queue_delete(name)
+
+
+@pytest.mark.integration
+def test_frames_read_in_bulk_arrive_whole_and_a_cut_one_is_py_amqp_s_to_finish(
+    services: None,
+) -> None:
+    """The worker's reader (one recv a wake-up) against py-amqp on a real connection.
+
+    Bodies larger than a frame (several body frames), many messages in one recv, and
+    frames cut by the recv's size all come through whole and in order; a frame left
+    cut short in the transport's read buffer is completed by py-amqp's own read (the
+    internal the reader relies on: if py-amqp changes it, this fails).
+    """
+    import select
+
+    from tenant_notify.transports.celery.consumer import _FrameReader
+
+    kombu = pytest.importorskip("kombu")
+    name = f"test_frames_{uuid.uuid4().hex[:8]}"
+    sizes = [10, 70_000, 300_000, 5, *range(1_000, 40_000, 1_300)]
+    bodies = [(f"{i:04d}".encode() * (size // 4 + 1))[:size] for i, size in enumerate(sizes)]
+    got: list[bytes] = []
+    with kombu.Connection(AMQP) as conn:
+        channel = conn.channel()
+        queue = kombu.Queue(name, auto_delete=False, durable=False)(channel)
+        queue.declare()
+        producer = conn.Producer()
+        try:
+            for body in bodies:
+                producer.publish(body, routing_key=name, content_type="application/data")
+            amqp = conn.connection
+            reader = _FrameReader.for_connection(amqp, amqp.sock)
+            assert reader is not None, "py-amqp's TCP transport changed: the reader is off"
+            reader._CHUNK = 4_093  # cut frames (and their headers) everywhere
+            consumer = kombu.Consumer(
+                channel, queues=[queue], on_message=lambda m: got.append(m.body), no_ack=True
+            )
+            consumer.consume()
+            while len(got) < len(bodies):
+                assert select.select([amqp.sock], [], [], 10)[0], "no frame for 10 s"
+                reader.read()
+            assert got == bodies
+            # A frame cut short waits in py-amqp's buffer; py-amqp's own read finishes it.
+            producer.publish(b"last" * 5_000, routing_key=name, content_type="application/data")
+            assert select.select([amqp.sock], [], [], 10)[0]
+            reader._CHUNK = 11
+            reader.read()
+            assert len(got) == len(bodies) and amqp.transport._read_buffer
+            conn.drain_events(timeout=10)
+            while len(got) == len(bodies):
+                conn.drain_events(timeout=10)
+            assert got[-1] == b"last" * 5_000
+        finally:
+            channel.queue_delete(name)

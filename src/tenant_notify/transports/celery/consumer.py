@@ -42,6 +42,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -80,6 +81,83 @@ _FRAME_TIMEOUT = 5.0
 # interval. Once a second is plenty, and calling it on every 5 ms tick cost about
 # a tenth of a busy worker's CPU (bench/profile_delivery.py worker).
 _HEARTBEAT_EVERY = 1.0
+
+
+class _FrameReader:
+    """Frames of a plain TCP py-amqp connection, read by one ``recv`` per wake-up.
+
+    py-amqp's ``blocking_read`` reads one frame in three ``recv`` calls (its header,
+    payload and end octet), each after a ``poll``, between two changes of the
+    socket's timeout: about eight system calls a frame, three frames a task message.
+    This takes what the socket holds in one non-blocking ``recv`` and hands every
+    complete frame to the connection's frame handler, as ``blocking_read`` does.
+
+    Between calls, a frame cut short waits in the transport's own read buffer
+    (``_read_buffer``, which py-amqp's ``read_frame`` takes from before it reads
+    the socket), so py-amqp's own reads (a passive declare, the shutdown's
+    ``drain_events``) complete it. That buffer is py-amqp's internal: used only
+    when it is there as bytes on a ``TCPTransport`` with a blocking socket (else
+    :meth:`for_connection` gives None and the loop reads as py-amqp does); the
+    contract is tested in tests/integration/test_consumer_acks.py. The frame
+    handler (our ``on_message``) never reads the connection itself.
+    """
+
+    _CHUNK = 65536
+    _FRAME_END = 0xCE
+
+    def __init__(self, amqp: Any, sock: socket.socket) -> None:
+        self._transport = amqp.transport
+        self._sock = sock
+        self._on_frame = amqp.on_inbound_frame
+        self._unexpected = _amqp_exceptions().UnexpectedFrame
+
+    @classmethod
+    def for_connection(cls, amqp: Any, sock: socket.socket) -> _FrameReader | None:
+        transport = getattr(amqp, "transport", None)
+        if (
+            type(transport).__name__ != "TCPTransport"
+            or not isinstance(getattr(transport, "_read_buffer", None), bytes)
+            or sock.gettimeout() is not None
+            or not callable(getattr(amqp, "on_inbound_frame", None))
+        ):
+            return None
+        return cls(amqp, sock)
+
+    def read(self) -> None:
+        """Read what the socket holds; hand on every complete frame (raises OSError
+        when the broker has closed the connection)."""
+        try:
+            chunk = self._sock.recv(self._CHUNK, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            chunk = None  # nothing after all (a spurious wake-up)
+        if chunk == b"":
+            raise OSError("Server unexpectedly closed connection")
+        transport = self._transport
+        data: bytes = transport._read_buffer + chunk if chunk else transport._read_buffer
+        frames = []
+        pos, size_all = 0, len(data)
+        while size_all - pos >= 8:
+            frame_type, channel, size = _FRAME_HEADER.unpack_from(data, pos)
+            end = pos + 7 + size  # the end octet
+            if end >= size_all:
+                break  # cut short: the rest comes with a later recv
+            if data[end] != self._FRAME_END:
+                raise self._unexpected(f"Received frame_end {data[end]:#04x} while expecting 0xce")
+            frames.append((frame_type, channel, data[pos + 7 : end]))
+            pos = end + 1
+        transport._read_buffer = data[pos:] if pos else data
+        on_frame = self._on_frame
+        for frame in frames:
+            on_frame(frame)
+
+
+_FRAME_HEADER = struct.Struct(">BHI")
+
+
+def _amqp_exceptions() -> Any:
+    import amqp.exceptions
+
+    return amqp.exceptions
 
 
 class _Acks:
@@ -327,6 +405,7 @@ class Consumer:
             ready_now.register(sock, selectors.EVENT_READ)
             pending = getattr(sock, "pending", None)
             transport = amqp.transport
+            reader = _FrameReader.for_connection(amqp, sock)
             next_heartbeat = 0.0
             while not self.stop.is_set():
                 timeout = max(0.0, min(_SELECT_MAX, next_heartbeat - time.monotonic()))
@@ -341,6 +420,11 @@ class Consumer:
                     else:
                         readable = True
                 self._wake_pending = False  # before settling: a later finish writes again
+                if reader is not None and readable:
+                    # All that has come, in one recv (a frame cut short waits for
+                    # the rest: the socket turns readable again).
+                    reader.read()
+                    readable = False
                 while readable:
                     # One frame at a time (a heartbeat is a frame with no method).
                     amqp.blocking_read(_FRAME_TIMEOUT)
