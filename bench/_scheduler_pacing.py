@@ -116,6 +116,10 @@ class ThrottlingAPI:
                 if owner.tracer is not None:
                     owner.tracer.saw(port)
                 status, headers = owner.answer(port, body, self.arrived)
+                if status == 429:
+                    # Before its first byte is written: a request that arrives after
+                    # this could have been sent by a worker that read the 429.
+                    owner.answered_429(port, time.time())
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -123,9 +127,6 @@ class ThrottlingAPI:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
-                self.wfile.flush()
-                if status == 429:
-                    owner.answered_429(port, time.time())
 
             def log_message(self, *args: Any) -> None:
                 pass
