@@ -82,23 +82,28 @@ def test_a_suppressed_recipient_ends_suppressed_without_a_provider_call(
     assert [m.mail_from for m in smtp.messages] == ["hello@globex.test", "orders@acme.test"]
 
 
+def paused_send(notify: Notifier, tenant_id: str, to: str) -> Any:
+    """Pause ``tenant_id``'s email for five minutes, send to ``to``: its status, checked
+    failed as paused."""
+    now = dt.datetime.now(dt.UTC)
+    notify.reputation.store.pause(
+        Pause(tenant_id, Channel.EMAIL, "550 5.7.26", 5, now, now + dt.timedelta(minutes=5))
+    )
+    receipt = notify.send_email(to_email=to, subject="Hi", body="Hello", tenant_id=tenant_id)
+    status = notify.status(receipt.id)
+    assert status.state is DeliveryState.FAILED
+    assert status.error_type == TenantPausedError.__name__
+    return status
+
+
 def test_a_paused_channel_fails_on_the_delivery_side_without_a_provider_call(
     settings: dict[str, Any], smtp: LoopbackSMTPServer
 ) -> None:
     import redis
 
     client = redis.Redis.from_url("redis://127.0.0.1:6379/15", decode_responses=True)
-    now = dt.datetime.now(dt.UTC)
     with on_redis(settings, client) as notify:
-        notify.reputation.store.pause(
-            Pause("acme", Channel.EMAIL, "550 5.7.26", 5, now, now + dt.timedelta(minutes=5))
-        )
-        receipt = notify.send_email(
-            to_email="jane@example.com", subject="Hi", body="Hello", tenant_id="acme"
-        )
-        status = notify.status(receipt.id)
-        assert status.state is DeliveryState.FAILED
-        assert status.error_type == TenantPausedError.__name__
+        status = paused_send(notify, "acme", "jane@example.com")
         assert "tenant-notify resume acme" in (status.error or "")
         assert notify.breaker.resume("acme") == [Channel.EMAIL]
         after = notify.send_email(
@@ -114,7 +119,6 @@ def test_on_one_redis_the_claim_reads_the_pause_and_the_entries_in_its_round_tri
     import redis
 
     client = redis.Redis.from_url("redis://127.0.0.1:6379/15", decode_responses=True)
-    now = dt.datetime.now(dt.UTC)
     with on_redis(settings, client) as notify:
         store = notify.reputation.store
         assert isinstance(store, RedisReputationStore)
@@ -132,15 +136,7 @@ def test_on_one_redis_the_claim_reads_the_pause_and_the_entries_in_its_round_tri
             to_email="jane@example.com", subject="Hi", body="Hello", tenant_id="acme"
         )
         assert notify.status(held.id).state is DeliveryState.SUPPRESSED
-        store.pause(
-            Pause("globex", Channel.EMAIL, "550 5.7.26", 5, now, now + dt.timedelta(minutes=5))
-        )
-        paused = notify.send_email(
-            to_email="joe@example.com", subject="Hi", body="Hello", tenant_id="globex"
-        )
-        status = notify.status(paused.id)
-        assert status.state is DeliveryState.FAILED
-        assert status.error_type == TenantPausedError.__name__
+        paused_send(notify, "globex", "joe@example.com")
         sent = notify.send_email(
             to_email="joe@example.com", subject="Hi", body="Hello", tenant_id="acme"
         )
