@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tenant_notify import DeliveryState
+from tenant_notify.dispatcher import Dispatcher
 from tenant_notify.errors import ConfigurationError, TransientDeliveryError
 from tenant_notify.models import Channel, Notification
 from tenant_notify.notifier import Notifier
@@ -49,6 +50,18 @@ def wait_for_pause(notify: Notifier) -> None:
     while not notify.dispatcher.pacing.pauses():
         assert time.monotonic() < deadline, "no account was paused"
         time.sleep(0.01)
+
+
+def note(tenant: str) -> Notification:
+    """One email notification for ``tenant``, as a worker receives it."""
+    return Notification(
+        id=uuid.uuid4().hex,
+        tenant_id=tenant,
+        kind="email",
+        channel=Channel.EMAIL,
+        to="a@example.com",
+        context={"subject": "s", "body": "b"},
+    )
 
 
 def send(notify: Notifier, n: int, tenant: str = "acme") -> list:
@@ -156,7 +169,10 @@ def test_a_bad_max_rate_fails_at_build_naming_the_key(api: FakeProviderAPI):
     assert caught.value.key == "email.max_rate"
 
 
-def test_two_dispatchers_sharing_redis_share_the_pause(api: FakeProviderAPI):
+@pytest.fixture
+def two_workers(api: FakeProviderAPI) -> Iterator[tuple[Dispatcher, Dispatcher]]:
+    """Two dispatchers sharing Redis under a key prefix of their own: two worker
+    processes' worth."""
     redis = pytest.importorskip("redis")
     url = "redis://127.0.0.1:6379/15"
     try:
@@ -168,40 +184,30 @@ def test_two_dispatchers_sharing_redis_share_the_pause(api: FakeProviderAPI):
 
     prefix = f"tn_pacing:{uuid.uuid4().hex[:10]}:"
     config = load_settings({**settings(api), "redis": {"url": url, "key_prefix": prefix}})
-
-    one, two = build_dispatcher(config), build_dispatcher(config)  # two processes' worth
+    one, two = build_dispatcher(config), build_dispatcher(config)
     try:
-        api.script(sendgrid_error(429, "slow down", headers={"Retry-After": "30"}))
-        first = Notification(
-            id=uuid.uuid4().hex,
-            tenant_id="acme",
-            kind="email",
-            channel=Channel.EMAIL,
-            to="a@example.com",
-            context={"subject": "s", "body": "b"},
-        )
-        outcome = one.deliver(first)
-        assert outcome.status is not None and outcome.status.state is DeliveryState.RETRYING
-        assert 29 <= outcome.retry_in <= 31  # type: ignore[operator]
-
-        second = Notification(
-            id=uuid.uuid4().hex,
-            tenant_id="globex",
-            kind="email",
-            channel=Channel.EMAIL,
-            to="b@example.com",
-            context={"subject": "s", "body": "b"},
-        )
-        deferred = two.deliver(second)
-        assert deferred.deferred and 28 <= deferred.retry_in <= 32  # type: ignore[operator]
-        assert len(api.requests) == 1  # the second worker did not try
-        assert list(two.pacing.pauses()) == [two.providers.account(None, Channel.EMAIL).key]
+        yield one, two
     finally:
         client = one.status_store.client  # type: ignore[attr-defined]
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
         one.close()
         two.close()
+
+
+def test_two_dispatchers_sharing_redis_share_the_pause(
+    api: FakeProviderAPI, two_workers: tuple[Dispatcher, Dispatcher]
+):
+    one, two = two_workers
+    api.script(sendgrid_error(429, "slow down", headers={"Retry-After": "30"}))
+    outcome = one.deliver(note("acme"))
+    assert outcome.status is not None and outcome.status.state is DeliveryState.RETRYING
+    assert 29 <= outcome.retry_in <= 31  # type: ignore[operator]
+
+    deferred = two.deliver(note("globex"))
+    assert deferred.deferred and 28 <= deferred.retry_in <= 32  # type: ignore[operator]
+    assert len(api.requests) == 1  # the second worker did not try
+    assert list(two.pacing.pauses()) == [two.providers.account(None, Channel.EMAIL).key]
 
 
 def test_pauses_are_counted_and_shown_as_seconds_left(api: FakeProviderAPI):
@@ -294,16 +300,6 @@ def test_workers_hear_of_pauses_and_read_no_pause_per_delivery(
     config = load_settings(
         {**settings(api), "redis": {"url": private_redis.url, "key_prefix": "p:"}}
     )
-
-    def note(tenant: str) -> Notification:
-        return Notification(
-            id=uuid.uuid4().hex,
-            tenant_id=tenant,
-            kind="email",
-            channel=Channel.EMAIL,
-            to="a@example.com",
-            context={"subject": "s", "body": "b"},
-        )
 
     commands: list[str] = []
     monitor = redis.Redis.from_url(private_redis.url).monitor()
@@ -413,46 +409,29 @@ def test_a_thread_waiting_for_a_connection_does_not_send_after_a_429_was_answere
 
 
 def test_the_check_before_the_request_sees_a_pause_another_process_recorded(
-    api: FakeProviderAPI,
+    two_workers: tuple[Dispatcher, Dispatcher],
 ):
-    redis = pytest.importorskip("redis")
-    url = "redis://127.0.0.1:6379/15"
-    try:
-        redis.Redis.from_url(url, socket_timeout=2).ping()
-    except redis.RedisError as err:
-        pytest.skip(f"Redis is not reachable: {err}")
-    from tenant_notify.config import load_settings
     from tenant_notify.dispatcher import _CallGate, _Deferred
-    from tenant_notify.transports.celery.worker import build_dispatcher
 
-    prefix = f"tn_pacing:{uuid.uuid4().hex[:10]}:"
-    config = load_settings({**settings(api), "redis": {"url": url, "key_prefix": prefix}})
-    one, two = build_dispatcher(config), build_dispatcher(config)  # two processes' worth
-    try:
-        account = two.providers.account(None, Channel.EMAIL)
-        gate = _CallGate(two.pacing, account, "sendgrid", first=True)
-        gate.before_request()  # nothing paused: the request may go (and the listener starts)
-        deadline = time.monotonic() + 10
-        while not two.pacing.listening:  # from here on, checks answer from memory
-            assert time.monotonic() < deadline, "the pause listener did not start"
-            time.sleep(0.01)
-        # The other process meets the limit while this one's request waits to be written.
-        one.pacing.throttled(one.providers.account(None, Channel.EMAIL), 30.0)
-        heard = time.monotonic() + 2
-        while two.pacing.paused(account) is None:  # the announcement is on its way
-            assert time.monotonic() < heard, "the announcement never reached this process"
-            time.sleep(0.001)
-        with pytest.raises(_Deferred) as caught:
-            gate.before_request()
-        assert 28 <= caught.value.seconds <= 30
-        assert gate.stopped
-        # A later provider of a failover chain is failed over from, not deferred.
-        later = _CallGate(two.pacing, account, "sendgrid", first=False)
-        with pytest.raises(TransientDeliveryError):
-            later.before_request()
-    finally:
-        client = one.status_store.client  # type: ignore[attr-defined]
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-        one.close()
-        two.close()
+    one, two = two_workers
+    account = two.providers.account(None, Channel.EMAIL)
+    gate = _CallGate(two.pacing, account, "sendgrid", first=True)
+    gate.before_request()  # nothing paused: the request may go (and the listener starts)
+    deadline = time.monotonic() + 10
+    while not two.pacing.listening:  # from here on, checks answer from memory
+        assert time.monotonic() < deadline, "the pause listener did not start"
+        time.sleep(0.01)
+    # The other process meets the limit while this one's request waits to be written.
+    one.pacing.throttled(one.providers.account(None, Channel.EMAIL), 30.0)
+    heard = time.monotonic() + 2
+    while two.pacing.paused(account) is None:  # the announcement is on its way
+        assert time.monotonic() < heard, "the announcement never reached this process"
+        time.sleep(0.001)
+    with pytest.raises(_Deferred) as caught:
+        gate.before_request()
+    assert 28 <= caught.value.seconds <= 30
+    assert gate.stopped
+    # A later provider of a failover chain is failed over from, not deferred.
+    later = _CallGate(two.pacing, account, "sendgrid", first=False)
+    with pytest.raises(TransientDeliveryError):
+        later.before_request()
