@@ -19,13 +19,13 @@ import email.message
 import email.policy
 import email.utils
 import functools
-import os
 import quopri
 import random
 import re
 import time
 from email.headerregistry import Address as HeaderAddress
 
+from . import _process
 from ._headers import check_extra_header, check_header_value
 from .errors import InvalidRecipientError, NotifyError, ValidationError
 from .models import Address, EmailMessage
@@ -51,7 +51,7 @@ def make_message_id(from_addr: Address) -> str:
     domain = _message_id_domain(from_addr)
     # email.utils.make_msgid(domain=domain), with the process id read once (and again
     # in a forked child) rather than by a system call per message.
-    return f"<{int(time.time() * 100)}.{_pid}.{random.getrandbits(64)}@{domain}>"
+    return f"<{int(time.time() * 100)}.{_process.pid()}.{random.getrandbits(64)}@{domain}>"
 
 
 def _message_id_domain(from_addr: Address) -> str:
@@ -62,15 +62,6 @@ def _message_id_domain(from_addr: Address) -> str:
 #: A notification id that can stand as a Message-ID's left part (a dot-atom; the
 #: library's ids are 32 hex digits).
 _ID_LEFT = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
-
-
-def _read_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-_pid = os.getpid()
-os.register_at_fork(after_in_child=_read_pid)
 
 
 def envelope_address(address: str, field: str) -> str:

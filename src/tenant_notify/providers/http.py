@@ -67,7 +67,6 @@ import contextlib
 import datetime as dt
 import email.utils
 import itertools
-import os
 import ssl
 import threading
 import time
@@ -80,7 +79,7 @@ from urllib.parse import urlsplit
 import pydantic
 from pydantic import Field, field_validator
 
-from .. import __version__, _call_gate
+from .. import __version__, _call_gate, _process
 from .._concurrency import delivery_concurrency
 from .._redact import redact_secrets, register_secret
 from ..errors import (
@@ -251,7 +250,7 @@ class HttpProvider(Provider, ABC):
         self._next_shard = itertools.count()
         self._ssl_context: ssl.SSLContext | None = None
         self._urls: dict[str, httpx.URL] = {}
-        self._pid = os.getpid()
+        self._pid = _process.pid()
 
     # --- hooks ---------------------------------------------------------------------
 
@@ -336,17 +335,17 @@ class HttpProvider(Provider, ABC):
         if shard is None:
             shard = self._thread_shard.index = next(self._next_shard)
         clients = self._clients
-        if clients and self._pid == os.getpid():
+        if clients and self._pid == _process.pid():
             client = clients[shard % len(clients)]
             if client is not None:
                 return client
         with self._client_lock:
-            if self._pid != os.getpid():
+            if self._pid != _process.pid():
                 # A forked child must not share the parent's sockets: forget them
                 # without closing (closing could disturb the parent's sessions).
                 self._clients = []
                 self._ssl_context = None
-                self._pid = os.getpid()
+                self._pid = _process.pid()
             if not self._clients:
                 total = self.max_connections
                 self._clients = [None] * -(-total // CONNECTIONS_PER_CLIENT)
@@ -397,7 +396,7 @@ class HttpProvider(Provider, ABC):
         opens new clients. Safe to call more than once."""
         with self._client_lock:
             clients, self._clients = self._clients, []
-        if self._pid == os.getpid():
+        if self._pid == _process.pid():
             for client in clients:
                 if client is not None:
                     client.close()

@@ -31,7 +31,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Self, TypeVar
 
 from .. import _process
 from .._json import compact
@@ -98,8 +98,17 @@ def _hash(flat: list[Any]) -> dict[Any, Any]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _unanswered(err: BaseException, detail: str = "") -> StoreUnavailableError:
+def _unanswered(err: BaseException, unconfirmed: Sequence[str] = ()) -> StoreUnavailableError:
+    """Redis's silence, naming the keys of the writes it may or may not have made."""
+    detail = f"; unconfirmed writes: {', '.join(unconfirmed)}" if unconfirmed else ""
     return StoreUnavailableError(f"Redis did not answer: {type(err).__name__}: {err}{detail}")
+
+
+def _raise(error: tuple[str, BaseException]) -> NoReturn:
+    """Raise a failure kept as ``(message, cause)`` (a lost connection's, for each
+    write it owed) as the caller's StoreUnavailableError."""
+    message, cause = error
+    raise StoreUnavailableError(message) from cause
 
 
 def _resp(conn: Any, args: tuple[Any, ...]) -> list[bytes]:
@@ -287,8 +296,7 @@ class _Writer:
             entry = self._write(link, _resp(link.conn, args), [(key, None)], waited=True)
         self._wait(link, entry)
         if entry.error is not None:
-            message, cause = entry.error
-            raise StoreUnavailableError(message) from cause
+            _raise(entry.error)
         if isinstance(entry.reply, self._refusal):
             raise StoreUnavailableError(
                 f"Redis refused the write of {entry.key}: {entry.reply}"
@@ -311,8 +319,7 @@ class _Writer:
         if last is not None:
             self._wait(link, last)
             if last.error is not None:
-                message, cause = last.error
-                raise StoreUnavailableError(message) from cause
+                _raise(last.error)
         self._raise_refused(link)
 
     def close(self) -> None:
@@ -404,8 +411,7 @@ class _Writer:
             except self._errors as err:
                 unknown = [key for key, _ in self._buffered]
                 self._link, self._buffer, self._buffered = None, [], []
-                detail = f"; unconfirmed writes: {', '.join(unknown)}" if unknown else ""
-                raise _unanswered(err, detail) from err
+                raise _unanswered(err, unknown) from err
             self._pid = _process.pid()
             link = self._link = _Link(conn)
         return link
@@ -443,8 +449,7 @@ class _Writer:
         self._reading.acquire()
         self._read_turn(link, None)
         if link.broken is not None:
-            message, cause = link.broken
-            raise StoreUnavailableError(message) from cause
+            _raise(link.broken)
 
     def _read_turn(self, link: _Link, until: _Owed | None) -> None:
         """The turn to read, taken: read until ``until`` is done (None: until half
@@ -521,8 +526,7 @@ class _Writer:
                 unknown = [entry.key for entry in owed]
                 if self._link is link:
                     unknown += [key for key, _ in self._buffered]
-                detail = f"; unconfirmed writes: {', '.join(unknown)}" if unknown else ""
-                link.broken = (str(_unanswered(err, detail)), err)
+                link.broken = (str(_unanswered(err, unknown)), err)
                 waiters: list[Any] = []
                 for entry in owed:
                     entry.error, entry.done = link.broken, True
