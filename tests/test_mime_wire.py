@@ -304,3 +304,44 @@ def test_text_parts_choose_the_encoding_body_cte_chooses() -> None:
         )
         lines = body.splitlines()
         assert part.get_payload(decode=True).decode().splitlines() == lines
+
+
+def test_quoted_printable_line_by_line_is_binascii_on_the_whole_body() -> None:
+    # _text_part encodes a body line by line, caching each line's encoding; the
+    # result must be binascii's encoding of the whole body, every time.
+    import binascii
+
+    from tenant_notify._mime import _QP_CACHED_LINE, _quoted_printable
+
+    edge_lines = [
+        "",
+        ".",
+        "..",
+        ". ",
+        " ",
+        "\t",
+        "trailing space ",
+        "trailing tab\t",
+        "=",
+        "=3D",
+        "_under_score",
+        "x" * 75,
+        "x" * 76,
+        "x" * 77,
+        "x" * 73 + "=",
+        "x" * 74 + "é",
+        "x" * 75 + " ",
+        "é" * 40,
+        "\x00nul",
+        "\x7fdel",
+        "From me",
+        "y" * (_QP_CACHED_LINE + 1),
+    ]
+    rng = random.Random(1202)
+    bodies = _bodies(3000)
+    bodies += ["\n".join(rng.choices(edge_lines, k=rng.randint(1, 12))) for _ in range(500)]
+    for body in bodies:
+        lines = body.encode("utf-8").splitlines()
+        whole = binascii.b2a_qp(b"\n".join(lines) + b"\n", istext=True)
+        assert _quoted_printable(lines) == whole, repr(body)
+        assert _quoted_printable(lines) == whole, repr(body)  # from the cache

@@ -379,7 +379,7 @@ def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
         payload = b"\r\n".join(lines) + b"\r\n"
     else:
         normal = b"\n".join(lines) + b"\n"
-        qp = binascii.b2a_qp(normal, istext=True)
+        qp = _quoted_printable(lines)
         b64_size = _base64_size(len(raw))
         # The choice is made on the body as given; its line endings change the
         # quoted-printable size by a few bytes at most (the last line's end),
@@ -398,6 +398,34 @@ def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
         f"Content-Transfer-Encoding: {cte}",
     ]
     return headers, payload
+
+
+#: Lines of at most this many bytes have their quoted-printable form cached.
+_QP_CACHED_LINE = 256
+#: How many such lines are kept (most recently used): the templates' fixed lines.
+_QP_CACHE_LINES = 2048
+
+
+def _quoted_printable(lines: list[bytes]) -> bytes:
+    """``binascii.b2a_qp(b"\\n".join(lines) + b"\\n", istext=True)``, line by line.
+
+    Quoted-printable encodes each line on its own (soft breaks, trailing white
+    space and a lone dot depend on the line alone), and most lines of a message
+    are its template's, the same in every message: the HTML layout, the
+    greetings. Encoding them costs about 18 ns a byte; a cached line, a lookup.
+    ``lines`` hold no CR or LF (``bytes.splitlines``). tests/test_mime_wire.py
+    compares this with the whole body encoded at once.
+    """
+    return b"".join(
+        [_qp_line(line) if len(line) <= _QP_CACHED_LINE else _qp_uncached(line) for line in lines]
+    )
+
+
+def _qp_uncached(line: bytes) -> bytes:
+    return binascii.b2a_qp(line + b"\n", istext=True)
+
+
+_qp_line = functools.lru_cache(maxsize=_QP_CACHE_LINES)(_qp_uncached)
 
 
 def _address_list_atoms(addresses: tuple[Address, ...], field: str) -> list[str]:
