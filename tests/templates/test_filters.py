@@ -35,9 +35,25 @@ def test_money_reads_as_babel_formats_it(locale: str, currency: str) -> None:
     assert format_money(amount, currency, locale) == babel_money(str(amount), currency, locale)
 
 
+#: Amounts from nothing to past the digits _MoneyFormat formats itself (16, then Babel).
+AMOUNTS = (
+    "0",
+    "0.004",
+    "-12.5",
+    "7",
+    "999.995",
+    "1000",
+    "-1234567.891",
+    "100000000000.1",
+    "9999999999999999.99",
+    "12345678901234567.5",
+)
+
+
 def test_money_reads_as_babel_formats_it_in_every_locale_babel_knows() -> None:
     # format_money fills each (currency, locale) pattern in once instead of asking
-    # format_currency every time (_formatted): the same text, everywhere.
+    # format_currency every time, and groups the digits of a plain pattern itself
+    # (_formatted, _MoneyFormat): the same text, everywhere.
     from babel.localedata import locale_identifiers
 
     from tenant_notify.templates._filters import _formatted
@@ -47,7 +63,7 @@ def test_money_reads_as_babel_formats_it_in_every_locale_babel_knows() -> None:
         locale = Locale.parse(name)
         for currency in ("USD", "EUR", "JPY", "BHD", "INR", "AED"):
             digits = get_currency_precision(currency)
-            for raw in ("0", "-12.5", "1234567.891", "100000000000.1"):
+            for raw in AMOUNTS:
                 amount = Decimal(raw).quantize(Decimal(1).scaleb(-digits))
                 want = format_currency(amount, currency, locale=locale)
                 if _formatted(amount, currency, locale) != want:
