@@ -52,6 +52,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -252,6 +253,7 @@ class FakeProviderAPI:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._script: deque[Reply] = deque()
+        self._calls: deque[Callable[[], None]] = deque()
         self._stopping = threading.Event()
         self._connections = 0
         #: Seconds every reply waits before it is written (a provider across a network).
@@ -371,6 +373,13 @@ class FakeProviderAPI:
         with self._lock:
             self._requests.clear()
             self._script.clear()
+            self._calls.clear()
+
+    def call_at_next_request(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (on the server's thread) once the next request has been read
+        and recorded, before it is answered (a test kills its client there)."""
+        with self._lock:
+            self._calls.append(fn)
 
     # --- request handling (server threads) --------------------------------------------
 
@@ -394,6 +403,10 @@ class FakeProviderAPI:
             self._record(RecordedRequest("unknown", method, path, headers, body))
             return Reply(404, {"errors": [{"message": "not found", "field": None}]})
         self._record(request)
+        with self._lock:
+            call = self._calls.popleft() if self._calls else None
+        if call is not None:
+            call()
         scripted = self._next_scripted()
         if scripted is not None and not scripted.passthrough:
             return scripted

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -166,6 +166,10 @@ class LoopbackSMTPServer:
         self._transcript: list[tuple[int, str, bytes]] = []
         #: Scripted faults during DATA, taken one a message (see drop_during_data).
         self._data_faults: deque[tuple[str, int | str]] = deque()
+        #: Callables to run at the next commands (see call_at_next).
+        self._calls: dict[Command, deque[Callable[[], None]]] = {
+            c: deque() for c in ("MAIL", "RCPT", "DATA")
+        }
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -300,6 +304,8 @@ class LoopbackSMTPServer:
             self._holds.clear()
             self._transcript.clear()
             self._data_faults.clear()
+            for calls in self._calls.values():
+                calls.clear()
             self._peak_open = len(self._open)
 
     # --- misbehaviour ----------------------------------------------------------------
@@ -312,6 +318,21 @@ class LoopbackSMTPServer:
         """
         with self._lock:
             self._scripted[command].extend([reply] * times)
+
+    def call_at_next(self, command: Command, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (on the server's thread) when the next ``command`` arrives,
+        before it is answered; for DATA, once the final dot has been read and the
+        message recorded. (A test kills its client there: after or before the dot.)
+        """
+        with self._lock:
+            self._calls[command].append(fn)
+
+    def _call_at(self, command: Command) -> None:
+        with self._lock:
+            calls = self._calls[command]
+            fn = calls.popleft() if calls else None
+        if fn is not None:
+            fn()
 
     def reject_recipient(self, address: str, reply: str = "550 5.1.1 no such user") -> None:
         """Refuse ``RCPT TO:<address>`` with ``reply`` from now on."""
@@ -548,6 +569,7 @@ class _Handler:
     ) -> str:
         if self.owner.auth is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        self.owner._call_at("MAIL")
         scripted = self.owner._next_reply("MAIL")
         if scripted is not None:
             return scripted
@@ -558,6 +580,7 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        self.owner._call_at("RCPT")
         scripted = self.owner._next_reply("RCPT")
         if scripted is not None:
             return scripted
@@ -577,6 +600,7 @@ class _Handler:
         if scripted is not None:
             return scripted
         index = self.owner._record(server, session, envelope)
+        self.owner._call_at("DATA")
         if self.owner._drop_after_data():
             assert server.transport is not None
             server.transport.close()

@@ -136,3 +136,93 @@ def test_a_forked_child_renews_its_own_claims(tenants):
     leases.drop("delivery:parent")
     notify.close()
     assert answer == b"yes"
+
+
+# --- an attempt that stops after its provider has the message (in process) -----------
+#
+# The in-process transport runs an attempt that raised again later, as a broker
+# redelivers a message whose worker died. Here the attempt stops right after the
+# real SMTP server (aiosmtpd on loopback) accepted the message: the first write
+# that would record it (the claim's completion) raises.
+
+
+def _stopped_after_the_dot(tenants, **retry):
+    from tenant_notify import Notifier
+    from tests.smtp_server import LoopbackSMTPServer
+
+    with LoopbackSMTPServer() as server:
+        settings = {
+            "transport": {"backend": "inprocess", "workers": 1},
+            "email": {"provider": "smtp", "host": server.host, "port": server.port, "timeout": 5},
+            "tenants": tenants,
+            "idempotency": {"lease": 0.5},
+            "retry": {"initial_delay": 0.05, "jitter": 0, **retry},
+        }
+        with Notifier.from_settings(settings) as notify:
+            store = notify.idempotency_store
+            real_complete = store.complete
+            stopped: list[str] = []
+
+            def complete(key, ttl):
+                if not stopped:
+                    stopped.append(key)
+                    raise RuntimeError("the attempt stops here")
+                real_complete(key, ttl)
+
+            store.complete = complete
+            receipt = notify.send_order_confirmation(**ORDER)
+            status = receipt.wait(15)
+            time.sleep(0.3)  # a second copy would be on its way by now
+        assert stopped
+        copies = [m for m in server.messages if m.message["X-Tenant-Notify-Id"] == receipt.id]
+        return len(copies), status
+
+
+@pytest.mark.integration
+def test_an_attempt_that_stopped_after_the_dot_ends_ambiguous_not_resent(tenants):
+    copies, status = _stopped_after_the_dot(tenants)
+    assert copies == 1
+    assert status.state is DeliveryState.FAILED, status
+    assert status.error_type == "AmbiguousDeliveryError", status
+    assert "stopped after handing the message to smtp" in (status.error or "")
+
+
+@pytest.mark.integration
+def test_with_retry_ambiguous_an_attempt_stopped_after_the_dot_is_sent_again(tenants):
+    copies, status = _stopped_after_the_dot(tenants, retry_ambiguous=True)
+    assert copies == 2
+    assert status.state is DeliveryState.SENT, status
+
+
+@pytest.mark.integration
+def test_a_certain_refusal_after_the_dot_takes_the_hand_over_back_before_failing_over(tenants):
+    from tenant_notify import Notifier
+    from tests.smtp_server import LoopbackSMTPServer
+
+    with LoopbackSMTPServer() as server:
+        server.fail_next("DATA", "451 4.3.0 try again later")  # the reply to the final dot
+        settings = {
+            "transport": "eager",
+            "email": {
+                "provider": "smtp",
+                "host": server.host,
+                "port": server.port,
+                "timeout": 5,
+                "fallback": [{"provider": "memory", "outbox": "handover-failover"}],
+            },
+            "tenants": tenants,
+        }
+        with Notifier.from_settings(settings) as notify:
+            store = notify.idempotency_store
+            calls: list[tuple[str, ...]] = []
+            real_mark, real_clear = store.mark_handed, store.clear_handed
+            store.mark_handed = lambda key, provider, ttl: (
+                calls.append(("mark", provider)),
+                real_mark(key, provider, ttl),
+            )
+            store.clear_handed = lambda key: (calls.append(("clear",)), real_clear(key))
+            receipt = notify.send_order_confirmation(**ORDER)
+            assert receipt.wait(5).state is DeliveryState.SENT
+    # Had the worker died after the refusal, its redelivery would not have been
+    # told that smtp might have the message.
+    assert calls == [("mark", "smtp"), ("clear",)]

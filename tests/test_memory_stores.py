@@ -225,3 +225,37 @@ def test_a_large_bound_is_split_in_shards_so_no_table_is_large():
         keys.claim(f"delivery:n{n}", 60).state is ClaimState.DONE for n in range(60_000, 100_000)
     )
     assert all(keys.claim(f"delivery:n{n}", 60).state is ClaimState.ACQUIRED for n in range(40_000))
+
+
+def test_a_hand_over_outlives_its_lease_until_the_next_claim_settles(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("tenant_notify.stores.memory.time.monotonic", lambda: clock[0])
+    store = MemoryIdempotencyStore(max_entries=4)
+    assert store.claim("delivery:a", 1.0).state is ClaimState.ACQUIRED
+    store.mark_handed("delivery:a", "smtp", 60)
+    assert store.claim("delivery:a", 1.0).state is ClaimState.BUSY  # still held
+    clock[0] += 2  # the holder stopped: its lease ran out
+    for n in range(3):  # writes that drop expired entries at the front leave it be
+        store.reserve(f"k{n}", f"n{n}", 0.5)
+    clock[0] += 1
+    store.reserve("k3", "n3", 10)
+    again = store.claim("delivery:a", 1.0)
+    assert again.state is ClaimState.ACQUIRED and again.handed == "smtp"
+    assert store.renew(["delivery:a"], 1.0) == []  # the new lease keeps it, renewed
+    store.release("delivery:a")  # retried: the record goes with the lease
+    assert store.claim("delivery:a", 1.0).handed is None
+    store.mark_handed("delivery:a", "smtp", 60)
+    store.complete("delivery:a", 60)
+    assert store.claim("delivery:a", 1.0).state is ClaimState.DONE
+    # Taken back (a certain refusal): a later claim is not told.
+    assert store.claim("delivery:b", 1.0).state is ClaimState.ACQUIRED
+    store.mark_handed("delivery:b", "smtp", 60)
+    store.clear_handed("delivery:b")
+    clock[0] += 2
+    assert store.claim("delivery:b", 1.0).handed is None
+    # Never more than the bound: a lapsed hand-over is evicted like any lapsed lease.
+    store.mark_handed("delivery:b", "smtp", 60)
+    clock[0] += 2
+    for n in range(8):
+        store.reserve(f"x{n}", f"n{n}", 60)
+    assert len(store) <= 4

@@ -13,10 +13,18 @@ So for the length of one provider call the dispatcher sets a :class:`CallGate`
   raises (an exception of the dispatcher's, which the provider lets through) if
   the account was paused meanwhile, and nothing is sent;
 * :meth:`CallGate.throttled` the moment a reply says the account is
-  throttled, before the connection goes back to the pool for the next thread.
+  throttled, before the connection goes back to the pool for the next thread;
+* :meth:`CallGate.handing` right before the point of no return, the last write
+  before which the provider cannot have the message (an HTTP request's first
+  byte, SMTP's final dot): the dispatcher records, without waiting, that this
+  attempt is handing its message over, so that if the worker dies before the
+  provider's reply is recorded the redelivered copy ends as ambiguous, as a
+  connection dropped after the dot does, instead of being sent again.
 
-The HTTP providers do both (:mod:`tenant_notify.providers.http`); a provider
-that does neither is checked before the call and recorded after it, as before.
+The HTTP providers do all three (:mod:`tenant_notify.providers.http`), the SMTP
+provider the last (:mod:`tenant_notify.providers.smtp`); a provider that does
+none is checked before the call and recorded after it, as before, and a worker
+that dies during its call has the message sent again.
 """
 
 from __future__ import annotations
@@ -39,6 +47,16 @@ class CallGate(Protocol):
     def throttled(self, retry_after: float | None) -> None:
         """The reply said the account is throttled (``retry_after`` seconds, or
         None when it named no time): pause it for every worker now."""
+
+    def handing(self) -> None:
+        """Right before the write after which the provider may have the message:
+        record the hand-over (it does not wait for the store). Called at most
+        once a call is enough; again is harmless.
+
+        Raises:
+            TransientDeliveryError: the hand-over could not be recorded; the
+                provider must not write on (nothing was handed over).
+        """
 
 
 _GATE: ContextVar[CallGate | None] = ContextVar("tenant_notify_call_gate", default=None)

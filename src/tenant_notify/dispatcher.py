@@ -172,23 +172,72 @@ class _Deferred(Exception):
 
 class _CallGate:
     """One provider call's last checks (:mod:`tenant_notify._call_gate`): the
-    account's pause right before the request leaves, and a throttling recorded
-    the moment the provider reads it.
+    account's pause right before the request leaves, a throttling recorded the
+    moment the provider reads it, and the hand-over recorded right before the
+    point of no return.
 
     Args:
         first: No provider of the chain was called before this one: a pause
             defers the notification (no attempt made) rather than failing over.
+        hand_over: Records the hand-over (see :meth:`handing`), or None when the
+            idempotency store cannot.
     """
 
-    __slots__ = ("_pacing", "account", "first", "provider", "stopped", "until")
+    __slots__ = (
+        "_hand_over",
+        "_pacing",
+        "account",
+        "first",
+        "handed",
+        "provider",
+        "stopped",
+        "until",
+    )
 
-    def __init__(self, pacing: Pacing, account: Account, provider: str, *, first: bool) -> None:
+    def __init__(
+        self,
+        pacing: Pacing,
+        account: Account,
+        provider: str,
+        *,
+        first: bool,
+        hand_over: Callable[[str], None] | None = None,
+    ) -> None:
         self._pacing = pacing
+        self._hand_over = hand_over
         self.account = account
         self.provider = provider
         self.first = first
         self.stopped = False  # the call did not go: the account was paused
+        self.handed = False  # the hand-over was recorded: the provider may have the message
         self.until: float | None = None  # the pause this call recorded: until (monotonic)
+
+    def handing(self) -> None:
+        """The provider is about to write its point of no return: record that this
+        attempt hands its message to this provider, before the write goes.
+
+        The record is a write the store does not wait for, ordered before the
+        attempt's later writes (the Redis store's pipelined writer), so it costs no
+        round trip. Should the worker die after it, the redelivered copy finds it
+        and ends as ambiguous (:meth:`Dispatcher._handed_over`). Should the worker
+        die between this record and the write it announces, the provider never
+        had the message but the redelivery reports it ambiguous all the same: a
+        loss that is reported, never a silent one, in a window of one system call.
+
+        Raises:
+            TransientDeliveryError: the store could not take the record (Redis
+                unreachable): the provider does not write on, nothing is handed
+                over, and the attempt is retried.
+        """
+        if self.handed or self._hand_over is None:
+            return
+        try:
+            self._hand_over(self.provider)
+        except StoreUnavailableError as err:
+            raise TransientDeliveryError(
+                f"not sent: the hand-over could not be recorded ({err})", provider=self.provider
+            ) from err
+        self.handed = True
 
     def stop(self, seconds: float) -> NoReturn:
         """Do not call: the account is paused for ``seconds``."""
@@ -441,6 +490,8 @@ class Dispatcher:
             )
             return Outcome(previous, repeat=True)
         current = previous if previous is not None else DeliveryStatus.queued(notification)
+        if claim.handed is not None:
+            return self._handed_over(notification, current, attempt, claim, claim_key, log)
         status = current.evolve(state=DeliveryState.SENDING, attempts=attempt, next_attempt_at=None)
         self._record(status)
         started = time.perf_counter()
@@ -461,7 +512,7 @@ class Dispatcher:
                 native = self.providers.tracking(tenant, notification.channel)
                 message = self.reputation.decorate(message, notification, tenant, native)
             result = self._send(
-                tenant, notification.channel, chain, message, tried, log, account, paused
+                tenant, notification.channel, chain, message, tried, log, account, paused, claim_key
             )
         except _Deferred as wait:
             return self._deferred(notification, current, claim_key, wait.seconds, log)
@@ -505,6 +556,33 @@ class Dispatcher:
         )
         self._observe(notification, result.provider, DeliveryState.SENT, started, log)
         return Outcome(status)
+
+    def _handed_over(
+        self,
+        notification: Notification,
+        current: DeliveryStatus,
+        attempt: int,
+        claim: Claim,
+        claim_key: str,
+        log: Any,
+    ) -> Outcome:
+        """An earlier claim of this notification handed it to a provider and then
+        recorded nothing: its worker died (or lost its lease) after the point of no
+        return, before the provider's reply was recorded. The provider may have the
+        message, exactly as after a connection dropped after the final dot: end it
+        the same way, with an :class:`AmbiguousDeliveryError` that the retry policy
+        retries only with ``retry_ambiguous``."""
+        provider = claim.handed or None
+        error = AmbiguousDeliveryError(
+            f"the worker of an earlier attempt stopped after handing the message to "
+            f"{provider or 'the provider'} and before its reply was recorded: "
+            "it may have been sent",
+            provider=provider,
+        )
+        log.warning("earlier_attempt_handed_over", provider=provider)
+        status = current.evolve(attempts=max(attempt, current.attempts), next_attempt_at=None)
+        started = time.perf_counter()
+        return self._failed(notification, status, attempt, error, provider, claim_key, log, started)
 
     def _admission(
         self, notification: Notification, log: Any
@@ -667,9 +745,13 @@ class Dispatcher:
         log: Any,
         primary: Account | None = None,
         paused: list[DeliveryError] | None = None,
+        claim_key: str | None = None,
     ) -> DeliveryResult:
         """Send through the channel's provider, failing over down ``chain``
         (``(position, name)`` pairs from :meth:`ProviderPool.chain`).
+
+        With ``claim_key``, each provider call records its hand-over on that
+        claim (see :meth:`_CallGate.handing`) when the idempotency store can.
 
         Raises:
             DeliveryError: every provider tried failed. Which error is raised
@@ -678,6 +760,7 @@ class Dispatcher:
                 the last one.
         """
         errors: list[DeliveryError] = []
+        hand_over = self._hand_over(claim_key)
         for index, (position, name) in enumerate(chain):
             tried.append(name)
             if position == 0 and primary is not None:
@@ -685,7 +768,7 @@ class Dispatcher:
             else:
                 account = self.providers.account(tenant, channel, position)
             slot: float | Slot | None = None
-            gate = _CallGate(self.pacing, account, name, first=not errors)
+            gate = _CallGate(self.pacing, account, name, first=not errors, hand_over=hand_over)
             try:
                 if position:  # the channel's own provider had its turn at admission
                     self._pace(account)
@@ -715,6 +798,10 @@ class Dispatcher:
                 errors.append(err)
                 if index + 1 == len(chain) or not err.may_fail_over:
                     break
+                if gate.handed and claim_key is not None:
+                    # Certainly not accepted: a worker dying from here on must not
+                    # have its redelivery take this provider's refusal for a maybe.
+                    self._take_back(claim_key, log)
                 log.warning(
                     "provider_failover",
                     provider=name,
@@ -731,6 +818,29 @@ class Dispatcher:
                 self.pacing.after_call(slot)
             return result
         raise next((err for err in errors if self.retry_policy.is_retryable(err)), errors[-1])
+
+    def _hand_over(self, claim_key: str | None) -> Callable[[str], None] | None:
+        """What records a provider call's hand-over on ``claim_key``, if the store can."""
+        mark = getattr(self.idempotency_store, "mark_handed", None)
+        if claim_key is None or mark is None:
+            return None
+        ttl = self.idempotency_ttl
+
+        def hand_over(provider: str) -> None:
+            mark(claim_key, provider, ttl)
+
+        return hand_over
+
+    def _take_back(self, claim_key: str, log: Any) -> None:
+        clear = getattr(self.idempotency_store, "clear_handed", None)
+        if clear is None:
+            return
+        try:
+            clear(claim_key)
+        except StoreUnavailableError:
+            # Kept, a redelivery after a crash would say "ambiguous" of a message
+            # no provider took: reported, not lost in silence.
+            log.warning("hand_over_not_cleared")
 
     def _pace(self, account: Account) -> None:
         """Wait for ``account``'s ``max_rate`` turn; one too far off is a throttling."""

@@ -9,12 +9,18 @@ nothing may arrive twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tenant_notify.models import DeliveryState
 from tests.faults import Counts, run_fault
+from tests.http_fakes import FakeProviderAPI
 from tests.smtp_server import LoopbackSMTPServer
 
 pytestmark = pytest.mark.integration
@@ -70,3 +76,126 @@ def test_a_killed_worker_group_is_recovered_within_30_seconds(smtp_server, folde
     assert counts.doubled_outside_window == 0, counts
     # And a copy sent again is the same message where it arrives: one Message-ID.
     assert counts.same_message_id == counts.doubled, counts
+
+
+# --- a worker SIGKILLed on either side of the point of no return -----------------------
+#
+# One order, a real ``tenant-notify worker``; the loopback SMTP server SIGKILLs the
+# worker's whole process group the moment the order's final dot has arrived (before
+# it answers), or at its RCPT (the dot not sent); the loopback SendGrid the moment
+# the request has arrived. A second worker then takes the redelivered message once
+# the dead one's lease (3 s here) runs out.
+
+SENDGRID_KEY = "SG.fault-test.Zm9vYmFy"
+
+
+def _kill_during(
+    arm: Callable[[Callable[[], None]], None],
+    email: dict[str, Any],
+    folder: Path,
+    **retry: Any,
+) -> Any:
+    """Send one order with ``arm`` set to kill its worker; return its final status
+    once a new worker has dealt with the redelivered message."""
+    from tenant_notify import Notifier
+    from tests.faults import FaultWorker, _order, settings_for
+    from tests.processes import cleanup
+
+    run_id = uuid.uuid4().hex[:10]
+    settings = settings_for(run_id, 0)
+    settings["email"] = email
+    settings["idempotency"] = {"lease": 3.0}
+    settings["retry"].update(retry)
+    worker = FaultWorker(settings, folder)
+    try:
+        worker.start()
+        killed = threading.Event()
+
+        def kill() -> None:
+            worker.kill_group()
+            killed.set()
+
+        arm(kill)
+        with Notifier.from_settings(settings) as notify:
+            receipt = _order(notify, run_id, 0)
+            assert killed.wait(60), "the worker never reached the provider"
+            worker.start()
+            status = receipt.wait(60)
+            time.sleep(1.0)  # a late second copy would be in by now
+        return status
+    finally:
+        worker.stop()
+        cleanup(settings)
+
+
+def _smtp(server: LoopbackSMTPServer) -> dict[str, Any]:
+    return {"provider": "smtp", "host": server.host, "port": server.port, "timeout": 5}
+
+
+def _copies(server: LoopbackSMTPServer, notification_id: str) -> int:
+    return sum(1 for m in server.messages if m.message["X-Tenant-Notify-Id"] == notification_id)
+
+
+def _ambiguous(status: Any, provider: str) -> None:
+    assert status.state is DeliveryState.FAILED, status
+    assert status.error_type == "AmbiguousDeliveryError", status
+    assert f"stopped after handing the message to {provider}" in (status.error or ""), status
+
+
+def test_a_worker_killed_after_the_final_dot_is_not_sent_again(smtp_server, folder):
+    status = _kill_during(
+        lambda kill: smtp_server.call_at_next("DATA", kill), _smtp(smtp_server), folder
+    )
+    # The redelivered copy found the dead attempt's hand-over: ambiguous, as a
+    # connection dropped after the dot is, and not sent again.
+    assert _copies(smtp_server, status.id) == 1
+    _ambiguous(status, "smtp")
+
+
+def test_with_retry_ambiguous_a_worker_killed_after_the_dot_is_sent_again(smtp_server, folder):
+    status = _kill_during(
+        lambda kill: smtp_server.call_at_next("DATA", kill),
+        _smtp(smtp_server),
+        folder,
+        retry_ambiguous=True,
+    )
+    assert _copies(smtp_server, status.id) == 2  # the operator asked for it: once more
+    assert status.state is DeliveryState.SENT, status
+
+
+def test_a_worker_killed_before_the_final_dot_is_sent_once(smtp_server, folder):
+    status = _kill_during(
+        lambda kill: smtp_server.call_at_next("RCPT", kill), _smtp(smtp_server), folder
+    )
+    # No hand-over was recorded (the dot never went): resent, delivered once.
+    assert _copies(smtp_server, status.id) == 1
+    assert status.state is DeliveryState.SENT, status
+
+
+@pytest.fixture
+def sendgrid_api(services: None) -> Iterator[FakeProviderAPI]:
+    with FakeProviderAPI() as api:
+        api.sendgrid_keys.add(SENDGRID_KEY)
+        yield api
+        assert api.schema_errors == []
+
+
+def _sendgrid(api: FakeProviderAPI) -> dict[str, Any]:
+    return {"provider": "sendgrid", "api_key": SENDGRID_KEY, "base_url": api.url}
+
+
+def test_a_worker_killed_after_its_http_request_went_out_is_not_sent_again(sendgrid_api, folder):
+    status = _kill_during(sendgrid_api.call_at_next_request, _sendgrid(sendgrid_api), folder)
+    assert len(sendgrid_api.requests) == 1
+    _ambiguous(status, "sendgrid")
+
+
+def test_with_retry_ambiguous_a_killed_http_request_is_sent_again(sendgrid_api, folder):
+    status = _kill_during(
+        sendgrid_api.call_at_next_request,
+        _sendgrid(sendgrid_api),
+        folder,
+        retry_ambiguous=True,
+    )
+    assert len(sendgrid_api.requests) == 2
+    assert status.state is DeliveryState.SENT, status

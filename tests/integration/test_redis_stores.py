@@ -667,3 +667,46 @@ def test_anything_raised_mid_reply_gives_the_connection_up(statuses, client, mon
     second = f"{client.prefix}second"
     assert writer.call(second, "SET", second, "2", "PX", 60_000) == "OK"
     assert writer.call(first, "GET", first) == "1"
+
+
+def test_a_hand_over_outlives_its_lease_and_goes_with_complete_or_release(keys, client):
+    prefix = client.prefix
+    # A holder hands its message over, then stops (its lease runs out unrenewed).
+    assert keys.claim("delivery:h1", 0.2).state is ClaimState.ACQUIRED
+    keys.mark_handed("delivery:h1", "smtp", 60)
+    time.sleep(0.3)
+    # The next claim is told, in its one round trip, and owns the record now.
+    again = keys.claim("delivery:h1", 10)
+    assert again.state is ClaimState.ACQUIRED and again.handed == "smtp"
+    assert again.status_read and again.reads == ()
+    keys.release("delivery:h1")  # retried (retry_ambiguous): the record goes with it
+    assert client.get(f"{prefix}handed:delivery:h1") is None
+    assert keys.claim("delivery:h1", 10).handed is None
+    # Completed: gone too; and a holder that never handed over leaves none.
+    keys.mark_handed("delivery:h1", "sendgrid", 60)
+    keys.complete("delivery:h1", 60)
+    keys.flush()
+    assert client.get(f"{prefix}handed:delivery:h1") is None
+    assert client.get(f"{prefix}idem:delivery:h1") is not None
+    assert keys.claim("delivery:h2", 10).handed is None
+    # Taken back (the provider refused for certain): a later claim is not told.
+    keys.mark_handed("delivery:h2", "smtp", 60)
+    keys.clear_handed("delivery:h2")
+    keys.flush()
+    assert client.get(f"{prefix}handed:delivery:h2") is None
+
+
+def test_a_hand_over_is_written_without_a_wait_and_lands_before_later_writes(
+    statuses, keys, client, monkeypatch
+):
+    assert keys.claim("delivery:h3", 10).state is ClaimState.ACQUIRED
+    waited: list[str] = []
+    real_call = keys._writer.call
+    monkeypatch.setattr(
+        keys._writer, "call", lambda key, *a: waited.append(key) or real_call(key, *a)
+    )
+    keys.mark_handed("delivery:h3", "smtp", 60)
+    assert waited == []  # no round trip on the attempt's path
+    statuses.save(status("h3", state=DeliveryState.FAILED, attempts=1))  # a write that waits
+    assert client.get(f"{client.prefix}handed:delivery:h3") == "smtp"
+    assert client.pttl(f"{client.prefix}handed:delivery:h3") > 50_000

@@ -37,12 +37,16 @@ class RecordingGate:
         self.stop = stop
         self.on_throttled = on_throttled
         self.checks = 0
+        self.handed = 0
         self.throttlings: list[float | None] = []
 
     def before_request(self) -> None:
         self.checks += 1
         if self.stop:
             raise Stop
+
+    def handing(self) -> None:
+        self.handed += 1
 
     def throttled(self, retry_after: float | None) -> None:
         self.throttlings.append(retry_after)
@@ -83,6 +87,7 @@ def test_a_request_the_gate_stops_never_reaches_the_api(
     with _call_gate.gated(gate), pytest.raises(Stop):
         sendgrid.send(email())
     assert gate.checks == 1
+    assert gate.handed == 0  # stopped: nothing handed over
     assert len(api.requests) == 1
     # The provider is fine afterwards (the stopped call's connection was closed).
     assert sendgrid.send(email()).provider_message_id
@@ -123,6 +128,7 @@ def test_a_sendgrid_429_is_told_once_with_its_reset_before_the_connection_is_fre
         provider.close()
     assert caught.value.throttled
     assert gate.checks == 1
+    assert gate.handed == 1  # the request went: handed over, once
     [told] = gate.throttlings  # once: at the headers, not again after classifying
     assert told is not None and 29 <= told <= 30
     assert pool_busy == [True]  # told while the reply still held the connection

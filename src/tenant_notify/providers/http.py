@@ -543,7 +543,9 @@ class _GateTrace:
     <tenant_notify._call_gate.CallGate.before_request>` there sees a pause
     recorded while this thread waited (for a connection, a connect, the
     interpreter); stopping there closes that connection, the price of a call that
-    did not go. ``receive_response_headers`` completes with the status and headers
+    did not go. Once the request may go, the gate records the hand-over
+    (:meth:`CallGate.handing <tenant_notify._call_gate.CallGate.handing>`) before
+    its first byte is written. ``receive_response_headers`` completes with the status and headers
     before the body is read and the connection goes back to the pool: a 429 tells
     the gate then, so the next thread's check sees it.
     """
@@ -565,6 +567,8 @@ class _GateTrace:
     def __call__(self, event: str, info: Mapping[str, Any]) -> None:
         if event in self._WRITING:
             self.gate.before_request()
+            # The request goes now: the provider may have it from here.
+            self.gate.handing()
         elif event in self._ANSWERED:
             answer = info.get("return_value")
             if answer and answer[1] == 429:

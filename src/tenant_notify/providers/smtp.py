@@ -98,6 +98,7 @@ from typing import Any, ClassVar, TypedDict, cast
 import pydantic
 from pydantic import Field, SecretStr, model_validator
 
+from .. import _call_gate
 from .._mime import envelope_address, wire_bytes
 from .._redact import redact_secrets, register_secret
 from ..errors import (
@@ -421,6 +422,11 @@ def _transaction(
         give_up(data[0])
         raise smtplib.SMTPDataError(*data)
     conn.send(_smtp_data(raw))
+    gate = _call_gate.current()
+    if gate is not None:
+        # The dispatcher records the hand-over before the dot can go (a write it
+        # does not wait for); raising here leaves the message without its dot.
+        gate.handing()
     _spoke_during_data(conn)
     conn.send(_END_OF_DATA)
     # From here the server may have the whole message: a failure is ambiguous...

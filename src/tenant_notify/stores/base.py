@@ -74,6 +74,10 @@ class Claim:
     # With ACQUIRED: the replies of the reads asked for with the claim (a Redis
     # store's ``claim(..., reads=...)``), in their order; empty otherwise.
     reads: tuple[Any, ...] = ()
+    # With ACQUIRED: the provider an earlier holder of the claim was handing the
+    # message to (``mark_handed``) when it stopped without completing or releasing
+    # the claim (its worker died after the point of no return), else None.
+    handed: str | None = None
 
 
 @runtime_checkable
@@ -114,6 +118,20 @@ class IdempotencyStore(Protocol):
 
     def release(self, key: str) -> None:
         """Give a lease back without completing (the attempt failed, will retry)."""
+
+    # Optional (both built-in stores have them; without them a worker that dies
+    # after handing a message to its provider has the redelivered copy sent again):
+    #
+    # def mark_handed(self, key, provider, ttl) -> None
+    #     Record, without waiting for the store, that the holder of the lease on
+    #     ``key`` is handing its message to ``provider``, right before the point of
+    #     no return; ordered before the holder's later writes. The record lasts
+    #     (``ttl`` seconds at most) until ``complete`` or ``release`` of the key, so
+    #     a later ``claim`` that finds it (the lease ran out) reports it as
+    #     :attr:`Claim.handed`. Raises StoreUnavailableError when it cannot be sent.
+    # def clear_handed(self, key) -> None
+    #     Drop this holder's record (the provider certainly refused the message:
+    #     the attempt fails over to the next one), without waiting.
 
     def close(self) -> None:
         """Release connections."""

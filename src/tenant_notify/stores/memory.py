@@ -218,12 +218,21 @@ class MemoryIdempotencyStore:
     whatever the store holds. A bound of 1,024 or more is split in shards (see the
     module), each with its own order and share of the bound.
 
+    A lease whose attempt handed its message to a provider (``mark_handed``) says
+    so in its entry; once it runs out it stays (not dropped as expired, only
+    evicted past the bound, after the entries written since) until the next
+    claim reports it as
+    :attr:`Claim.handed`, and that claim's lease keeps it until ``complete`` or
+    ``release``.
+
     Args:
         max_entries: How many keys to keep (``[stores] memory_max_keys``).
     """
 
     _LEASED = "\0leased"
     _DONE = "\0done"
+    # A lease with a hand-over record: this prefix, then the provider's name.
+    _HANDED = "\0handed:"
 
     def __init__(self, max_entries: int = 50_000) -> None:
         if max_entries < 1:
@@ -262,17 +271,27 @@ class MemoryIdempotencyStore:
         # cost stays constant and the store shrinks when the traffic does.
         for _ in range(2):
             oldest = next(iter(entries))
-            if entries[oldest][1] > now or oldest == key:
+            first = entries[oldest]
+            if first[1] > now or oldest == key:
                 break
+            if first[0].startswith(self._HANDED):
+                # A lapsed lease that handed its message over waits for the next
+                # claim, behind the others (only the bound evicts it).
+                entries.move_to_end(oldest)
+                continue
             del entries[oldest]
         moved = 0
         while len(entries) > shard.max_entries and moved < len(entries):
             oldest, entry = entries.popitem(last=False)
-            if entry[0] == self._LEASED and entry[1] > now:
+            if self._leased(entry[0]) and entry[1] > now:
                 entries[oldest] = entry  # an attempt holds it: to the back
                 moved += 1
                 continue
             self.evicted += 1
+
+    @classmethod
+    def _leased(cls, value: str) -> bool:
+        return value == cls._LEASED or value.startswith(cls._HANDED)
 
     def reserve(self, key: str, notification_id: str, ttl: float) -> str | None:
         now = time.monotonic()
@@ -290,6 +309,14 @@ class MemoryIdempotencyStore:
     def claim(self, key: str, lease: float) -> Claim:
         now = time.monotonic()
         with self._lock:
+            entry = self._shard(key).entries.get(key)
+            if entry is not None and entry[0].startswith(self._HANDED):
+                if entry[1] > now:
+                    return Claim(ClaimState.BUSY, retry_in=entry[1] - now)
+                # The lease ran out after its attempt handed the message over: the
+                # new lease keeps the record until this attempt settles.
+                self._put(key, entry[0], now + lease, now)
+                return Claim(ClaimState.ACQUIRED, handed=entry[0][len(self._HANDED) :])
             current = self._live(key, now)
             if current == self._DONE:
                 return Claim(ClaimState.DONE)
@@ -303,11 +330,28 @@ class MemoryIdempotencyStore:
         lost = []
         with self._lock:
             for key in keys:
-                if self._live(key, now) == self._LEASED:
-                    self._put(key, self._LEASED, now + lease, now)
+                current = self._live(key, now)
+                if current is not None and self._leased(current):
+                    self._put(key, current, now + lease, now)
                 else:
                     lost.append(key)
         return lost
+
+    def mark_handed(self, key: str, provider: str, ttl: float) -> None:
+        """Record in the lease on ``key`` that its attempt hands the message to
+        ``provider`` (``ttl`` is not needed: the record lives with the lease)."""
+        with self._lock:
+            entries = self._shard(key).entries
+            entry = entries.get(key)
+            if entry is not None and self._leased(entry[0]):
+                entries[key] = (self._HANDED + provider, entry[1])
+
+    def clear_handed(self, key: str) -> None:
+        with self._lock:
+            entries = self._shard(key).entries
+            entry = entries.get(key)
+            if entry is not None and entry[0].startswith(self._HANDED):
+                entries[key] = (self._LEASED, entry[1])
 
     def complete(self, key: str, ttl: float) -> None:
         now = time.monotonic()
@@ -317,7 +361,7 @@ class MemoryIdempotencyStore:
     def release(self, key: str) -> None:
         with self._lock:
             entries = self._shard(key).entries
-            if entries.get(key, ("",))[0] == self._LEASED:
+            if self._leased(entries.get(key, ("",))[0]):
                 del entries[key]
 
     def close(self) -> None:

@@ -878,9 +878,19 @@ class RedisIdempotencyStore(_RedisStore):
     return 0
     """
 
+    # KEYS[2], when given, is the claim's hand-over record: it goes with the lease.
     _RELEASE = """
-    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    if redis.call('GET', KEYS[1]) == ARGV[1] then
+        if KEYS[2] then redis.call('DEL', KEYS[2]) end
+        return redis.call('DEL', KEYS[1])
+    end
     return 0
+    """
+
+    # Done, and the hand-over record of the attempt that completed it gone with it.
+    _COMPLETE_HANDED = """
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return redis.call('DEL', KEYS[2])
     """
 
     def __init__(self, client: redis.Redis, *, key_prefix: str = "tenant_notify:") -> None:
@@ -890,10 +900,16 @@ class RedisIdempotencyStore(_RedisStore):
         self._renew = client.register_script(self._RENEW)
         # key -> the token of the lease this process holds on it
         self._leases: dict[str, str] = {}
+        # Keys of those leases with a hand-over record (this holder's, or one an
+        # earlier holder left): their complete and release delete it.
+        self._handed: set[str] = set()
         self._lock = threading.Lock()
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}idem:{key}"
+
+    def _handed_key(self, key: str) -> str:
+        return f"{self._prefix}handed:{key}"
 
     def reserve(self, key: str, notification_id: str, ttl: float) -> str | None:
         redis_key = self._key(key)
@@ -911,6 +927,7 @@ class RedisIdempotencyStore(_RedisStore):
     def forget(self, key: str) -> None:
         with self._lock:
             self._leases.pop(key, None)
+            self._handed.discard(key)
         self._call(lambda: self._redis.delete(self._key(key)))
 
     def claim(self, key: str, lease: float, *, reads: Sequence[tuple[str, str]] = ()) -> Claim:
@@ -930,8 +947,9 @@ class RedisIdempotencyStore(_RedisStore):
         commands: list[str] = []
         delivery = key.startswith("delivery:")
         if delivery:
-            keys.append(f"{self._prefix}status:{key[len('delivery:') :]}")
-            commands.append("GET")
+            # Its status, and the hand-over record an earlier holder may have left.
+            keys += [f"{self._prefix}status:{key[len('delivery:') :]}", self._handed_key(key)]
+            commands += ["GET", "GET"]
         for command, read_key in reads:
             if command not in self.CLAIM_READS:
                 raise ValueError(f"not a read a claim can make: {command!r}")
@@ -947,17 +965,26 @@ class RedisIdempotencyStore(_RedisStore):
             # A reservation (not a lease) has no end we could wait for: report
             # a short wait rather than none.
             return Claim(ClaimState.BUSY, retry_in=max(int(pttl), 100) / 1000)
-        with self._lock:
-            self._leases[key] = token
         replies: list[Any] = [
             _hash(value) if command == "HGETALL" else value
             for command, value in zip(commands, reply[2:], strict=True)
         ]
+        handed = replies[1] if delivery else None
+        with self._lock:
+            self._leases[key] = token
+            if handed is not None:
+                self._handed.add(key)
         if not delivery:
             return Claim(ClaimState.ACQUIRED, reads=tuple(replies))
         raw = replies[0]
         status = None if raw is None else DeliveryStatus.from_dict(json.loads(raw))
-        return Claim(ClaimState.ACQUIRED, status=status, status_read=True, reads=tuple(replies[1:]))
+        return Claim(
+            ClaimState.ACQUIRED,
+            status=status,
+            status_read=True,
+            reads=tuple(replies[2:]),
+            handed=None if handed is None else str(handed),
+        )
 
     def renew(self, keys: Sequence[str], lease: float) -> list[str]:
         """Extend this process's leases on ``keys``: one round trip for all of them.
@@ -996,11 +1023,52 @@ class RedisIdempotencyStore(_RedisStore):
         """
         with self._lock:
             self._leases.pop(key, None)
+            handed = key in self._handed
+            self._handed.discard(key)
         redis_key = self._key(key)
-        self._writer.send(redis_key, "SET", redis_key, _DONE, "PX", _ms(ttl))
+        if handed:
+            self._writer.send(
+                redis_key,
+                "EVAL",
+                self._COMPLETE_HANDED,
+                2,
+                redis_key,
+                self._handed_key(key),
+                _DONE,
+                _ms(ttl),
+            )
+        else:
+            self._writer.send(redis_key, "SET", redis_key, _DONE, "PX", _ms(ttl))
 
     def release(self, key: str) -> None:
         with self._lock:
             token = self._leases.pop(key, None)
+            handed = key in self._handed
+            self._handed.discard(key)
         if token is not None:
-            self._call(lambda: self._release(keys=[self._key(key)], args=[token]))
+            keys = [self._key(key), self._handed_key(key)] if handed else [self._key(key)]
+            self._call(lambda: self._release(keys=keys, args=[token]))
+
+    def mark_handed(self, key: str, provider: str, ttl: float) -> None:
+        """Record that this process's attempt on ``key`` hands its message to
+        ``provider`` now, without waiting: written on the ordered writer, so it
+        goes out before the provider's write that follows and lands before the
+        attempt's completion. A later claim of the key (this lease ran out: the
+        process died) finds it; ``complete`` and ``release`` delete it.
+
+        Raises:
+            StoreUnavailableError: the write could not go out (the connection is
+                down); the caller must not hand the message over.
+        """
+        handed_key = self._handed_key(key)
+        with self._lock:
+            self._handed.add(key)
+        self._writer.send(handed_key, "SET", handed_key, provider, "PX", _ms(ttl))
+
+    def clear_handed(self, key: str) -> None:
+        """Delete this attempt's hand-over record (its provider certainly refused
+        the message), without waiting."""
+        handed_key = self._handed_key(key)
+        with self._lock:
+            self._handed.discard(key)
+        self._writer.send(handed_key, "DEL", handed_key)
