@@ -16,6 +16,12 @@ server's count of each notification id is the evidence. Target: 0 lost, 0
 doubled; the group SIGKILL: every notification delivered within 30 s of a new
 worker starting.
 
+A notification that ended ambiguous (``failed`` with ``AmbiguousDeliveryError``:
+its worker died after handing it to the provider, or the connection dropped after
+the dot) is counted apart, with whether the SMTP server received it: received, it
+is delivered, not lost; not received, it is a loss its status reports (perhaps
+sent), not a silent one. "Lost" counts only silent losses.
+
 This measures correctness, not speed: there are no baselines, and the counts do
 not depend on the machine's load (the run's load average is given all the same).
 """
@@ -54,6 +60,8 @@ def main() -> None:
                 rows.append(counts)
     lost = sum(c.lost for c in rows)
     doubled = sum(c.doubled for c in rows)
+    ambiguous = sum(c.ambiguous for c in rows)
+    reported = sum(c.reported_lost for c in rows)
     recoveries = [c.recovery for c in rows if c.recovery is not None]
     worst = f"; slowest recovery {max(recoveries):.1f} s (target ≤ 30 s)" if recoveries else ""
     lines = [
@@ -61,7 +69,9 @@ def main() -> None:
         f"Run: {started}, commit {git_commit()}, Python {sys.version.split()[0]}, "
         f"{os.cpu_count()} cores; 1-minute load average {sorted(loads)[len(loads) // 2]:.2f} "
         f"(range {min(loads):.2f}-{max(loads):.2f}).  ",
-        f"Totals: {lost} lost, {doubled} doubled (target 0 and 0){worst}.",
+        f"Totals: {lost} lost in silence, {doubled} doubled (target 0 and 0){worst}; "
+        f"{ambiguous} ended ambiguous, {ambiguous - reported} of them received, "
+        f"{reported} not (reported lost).",
         "",
         TABLE_HEAD,
         *(c.row() for c in rows),

@@ -215,8 +215,14 @@ class Counts:
     fault: str
     notifications: int
     sent: int = 0  # distinct notifications the SMTP server received
-    lost: int = 0  # receipts (or retried sends) never delivered
+    lost: int = 0  # receipts (or retried sends) never delivered, and not reported: silent
     doubled: int = 0  # notifications received more than once
+    # Ended ambiguous (``failed``, AmbiguousDeliveryError: a worker died after
+    # handing the message to the provider, or the connection dropped after the
+    # dot), and of those how many the SMTP server did receive: delivered, not lost.
+    # One it did not receive is a loss the status reports (``reported_lost``).
+    ambiguous: int = 0
+    ambiguous_received: int = 0
     raised: dict[str, int] = field(default_factory=dict)  # error type -> sends that raised
     recovery: float | None = None  # group-sigkill: s from the new worker's start to the last
     # group-sigkill: attempts in flight when the group died (status ``sending`` then), and
@@ -237,6 +243,11 @@ class Counts:
     def doubled_outside_window(self) -> int:
         return self.doubled - self.doubled_in_window
 
+    @property
+    def reported_lost(self) -> int:
+        """Ended ambiguous and never received: reported as maybe sent, not silent."""
+        return self.ambiguous - self.ambiguous_received
+
     def row(self) -> str:
         raised = ", ".join(f"{k} {v}" for k, v in sorted(self.raised.items())) or "none"
         recovery = "" if self.recovery is None else f"{self.recovery:.1f} s"
@@ -254,15 +265,22 @@ class Counts:
                 f"after the kill{before}; one Message-ID on both copies: "
                 f"{self.same_message_id} of {self.doubled})"
             )
+        ambiguous = (
+            f"{self.ambiguous} ({self.ambiguous_received} received, "
+            f"{self.reported_lost} not: reported lost)"
+            if self.ambiguous
+            else "0"
+        )
         return (
             f"| {FAULTS[self.fault]} | {self.notifications} | {self.sent} | {self.lost} | "
-            f"{doubled} | {raised} | {recovery} |"
+            f"{doubled} | {ambiguous} | {raised} | {recovery} |"
         )
 
 
 TABLE_HEAD = (
-    "| Fault | Notifications | Sent | Lost | Doubled | Sends that raised (retried) "
-    "| Recovery after a new worker starts |\n|---|---|---|---|---|---|---|"
+    "| Fault | Notifications | Sent | Lost (silent) | Doubled | Ended ambiguous "
+    "| Sends that raised (retried) | Recovery after a new worker starts |\n"
+    "|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -299,29 +317,43 @@ def _send_all(
     return ids, dict(raised)
 
 
-def _settle(smtp: Any, expected: set[str], timeout: float) -> collections.Counter[str]:
-    """Wait until every expected id arrived (or ``timeout``), then a little more for
-    late doubles; return the count per id."""
+def _settle(
+    smtp: Any, expected: set[str], timeout: float, settings: dict[str, Any]
+) -> collections.Counter[str]:
+    """Wait until every expected id arrived or ended ambiguous (or ``timeout``), then
+    a little more for late doubles; return the count per id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if expected <= _ids(smtp).keys():
+        if _ended(smtp, expected, settings):
             break
         time.sleep(0.2)
     time.sleep(3.0)
     return _ids(smtp)
 
 
+def _ended(smtp: Any, expected: set[str], settings: dict[str, Any]) -> bool:
+    """Every expected id arrived, or ended ambiguous (the status says it may be lost)."""
+    missing = expected - _ids(smtp).keys()
+    return not missing or missing <= _ambiguous(settings, missing)
+
+
 def _ids(smtp: Any) -> collections.Counter[str]:
     return collections.Counter(str(m.message["X-Tenant-Notify-Id"]) for m in smtp.messages)
 
 
-def _count(fault: str, expected: set[str], received: collections.Counter[str]) -> Counts:
+def _count(
+    fault: str, expected: set[str], received: collections.Counter[str], settings: dict[str, Any]
+) -> Counts:
+    ambiguous = _ambiguous(settings, expected)
+    missing = expected - received.keys()
     return Counts(
         fault,
         len(expected),
         sent=len(expected & received.keys()),
-        lost=len(expected - received.keys()),
+        lost=len(missing - ambiguous),
         doubled=sum(1 for n in received.values() if n > 1),
+        ambiguous=len(ambiguous),
+        ambiguous_received=len(ambiguous - missing),
     )
 
 
@@ -364,7 +396,7 @@ def run_fault(fault: str, count: int, smtp: Any, folder: Path) -> Counts:
                     proxy.reset()
                     time.sleep(5.0)
                     proxy.restore()
-                    received = _settle(smtp, ids, 120)
+                    received = _settle(smtp, ids, 120, plain)
         elif fault == "caller-redis-stall":
             with FaultProxy(REDIS) as proxy:
                 caller = settings_for(run_id, smtp.port, redis_port=proxy.port)
@@ -376,7 +408,7 @@ def run_fault(fault: str, count: int, smtp: Any, folder: Path) -> Counts:
                             _later(3.0, proxy.restore)
 
                     ids, raised = _send_all(notify, run_id, count, during=stall)
-                    received = _settle(smtp, ids, 120)
+                    received = _settle(smtp, ids, 120, plain)
         elif fault in ("broker-stall-sync", "broker-reset-sync"):
             with FaultProxy(RABBITMQ) as proxy:
                 # A publish_timeout under the fault's length, so sends do raise.
@@ -396,14 +428,14 @@ def run_fault(fault: str, count: int, smtp: Any, folder: Path) -> Counts:
                             _later(3.0, proxy.restore)
 
                     ids, raised = _send_all(notify, run_id, count, during=hit)
-                    received = _settle(smtp, ids, 120)
+                    received = _settle(smtp, ids, 120, plain)
         elif fault == "group-sigkill":
             return _group_sigkill(run_id, count, smtp, folder, plain, started)
         else:
             raise ValueError(f"unknown fault {fault!r}; one of {sorted(FAULTS)}")
+        counts = _count(fault, ids, received, plain)  # (the statuses go with cleanup)
     finally:
         cleanup(plain)
-    counts = _count(fault, ids, received)
     counts.raised = raised
     counts.seconds = time.monotonic() - started
     return counts
@@ -428,13 +460,13 @@ def _group_sigkill(
         in_flight = _sending(settings, ids)
         restarted = worker.start()
         deadline = time.monotonic() + 120
-        while not ids <= _ids(smtp).keys() and time.monotonic() < deadline:
+        while not _ended(smtp, ids, settings) and time.monotonic() < deadline:
             time.sleep(0.05)
         recovery = time.monotonic() - restarted
-        received = _settle(smtp, ids, 0)
+        received = _settle(smtp, ids, 0, settings)
     finally:
         worker.stop()
-    counts = _count("group-sigkill", ids, received)
+    counts = _count("group-sigkill", ids, received, settings)
     counts.raised = raised
     counts.recovery = recovery if ids - before else 0.0
     counts.in_flight = len(in_flight)
@@ -459,12 +491,14 @@ def _group_sigkill(
     return counts
 
 
-def _sending(settings: dict[str, Any], ids: set[str]) -> set[str]:
-    """The ids whose status is ``sending`` (read from Redis directly)."""
+def _statuses(settings: dict[str, Any], ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The stored status of each of ``ids`` that has one (read from Redis directly)."""
     import json
 
     import redis
 
+    if not ids:
+        return {}
     client = redis.Redis(host=REDIS[0], port=REDIS[1], db=REDIS_DB)
     try:
         prefix = settings["redis"]["key_prefix"] + "status:"
@@ -472,7 +506,21 @@ def _sending(settings: dict[str, Any], ids: set[str]) -> set[str]:
         raw = client.mget([prefix + i for i in order])
     finally:
         client.close()
-    return {i for i, r in zip(order, raw, strict=True) if r and json.loads(r)["state"] == "sending"}
+    return {i: json.loads(r) for i, r in zip(order, raw, strict=True) if r}
+
+
+def _sending(settings: dict[str, Any], ids: set[str]) -> set[str]:
+    """The ids whose status is ``sending``."""
+    return {i for i, s in _statuses(settings, ids).items() if s["state"] == "sending"}
+
+
+def _ambiguous(settings: dict[str, Any], ids: set[str]) -> set[str]:
+    """The ids that ended ``failed`` with AmbiguousDeliveryError (perhaps sent)."""
+    return {
+        i
+        for i, s in _statuses(settings, ids).items()
+        if s["state"] == "failed" and s.get("error_type") == "AmbiguousDeliveryError"
+    }
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float) -> None:

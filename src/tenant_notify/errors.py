@@ -36,7 +36,8 @@ chained with ``raise ... from err``.
     ├── DeliveryError                   the provider did not deliver
     │   ├── TransientDeliveryError      retryable (SMTP 4xx, connection refused, 429, 5xx)
     │   ├── PermanentDeliveryError      not retryable (SMTP 5xx, HTTP 400)
-    │   └── AmbiguousDeliveryError      may or may not have been accepted (timeout after send)
+    │   └── AmbiguousDeliveryError      may or may not have been accepted (timeout after
+    │                                   send, a worker that died after its hand-over)
     ├── TenantPausedError               the tenant's channel is paused: its sending setup is broken
     ├── RateLimitedError                a send over the tenant's [limits] with on_limit = "raise";
     │                                   nothing queued; retry_after says when it would pass
@@ -485,7 +486,8 @@ class PermanentDeliveryError(DeliveryError):
 
 
 class AmbiguousDeliveryError(DeliveryError):
-    """The request may have been accepted (a timeout after it was sent).
+    """The request may have been accepted (a timeout after it was sent, or the
+    worker of an earlier attempt died after handing the message to the provider).
 
     Retrying may deliver twice, so the default retry policy does not retry these.
     """

@@ -44,6 +44,7 @@ def smtp_server(services: None) -> Iterator[LoopbackSMTPServer]:
 def check(counts: Counts) -> None:
     assert (counts.lost, counts.doubled) == (0, 0), counts
     assert counts.sent == counts.notifications == COUNT, counts
+    assert counts.ambiguous == 0, counts
 
 
 def test_a_worker_side_redis_reset_neither_loses_nor_doubles(smtp_server, folder):
@@ -69,13 +70,13 @@ def test_retrying_a_send_the_broker_did_not_confirm_sends_once(fault, smtp_serve
 
 def test_a_killed_worker_group_is_recovered_within_30_seconds(smtp_server, folder):
     counts = run_fault("group-sigkill", COUNT, smtp_server, folder)
-    assert counts.lost == 0 and counts.sent == COUNT, counts
+    # Nothing lost in silence: each one was received, or its status says it may
+    # not have been (the kill fell between the hand-over's record and the dot).
+    assert counts.lost == 0 and counts.sent + counts.reported_lost == COUNT, counts
     assert counts.recovery is not None and counts.recovery <= 30.0, counts
-    # A second send only in the documented window: an attempt the kill caught after the
-    # provider had accepted its message.
-    assert counts.doubled_outside_window == 0, counts
-    # And a copy sent again is the same message where it arrives: one Message-ID.
-    assert counts.same_message_id == counts.doubled, counts
+    # An attempt the kill caught after its hand-over ends ambiguous, as a connection
+    # dropped after the dot does: not sent again.
+    assert counts.doubled == 0, counts
 
 
 # --- a worker SIGKILLed on either side of the point of no return -----------------------
