@@ -435,3 +435,50 @@ def test_the_check_before_the_request_sees_a_pause_another_process_recorded(
     later = _CallGate(two.pacing, account, "sendgrid", first=False)
     with pytest.raises(TransientDeliveryError):
         later.before_request()
+
+
+def test_the_check_before_the_request_reads_an_announcement_its_listener_has_not_read(
+    api: FakeProviderAPI, two_workers: tuple[Dispatcher, Dispatcher]
+):
+    import select
+    import threading
+
+    one, two = two_workers
+    # The listener thread of the second process wakes, but does not get to read:
+    # it waits for the interpreter behind busy delivery threads, as under load.
+    woken = threading.Event()
+    release = threading.Event()
+    wait = two.pacing._wait_for_announcement
+
+    def held(poller: Any) -> list[tuple[int, int]]:
+        if release.is_set():
+            return wait(poller)
+        events = poller.poll(1000)
+        if events:
+            woken.set()
+            release.wait(10)
+        return []
+
+    two.pacing._wait_for_announcement = held  # type: ignore[method-assign]
+    try:
+        assert two.deliver(note("globex")).status.state is DeliveryState.SENT  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while not two.pacing.listening:
+            assert time.monotonic() < deadline, "the pause listener did not start"
+            time.sleep(0.01)
+        # The first process meets the limit; its announcement reaches the second
+        # process's socket and stays there unread.
+        one.pacing.throttled(one.providers.account(None, Channel.EMAIL), 30.0)
+        assert woken.wait(5), "the announcement never reached the second process"
+        fd = two.pacing._announcements
+        assert fd is not None and select.select([fd], [], [], 0)[0]
+        account = two.providers.account(None, Channel.EMAIL)
+        assert two.pacing.paused(account) is None  # admission's check: memory, not yet heard
+
+        deferred = two.deliver(note("globex"))
+        assert deferred.deferred and 28 <= deferred.retry_in <= 33  # type: ignore[operator]
+        assert len(api.requests) == 1  # the first delivery only: the check stopped this one
+        left = two.pacing.paused(account)
+        assert left is not None and 28 <= left <= 30
+    finally:
+        release.set()

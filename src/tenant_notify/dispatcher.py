@@ -250,7 +250,9 @@ class _CallGate:
 
     def before_request(self) -> None:
         try:
-            seconds = self._pacing.paused(self.account)  # memory, while this process listens
+            # From memory while this process listens (and any announcement that
+            # has reached it but is not read yet, waited for).
+            seconds = self._pacing.paused(self.account, latest=True)
         except StoreUnavailableError:
             return  # the checks before the call let it through; do not fail it here
         if seconds is not None:

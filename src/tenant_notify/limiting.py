@@ -49,6 +49,7 @@ import contextlib
 import datetime as dt
 import os
 import random
+import select
 import threading
 import time
 from collections import deque
@@ -58,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import _process
 from .errors import ConfigurationError, RateLimitedError, StoreUnavailableError
 from .log import get_logger
 from .models import Channel
@@ -487,6 +489,9 @@ return ''
 GATE_WAIT = 1.0
 #: Seconds a probe's turn lasts in Redis: a prober that died frees it after this.
 PROBE_TTL = 15.0
+#: Seconds the check right before a request waits, at most, for the pause
+#: listener thread to finish reading an announcement it has begun to read.
+ANNOUNCEMENT_WAIT = 0.5
 #: Calls in flight per process while an account ramps up after a pause: the
 #: probe alone, then two, one more with each answer that is not a throttling,
 #: until this many (then no gate at all).
@@ -567,6 +572,12 @@ class Pacing:
         self._listener_pid = 0
         self._listening = False  # subscribed, and caught up with the pauses in Redis
         self._stop = threading.Event()
+        # The subscription's socket while the listener waits on it (None: it
+        # cannot be polled, or nobody listens), and the listener's reading.
+        self._announcements: int | None = None
+        self._pubsub: Any = None
+        self._reading = threading.Lock()
+        self._polls = threading.local()  # each thread's poll object for it
 
     # --- max_rate ------------------------------------------------------------------
 
@@ -607,11 +618,18 @@ class Pacing:
 
     # --- pauses -------------------------------------------------------------------
 
-    def paused(self, account: Account) -> float | None:
+    def paused(self, account: Account, *, latest: bool = False) -> float | None:
         """Seconds left of a pause of ``account``, or None when it is not paused.
 
         From memory while this process listens to the pause announcements (the
         listener starts on the first call); a Redis GET otherwise.
+
+        Args:
+            latest: The last check before a request is written: an announcement
+                whose bytes have reached this process but that the listener
+                thread has not read yet (it waits for the interpreter behind the
+                delivery threads) is waited for, up to :data:`ANNOUNCEMENT_WAIT`
+                seconds. Costs one ``poll`` of the subscription's socket.
 
         Raises:
             StoreUnavailableError: Redis did not answer.
@@ -619,26 +637,66 @@ class Pacing:
         now = self._clock()
         key = account.key
         until = self._paused.get(key, 0.0)
-        if until <= now and self._client is not None and not self._heard():
-            try:
-                value = self._client.get(f"{self._prefix}pace:pause:{key}")
-            except Exception as err:
-                raise _unanswered(err) from err
-            if value and float(value) > now:
-                until = self._learn(key, float(value))
+        if until <= now and self._client is not None:
+            if not self._heard():
+                try:
+                    value = self._client.get(f"{self._prefix}pace:pause:{key}")
+                except Exception as err:
+                    raise _unanswered(err) from err
+                if value and float(value) > now:
+                    until = self._learn(key, float(value))
+            elif latest and self._caught_up():
+                until = self._paused.get(key, 0.0)
         if until <= now:
             return None
         return until - now
+
+    def _caught_up(self) -> bool:
+        """Read what has reached the subscription's socket, if anything has, in
+        this thread (the listener thread may be waiting for the interpreter behind
+        the delivery threads); whether there was something.
+
+        One ``poll`` of the socket when nothing has arrived.
+        """
+        fd = self._announcements
+        if fd is None or (not self._reading.locked() and not self._arrived(fd)):
+            return False
+        # Something is on its way in (or the listener is reading it): read it
+        # here, or wait for the listener to finish.
+        if not self._reading.acquire(timeout=ANNOUNCEMENT_WAIT):
+            return True
+        try:
+            pubsub = self._pubsub
+            # A fault here is the listener's to meet too (and to start again on).
+            with contextlib.suppress(Exception):
+                if self._announcements == fd and pubsub is not None and self._arrived(fd):
+                    self._read_announcements(pubsub)
+        finally:
+            self._reading.release()
+        return True
+
+    def _arrived(self, fd: int) -> bool:
+        """Whether the subscription's socket ``fd`` has something to read."""
+        polls = self._polls
+        poller = getattr(polls, "poller", None)
+        if poller is None or polls.fd != fd:
+            # One per thread: a poll object refuses two threads at once.
+            poller = polls.poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            polls.fd = fd
+        return bool(poller.poll(0))
 
     def _heard(self) -> bool:
         """Whether this process hears every pause (starting the listener if need be)."""
         if not self._listen:
             return False
-        if self._listener_pid != os.getpid():
+        if self._listener_pid != _process.pid():
             with self._lock:
-                if self._listener_pid != os.getpid():
-                    self._listener_pid = os.getpid()
+                if self._listener_pid != _process.pid():
+                    self._listener_pid = _process.pid()
                     self._listening = False
+                    self._announcements = self._pubsub = None
+                    self._reading = threading.Lock()  # the parent's listener may hold it
                     self._stop = threading.Event()
                     threading.Thread(
                         target=self._run_listener,
@@ -674,6 +732,15 @@ class Pacing:
                 self._changed.notify_all()
 
     def _run_listener(self, stop: threading.Event) -> None:
+        """Listen for the announcements: subscribe, catch up with the pauses in
+        Redis, then read each announcement as it comes.
+
+        It waits in ``poll`` on the subscription's socket and reads under
+        ``_reading``, which the check right before a request
+        (:meth:`_caught_up`) takes to read an announcement itself when it finds
+        one arrived and not read yet; where the socket cannot be polled the
+        listener waits in redis-py's read and that check reads nothing.
+        """
         assert self._client is not None
         log = get_logger()
         while not stop.is_set():
@@ -688,27 +755,69 @@ class Pacing:
                 for member, score in entries:
                     name = member.decode() if isinstance(member, bytes) else str(member)
                     self._learn(name, float(score))
+                sock = _socket_of(pubsub)
+                if sock is None:  # nothing to poll: wait in redis-py's read
+                    self._listening = True
+                    while not stop.is_set():
+                        self._announced(pubsub.get_message(timeout=1.0))
+                    return
+                poller = select.poll()
+                poller.register(sock.fileno(), select.POLLIN)
+                self._pubsub = pubsub
+                self._announcements = sock.fileno()
                 self._listening = True
                 while not stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None or message.get("type") != "message":
+                    events = self._wait_for_announcement(poller)
+                    if not events:
                         continue
-                    data = message["data"]
-                    text = data.decode() if isinstance(data, bytes) else str(data)
-                    verb, _, rest = text.partition(" ")
-                    if verb == "pause":
-                        key, _, until = rest.rpartition(" ")
-                        self._learn(key, float(until))
-                    elif verb == "open":
-                        self._opened(rest)
+                    if any(event & ~select.POLLIN for _, event in events):
+                        raise ConnectionError("the subscription's connection failed")
+                    with self._reading:
+                        # A delivery thread's check may have read it meanwhile.
+                        if self._arrived(sock.fileno()):
+                            self._read_announcements(pubsub)
+                    if _socket_of(pubsub) is not sock:
+                        raise ConnectionError("the subscription's connection was replaced")
             except Exception as err:
                 self._listening = False
+                self._announcements = None
                 log.warning("pause_listener_failed", error=f"{type(err).__name__}: {err}")
                 stop.wait(1.0)
             finally:
                 self._listening = False
+                self._announcements = None
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     pubsub.close()
+
+    def _wait_for_announcement(self, poller: Any) -> list[tuple[int, int]]:
+        """The listener's wait for the subscription's socket (up to a second)."""
+        events: list[tuple[int, int]] = poller.poll(1000)
+        return events
+
+    def _read_announcements(self, pubsub: Any) -> None:
+        """Read every announcement the subscription has received (at least one
+        reply has: its socket polled readable)."""
+        connection = pubsub.connection
+        while True:
+            # A reply cut short is completed within the timeout.
+            self._announced(pubsub.get_message(timeout=0.05))
+            if not connection.can_read(timeout=0):
+                return
+
+    def _announced(self, message: Any) -> None:
+        """Act on one message of the subscription (None, or a subscription's
+        confirmation: nothing to do)."""
+        if message is None or message.get("type") != "message":
+            return
+        data = message["data"]
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        verb, _, rest = text.partition(" ")
+        if verb == "pause":
+            key, _, until = rest.rpartition(" ")
+            self._learn(key, float(until))
+        elif verb == "open":
+            self._opened(rest)
 
     @property
     def listening(self) -> bool:
@@ -872,6 +981,14 @@ class Pacing:
                 raise _unanswered(err) from err
             return {str(member): float(score) - now for member, score in entries}
         return {key: until - now for key, until in self._paused.items() if until > now}
+
+
+def _socket_of(pubsub: Any) -> Any:
+    """The socket of a redis-py subscription, or None where it has none to poll."""
+    if not hasattr(select, "poll"):
+        return None
+    sock = getattr(pubsub.connection, "_sock", None)
+    return sock if sock is not None and hasattr(sock, "fileno") else None
 
 
 def check_max_rate(value: Any, key: str) -> str:
