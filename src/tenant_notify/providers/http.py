@@ -94,6 +94,9 @@ from ..models import DeliveryResult, EmailMessage, Message, SmsMessage
 from .base import Provider, ProviderConfig
 
 try:
+    # httpx imports its transport (httpcore, h11) when its first client is made:
+    # here instead, not in a worker's first send while the others wait for it.
+    import httpcore  # noqa: F401
     import httpx
 except ModuleNotFoundError as err:  # pragma: no cover - exercised with httpx hidden
     raise MissingDependencyError("httpx", "http") from err
@@ -248,7 +251,6 @@ class HttpProvider(Provider, ABC):
         self._client_lock = threading.Lock()
         self._thread_shard = threading.local()
         self._next_shard = itertools.count()
-        self._ssl_context: ssl.SSLContext | None = None
         self._urls: dict[str, httpx.URL] = {}
         self._pid = _process.pid()
 
@@ -344,7 +346,6 @@ class HttpProvider(Provider, ABC):
                 # A forked child must not share the parent's sockets: forget them
                 # without closing (closing could disturb the parent's sessions).
                 self._clients = []
-                self._ssl_context = None
                 self._pid = _process.pid()
             if not self._clients:
                 total = self.max_connections
@@ -362,10 +363,6 @@ class HttpProvider(Provider, ABC):
         cfg = self._http_config
         base, extra = divmod(self.max_connections, max(1, len(self._clients)))
         connections = base + (index < extra)
-        if self._ssl_context is None:
-            # One for every client (loading the CA bundle costs milliseconds); as
-            # httpx makes it, without the environment's SSL_CERT_FILE or _DIR.
-            self._ssl_context = httpx.create_ssl_context(verify=cfg.verify_tls, trust_env=False)
         return httpx.Client(
             base_url=cfg.base_url,
             auth=self.auth(),
@@ -377,7 +374,7 @@ class HttpProvider(Provider, ABC):
                 pool=cfg.connect_timeout,
             ),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            verify=self._ssl_context,
+            verify=_ssl_context(cfg.verify_tls, tls=cfg.base_url.startswith("https:")),
             follow_redirects=False,
             # Credentials come from the settings alone, never from ~/.netrc.
             trust_env=False,
@@ -574,6 +571,32 @@ class _GateTrace:
             if answer and answer[1] == 429:
                 self.told = True
                 self.gate.throttled(retry_after(httpx.Headers(answer[3])))
+
+
+_SSL_CONTEXTS: dict[tuple[int, bool, bool], ssl.SSLContext] = {}
+_SSL_LOCK = threading.Lock()
+
+
+def _ssl_context(verify: bool, *, tls: bool) -> ssl.SSLContext:
+    """The TLS settings of this process's clients: one context for every client of
+    every provider instance (loading the CA bundle costs tens of milliseconds of
+    CPU, and 200 tenants' accounts are 200 instances), as httpx makes it, without
+    the environment's SSL_CERT_FILE or _DIR. For an ``http://`` base URL (a test
+    server) one that loads nothing: it is never used (no redirect is followed),
+    and it would verify against no certificate at all if it were."""
+    key = (_process.pid(), verify, tls)
+    context = _SSL_CONTEXTS.get(key)
+    if context is None:
+        with _SSL_LOCK:
+            context = _SSL_CONTEXTS.get(key)
+            if context is None:
+                if tls:
+                    context = httpx.create_ssl_context(verify=verify, trust_env=False)
+                else:
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                _SSL_CONTEXTS.clear()  # another process's, before a fork
+                _SSL_CONTEXTS[key] = context
+    return context
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
