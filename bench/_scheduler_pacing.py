@@ -30,6 +30,15 @@ Those are counted apart ("answered during the window", this scenario's count
 before 2026-12-01), with, per process, the requests that arrived after the
 process itself had been answered a 429.
 
+The drain (seconds from the reset to the last notification sent) is the workers':
+until the reset the fake looks up the process of each new connection before it
+answers (the count needs it), after the reset its sampling thread does, so the
+connections the workers open again after a 10 s pause (their idle ones expired)
+are answered at once. Answering each only after a psutil scan had held the new
+connections' first answers 0.1-6 s on a loaded machine, and with them the ramp
+after the probe (one more call in flight per answer): 2-5 s of drain, not the
+workers' ~1 s (the jitter the deferrals are spread over).
+
 ``run_pacing(args)`` is what bench_scheduler.py calls (``add_arguments`` adds
 its options); ``python bench/_scheduler_pacing.py`` runs it alone.
 """
@@ -114,7 +123,12 @@ class ThrottlingAPI:
                 body = self.rfile.read(length)
                 port = self.client_address[1]
                 if owner.tracer is not None:
-                    owner.tracer.saw(port)
+                    # Inline only until the reset: after it no request is counted, and
+                    # a lookup per new connection held each answer 0.1-6 s on a loaded
+                    # machine (the drain after the window measured that, not the workers).
+                    owner.tracer.saw(
+                        port, inline=owner.window_end is None or time.time() < owner.window_end
+                    )
                 status, headers = owner.answer(port, body, self.arrived)
                 if status == 429:
                     # Before its first byte is written: a request that arrives after
@@ -223,10 +237,14 @@ class _Tracer:
         """A connection was accepted: look it up soon, off the handler's thread."""
         self._new.set()
 
-    def saw(self, port: int) -> None:
-        """A request came on ``port``: make sure its process is known."""
+    def saw(self, port: int, *, inline: bool = True) -> None:
+        """A request came on ``port``: make sure its process is known, now (the
+        caller waits for the lookup) or soon (the sampling thread looks it up)."""
         if port not in self.ports:
-            self._refresh()
+            if inline:
+                self._refresh()
+            else:
+                self._new.set()
 
     def _refresh(self) -> None:
         with self._lock:
