@@ -230,3 +230,71 @@ def test_built_in_templates_without_branding_render_as_jinja_does(locale: str) -
             context = {**_context(kind, locale), "tenant": {"id": "t", "name": "T", "branding": {}}}
             want = reference.get_template(f"builtin:{kind}/{part}").render(context)
             assert renderer.render(kind, part, context, locale=locale) == want, (kind, part)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '{{ _("Hi %(name)s, 100%% off!", name=who) }}',
+        '{{ _("%(name)s", name=who) }}|{{ _("plain words") }}',
+        "{% trans %}Dear {{ who }}, thanks{% endtrans %}",
+        '{{ _("%(a)s and %(b)s", a=who, b=n) }}',
+        # Left to %-formatting: other formats, a variable printed twice or not at
+        # all (still evaluated), a name the call does not give (KeyError).
+        '{{ _("%(n)d items", n=n) }}',
+        '{{ _("%(name)s, %(name)s", name=who) }}',
+        '{{ _("nothing printed", name=who) }}',
+        '{{ _("%(name)-8s|", name=who) }}',
+        '{{ _("50%", name=who) }}',
+        '{{ _("a %(missing)s", name=who) }}',
+        '{% set x = _("Hi %(name)s", name=who) %}{{ x }}',
+    ],
+)
+@pytest.mark.parametrize("html", [True, False])
+def test_translated_words_print_as_jinjas_i18n_prints_them(source: str, html: bool) -> None:
+    # Printed translations are compiled to their words and variables (no Markup %):
+    # the same text as Jinja's newstyle gettext, and the same errors.
+    import gettext
+
+    from tenant_notify.templates._loader import ChainLoader
+
+    trusted = TrustedEnvironment(
+        ChainLoader([], auto_reload=False, cache_size=8),
+        catalog=gettext.NullTranslations(),
+        autoescape=lambda name: html,
+        auto_reload=False,
+        cache=None,
+    )
+    reference = jinja2.Environment(
+        autoescape=html, undefined=jinja2.StrictUndefined, extensions=["jinja2.ext.i18n"]
+    )
+    reference.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
+    context = {"who": "<b>Ann</b> & Co", "n": 3.5}
+    try:
+        want: str | type[Exception] = reference.from_string(source).render(context)
+    except Exception as err:
+        want = type(err)
+    try:
+        got: str | type[Exception] = trusted.from_string(source).render(context)
+    except Exception as err:
+        got = type(err)
+    assert got == want
+
+
+def test_clear_cache_forgets_the_built_in_templates_held() -> None:
+    # Held only without auto_reload (production's setting), and forgotten with the rest.
+    assert not _held_after_a_render(TemplateRenderer(auto_reload=True))
+    renderer = TemplateRenderer(auto_reload=False)
+    context = _context("order_confirmation", "en")
+    renderer.render_email("order_confirmation", context)
+    env = renderer._builtin.get("en")
+    assert env._held
+    renderer.clear_cache()
+    assert not env._held
+    renderer.render_email("order_confirmation", context)
+    assert env._held
+
+
+def _held_after_a_render(renderer: TemplateRenderer) -> bool:
+    renderer.render_email("order_confirmation", _context("order_confirmation", "en"))
+    return bool(renderer._builtin.get("en")._held)

@@ -324,6 +324,7 @@ class TemplateRenderer:
     def clear_cache(self) -> None:
         """Forget compiled templates and lookup answers (after moving template folders)."""
         self._env.cache.clear()
+        self._builtin.forget()
         self._chains.clear()
         self._kinds.clear()
         self._resolved.clear()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import gettext as _gettext
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -77,7 +78,16 @@ class _BuiltinLoader(jinja2.BaseLoader):
 
 
 class _Translate(NodeTransformer):
-    """``gettext("msg", name=v)`` of a constant ``msg`` -> ``"translated" % {"name": v}``."""
+    """``gettext("msg", name=v)`` of a constant ``msg`` -> ``"translated" % {"name": v}``.
+
+    Where such a call is printed as it is (``{{ _("...", name=v) }}``, a
+    ``{% trans %}`` block) and the translation's only placeholders are ``%(name)s``
+    (and ``%%``), each naming one of the call's variables once, the words are
+    printed as template data and the variables as ``{{ v }}`` is printed: the same
+    text (Markup's ``%`` escapes each variable in an HTML part and only those;
+    ``{{ v }}`` does), without a Markup and an escaping helper per variable and
+    render (``Markup.__mod__``: a twentieth of an email's rendering).
+    """
 
     def __init__(self, catalog: _gettext.NullTranslations) -> None:
         self.gettext = catalog.gettext
@@ -104,6 +114,75 @@ class _Translate(NodeTransformer):
             for kw in node.kwargs
         ]
         return nodes.Mod(text, nodes.Dict(pairs, lineno=lineno), lineno=lineno)
+
+    def visit_Output(self, output: nodes.Output) -> nodes.Node:
+        node = self.generic_visit(output)
+        assert isinstance(node, nodes.Output)
+        printed: list[nodes.Expr] = []
+        for child in node.nodes:
+            pieces = _printed_pieces(child)
+            printed.extend(pieces if pieces is not None else [child])
+        node.nodes = printed
+        return node
+
+
+#: A ``%`` placeholder: ``%(name)s``, ``%%``, or anything else (left to ``%``).
+_PLACEHOLDER = re.compile(
+    r"%(?:\((?P<name>[^()]*)\)(?P<spec>[^a-zA-Z%]*[a-zA-Z%])|%|(?P<other>.?))"
+)
+
+
+def _printed_pieces(node: nodes.Expr) -> list[nodes.Expr] | None:
+    """A translated call (as :class:`_Translate` compiles it) printed as template data
+    and its variables, or None when its text needs ``%`` itself."""
+    if not (
+        isinstance(node, nodes.Mod)
+        and isinstance(node.left, nodes.MarkSafeIfAutoescape)
+        and isinstance(node.left.expr, nodes.Const)
+        and isinstance(node.left.expr.value, str)
+        and isinstance(node.right, nodes.Dict)
+    ):
+        return None
+    variables: dict[str, nodes.Expr] = {}
+    for pair in node.right.items:
+        if not (isinstance(pair.key, nodes.Const) and isinstance(pair.key.value, str)):
+            return None
+        variables[pair.key.value] = pair.value
+    text: str = node.left.expr.value
+    lineno = node.lineno
+    pieces: list[nodes.Expr] = []
+    used: list[str] = []
+    start = 0
+    for match in _PLACEHOLDER.finditer(text):
+        literal = text[start : match.start()]
+        start = match.end()
+        name = match.group("name")
+        if name is None and match.group("other") is None:  # %%
+            literal += "%"
+        if literal:
+            pieces.append(nodes.TemplateData(literal, lineno=lineno))
+        if name is None and match.group("other") is None:
+            continue
+        if name is None or match.group("spec") != "s" or name not in variables or name in used:
+            return None  # a format %-formatting must do (or a KeyError to raise)
+        used.append(name)
+        pieces.append(variables[name])
+    if sorted(used) != sorted(variables):
+        return None  # a variable the text does not print is still evaluated by ``%``
+    if start < len(text):
+        pieces.append(nodes.TemplateData(text[start:], lineno=lineno))
+    # Adjacent template data are joined, as the parser would have them.
+    merged: list[nodes.Expr] = []
+    for piece in pieces:
+        if (
+            merged
+            and isinstance(piece, nodes.TemplateData)
+            and isinstance(merged[-1], nodes.TemplateData)
+        ):
+            merged[-1] = nodes.TemplateData(merged[-1].data + piece.data, lineno=lineno)
+        else:
+            merged.append(piece)
+    return merged
 
 
 class TrustedEnvironment(jinja2.Environment):
@@ -142,10 +221,18 @@ class TrustedEnvironment(jinja2.Environment):
         # What Template.new_context gives each context as its globals' names (for
         # {% import %}), worked out once: Jinja lists the ChainMap for every render.
         self._globals_keys = frozenset(self._globals)
+        # Without auto_reload, the compiled parts the renderer asks for by name, held
+        # here: get_template goes through the shared cache (a lock, its bookkeeping)
+        # each render. As many as the package has built-in templates.
+        self._held: dict[str, jinja2.Template] = {}
 
     def render(self, name: str, variables: dict[str, Any]) -> str:
         """Render template ``name`` with ``variables`` as ``Template.render`` does."""
-        template = self.get_template(name)
+        template = self._held.get(name)
+        if template is None:
+            template = self.get_template(name)
+            if not self.auto_reload:
+                self._held[name] = template
         # template.new_context({**globals, **variables}, shared=True), less its
         # walk over the ChainMap of globals (a template loaded here has none of
         # its own, so the names are the environment's).
@@ -202,6 +289,12 @@ class BuiltinEnvironments:
         )
         self._envs: dict[tuple[str, ...], TrustedEnvironment] = {}
         self._lock = threading.Lock()
+
+    def forget(self) -> None:
+        """Drop the compiled templates each environment holds (with the shared cache's)."""
+        with self._lock:
+            for env in self._envs.values():
+                env._held.clear()
 
     def get(self, locale: object) -> TrustedEnvironment:
         """The environment for a render whose ``locale`` variable is ``locale``."""
