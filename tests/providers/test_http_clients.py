@@ -76,3 +76,32 @@ def test_close_closes_every_clients_connections(api: FakeProviderAPI) -> None:
     in_threads(provider, 8, 1)  # on new connections: none of the old ones was kept
     assert api.connections > 8
     provider.close()
+
+
+def test_every_client_of_the_process_shares_one_tls_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Loading the CA bundle costs tens of milliseconds of CPU: once per process, not
+    # once per provider instance (200 tenants' accounts are 200 instances), and never
+    # for an http:// test server.
+    made: list[bool] = []
+    create = http.httpx.create_ssl_context
+
+    def counted(*args: object, **kwargs: object) -> object:
+        made.append(True)
+        return create(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http.httpx, "create_ssl_context", counted)
+    monkeypatch.setattr(http, "_SSL_CONTEXTS", {}, raising=False)
+    providers = [
+        PostmarkProvider(server_token=TOKEN, base_url="https://api.postmarkapp.test")
+        for _ in range(20)
+    ]
+    for provider in providers:
+        provider._http()  # the clients are made on first use
+        provider.close()
+    assert len(made) == 1
+    plain = PostmarkProvider(server_token=TOKEN, base_url="http://127.0.0.1:9")
+    plain._http()
+    plain.close()
+    assert len(made) == 1
