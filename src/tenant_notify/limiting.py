@@ -645,7 +645,10 @@ class Pacing:
                     raise _unanswered(err) from err
                 if value and float(value) > now:
                     until = self._learn(key, float(value))
-            elif latest and self._caught_up():
+            elif latest:
+                self._caught_up()
+                # Again, whatever it found: its poll let other threads run meanwhile,
+                # this process's reader of a 429 among them.
                 until = self._paused.get(key, 0.0)
         if until <= now:
             return None

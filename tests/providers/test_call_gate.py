@@ -95,6 +95,23 @@ def test_a_request_the_gate_stops_never_reaches_the_api(
     assert api.schema_errors == []
 
 
+def test_a_pause_recorded_while_the_hand_over_is_written_stops_the_request(
+    api: FakeProviderAPI, sendgrid: SendGridProvider
+) -> None:
+    class PausedWhileHanding(RecordingGate):
+        def handing(self) -> None:
+            super().handing()
+            # Recording the hand-over writes to Redis: meanwhile another thread of
+            # the process reads a 429 and pauses the account.
+            self.stop = True
+
+    gate = PausedWhileHanding()
+    with _call_gate.gated(gate), pytest.raises(Stop):
+        sendgrid.send(email())
+    assert (gate.checks, gate.handed) == (2, 1)
+    assert api.requests == []  # the last look, after the hand-over, stopped it
+
+
 def test_outside_a_dispatcher_call_nothing_is_checked(
     api: FakeProviderAPI, sendgrid: SendGridProvider
 ) -> None:
@@ -127,7 +144,7 @@ def test_a_sendgrid_429_is_told_once_with_its_reset_before_the_connection_is_fre
     finally:
         provider.close()
     assert caught.value.throttled
-    assert gate.checks == 1
+    assert gate.checks == 2  # before the hand-over is recorded, and once more after it
     assert gate.handed == 1  # the request went: handed over, once
     [told] = gate.throttlings  # once: at the headers, not again after classifying
     assert told is not None and 29 <= told <= 30
@@ -201,5 +218,5 @@ def test_ses_throttling_in_a_400_is_told_to_the_gate_too() -> None:
         ses.close()
     assert caught.value.throttled
     assert ses.requests == 1
-    assert gate.checks == 1
+    assert gate.checks == 2
     assert gate.throttlings == [None]  # no time named: the dispatcher's default pause

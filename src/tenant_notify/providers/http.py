@@ -542,9 +542,11 @@ class _GateTrace:
     interpreter); stopping there closes that connection, the price of a call that
     did not go. Once the request may go, the gate records the hand-over
     (:meth:`CallGate.handing <tenant_notify._call_gate.CallGate.handing>`) before
-    its first byte is written. ``receive_response_headers`` completes with the status and headers
-    before the body is read and the connection goes back to the pool: a 429 tells
-    the gate then, so the next thread's check sees it.
+    its first byte is written, and checks once more after that record (a write
+    to Redis, during which other threads run), the last thing before the write.
+    ``receive_response_headers`` completes with the status and headers before the
+    body is read and the connection goes back to the pool: a 429 tells the gate
+    then, so the next thread's check sees it.
     """
 
     __slots__ = ("gate", "told")
@@ -566,6 +568,11 @@ class _GateTrace:
             self.gate.before_request()
             # The request goes now: the provider may have it from here.
             self.gate.handing()
+            # Recording the hand-over wrote to Redis, and the interpreter may have
+            # run other threads meanwhile (one may have read a 429): look once more,
+            # the last thing before the write. Stopped here, the attempt's deferral
+            # clears the hand-over record again.
+            self.gate.before_request()
         elif event in self._ANSWERED:
             answer = info.get("return_value")
             if answer and answer[1] == 429:
