@@ -35,3 +35,29 @@ def test_what_redis_py_refuses_is_still_refused():
     conn = redis.Connection()
     with pytest.raises(redis.DataError):
         _resp(conn, ("SET", "k", True))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"tenant_id": 'glo"bex café\\', "kind": "order_confirmation", "channel": "sms"},
+        {"state": "sending", "attempts": 1},
+        {"provider": "smtp", "provider_message_id": "<x@y>"},
+        {"error": "boom", "error_type": "DeliveryError", "state": "failed"},
+    ],
+)
+def test_a_first_status_is_written_as_the_json_encoder_writes_it(changes):
+    import datetime as dt
+    import json
+
+    from tenant_notify.models import Channel, DeliveryState, DeliveryStatus
+    from tenant_notify.stores.redis import _first_status_json
+
+    fields = {"id": "0123456789abcdef0123456789abcdef", "tenant_id": "acme", "kind": "welcome"}
+    fields.update(changes)
+    fields["channel"] = Channel(fields.get("channel", "email"))
+    fields["state"] = DeliveryState(fields.get("state", "queued"))
+    status = DeliveryStatus(**fields, created_at=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    expected = json.dumps(status.to_dict(), separators=(",", ":"))
+    assert _first_status_json(status) == expected

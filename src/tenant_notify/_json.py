@@ -9,11 +9,12 @@ never refers to itself.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compact"]
+__all__ = ["compact", "isoformat", "quote"]
 
 
 def _default(value: object) -> Any:
@@ -37,3 +38,29 @@ def _make() -> Callable[[Any], str]:
 
 #: ``json.dumps(value, separators=(",", ":"))``, faster.
 compact: Callable[[Any], str] = _make()
+
+#: ``compact(text)`` for a ``str``: the JSON string literal, ASCII-escaped as the
+#: encoder writes it (for text written into a JSON document by hand).
+quote: Callable[[str], str] = (
+    getattr(json.encoder, "c_encode_basestring_ascii", None)
+    or json.encoder.py_encode_basestring_ascii
+)
+
+# The last datetime isoformat() was asked for, and its text (see isoformat).
+_last_iso: tuple[dt.datetime | None, str] = (None, "")
+
+
+def isoformat(value: dt.datetime) -> str:
+    """``value.isoformat()``; the text of the last datetime asked is kept.
+
+    A send writes its notification's creation time twice (in the task body and
+    in its first status): the second costs a comparison. Datetimes are immutable,
+    and the one kept is held, so the same object means the same text.
+    """
+    global _last_iso
+    last = _last_iso
+    if last[0] is value:
+        return last[1]
+    text = value.isoformat()
+    _last_iso = (value, text)
+    return text

@@ -91,6 +91,11 @@ _BUILDING: ContextVar[tuple[Notifier, list[Notification]] | None] = ContextVar(
 #: four did, at the same rate (bench/bench_async.py, docs/benchmarks.md).
 ASYNC_THREADS = 1
 
+# The most (tenant, kind, channel, locale) whose settings' checks a notifier keeps
+# as passed; past it, it starts afresh (a host with more tenants pays the checks
+# now and then, nothing else).
+_SETTLED_LIMIT = 4096
+
 
 def _timed_out(status: DeliveryStatus, timeout: float | None) -> WaitTimeoutError:
     return WaitTimeoutError(
@@ -194,6 +199,9 @@ class Notifier:
             else factory.from_settings(self.dispatcher, self.settings)
         )
         self._offload = Offload(ASYNC_THREADS, "tenant-notify-async")
+        # (tenant id, kind, channel, locale) -> the Tenant that passed the checks of
+        # those alone (see _prepare).
+        self._settled: dict[tuple[str, str, Channel, str], Tenant] = {}
         self._closed = False
 
     # --- construction --------------------------------------------------------------
@@ -394,9 +402,20 @@ class Notifier:
         tenant = self.tenants.get(tenant_id)
         if locale is not None:
             locale = normalize_locale(locale, "locale")
-        self._check_sendable(tenant, kind, channel, locale or tenant.locale)
+        # The checks that depend only on the tenant's settings, the kind, the channel
+        # and the locale passed for this tenant object before: not run again. (A
+        # resolver that builds a new Tenant each time has them run each time.)
+        settled = (tenant_id, kind, channel, locale or tenant.locale)
+        known = self._settled.get(settled) is tenant
+        if not known:
+            self._check_sendable(tenant, kind, channel, settled[3])
         self.dispatcher.providers.check_options(tenant, channel, options)
-        self.reputation.check_call(tenant, kind, channel, to, self.dispatcher.providers)
+        if not known:
+            self.reputation.check_tracking(tenant, kind, channel, self.dispatcher.providers)
+            if len(self._settled) >= _SETTLED_LIMIT:
+                self._settled.clear()
+            self._settled[settled] = tenant
+        self.reputation.check_holds(tenant, kind, channel, to)
         if idempotency_key is not None:
             check_text(idempotency_key, "idempotency_key", max_chars=512)
         notification = Notification(

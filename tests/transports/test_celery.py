@@ -98,6 +98,33 @@ def test_the_message_is_a_protocol_2_json_task_with_masked_reprs():
         assert secret_ish not in body.decode()
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"tenant_id": 'glo"bex\\ café', "kind": "order_confirmation", "to": "+4915112345678"},
+        {"channel": Channel.SMS, "idempotency_key": "order:ü€\n1", "locale": "de-AT"},
+        {"context": {"items": [{"name": "Ünïcode \u2028 \x00", "q": 2, "p": 1.5}], "n": None}},
+        {"context": {}, "idempotency_key": "k"},
+    ],
+)
+def test_the_task_body_is_the_json_encoders_text_of_the_notification(changes):
+    from tenant_notify._json import compact
+    from tenant_notify.models import EmailOptions
+    from tenant_notify.transports.celery.message import _EMBED, task_body
+
+    n = notification(**changes)
+    with_options = notification(
+        **changes, options=EmailOptions.build(to_name="Zoë", tags=["a", "b"], metadata={"k": "v"})
+    )
+    for each in (n, with_options):
+        # The body written field by field is what json.dumps writes for to_dict().
+        assert task_body(each) == compact([[each.to_dict()], {}, _EMBED]).encode("utf-8")
+        assert task_body(each) == json.dumps(
+            [[each.to_dict()], {}, _EMBED], separators=(",", ":")
+        ).encode("utf-8")
+
+
 def test_app_configuration_is_the_reliable_one():
     settings = load_settings({"celery": {"queue": "mail", "prefetch_multiplier": 2}})
     conf = app_config(settings.celery)

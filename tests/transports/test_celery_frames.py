@@ -9,6 +9,7 @@ trip through RabbitMQ is in tests/integration/test_celery_frames.py).
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import struct
 import types
@@ -22,8 +23,14 @@ from amqp.serialization import dumps
 
 from tenant_notify.config import CelerySettings
 from tenant_notify.models import Channel, Notification
-from tenant_notify.transports.celery.message import build_message
-from tenant_notify.transports.celery.publisher import Publisher, _Frames, _Link, _Pending
+from tenant_notify.transports.celery.message import TASK_HEADER_KEYS, build_message
+from tenant_notify.transports.celery.publisher import (
+    Publisher,
+    _Frames,
+    _Link,
+    _Pending,
+    _TaskTable,
+)
 
 
 def _by_py_amqp(pending: _Pending, channel_id: int, frame_max: int) -> bytes:
@@ -55,7 +62,7 @@ def _pending(context: dict[str, Any], *, tenant: str = "acme", **options: Any) -
         context=context,
         idempotency_key="order_confirmation:1",
     )
-    body, headers = build_message(notification, origin="1@host", **options)
+    body, headers = build_message(notification, **{"origin": "1@host", **options})
     return _Pending(notification, body, headers, f"q.tenant.{tenant}", 0.0)
 
 
@@ -75,6 +82,43 @@ def test_a_task_message_is_framed_byte_for_byte_as_py_amqp_frames_it(frame_max, 
         pending.priority = priority
         assert frames.encode(pending) == _by_py_amqp(pending, 7, frame_max)
         assert frames.encode(pending) == _by_py_amqp(pending, 7, frame_max)  # from the cache
+
+
+def test_the_task_headers_encoded_from_parts_are_the_table_py_amqp_writes():
+    table = _TaskTable()
+    frames = _Frames(3, 131072)
+    for pending in (
+        _pending(ORDER),
+        _pending(ORDER, tenant="globex-café ünïcode"),
+        _pending(ORDER, attempt=3, ignore_result=True),
+        _pending(ORDER, attempt=3, ignore_result=True, origin="2@other-host"),
+        _pending(ORDER),  # the parts of the first, kept
+    ):
+        assert tuple(pending.headers) == TASK_HEADER_KEYS
+        pending.table = table.encode(pending.headers)
+        assert pending.table is not None
+        assert frames.encode(pending) == _by_py_amqp(pending, 3, 131072)
+    # Headers that are not build_message's own alone go through the general encoder.
+    pending = _pending(ORDER)
+    pending.headers["x-dead-letter"] = "1"
+    assert table.encode(pending.headers) is None
+    eta = _pending(ORDER, eta=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert table.encode(eta.headers) is None
+
+
+def test_the_publisher_encodes_its_own_headers_from_parts():
+    # What publish() writes: the table from parts when it can, the general one else.
+    publisher = Publisher(CelerySettings(broker_url="amqp://guest:guest@127.0.0.1:1//"))
+    written: list[_Pending] = []
+    publisher._send = lambda pending, deadline, wait: written.append(pending)  # type: ignore[method-assign]
+    n = _pending(ORDER).notification
+    publisher.publish(n)
+    publisher.publish(n, countdown=30)
+    publisher.publish(n, extra_headers={"x-replayed": 1})
+    plain, delayed, extra = written
+    assert plain.table is not None and delayed.table is None and extra.table is None
+    for pending in written:
+        assert _Frames(1, 131072).encode(pending) == _by_py_amqp(pending, 1, 131072)
 
 
 def test_a_header_whose_value_changes_is_encoded_again_whatever_its_type():

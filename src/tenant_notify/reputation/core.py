@@ -162,17 +162,40 @@ class Reputation:
             UnsupportedFeatureError: the tenant tracks, and neither its provider
                 nor the library (no ``[links]``) can.
         """
-        if channel is Channel.EMAIL:
-            feature = self._tracking_gap(tenant, kind, providers.tracking(tenant, channel))
-            if feature is not None:
-                name = providers.provider_name(tenant, channel)
-                raise UnsupportedFeatureError(
-                    f"provider {name!r} cannot {feature.replace('_', ' ')} and the "
-                    "library's own tracking needs [links] base_url and signing_keys",
-                    feature=feature,
-                    provider=name,
-                    tenant_id=tenant.id,
-                )
+        self.check_tracking(tenant, kind, channel, providers)
+        self.check_holds(tenant, kind, channel, recipient)
+
+    def check_tracking(
+        self, tenant: Tenant, kind: str, channel: Channel, providers: ProviderPool
+    ) -> None:
+        """The part of :meth:`check_call` that depends only on the tenant, the kind
+        and the channel (settings, not state): a caller may keep its answer.
+
+        Raises:
+            UnsupportedFeatureError: the tenant tracks, and neither its provider
+                nor the library (no ``[links]``) can.
+        """
+        if channel is not Channel.EMAIL:
+            return
+        feature = self._tracking_gap(tenant, kind, providers.tracking(tenant, channel))
+        if feature is not None:
+            name = providers.provider_name(tenant, channel)
+            raise UnsupportedFeatureError(
+                f"provider {name!r} cannot {feature.replace('_', ' ')} and the "
+                "library's own tracking needs [links] base_url and signing_keys",
+                feature=feature,
+                provider=name,
+                tenant_id=tenant.id,
+            )
+
+    def check_holds(self, tenant: Tenant, kind: str, channel: Channel, recipient: str) -> None:
+        """The part of :meth:`check_call` that reads state: the pause and the
+        suppression list, asked only when the store answers in process.
+
+        Raises:
+            TenantPausedError: the tenant's channel is paused.
+            RecipientSuppressedError: the recipient is suppressed for this kind.
+        """
         if not self.store.answers_locally:
             return
         self.breaker.check(tenant.id, channel)

@@ -34,7 +34,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NoReturn, Self, TypeVar
 
 from .. import _process
-from .._json import compact
+from .._json import compact, isoformat, quote
 from ..config import Settings
 from ..errors import MissingDependencyError, StoreUnavailableError
 from ..log import get_logger
@@ -648,6 +648,35 @@ class _FirstSave:
         return self.existed
 
 
+def _first_status_json(status: DeliveryStatus) -> str:
+    """``compact(status.to_dict())`` for a send's first status (the same text).
+
+    Every send writes one, and for it most fields are known (``queued``, no
+    attempt, provider or error yet): those are written out once, and only the
+    ids, the kind and the times are quoted, as the JSON encoder quotes them.
+    Any other status goes through ``to_dict``. tests/test_redis_resp.py checks
+    that both agree.
+    """
+    if (
+        status.state is not DeliveryState.QUEUED
+        or status.attempts
+        or status.provider is not None
+        or status.provider_message_id is not None
+        or status.error is not None
+        or status.error_type is not None
+        or status.next_attempt_at is not None
+        or status.engagement is not None
+    ):
+        return compact(status.to_dict())
+    return (
+        f'{{"id":{quote(status.id)},"tenant_id":{quote(status.tenant_id)},'
+        f'"kind":{quote(status.kind)},"channel":{quote(status.channel.value)},'
+        f'"state":"queued","attempts":0,"provider":null,"provider_message_id":null,'
+        f'"error":null,"error_type":null,"created_at":{quote(isoformat(status.created_at))},'
+        f'"updated_at":{quote(status.updated_at.isoformat())},"next_attempt_at":null}}'
+    )
+
+
 class RedisStatusStore(_RedisStore):
     """Statuses as JSON strings with a TTL; waiters are woken through pub/sub.
 
@@ -775,13 +804,13 @@ class RedisStatusStore(_RedisStore):
         self, status: DeliveryStatus, on_reply: Callable[[Any], None] | None = None
     ) -> None:
         # SET NX, written with others (send_later): no round trip on the caller's side.
-        data = compact(status.to_dict())
+        data = _first_status_json(status)
         key = self._key(status.id)
         self._writer.send_later(key, "SET", key, data, "NX", "PX", _ms(self.ttl), on_reply=on_reply)
 
     def discard_queued(self, status: DeliveryStatus) -> None:
         """Forget ``status.id`` only while its stored status is still ``status``."""
-        data = compact(status.to_dict())
+        data = _first_status_json(status)
         key = self._key(status.id)
         self._writer.call(key, "EVAL", self._DISCARD_UNCHANGED, 1, key, data)
 
