@@ -536,6 +536,34 @@ def test_a_derived_id_is_the_hash_of_the_json_array_of_tenant_kind_and_key(tripl
     assert new_notification_id(*triple) == hashlib.sha256(encoded).hexdigest()[:32]
 
 
+def test_a_tenant_whose_settings_change_is_checked_again(tenants):
+    # The checks that depend only on a tenant's settings are kept as passed for
+    # that Tenant object; a resolver that hands out a changed one has them rerun.
+    from tenant_notify.tenants import Tenant
+
+    current = {"acme": Tenant(id="acme", name="Acme", email_from="orders@acme.test")}
+
+    class Resolver:
+        def get(self, tenant_id: str) -> Tenant:
+            return current[tenant_id]
+
+    from tenant_notify.testing import get_outbox
+
+    outbox = get_outbox("settled")
+    outbox.clear()
+    email = {"provider": "memory", "outbox": "settled"}
+    settings = {"transport": "eager", "email": email, "tenants": tenants}
+    with Notifier.from_settings(settings, tenant_resolver=Resolver()) as notify:
+        notify.send_order_confirmation(**ORDER)
+        notify.send_order_confirmation(**{**ORDER, "order_id": "A-2"})
+        current["acme"] = Tenant(id="acme", name="Acme")  # no email_from any more
+        with pytest.raises(ConfigurationError, match="email_from"):
+            notify.send_order_confirmation(**{**ORDER, "order_id": "A-3"})
+        current["acme"] = Tenant(id="acme", name="Acme", email_from="orders@acme.test")
+        notify.send_order_confirmation(**{**ORDER, "order_id": "A-4"})
+        assert len(outbox.emails) == 3
+
+
 def test_a_status_store_failure_frees_the_idempotency_key(tenants):
     from tenant_notify.errors import StoreUnavailableError
 

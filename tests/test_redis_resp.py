@@ -45,6 +45,11 @@ def test_what_redis_py_refuses_is_still_refused():
         {"state": "sending", "attempts": 1},
         {"provider": "smtp", "provider_message_id": "<x@y>"},
         {"error": "boom", "error_type": "DeliveryError", "state": "failed"},
+        {"error": "boom"},  # each field that is not a first status's on its own
+        {"error_type": "DeliveryError"},
+        {"provider": "smtp"},
+        {"provider_message_id": "<x@y>"},
+        {"attempts": 2},
     ],
 )
 def test_a_first_status_is_written_as_the_json_encoder_writes_it(changes):
