@@ -461,6 +461,50 @@ def test_fewer_first_statuses_than_a_batch_land_a_moment_later_without_a_call(cl
         store.close()
 
 
+def test_a_caller_that_keeps_sending_does_not_wake_the_flusher_and_every_status_lands(client):
+    import redis
+
+    store = RedisStatusStore(
+        redis.Redis.from_url(REDIS_URL, decode_responses=True), key_prefix=client.prefix, ttl=60
+    )
+    writer = store._writer
+    try:
+        store.save_first(status("first", state=DeliveryState.QUEUED))  # starts the flusher
+        wakes: list[float] = []
+        due = writer._due
+        real_set = due.set
+
+        def counted_set() -> None:
+            wakes.append(time.monotonic())
+            real_set()
+
+        due.set = counted_set  # type: ignore[method-assign]
+        # A send a millisecond for 0.3 s, as a busy web process: the buffer empties
+        # and fills again some sixty times, and the flusher looks on its own timer.
+        for n in range(300):
+            store.save_first(status(f"steady{n}", state=DeliveryState.QUEUED))
+            time.sleep(0.001)
+        # (Once more each time the machine held this thread past _IDLE: a few at most.)
+        assert len(wakes) < 10, len(wakes)
+        deadline = time.monotonic() + 10
+        while client.get(f"{client.prefix}status:steady299") is None:  # another client's read
+            assert time.monotonic() < deadline, "the buffered status never landed"
+            time.sleep(0.01)
+        # After a quiet spell the flusher waits to be woken, and the next status wakes it.
+        deadline = time.monotonic() + 10
+        while writer._awake:
+            assert time.monotonic() < deadline, "the flusher never went quiet"
+            time.sleep(0.01)
+        store.save_first(status("after", state=DeliveryState.QUEUED))
+        assert len(wakes) >= 1 and writer._awake
+        while client.get(f"{client.prefix}status:after") is None:
+            assert time.monotonic() < deadline, "the status after a quiet spell never landed"
+            time.sleep(0.01)
+        assert all(client.get(f"{client.prefix}status:steady{n}") for n in range(300))
+    finally:
+        store.close()
+
+
 def test_a_buffered_first_status_is_seen_by_the_process_at_once(statuses, monkeypatch):
     from tenant_notify.stores.redis import _Writer
 

@@ -196,6 +196,12 @@ class _Writer:
     milliseconds later, or never if the process dies first (the notification is
     queued all the same, and a worker records its statuses from there).
 
+    The flusher is woken by the first command buffered after a quiet spell
+    (:data:`_IDLE` seconds with nothing buffered); while commands keep coming it
+    looks on its own timer, every :data:`_LINGER` seconds at most, so a caller
+    that keeps sending never wakes it (each wake-up is a thread that wants the
+    interpreter lock, and a hand-off of that lock, in the caller's process).
+
     Both stores built on one client share its writer (see :func:`_writer_for`).
     redis-py's health check (a PING before a command on a connection that has been
     quiet) runs only while no reply is owed: its read would take a write's reply
@@ -204,6 +210,7 @@ class _Writer:
 
     _BATCH = 64  # buffered commands written in one go once there are this many
     _LINGER = 0.005  # seconds a buffered command waits at most for others
+    _IDLE = 0.05  # seconds with nothing buffered after which the flusher waits to be woken
     # A write past this many unread replies first reads the older half of them (they
     # came long ago): the replies of sends nobody waits for do not pile up for ever.
     _MAX_OWED = 1000
@@ -223,7 +230,8 @@ class _Writer:
         # send_later's commands, packed, not written yet; with their keys and callbacks.
         self._buffer: list[bytes] = []
         self._buffered: list[tuple[str, Callable[[Any], None] | None]] = []
-        self._due = threading.Event()  # set while something is buffered
+        self._due = threading.Event()  # set while the flusher is awake (or is to end)
+        self._awake = False  # the flusher looks on its own timer: no need to wake it
         self._buffered_at = 0.0  # when the oldest buffered command was (monotonic)
         self._flusher_pid = 0
         self._closed = False
@@ -248,6 +256,7 @@ class _Writer:
         self._link, self._waiting = None, set()
         self._buffer, self._buffered = [], []  # the parent's, to write
         self._flusher_pid = 0
+        self._awake = False
 
     # --- writing (the write lock held only for the write) ------------------------
 
@@ -278,8 +287,10 @@ class _Writer:
             self._buffered.append((key, on_reply))
             if len(self._buffered) == 1:
                 self._buffered_at = now
-                self._start_flusher()
-                self._due.set()
+                if not self._awake:
+                    self._start_flusher()
+                    self._awake = True
+                    self._due.set()
                 return
             if len(self._buffered) < self._BATCH and now - self._buffered_at < self._LINGER / 2:
                 return
@@ -346,7 +357,6 @@ class _Writer:
         if self._buffer:
             packed, writes = self._buffer + packed, self._buffered + writes
             self._buffer, self._buffered = [], []
-            self._due.clear()
         entries = []
         for key, on_reply in writes:
             entries.append(_Owed(key, on_reply, self._seq))
@@ -380,24 +390,36 @@ class _Writer:
             _AT_EXIT_PID = pid
             atexit.register(_flush_at_exit)
 
-    def _flush_buffer(self) -> None:
-        """The flusher thread's turn: write what waited for :data:`_LINGER` seconds."""
+    def _flusher_turn(self) -> float | None:
+        """The flusher thread's turn: write what waited for :data:`_LINGER` seconds.
+
+        Returns how long to sleep before the next turn, or None after a quiet
+        spell: the flusher then waits to be woken (see the class).
+        """
+        now = time.monotonic()
         with self._lock:
             link = self._link
             if not self._buffer or link is None or self._pid != _process.pid():
+                if now - self._buffered_at < self._IDLE:
+                    return self._LINGER
+                self._awake = False
                 self._due.clear()
-                return
+                return None
+            left = self._buffered_at + self._LINGER - now
+            if left > 0:
+                return left  # a sender that went on sending writes it meanwhile
             try:
                 self._write(link, [], [])
             except StoreUnavailableError as err:
                 # The statuses are lost with the connection (the notifications
                 # are queued all the same); the next command connects afresh.
                 get_logger().warning("redis_buffered_writes_lost", error=str(err))
-                return
+                return self._LINGER
         try:
             self._bound(link)
         except StoreUnavailableError as err:
             get_logger().warning("redis_buffered_writes_lost", error=str(err))
+        return self._LINGER
 
     def _connection(self) -> _Link:
         link = self._link
@@ -546,20 +568,16 @@ class _Writer:
 
 
 def _flush_buffered(ref: weakref.ReferenceType[_Writer], due: threading.Event) -> None:
-    """A writer's flusher thread: once something is buffered, write it a moment later."""
+    """A writer's flusher thread: while woken, write what is buffered once it is due."""
     while True:
         due.wait()
         writer = ref()
         if writer is None or writer._closed:
             return
-        # Until the oldest buffered command is _LINGER old (a sender that went on
-        # sending has written it meanwhile, and newer ones are younger).
-        left = writer._buffered_at + writer._LINGER - time.monotonic()
-        if left <= 0:
-            writer._flush_buffer()
+        pause = writer._flusher_turn()
         del writer
-        if left > 0:
-            time.sleep(left)
+        if pause is not None:
+            time.sleep(pause)
 
 
 _AT_EXIT_PID = 0
