@@ -22,20 +22,30 @@ Usage::
     async with LoopLag() as lag:
         ...  # the work
     lag.max, lag.median, lag.samples
+    lag.stalls(0.005)  # the samples over 5 ms: where the loop's thread was meanwhile
+
+Where the kernel has it (``/proc/self/task/<tid>/schedstat``), every sample also
+reads the loop thread's CPU time and its time spent runnable but waiting for a
+core, so a stall can be split into: the loop running (its own work), the loop
+waiting for a core (the machine), and the rest, in which the thread slept (for
+the GIL another thread held, or with nothing to do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
 
-__all__ = ["LoopLag"]
+__all__ = ["LoopLag", "Stall"]
 
 _STAMP = struct.Struct("=d")
 
@@ -59,6 +69,30 @@ def _clock() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+@dataclass(frozen=True)
+class Stall:
+    """One sample's lag, and what the loop's thread did between it and the last sample."""
+
+    lag: float
+    #: Seconds the loop's thread ran, and waited runnable for a core, since the last
+    #: sample was answered (which is the child's interval and then this sample's lag).
+    running: float
+    waiting_for_core: float
+    window: float  # seconds since the last sample was answered
+
+    @property
+    def asleep(self) -> float:
+        """The rest of the window: the thread slept (the GIL, or nothing to do)."""
+        return max(0.0, self.window - self.running - self.waiting_for_core)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.lag * 1e3:.2f} ms lag: in the {self.window * 1e3:.2f} ms since the last "
+            f"sample the loop ran {self.running * 1e3:.2f} ms, waited for a core "
+            f"{self.waiting_for_core * 1e3:.2f} ms, slept {self.asleep * 1e3:.2f} ms"
+        )
+
+
 class LoopLag:
     """Samples the loop's lag every ``interval`` seconds while in its ``async with``."""
 
@@ -67,6 +101,9 @@ class LoopLag:
         self.lags: list[float] = []
         #: When each sample was stamped (``CLOCK_MONOTONIC``), to line stalls up with traces.
         self.posted: list[float] = []
+        # Per sample, at its answer: (monotonic, loop thread's run ns, wait ns), if known.
+        self._sched: list[tuple[float, int, int]] = []
+        self._schedstat: int | None = None
         self._sock: socket.socket | None = None
         self._child: subprocess.Popen[bytes] | None = None
 
@@ -80,8 +117,19 @@ class LoopLag:
             )
         ours.setblocking(False)
         self._sock = ours
+        try:
+            path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+            self._schedstat = os.open(path, os.O_RDONLY)
+            self._sched.append(self._read_sched())
+        except OSError:
+            self._schedstat = None  # no schedstat here: lags without the split
         loop.add_reader(ours.fileno(), self._arrived)
         return self
+
+    def _read_sched(self) -> tuple[float, int, int]:
+        assert self._schedstat is not None
+        run, wait, _ = os.pread(self._schedstat, 128, 0).split()
+        return _clock(), int(run), int(wait)
 
     def _arrived(self) -> None:
         now = _clock()
@@ -95,6 +143,8 @@ class LoopLag:
         (stamped,) = _STAMP.unpack(data)
         self.lags.append(now - stamped)
         self.posted.append(stamped)
+        if self._schedstat is not None:
+            self._sched.append((now, *self._read_sched()[1:]))
         self._sock.send(b"k")
 
     async def __aexit__(
@@ -107,7 +157,24 @@ class LoopLag:
         assert self._sock is not None and self._child is not None
         loop.remove_reader(self._sock.fileno())
         self._sock.close()  # the child sees it closed and ends
+        if self._schedstat is not None:
+            os.close(self._schedstat)
         await asyncio.to_thread(self._child.wait, 10)
+
+    def stalls(self, at_least: float) -> list[Stall]:
+        """The samples that lagged ``at_least`` seconds, each with the loop thread's
+        running and waiting for a core since the sample before (empty splits where
+        the kernel keeps no schedstat)."""
+        found = []
+        for index, lag in enumerate(self.lags):
+            if lag < at_least:
+                continue
+            if len(self._sched) == len(self.lags) + 1:
+                (before, run0, wait0), (after, run1, wait1) = self._sched[index : index + 2]
+                found.append(Stall(lag, (run1 - run0) / 1e9, (wait1 - wait0) / 1e9, after - before))
+            else:
+                found.append(Stall(lag, 0.0, 0.0, 0.0))
+        return found
 
     @property
     def samples(self) -> int:
