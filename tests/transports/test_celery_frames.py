@@ -231,3 +231,27 @@ def test_a_connection_the_broker_closed_is_noticed_before_the_next_write():
         assert 1 not in link.unconfirmed  # what came before the close counts
         with pytest.raises(ConnectionError, match="closed"):
             link.check()
+
+
+def test_the_check_before_a_write_reads_the_socket_once_without_blocking():
+    ours, broker = socket.socketpair()
+    with ours, broker:
+        link = _link(ours, [])
+        reads: list[int] = []
+        real = ours.recv
+
+        class Counted:  # the socket as the link sees it: every read counted
+            def __getattr__(self, name: str) -> Any:
+                return getattr(ours, name)
+
+            def recv(self, size: int, flags: int = 0) -> bytes:
+                reads.append(flags)
+                return real(size, flags)
+
+        link.conn.connection.transport.sock = Counted()
+        link.check()  # nothing has come: one read that would block, and no wait
+        assert reads == [socket.MSG_DONTWAIT] and len(link.unconfirmed) == 10
+        broker.sendall(_confirm(80, 2) + _confirm(80, 5, multiple=True))
+        link.check()
+        assert len(reads) == 2  # the confirms, settled in the same read
+        assert sorted(link.unconfirmed) == list(range(6, 11))

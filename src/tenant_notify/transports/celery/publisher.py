@@ -448,6 +448,11 @@ class _Link:
         """
         if not self.confirming:
             return
+        if self.fast_read:
+            # One non-blocking read: the confirms, a close, or nothing (a select
+            # first would be a second system call whenever confirms have come).
+            self.poll()
+            return
         sock = self.conn.connection.transport.sock
         if sock is None:
             raise ConnectionError("the broker connection is closed")
