@@ -216,3 +216,30 @@ def test_mask_url_hides_what_kombu_hides():
     kombu_url = pytest.importorskip("kombu.utils.url")
     url = "amqp://app:s3cret@rabbit:5672/vhost"
     assert kombu_url.maybe_sanitize_url(url).replace("**", "***") == mask_url(url)
+
+
+def test_a_lazily_bound_logger_binds_only_for_a_line_someone_wants(caplog):
+    from tenant_notify.log import LazyBound
+
+    library = logging.getLogger(LOGGER_NAME)
+    before = library.level
+    try:
+        library.setLevel(logging.WARNING)
+        log = LazyBound(get_logger(), notification_id="n1", attempt=2)
+        log.info("notification_sent", provider="smtp")  # info off: nothing bound, nothing logged
+        log.debug("smtp_connected")
+        assert log._bound is None
+        assert not caplog.records
+        with capture_logs() as captured:  # a capture wants every level
+            log.info("notification_sent", provider="smtp")
+        assert captured[-1]["notification_id"] == "n1" and captured[-1]["attempt"] == 2
+        log.warning("delivery_retry_scheduled", retry_in=1.0)  # every other method binds
+        record = caplog.records[-1]
+        assert record.event == "delivery_retry_scheduled"
+        assert (record.notification_id, record.attempt, record.retry_in) == ("n1", 2, 1.0)
+        library.setLevel(logging.INFO)
+        log.info("notification_sent", provider="smtp")
+        assert caplog.records[-1].event == "notification_sent"
+        assert caplog.records[-1].notification_id == "n1"
+    finally:
+        library.setLevel(before)

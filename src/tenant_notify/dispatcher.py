@@ -40,7 +40,7 @@ from .errors import (
     TransientDeliveryError,
 )
 from .limiting import Account, Pacing, Slot, TenantLimits
-from .log import get_logger, mask_recipient
+from .log import LazyBound, get_logger, mask_recipient
 from .metrics import MetricsRecorder, NullMetrics
 from .models import (
     Address,
@@ -429,7 +429,8 @@ class Dispatcher:
             structlog.contextvars.reset_contextvars(**tokens)
 
     def _deliver(self, notification: Notification, attempt: int) -> Outcome:
-        log = self._log.bind(
+        log = LazyBound(
+            self._log,
             tenant_id=notification.tenant_id,
             notification_id=notification.id,
             kind=notification.kind,

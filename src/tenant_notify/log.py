@@ -208,6 +208,42 @@ def get_logger() -> Any:
     return _BoundLogger(_stdlib_logger, PROCESSORS, {})
 
 
+class LazyBound:
+    """``logger.bind(**keys)``, bound only when an event is logged that someone wants.
+
+    A delivery binds its ids for every line it may log, and in the common case
+    logs one ``info`` line that nobody wants (``info`` off): binding costs more
+    than the dropped line. ``debug`` and ``info`` are checked first, as the
+    library's logger checks them; every other method binds and logs.
+    """
+
+    __slots__ = ("_bound", "_keys", "_logger")
+
+    def __init__(self, logger: Any, **keys: Any) -> None:
+        self._logger = logger
+        self._keys = keys
+        self._bound: Any = None
+
+    def _get(self) -> Any:
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = self._logger.bind(**self._keys)
+        return bound
+
+    def debug(self, event: str, **kw: Any) -> Any:
+        if _captures or _stdlib_logger.isEnabledFor(logging.DEBUG):
+            return self._get().debug(event, **kw)
+        return None
+
+    def info(self, event: str, **kw: Any) -> Any:
+        if _captures or _stdlib_logger.isEnabledFor(logging.INFO):
+            return self._get().info(event, **kw)
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
 @contextmanager
 def capture_logs() -> Iterator[list[dict[str, Any]]]:
     """Collect the library's log events, from every thread, as dicts.
