@@ -189,6 +189,7 @@ class _CallGate:
         "account",
         "first",
         "handed",
+        "looked",
         "provider",
         "stopped",
         "until",
@@ -210,6 +211,7 @@ class _CallGate:
         self.first = first
         self.stopped = False  # the call did not go: the account was paused
         self.handed = False  # the hand-over was recorded: the provider may have the message
+        self.looked = False  # an announcement on its way in was looked for once
         self.until: float | None = None  # the pause this call recorded: until (monotonic)
 
     def handing(self) -> None:
@@ -250,9 +252,11 @@ class _CallGate:
 
     def before_request(self) -> None:
         try:
-            # From memory while this process listens (and any announcement that
-            # has reached it but is not read yet, waited for).
-            seconds = self._pacing.paused(self.account, latest=True)
+            # From memory while this process listens, and (the first time) an
+            # announcement that has reached the process but is not read yet; a
+            # second look, after the hand-over, is memory's alone.
+            seconds = self._pacing.paused(self.account, latest=not self.looked)
+            self.looked = True
         except StoreUnavailableError:
             return  # the checks before the call let it through; do not fail it here
         if seconds is not None:
