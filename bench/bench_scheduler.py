@@ -118,8 +118,20 @@ def http_provider(url: str) -> dict[str, Any]:
     return {"provider": "postmark", "server_token": TOKEN, "base_url": url, "read_timeout": 30}
 
 
+#: ``--smtp-max-connections``: the library's SMTP connections per process (None: its default).
+SMTP_CONNECTIONS: int | None = None
+
+
 def smtp_provider(port: int) -> dict[str, Any]:
-    return {"provider": "smtp", "host": "127.0.0.1", "port": port, "local_hostname": "bench"}
+    table: dict[str, Any] = {
+        "provider": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "local_hostname": "bench",
+    }
+    if SMTP_CONNECTIONS is not None:
+        table["max_connections"] = SMTP_CONNECTIONS
+    return table
 
 
 def queues_of(table: dict[str, Any]) -> list[str]:
@@ -249,6 +261,8 @@ def latency(run: str, kind: str, args: Any, folder: Path) -> str:
     elif kind == "smtp":
         sink_cm = SmtpSink(latency=0.02)
         title = "SMTP server 20 ms away (each reply 20 ms after its command)"
+        if SMTP_CONNECTIONS is not None:
+            title += f", the library's `max_connections = {SMTP_CONNECTIONS}` per process"
     else:  # smtp-pipelining
         sink_cm = SmtpSink(latency=0.02, pipelining=True)
         title = "SMTP server 20 ms away (each reply 20 ms after its command), offering PIPELINING"
@@ -574,6 +588,13 @@ def main() -> None:
         help="latency tables: also the worker at COMMIT (its src/, git archive), as a baseline",
     )
     parser.add_argument(
+        "--smtp-max-connections",
+        type=int,
+        metavar="N",
+        help="the library's SMTP max_connections per process (default: its own, 10); "
+        "to check the connection arithmetic, not a figure of the defaults",
+    )
+    parser.add_argument(
         "--only",
         choices=("http", "smtp", "smtp-pipelining", "zero", "noisy", "pacing"),
         action="append",
@@ -586,6 +607,8 @@ def main() -> None:
         if hasattr(pacing, "add_arguments"):
             pacing.add_arguments(parser)
     args = parser.parse_args()
+    global SMTP_CONNECTIONS
+    SMTP_CONNECTIONS = args.smtp_max_connections
     chosen = set(args.only or ("http", "smtp", "smtp-pipelining", "zero", "noisy", "pacing"))
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as name:
