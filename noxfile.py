@@ -84,6 +84,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/bench_providers.py", *session.posargs)
     # Needs RabbitMQ and Redis on loopback, like the integration tests.
     session.run("python", "bench/bench_celery.py", *session.posargs)
+    session.run("python", "bench/bench_worker_floor.py", *session.posargs)
     session.run("python", "bench/bench_events.py", *session.posargs)
     session.run("python", "bench/bench_task_sent.py", *session.posargs)
     session.run("python", "bench/bench_async.py", *session.posargs)
