@@ -61,6 +61,7 @@ from ...errors import NotifyError
 from ...log import get_logger
 from ...metrics import observe_queue_wait, watch_backlog
 from ...models import DeliveryState, Notification
+from ._delivery import DELIVER, AckFrames, Received, read_delivery
 from .message import TASK_NAME, TENANT_HEADER, kombu_module
 
 __all__ = ["MAX_HOLD", "Consumer", "run_worker"]
@@ -105,14 +106,32 @@ class _FrameReader:
     _CHUNK = 65536
     _FRAME_END = 0xCE
 
-    def __init__(self, amqp: Any, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        amqp: Any,
+        sock: socket.socket,
+        channel: int | None = None,
+        on_delivery: Callable[[bytes, bytes, bytes], bool] | None = None,
+    ) -> None:
+        self._amqp = amqp
         self._transport = amqp.transport
         self._sock = sock
         self._on_frame = amqp.on_inbound_frame
         self._unexpected = _amqp_exceptions().UnexpectedFrame
+        # Deliveries on ``channel`` go to ``on_delivery`` (method, header and body
+        # payloads) whole; it says False for one py-amqp is to read after all.
+        self._channel = channel if on_delivery is not None else None
+        self._on_delivery = on_delivery
+        self._partial: list[Any] | None = None  # [method, header, body size, chunks, got]
 
     @classmethod
-    def for_connection(cls, amqp: Any, sock: socket.socket) -> _FrameReader | None:
+    def for_connection(
+        cls,
+        amqp: Any,
+        sock: socket.socket,
+        channel: int | None = None,
+        on_delivery: Callable[[bytes, bytes, bytes], bool] | None = None,
+    ) -> _FrameReader | None:
         transport = getattr(amqp, "transport", None)
         if (
             type(transport).__name__ != "TCPTransport"
@@ -121,7 +140,7 @@ class _FrameReader:
             or not callable(getattr(amqp, "on_inbound_frame", None))
         ):
             return None
-        return cls(amqp, sock)
+        return cls(amqp, sock, channel, on_delivery)
 
     def read(self) -> None:
         """Read what the socket holds; hand on every complete frame (raises OSError
@@ -146,9 +165,60 @@ class _FrameReader:
             frames.append((frame_type, channel, data[pos + 7 : end]))
             pos = end + 1
         transport._read_buffer = data[pos:] if pos else data
-        on_frame = self._on_frame
+        on_frame, ours = self._on_frame, self._channel
         for frame in frames:
-            on_frame(frame)
+            if frame[1] == ours and (self._partial is not None or frame[2][:4] == DELIVER):
+                self._delivery_frame(frame)
+            else:
+                on_frame(frame)
+
+    def hand_over(self) -> None:
+        """Give a delivery still gathering to py-amqp's frame handler (before anything
+        makes py-amqp read the connection itself: its next frames go to it)."""
+        partial, self._partial = self._partial, None
+        if partial is None:
+            return
+        channel = self._channel
+        self._on_frame((1, channel, partial[0]))
+        if partial[1] is not None:
+            self._on_frame((2, channel, partial[1]))
+        for chunk in partial[3]:
+            self._on_frame((3, channel, chunk))
+
+    def _delivery_frame(self, frame: tuple[int, int, bytes]) -> None:
+        """One frame of a delivery on the consumers' channel: gathered until whole."""
+        frame_type, channel, payload = frame
+        partial = self._partial
+        if partial is None:
+            if frame_type != 1:
+                self._on_frame(frame)  # not a method: py-amqp's to judge
+                return
+            self._partial = [payload, None, 0, [], 0]
+            return
+        if partial[1] is None:
+            if frame_type != 2:
+                raise self._unexpected(f"Received frame {frame_type} while expecting type: 2")
+            partial[1] = payload
+            partial[2] = int.from_bytes(payload[4:12], "big")
+        elif frame_type == 3:
+            partial[3].append(payload)
+            partial[4] += len(payload)
+        else:
+            raise self._unexpected(f"Received frame {frame_type} while expecting type: 3")
+        if partial[4] < partial[2]:
+            return
+        self._partial = None
+        chunks = partial[3]
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        assert self._on_delivery is not None
+        if self._on_delivery(partial[0], partial[1], body):
+            self._amqp.bytes_recv += 2 + len(chunks)  # py-amqp's heartbeat check counts frames
+            return
+        # Not one to read here: py-amqp reads it, as it would have.
+        self._on_frame((1, channel, partial[0]))
+        self._on_frame((2, channel, partial[1]))
+        if chunks:
+            self._on_frame((3, channel, body))
 
 
 _FRAME_HEADER = struct.Struct(">BHI")
@@ -250,6 +320,13 @@ class Consumer:
         self._generation = 0
         self._in_flight = 0
         self._acks = _Acks()
+        # The frame reader's acknowledgements (plain TCP connections only), and the
+        # channel's consumers (whose deliveries it may read).
+        self._frames: AckFrames | None = None
+        self._reader: _FrameReader | None = None
+        self._holding = False
+        self._callbacks: Mapping[str, Any] = {}
+        self._channel_closing: Callable[[], bool] = lambda: True
         self.acks_sent = 0  # acknowledgement frames sent, and the messages they covered
         self.acks_covered = 0
         self._lock = threading.Lock()
@@ -331,6 +408,7 @@ class Consumer:
         self._conn = conn
         self._generation += 1
         self._acks = _Acks()
+        self._frames, self._holding = None, False
         channel = conn.channel()
         consumers = []
         for name in self.routes.names():
@@ -374,6 +452,8 @@ class Consumer:
         now = time.monotonic()
         if now < next_heartbeat:
             return next_heartbeat
+        if self._reader is not None:
+            self._reader.hand_over()  # the depths' declares have py-amqp read the socket
         conn.heartbeat_check()
         self._refresh_depths(channel)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -405,7 +485,13 @@ class Consumer:
             ready_now.register(sock, selectors.EVENT_READ)
             pending = getattr(sock, "pending", None)
             transport = amqp.transport
-            reader = _FrameReader.for_connection(amqp, sock)
+            reader = self._reader = _FrameReader.for_connection(
+                amqp, sock, channel.channel_id, self._on_delivery
+            )
+            if reader is not None:
+                self._frames = AckFrames(amqp, channel.channel_id)
+                self._callbacks = channel.callbacks
+                self._channel_closing = lambda: bool(channel.is_closing)
             next_heartbeat = 0.0
             while not self.stop.is_set():
                 timeout = max(0.0, min(_SELECT_MAX, next_heartbeat - time.monotonic()))
@@ -435,6 +521,9 @@ class Consumer:
                     )
                 next_heartbeat = self._housekeeping(conn, channel, next_heartbeat)
         finally:
+            if self._reader is not None:
+                self._reader.hand_over()  # py-amqp reads from here on (cancel, shutdown)
+            self._reader = None
             selector.close()
             ready_now.close()
 
@@ -450,6 +539,28 @@ class Consumer:
         self._wake_pending = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
+
+    def _on_delivery(self, method: bytes, header: bytes, body: bytes) -> bool:
+        """A whole delivery from the frame reader: a task message of ours is read here
+        (:mod:`._delivery`); False for py-amqp and kombu to read it as before."""
+        read = read_delivery(method, header)
+        if read is None or self._frames is None:
+            return False
+        consumer_tag, tag, content_type, encoding, headers = read
+        if (
+            consumer_tag not in self._callbacks  # not one of this channel's consumers
+            or self._channel_closing()  # py-amqp drops deliveries then
+            or content_type != "application/json"
+            or encoding not in (None, "utf-8")
+            or "compression" in headers
+            # JSON as py-amqp's UTF-8 text of it reads (no BOM, not UTF-16 or 32).
+            or body[:1] != b"["
+            or b"\0" in body[:4]
+            or b"__type__" in body
+        ):
+            return False
+        self._on_message(Received(tag, headers, body, self._frames))
+        return True
 
     def _on_message(self, message: Any) -> None:
         headers = message.headers or {}
@@ -519,7 +630,7 @@ class Consumer:
                 continue  # its connection is gone: the broker has handed it back already
             tag = item.message.delivery_tag
             if requeue:
-                self._send(item.message.reject, requeue=True)
+                self._send(item.message, "reject", requeue=True)
                 self._acks.rejected(tag)
             else:
                 acks[tag] = item
@@ -527,17 +638,40 @@ class Consumer:
             return
         run_end, covered, singles = self._acks.plan(acks)
         if run_end is not None:
-            self._send(acks[run_end].message.ack, multiple=covered > 1)
+            self._send(acks[run_end].message, "ack", multiple=covered > 1)
         for tag in singles:
-            self._send(acks[tag].message.ack)
+            self._send(acks[tag].message, "ack")
+        self._flush_frames()
         self.acks_sent += (run_end is not None) + len(singles)
         self.acks_covered += len(acks)
 
-    def _send(self, method: Callable[..., Any], **kwargs: Any) -> None:
+    def _send(self, message: Any, method: str, **kwargs: Any) -> None:
+        """Acknowledge or reject ``message``. The frames of the reader's messages
+        (:class:`._delivery.Received`) wait to go out together (:meth:`_flush_frames`);
+        those before a kombu message's go first, so the frames keep their order (a
+        ``multiple`` acknowledgement must never overtake a rejection it would cover)."""
+        frames = self._frames
         try:
-            method(**kwargs)
+            if isinstance(message, Received) and frames is not None:
+                if not self._holding:
+                    self._holding = True
+                    frames.hold()
+                getattr(message, method)(**kwargs)
+                return
+            self._flush_frames()
+            getattr(message, method)(**kwargs)
         except Exception as err:
             # A broken channel: the broker redelivers it, the claim skips it.
+            self._log.warning("task_ack_failed", error=f"{type(err).__name__}: {err}")
+
+    def _flush_frames(self) -> None:
+        if not self._holding:
+            return
+        self._holding = False
+        try:
+            assert self._frames is not None
+            self._frames.release()
+        except Exception as err:
             self._log.warning("task_ack_failed", error=f"{type(err).__name__}: {err}")
 
     def _forget_connection(self) -> None:
