@@ -37,7 +37,9 @@ This measures them, in the same interleaved rounds, each in a process of its own
   properties decoded), the acknowledgement a frame packed by hand; **(c0)** the same
   two round trips as RESP packed by hand on a plain socket, the replies read just far
   enough to check them; **(b0+c0)** both in one loop;
-* and, for reference, ``tenant-notify worker -c 2`` draining the same kind of fill into
+* and, for reference, not floors: the library's own ledger calls of one delivery on its
+  Redis stores, one thread, paced as the floors (claim, ``sending``, the hand-over record,
+  completion, ``sent``); ``tenant-notify worker -c 2`` draining the same kind of fill into
   the sink (bench/bench_celery.py's library row).
 
 (b), (c) and (b+c) run **at the in-process delivery's rate** (that of its latest round):
@@ -79,6 +81,7 @@ BOTH = "(b+c) receive, claim, complete, ack in one loop"
 AMQP_RAW = "(b0) AMQP receive + ack by hand: frames split, no properties decoded"
 REDIS_RAW = "(c0) claim + completion as hand-packed RESP on a plain socket"
 BOTH_RAW = "(b0+c0) both by hand in one loop"
+LEDGER = "the library's own ledger calls of a delivery, one thread (reference)"
 WORKER = "`tenant-notify worker -c 2` (for reference)"
 
 
@@ -99,25 +102,27 @@ class _Pace:
         return self.start + k * self.interval - time.perf_counter()
 
 
-def _frames(amqp_conn: Any, sock: socket.socket, buffer: bytearray) -> None:
-    """Read what the socket holds (one non-blocking recv) and hand every whole frame on."""
+def _recv_frames(sock: socket.socket, buffer: bytearray) -> list[tuple[int, int, bytes]]:
+    """What the socket holds (one non-blocking recv), as whole frames; a frame cut
+    short stays in ``buffer`` for the next call."""
     try:
         chunk = sock.recv(65536, socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
-        return
+        return []
     if not chunk:
         raise OSError("the broker closed the connection")
     buffer += chunk
-    on_frame = amqp_conn.on_inbound_frame
+    frames = []
     pos, size_all = 0, len(buffer)
     while size_all - pos >= 8:
         frame_type, channel, size = _FRAME.unpack_from(buffer, pos)
         end = pos + 7 + size
         if end >= size_all:
             break
-        on_frame((frame_type, channel, bytes(buffer[pos + 7 : end])))
+        frames.append((frame_type, channel, bytes(buffer[pos + 7 : end])))
         pos = end + 1
     del buffer[:pos]
+    return frames
 
 
 _FRAME = struct.Struct(">BHI")
@@ -138,36 +143,20 @@ class _RawDeliveries:
         self.got = 0
 
     def read(self) -> None:
-        try:
-            chunk = self.sock.recv(65536, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        if not chunk:
-            raise OSError("the broker closed the connection")
-        buffer = self.buffer
-        buffer += chunk
-        pos, size_all = 0, len(buffer)
-        while size_all - pos >= 8:
-            frame_type, _, size = _FRAME.unpack_from(buffer, pos)
-            end = pos + 7 + size
-            if end >= size_all:
-                break
-            start = pos + 7
+        for frame_type, _, payload in _recv_frames(self.sock, self.buffer):
             if frame_type == 1:
-                if _METHOD.unpack_from(buffer, start) != (60, 60):
+                if _METHOD.unpack_from(payload) != (60, 60):
                     raise RuntimeError("a method other than basic.deliver")
-                tag_at = start + 4 + 1 + buffer[start + 4]  # after the consumer tag
-                self.tag = _TAG.unpack_from(buffer, tag_at)[0]
+                tag_at = 4 + 1 + payload[4]  # after the consumer tag
+                self.tag = _TAG.unpack_from(payload, tag_at)[0]
             elif frame_type == 2:
-                self.size = _TAG.unpack_from(buffer, start + 4)[0]
+                self.size = _TAG.unpack_from(payload, 4)[0]
                 self.body, self.got = [], 0
             elif frame_type == 3:
-                self.body.append(bytes(buffer[start:end]))
-                self.got += size
+                self.body.append(payload)
+                self.got += len(payload)
                 if self.got >= self.size:
                     self.ready.append((self.tag, b"".join(self.body)))
-            pos = end + 1
-        del buffer[:pos]
 
 
 class _Resp:
@@ -223,6 +212,40 @@ def _pack(*args: str) -> bytes:
     return b"".join(out)
 
 
+def _library_ledger(prefix: str) -> Callable[[str], None]:
+    """The library's own ledger calls of one delivery (for reference: not a floor):
+    claim, ``sending``, the hand-over record, completion, ``sent``, on its Redis stores."""
+    from tenant_notify.config import load_settings
+    from tenant_notify.models import DeliveryState
+    from tenant_notify.stores.redis import RedisIdempotencyStore, RedisStatusStore, connect
+
+    client = connect(load_settings({"redis": {"url": REDIS, "key_prefix": prefix}}))
+    claims = RedisIdempotencyStore(client, key_prefix=prefix)
+    statuses = RedisStatusStore(client, key_prefix=prefix)
+    warm = f"warm-up:{uuid.uuid4().hex}"  # connected before the window
+    claims.claim(warm, 1.0)
+    claims.release(warm)
+
+    def ledger(notification_id: str) -> None:
+        key = f"delivery:{notification_id}"
+        claim = claims.claim(key, LEASE_MS / 1000)
+        if claim.status is None:
+            raise RuntimeError(f"claim of {notification_id}: {claim}")
+        sending = claim.status.evolve(state=DeliveryState.SENDING, attempts=1)
+        statuses.save(sending)
+        claims.mark_handed(key, "smtp", TTL_MS / 1000)
+        claims.complete(key, TTL_MS / 1000)
+        statuses.save(
+            sending.evolve(
+                state=DeliveryState.SENT,
+                provider="smtp",
+                provider_message_id=f"<{notification_id}@acme.test>",
+            )
+        )
+
+    return ledger
+
+
 def round_loop(args: Any) -> Sample:
     """One loop round: ``args.kind`` is ``amqp``, ``redis`` or ``both``, each with
     ``-raw`` for the hand-made client."""
@@ -234,7 +257,7 @@ def round_loop(args: Any) -> Sample:
     pace = _Pace(args.rate)
     kind, _, raw = args.kind.partition("-")
     use_amqp = kind in ("amqp", "both")
-    use_redis = kind in ("redis", "both")
+    use_redis = kind in ("redis", "both")  # ("ledger": the library's own, below)
     ledger: Callable[[str], None] | None = None
     if use_redis and raw:
         resp = _Resp()
@@ -271,6 +294,8 @@ def round_loop(args: Any) -> Sample:
             pipe.set(status_key, finals[notification_id], px=TTL_MS)
             pipe.execute()
 
+    if kind == "ledger":
+        ledger = _library_ledger(prefix)
     if not use_amqp:
         assert ledger is not None
         cpu = cpu_seconds()
@@ -304,7 +329,8 @@ def round_loop(args: Any) -> Sample:
         buffer = bytearray()
 
         def read() -> None:
-            _frames(conn, sock, buffer)
+            for frame in _recv_frames(sock, buffer):
+                conn.on_inbound_frame(frame)
 
         def ack(tag: int) -> None:
             channel.basic_ack(tag)
@@ -393,7 +419,7 @@ class Floor:
 
             tag = f"floor{self.run}_{kind}_{round_no}"
             table, work = self.fill(tag)
-            if kind.startswith("redis"):
+            if kind.startswith("redis") or kind == "ledger":
                 bc.purge(table["celery"]["queue"])
             path = self.folder / f"{tag}.json"
             path.write_text(json.dumps(work))
@@ -450,7 +476,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--round",
-        choices=("amqp", "redis", "both", "amqp-raw", "redis-raw", "both-raw"),
+        choices=("amqp", "redis", "both", "amqp-raw", "redis-raw", "both-raw", "ledger"),
         help=argparse_hidden(),
     )
     parser.add_argument("--work", help=argparse_hidden())
@@ -485,6 +511,12 @@ def main() -> None:
                 floor.loop("both-raw"),
                 guarantee=recorded + "; then acked",
                 short="both0",
+            ),
+            Variant(
+                LEDGER,
+                floor.loop("ledger"),
+                guarantee=recorded + "; statuses `sending` and `sent`; hand-over record",
+                short="ledger",
             ),
         ]
         if not args.no_worker:

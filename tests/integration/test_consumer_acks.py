@@ -41,6 +41,23 @@ def test_a_rejected_message_ends_no_run_and_is_not_acknowledged() -> None:
     assert acks.plan([2, 3]) == (3, 2, [])
 
 
+def _take_all(queue: Any, value: Any) -> list[Any]:
+    """``value`` of every message left in ``queue``, each acknowledged."""
+    kombu = pytest.importorskip("kombu")
+    back = []
+    with kombu.Connection(AMQP) as again:
+        simple = again.SimpleQueue(queue)
+        while True:
+            try:
+                message = simple.get(timeout=1)
+            except simple.Empty:
+                break
+            back.append(value(message))
+            message.ack()
+        simple.close()
+    return back
+
+
 @pytest.mark.integration
 def test_the_broker_keeps_exactly_the_unfinished(services: None) -> None:
     """Out of order on a real channel: what is unacknowledged comes back, nothing else."""
@@ -75,16 +92,7 @@ def test_the_broker_keeps_exactly_the_unfinished(services: None) -> None:
             for tag in singles:
                 finished[tag].ack()
             channel.close()  # what is unacknowledged goes back to the queue
-            back = []
-            with kombu.Connection(AMQP) as again:
-                simple = again.SimpleQueue(queue)
-                while True:
-                    try:
-                        message = simple.get(timeout=1)
-                    except simple.Empty:
-                        break
-                    back.append(message.payload["i"])
-                    message.ack()
+            back = _take_all(queue, lambda message: message.payload["i"])
             assert sorted(back) == [3, 4, 6, 7]
         finally:
             with kombu.Connection(AMQP) as cleanup:
@@ -363,17 +371,7 @@ def test_a_sigkilled_consumer_gets_back_exactly_what_it_had_not_acknowledged(
             finally:
                 os.kill(child.pid, signal.SIGKILL)
                 child.communicate(timeout=10)  # reaped, its pipes closed
-            back = []
-            with kombu.Connection(AMQP) as again:
-                simple = again.SimpleQueue(queue)
-                while True:
-                    try:
-                        message = simple.get(timeout=2)
-                    except simple.Empty:
-                        break
-                    back.append(int(message.body))
-                    message.ack()
-                simple.close()
+            back = _take_all(queue, lambda message: int(message.body))
             assert sorted(back) == [1, 4, 6, 7]
         finally:
             _delete(name)

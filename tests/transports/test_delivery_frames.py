@@ -244,3 +244,55 @@ def test_ack_and_reject_frames_are_py_amqp_s_and_held_ones_go_out_together_in_or
         (spec.Basic.Reject, 10, True),
         (spec.Basic.Ack, 12, True),
     ]
+
+
+def settling_consumer(conn: Connection) -> Any:
+    """A Consumer with only what ``_settle`` uses (its broker connection's frames)."""
+    import collections
+    import threading
+
+    from tenant_notify.log import get_logger
+    from tenant_notify.transports.celery.consumer import Consumer, _Acks
+
+    consumer = Consumer.__new__(Consumer)
+    consumer._done = collections.deque()
+    consumer._lock = threading.Lock()
+    consumer._in_flight = 0
+    consumer._generation = 1
+    consumer._acks = _Acks()
+    consumer._frames = AckFrames(conn, channel_id=1)
+    consumer._holding = False
+    consumer._log = get_logger()
+    consumer.acks_sent = consumer.acks_covered = 0
+    return consumer
+
+
+def finished(consumer: Any, tag: int, *, requeue: bool) -> None:
+    from tenant_notify.transports.celery.consumer import _Item
+
+    message = Received(tag, {}, b"", consumer._frames)
+    consumer._acks.received(tag)
+    consumer._in_flight += 1
+    item = _Item(message, 1, {}, "acme", "acme", "n", 1, 0.0)
+    consumer._done.append((item, requeue))
+
+
+@pytest.mark.parametrize("acked", [(), (2,)])
+def test_a_settling_writes_its_frames_even_when_it_only_hands_back(acked: tuple[int, ...]) -> None:
+    # A Redis outage fails every delivery: a settling of rejections alone must still
+    # write them (held back, the messages stayed in the worker until an acknowledgement).
+    conn = Connection()
+    consumer = settling_consumer(conn)
+    finished(consumer, 1, requeue=True)
+    for tag in acked:
+        finished(consumer, tag, requeue=False)
+    consumer._settle()
+    assert len(conn.transport.writes) == 1 and consumer._in_flight == 0
+    assert not consumer._holding
+    sigs = []
+    out = conn.transport.writes[0]
+    while out:
+        size = struct.unpack_from(">I", out, 3)[0]
+        sigs.append(struct.unpack_from(">HH", out, 7))
+        out = out[8 + size :]
+    assert sigs == [(60, 90)] + [(60, 80)] * len(acked)

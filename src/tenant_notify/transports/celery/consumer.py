@@ -622,28 +622,30 @@ class Consumer:
         if not self._done:
             return
         acks: dict[int, _Item] = {}
-        while self._done:
-            item, requeue = self._done.popleft()
-            with self._lock:
-                self._in_flight -= 1
-            if item.generation != self._generation:
-                continue  # its connection is gone: the broker has handed it back already
-            tag = item.message.delivery_tag
-            if requeue:
-                self._send(item.message, "reject", requeue=True)
-                self._acks.rejected(tag)
-            else:
-                acks[tag] = item
-        if not acks:
-            return
-        run_end, covered, singles = self._acks.plan(acks)
-        if run_end is not None:
-            self._send(acks[run_end].message, "ack", multiple=covered > 1)
-        for tag in singles:
-            self._send(acks[tag].message, "ack")
-        self._flush_frames()
-        self.acks_sent += (run_end is not None) + len(singles)
-        self.acks_covered += len(acks)
+        try:
+            while self._done:
+                item, requeue = self._done.popleft()
+                with self._lock:
+                    self._in_flight -= 1
+                if item.generation != self._generation:
+                    continue  # its connection is gone: the broker has handed it back already
+                tag = item.message.delivery_tag
+                if requeue:
+                    self._send(item.message, "reject", requeue=True)
+                    self._acks.rejected(tag)
+                else:
+                    acks[tag] = item
+            if not acks:
+                return
+            run_end, covered, singles = self._acks.plan(acks)
+            if run_end is not None:
+                self._send(acks[run_end].message, "ack", multiple=covered > 1)
+            for tag in singles:
+                self._send(acks[tag].message, "ack")
+            self.acks_sent += (run_end is not None) + len(singles)
+            self.acks_covered += len(acks)
+        finally:
+            self._flush_frames()  # every frame of this settling goes out now
 
     def _send(self, message: Any, method: str, **kwargs: Any) -> None:
         """Acknowledge or reject ``message``. The frames of the reader's messages
