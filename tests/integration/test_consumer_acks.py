@@ -41,6 +41,17 @@ def test_a_rejected_message_ends_no_run_and_is_not_acknowledged() -> None:
     assert acks.plan([2, 3]) == (3, 2, [])
 
 
+def _eight(conn: Any, name: str, body: Any, **options: Any) -> Any:
+    """A queue ``name`` holding eight messages, ``body(i)`` each."""
+    kombu = pytest.importorskip("kombu")
+    queue = kombu.Queue(name, auto_delete=False, durable=False)(conn.channel())
+    queue.declare()
+    producer = conn.Producer()
+    for i in range(8):
+        producer.publish(body(i), routing_key=name, **options)
+    return queue
+
+
 def _take_all(queue: Any, value: Any) -> list[Any]:
     """``value`` of every message left in ``queue``, each acknowledged."""
     kombu = pytest.importorskip("kombu")
@@ -64,11 +75,7 @@ def test_the_broker_keeps_exactly_the_unfinished(services: None) -> None:
     kombu = pytest.importorskip("kombu")
     name = f"test_acks_{uuid.uuid4().hex[:8]}"
     with kombu.Connection(AMQP) as conn:
-        queue = kombu.Queue(name, auto_delete=False, durable=False)(conn.channel())
-        queue.declare()
-        producer = conn.Producer()
-        for i in range(8):
-            producer.publish({"i": i}, routing_key=name, serializer="json")
+        queue = _eight(conn, name, lambda i: {"i": i}, serializer="json")
         try:
             channel = conn.channel()
             got: list = []
@@ -352,11 +359,7 @@ def test_a_sigkilled_consumer_gets_back_exactly_what_it_had_not_acknowledged(
     kombu = pytest.importorskip("kombu")
     name = f"test_killed_{uuid.uuid4().hex[:8]}"
     with kombu.Connection(AMQP) as conn:
-        queue = kombu.Queue(name, auto_delete=False, durable=False)(conn.channel())
-        queue.declare()
-        producer = conn.Producer()
-        for i in range(8):
-            producer.publish(str(i).encode(), routing_key=name, content_type="application/json")
+        queue = _eight(conn, name, lambda i: str(i).encode(), content_type="application/json")
         try:
             child = subprocess.Popen(
                 [sys.executable, "-c", _KILLED_CONSUMER, name],
