@@ -404,8 +404,7 @@ class Throughput:
     ) -> None:
         self.run, self.emails, self.folder, self.sink = run, emails, folder, sink
         self.tls, self.events = tls, events
-        # The connection threads' CPU of the library's consumer: only when every
-        # variant of the table is one (a scope the others lack has no column).
+        # The connection threads' CPU of the library's consumer (other rows: "-").
         self.threads_scope = False
         self.ca = sink.cert_file if tls else None
         # Names (queues, keys) differ between tables: a table that reused an earlier one's
@@ -621,7 +620,7 @@ def throughput(
             "sink": "the SMTP sink's process (not the system under test)",
         }
         consumers = {"library", *([base[1]] if base is not None else [])}
-        if {v.short for v in chosen} <= consumers:
+        if {v.short for v in chosen} & consumers:
             t.threads_scope = True
             scopes["connection"] = (
                 "the worker processes' main threads (the consumer's connection thread: "
