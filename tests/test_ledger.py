@@ -226,3 +226,41 @@ def test_a_certain_refusal_after_the_dot_takes_the_hand_over_back_before_failing
     # Had the worker died after the refusal, its redelivery would not have been
     # told that smtp might have the message.
     assert calls == [("mark", "smtp"), ("clear",)]
+
+
+@pytest.mark.integration
+def test_a_call_stopped_after_its_hand_over_leaves_no_record_behind(tenants):
+    # The account is paused while the hand-over is being recorded (another thread
+    # read a 429): the gate's last look stops the request, and the deferral's
+    # release takes the record with the claim.
+    from tenant_notify import Notifier
+    from tests.http_fakes import FakeProviderAPI
+
+    key = "SG.handover-stop.Zm9vYmFy"
+    with FakeProviderAPI() as api:
+        api.sendgrid_keys.add(key)
+        settings = {
+            "transport": "eager",
+            "email": {"provider": "sendgrid", "api_key": key, "base_url": api.url},
+            "tenants": tenants,
+        }
+        with Notifier.from_settings(settings) as notify:
+            dispatcher = notify.dispatcher
+            store = notify.idempotency_store
+            handed: list[str] = []
+            real_mark, real_paused = store.mark_handed, dispatcher.pacing.paused
+
+            def mark(claim_key, provider, ttl):
+                handed.append(provider)
+                real_mark(claim_key, provider, ttl)
+
+            store.mark_handed = mark
+            dispatcher.pacing.paused = lambda account, **kw: (
+                5.0 if handed else real_paused(account, **kw)
+            )
+            notification = notify.build(notify.send_order_confirmation, **ORDER)
+            outcome = dispatcher.deliver(notification, 1)
+            assert outcome.deferred and handed == ["sendgrid"]
+            assert api.requests == []
+            claim = store.claim(f"delivery:{notification.id}", 10)
+            assert claim.state is ClaimState.ACQUIRED and claim.handed is None
