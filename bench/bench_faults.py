@@ -4,7 +4,7 @@ Run: ``python bench/bench_faults.py`` (or ``nox -s bench``) with RabbitMQ and Re
 loopback (127.0.0.1:5672 guest/guest, 127.0.0.1:6379). Writes the ``faults`` section
 of docs/benchmarks.md (``--no-write``: print only); ``-n`` order confirmations per
 fault (default 300), ``--fault NAME`` (repeatable) to run some of them, ``--runs``
-to repeat each.
+to repeat each; ``--retry-ambiguous`` runs the worker with ``[retry] retry_ambiguous = true``.
 
 Each fault of issue 9's "Why" (tests/faults.py, the same code the integration
 tests in tests/integration/test_faults.py run) is applied to a real
@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300, help="order confirmations per fault")
     parser.add_argument("--fault", action="append", choices=sorted(FAULTS), help="run only these")
     parser.add_argument("--runs", type=int, default=1, help="runs of each fault")
+    parser.add_argument(
+        "--retry-ambiguous",
+        action="store_true",
+        help="the worker's [retry] retry_ambiguous = true (caught attempts sent once more)",
+    )
     args = parser.parse_args()
     faults = args.fault or list(FAULTS)
     rows: list[Counts] = []
@@ -54,7 +59,9 @@ def main() -> None:
     with LoopbackSMTPServer() as smtp, tempfile.TemporaryDirectory(prefix="faults-") as folder:
         for fault in faults:
             for _ in range(args.runs):
-                counts = run_fault(fault, args.n, smtp, Path(folder))
+                counts = run_fault(
+                    fault, args.n, smtp, Path(folder), retry_ambiguous=args.retry_ambiguous
+                )
                 loads.append(os.getloadavg()[0])
                 print(counts.row(), f"({counts.seconds:.0f} s)", flush=True)
                 rows.append(counts)

@@ -237,6 +237,8 @@ class Counts:
     answered_after_kill: int = 0
     answered_before_kill_ms: list[float] = field(default_factory=list)
     same_message_id: int = 0  # doubles whose copies all carry one Message-ID
+    most_copies: int = 0  # the most copies of one notification the server received
+    retry_ambiguous: bool = False  # the worker ran with [retry] retry_ambiguous = true
     seconds: float = 0.0
 
     @property
@@ -271,8 +273,13 @@ class Counts:
             if self.ambiguous
             else "0"
         )
+        if self.doubled:
+            doubled += f", at most {self.most_copies} copies of one"
+        fault = FAULTS[self.fault]
+        if self.retry_ambiguous:
+            fault += ", but `retry_ambiguous = true`"
         return (
-            f"| {FAULTS[self.fault]} | {self.notifications} | {self.sent} | {self.lost} | "
+            f"| {fault} | {self.notifications} | {self.sent} | {self.lost} | "
             f"{doubled} | {ambiguous} | {raised} | {recovery} |"
         )
 
@@ -352,6 +359,7 @@ def _count(
         sent=len(expected & received.keys()),
         lost=len(missing - ambiguous),
         doubled=sum(1 for n in received.values() if n > 1),
+        most_copies=max(received.values(), default=0),
         ambiguous=len(ambiguous),
         ambiguous_received=len(ambiguous - missing),
     )
@@ -374,11 +382,15 @@ def _later(delay: float, fn: Callable[[], None]) -> threading.Timer:
     return timer
 
 
-def run_fault(fault: str, count: int, smtp: Any, folder: Path) -> Counts:
+def run_fault(
+    fault: str, count: int, smtp: Any, folder: Path, *, retry_ambiguous: bool = False
+) -> Counts:
     """Run ``fault`` against ``count`` order confirmations; count the outcome.
 
     ``smtp`` is a started :class:`tests.smtp_server.LoopbackSMTPServer` (cleared
-    here); ``folder`` takes the worker's config and logs.
+    here); ``folder`` takes the worker's config and logs. ``retry_ambiguous``: the
+    worker's ``[retry] retry_ambiguous`` (an attempt caught after its hand-over is
+    then sent once more instead of ending ambiguous).
     """
     from tenant_notify import Notifier
 
@@ -386,10 +398,12 @@ def run_fault(fault: str, count: int, smtp: Any, folder: Path) -> Counts:
     smtp.clear()
     started = time.monotonic()
     plain = settings_for(run_id, smtp.port)
+    plain["retry"]["retry_ambiguous"] = retry_ambiguous
     try:
         if fault == "worker-redis-reset":
             with FaultProxy(REDIS) as proxy:
                 worker_settings = settings_for(run_id, smtp.port, redis_port=proxy.port)
+                worker_settings["retry"]["retry_ambiguous"] = retry_ambiguous
                 with _running(worker_settings, folder), Notifier.from_settings(plain) as notify:
                     ids, raised = _send_all(notify, run_id, count)
                     _wait_for(lambda: len(_ids(smtp)) >= count // 3, 60)
@@ -437,6 +451,7 @@ def run_fault(fault: str, count: int, smtp: Any, folder: Path) -> Counts:
     finally:
         cleanup(plain)
     counts.raised = raised
+    counts.retry_ambiguous = retry_ambiguous
     counts.seconds = time.monotonic() - started
     return counts
 
@@ -468,6 +483,7 @@ def _group_sigkill(
         worker.stop()
     counts = _count("group-sigkill", ids, received, settings)
     counts.raised = raised
+    counts.retry_ambiguous = settings["retry"].get("retry_ambiguous", False)
     counts.recovery = recovery if ids - before else 0.0
     counts.in_flight = len(in_flight)
     counts.doubled_in_window = sum(1 for i in in_flight if received[i] > 1)
