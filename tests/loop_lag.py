@@ -79,6 +79,7 @@ class Stall:
     running: float
     waiting_for_core: float
     window: float  # seconds since the last sample was answered
+    at: float = 0.0  # when the sample was stamped (CLOCK_MONOTONIC: line it up with a trace)
 
     @property
     def asleep(self) -> float:
@@ -89,7 +90,8 @@ class Stall:
         return (
             f"{self.lag * 1e3:.2f} ms lag: in the {self.window * 1e3:.2f} ms since the last "
             f"sample the loop ran {self.running * 1e3:.2f} ms, waited for a core "
-            f"{self.waiting_for_core * 1e3:.2f} ms, slept {self.asleep * 1e3:.2f} ms"
+            f"{self.waiting_for_core * 1e3:.2f} ms, slept {self.asleep * 1e3:.2f} ms "
+            f"(stamped at {self.at:.6f})"
         )
 
 
@@ -171,9 +173,10 @@ class LoopLag:
                 continue
             if len(self._sched) == len(self.lags) + 1:
                 (before, run0, wait0), (after, run1, wait1) = self._sched[index : index + 2]
-                found.append(Stall(lag, (run1 - run0) / 1e9, (wait1 - wait0) / 1e9, after - before))
+                running, waiting = (run1 - run0) / 1e9, (wait1 - wait0) / 1e9
+                found.append(Stall(lag, running, waiting, after - before, self.posted[index]))
             else:
-                found.append(Stall(lag, 0.0, 0.0, 0.0))
+                found.append(Stall(lag, 0.0, 0.0, 0.0, self.posted[index]))
         return found
 
     @property
