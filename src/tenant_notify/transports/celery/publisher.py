@@ -82,6 +82,8 @@ _CONFIRM = struct.Struct(">BHIHHQBB")
 _ACK, _NACK = 80, 120
 _READ_SIZE = 65536
 _TASK_HEADERS = len(TASK_HEADER_KEYS)
+# The task headers whose values differ from one message to the next, in their order.
+_VARYING = ("id", "root_id", "argsrepr", TENANT_HEADER)
 
 
 def _shortstr(value: str) -> bytes:
@@ -225,29 +227,20 @@ class _TaskTable:
 
     @staticmethod
     def _encode_parts(headers: Mapping[str, Any]) -> tuple[bytes, bytes, bytes, bytes]:
+        """The entries before each varying one, encoded, each ending in that one's
+        key and type (its value's length and bytes are added per message)."""
         from amqp.serialization import dumps
 
-        def entries(*keys: str) -> bytes:
-            return bytes(dumps("F", [{key: headers[key] for key in keys}])[4:])
-
-        def label(key: str) -> bytes:  # a string entry up to its value's length
-            return _shortstr(key) + b"S"
-
-        return (
-            entries("lang", "task") + label("id"),
-            entries("shadow", "eta", "expires", "group", "group_index", "retries", "timelimit")
-            + label("root_id"),
-            entries("parent_id") + label("argsrepr"),
-            entries(
-                "kwargsrepr",
-                "origin",
-                "ignore_result",
-                "replaced_task_nesting",
-                "stamped_headers",
-                "stamps",
-            )
-            + label(TENANT_HEADER),
-        )
+        parts, run = [], []
+        for key in TASK_HEADER_KEYS:
+            if key not in _VARYING:
+                run.append(key)
+                continue
+            entries = dumps("F", [{name: headers[name] for name in run}])[4:] if run else b""
+            parts.append(bytes(entries) + _shortstr(key) + b"S")
+            run = []
+        lead, middle, parent, tail = parts  # the tenant's is the last entry (no run after it)
+        return lead, middle, parent, tail
 
 
 @dataclass(slots=True)
