@@ -264,3 +264,54 @@ def test_a_call_stopped_after_its_hand_over_leaves_no_record_behind(tenants):
             assert api.requests == []
             claim = store.claim(f"delivery:{notification.id}", 10)
             assert claim.state is ClaimState.ACQUIRED and claim.handed is None
+
+
+# --- Redis out of reach right before the provider call -----------------------------
+#
+# The checks right before a provider call (the account's pacing, a pause read
+# from Redis while this process's listener is not caught up) can meet Redis out of
+# reach. Nothing has been sent then: the attempt must be given back to the
+# transport, never recorded as a failure (which dead-letters the notification).
+
+
+def test_redis_out_of_reach_right_before_the_call_redelivers_not_fails(tenants):
+    notify = make_notifier(tenants=tenants, transport="inprocess")
+    pacing = notify.dispatcher.pacing
+    real_before_call = pacing.before_call
+    refused: list[str] = []
+
+    def before_call(account):
+        if not refused:
+            refused.append(account.key)
+            raise StoreUnavailableError("Redis did not answer: ConnectionError: reset")
+        return real_before_call(account)
+
+    pacing.before_call = before_call
+    receipt = notify.send_order_confirmation(**ORDER)
+    status = receipt.wait(10)
+    assert refused
+    assert status.state is DeliveryState.SENT, status
+    assert len(notify.outbox) == 1
+    notify.close()
+
+
+def test_redis_out_of_reach_before_the_call_is_raised_with_the_claim_given_back(tenants):
+    notify = make_notifier(tenants=tenants)
+    notification = notify.build(notify.send_order_confirmation, **ORDER)
+    pacing = notify.dispatcher.pacing
+    real_before_call = pacing.before_call
+
+    def unreachable(account):
+        raise StoreUnavailableError("Redis did not answer: ConnectionError: reset")
+
+    pacing.before_call = unreachable
+    with pytest.raises(StoreUnavailableError):
+        notify.dispatcher.deliver(notification, 1)
+    status = notify.dispatcher.status_store.get(notification.id)
+    assert status is None or not status.is_final, status
+    pacing.before_call = real_before_call
+    # The claim was given back: the transport's redelivery sends it, once.
+    outcome = notify.dispatcher.deliver(notification, 1)
+    assert outcome.status is not None and outcome.status.state is DeliveryState.SENT
+    assert len(notify.outbox) == 1
+    notify.close()

@@ -523,6 +523,15 @@ class Dispatcher:
             )
         except _Deferred as wait:
             return self._deferred(notification, current, claim_key, wait.seconds, log)
+        except StoreUnavailableError:
+            # Redis out of reach before any provider had the message: the checks
+            # right before a call (pacing, a pause read while this process's
+            # listener is not caught up) raise it; a provider's own hand-over
+            # turns it into a TransientDeliveryError, and nothing after a call
+            # raises it. Nothing was sent: _deliver gives the claim back and the
+            # transport redelivers. Recorded as a failure, a passing Redis fault
+            # would dead-letter the notification.
+            raise
         except NotifyError as err:
             if isinstance(err, DeliveryError) and any(err is known for known in paused):
                 # Throttled, and the pause is known everywhere: wait for its end
