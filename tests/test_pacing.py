@@ -482,3 +482,25 @@ def test_the_check_before_the_request_reads_an_announcement_its_listener_has_not
         assert left is not None and 28 <= left <= 30
     finally:
         release.set()
+
+
+def test_the_check_before_the_call_lets_it_go_when_redis_is_out_of_reach():
+    # A worker whose pause listener is not listening (starting, or reconnecting after
+    # Redis went away) reads the pause before the call; Redis not answering must not
+    # fail a notification whose claim is taken (it went as its admission let it).
+    import socket
+
+    import redis
+
+    from tenant_notify.limiting import Account, Pacing
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    pacing = Pacing(client=client, key_prefix="gone:")
+    try:
+        assert not pacing.listening
+        assert pacing.before_call(Account("k", "sendgrid")) is None
+    finally:
+        pacing.close()

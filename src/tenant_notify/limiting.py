@@ -491,7 +491,7 @@ GATE_WAIT = 1.0
 PROBE_TTL = 15.0
 #: Seconds the check right before a request waits, at most, for the pause
 #: listener thread to finish reading an announcement it has begun to read.
-ANNOUNCEMENT_WAIT = 0.5
+ANNOUNCEMENT_WAIT = 0.05
 #: Calls in flight per process while an account ramps up after a pause: the
 #: probe alone, then two, one more with each answer that is not a throttling,
 #: until this many (then no gate at all).
@@ -662,7 +662,9 @@ class Pacing:
         One ``poll`` of the socket when nothing has arrived.
         """
         fd = self._announcements
-        if fd is None or (not self._reading.locked() and not self._arrived(fd)):
+        if fd is None or (not self._reading.locked() and self._arrived(fd) != select.POLLIN):
+            # Nothing arrived, or the connection failed: that is the listener's to
+            # meet (and to start again on), not a delivery's.
             return False
         # Something is on its way in (or the listener is reading it): read it
         # here, or wait for the listener to finish.
@@ -670,16 +672,19 @@ class Pacing:
             return True
         try:
             pubsub = self._pubsub
-            # A fault here is the listener's to meet too (and to start again on).
-            with contextlib.suppress(Exception):
-                if self._announcements == fd and pubsub is not None and self._arrived(fd):
+            with contextlib.suppress(Exception):  # the listener meets it too
+                if (
+                    self._announcements == fd
+                    and pubsub is not None
+                    and self._arrived(fd) == select.POLLIN
+                ):
                     self._read_announcements(pubsub)
         finally:
             self._reading.release()
         return True
 
-    def _arrived(self, fd: int) -> bool:
-        """Whether the subscription's socket ``fd`` has something to read."""
+    def _arrived(self, fd: int) -> int:
+        """The poll events on the subscription's socket ``fd`` now (0: none)."""
         polls = self._polls
         poller = getattr(polls, "poller", None)
         if poller is None or polls.fd != fd:
@@ -687,7 +692,8 @@ class Pacing:
             poller = polls.poller = select.poll()
             poller.register(fd, select.POLLIN)
             polls.fd = fd
-        return bool(poller.poll(0))
+        events = poller.poll(0)
+        return events[0][1] if events else 0
 
     def _heard(self) -> bool:
         """Whether this process hears every pause (starting the listener if need be)."""
@@ -777,7 +783,7 @@ class Pacing:
                         raise ConnectionError("the subscription's connection failed")
                     with self._reading:
                         # A delivery thread's check may have read it meanwhile.
-                        if self._arrived(sock.fileno()):
+                        if self._arrived(sock.fileno()) & select.POLLIN:
                             self._read_announcements(pubsub)
                     if _socket_of(pubsub) is not sock:
                         raise ConnectionError("the subscription's connection was replaced")
@@ -890,9 +896,15 @@ class Pacing:
         if key not in self._gates:
             if not self._listen or self._listening:
                 return None
-            # Not listening yet (a process starting, its listener not caught up):
-            # read the pause, or a pause since admission would go unnoticed.
-            if self.paused(account) is None and key not in self._gates:
+            # Not listening (a process starting, its listener not caught up, or
+            # reconnecting): read the pause, or a pause since admission would go
+            # unnoticed. Redis out of reach, the call goes as the admission let it:
+            # this check must not fail a notification whose claim is taken.
+            try:
+                left = self.paused(account)
+            except StoreUnavailableError:
+                return None
+            if left is None and key not in self._gates:
                 return None
         deadline = time.monotonic() + GATE_WAIT
         with self._changed:
