@@ -224,7 +224,8 @@ class _CallGate:
         and ends as ambiguous (:meth:`Dispatcher._handed_over`). Should the worker
         die between this record and the write it announces, the provider never
         had the message but the redelivery reports it ambiguous all the same: a
-        loss that is reported, never a silent one, in a window of one system call.
+        loss that is reported, never a silent one, in a window of two system calls
+        (the record's write and the provider's).
 
         Raises:
             TransientDeliveryError: the store could not take the record (Redis
@@ -524,13 +525,12 @@ class Dispatcher:
         except _Deferred as wait:
             return self._deferred(notification, current, claim_key, wait.seconds, log)
         except StoreUnavailableError:
-            # Redis out of reach before any provider had the message: the checks
-            # right before a call (pacing, a pause read while this process's
-            # listener is not caught up) raise it; a provider's own hand-over
-            # turns it into a TransientDeliveryError, and nothing after a call
-            # raises it. Nothing was sent: _deliver gives the claim back and the
-            # transport redelivers. Recorded as a failure, a passing Redis fault
-            # would dead-letter the notification.
+            # Redis out of reach before any provider had the message (a fallback
+            # provider's max_rate turn, a resolver or renderer reading Redis); a
+            # provider's own hand-over turns it into a TransientDeliveryError, and
+            # nothing after a call raises it. Nothing was sent: _deliver gives the
+            # claim back and the transport redelivers. Recorded as a failure, a
+            # passing Redis fault would dead-letter the notification.
             raise
         except NotifyError as err:
             if isinstance(err, DeliveryError) and any(err is known for known in paused):
