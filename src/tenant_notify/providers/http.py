@@ -591,7 +591,8 @@ def _ssl_context(verify: bool, *, tls: bool) -> ssl.SSLContext:
     the environment's SSL_CERT_FILE or _DIR. For an ``http://`` base URL (a test
     server) one that loads nothing: it is never used (no redirect is followed),
     and it would verify against no certificate at all if it were."""
-    key = (_process.pid(), verify, tls)
+    pid = _process.pid()
+    key = (pid, verify, tls)
     context = _SSL_CONTEXTS.get(key)
     if context is None:
         with _SSL_LOCK:
@@ -601,7 +602,11 @@ def _ssl_context(verify: bool, *, tls: bool) -> ssl.SSLContext:
                     context = httpx.create_ssl_context(verify=verify, trust_env=False)
                 else:
                     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                _SSL_CONTEXTS.clear()  # another process's, before a fork
+                # Another process's (made before a fork) go; this one's other
+                # settings stay (clearing them all, a process with both would
+                # load the CA bundle again at every other client).
+                for other in [k for k in _SSL_CONTEXTS if k[0] != pid]:
+                    del _SSL_CONTEXTS[other]
                 _SSL_CONTEXTS[key] = context
     return context
 
